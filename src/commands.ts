@@ -1,0 +1,162 @@
+/**
+ * The command layer: turns one parsed request into store calls and reply text. It knows
+ * queues, counters and wire words, never sockets. Replies go to the session's held list
+ * and leave only after the batch commits (batch.ts); a reply that reports a change
+ * depends on that commit.
+ */
+import type { Context } from "./context";
+import { endSession, startGet, serveWaiters } from "./get";
+import { REPLY, serverError, statLine } from "./protocol/reply";
+import type { Request } from "./protocol/types";
+import type { Session } from "./session";
+import { resetStats } from "./stats";
+import { StoreError } from "./store/store";
+
+/** What the connection does next: take the next request, wait (a blocking get), or close. */
+export type Outcome = "next" | "wait" | "close";
+
+/** memcached: an exptime up to 30 days is relative, above it is a Unix time. */
+const RELATIVE_LIMIT_S = 60 * 60 * 24 * 30;
+
+export function execute(ctx: Context, s: Session, req: Request): Outcome {
+  try {
+    return run(ctx, s, req);
+  } catch (e) {
+    // The batch so far is undone; this command gets the reason. After a store failure the
+    // connection goes on; after a bug of ours it is closed, as its state is unknown.
+    const bug = !(e instanceof StoreError);
+    if (bug) ctx.log.error(`internal error on ${req.kind}: ${(e as Error).stack ?? e}`);
+    ctx.batch.fail(bug ? new StoreError("internal error") : e);
+    if (s.waiting !== null) {
+      s.waiting.reply.complete = true;
+      s.waiting = null;
+    }
+    const reason = bug ? "internal error" : e.message;
+    if (bug || !("noreply" in req && req.noreply)) say(s, serverError(reason));
+    else ctx.log.warn(`noreply ${req.kind} failed: ${reason}`);
+    return bug ? "close" : "next";
+  }
+}
+
+function run(ctx: Context, s: Session, req: Request): Outcome {
+  const { store, stats, batch } = ctx;
+  switch (req.kind) {
+    case "get":
+      return startGet(ctx, s, req) ? "next" : "wait";
+    case "set": {
+      stats.setCmds++;
+      store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), ctx.now());
+      stats.setHits++;
+      if (!req.noreply) batch.depends(say(s, REPLY.STORED));
+      serveWaiters(ctx, req.queue);
+      return "next";
+    }
+    case "delete": {
+      const found = store.drop(req.queue);
+      if (!req.noreply) batch.depends(say(s, found ? REPLY.DELETED : REPLY.NOT_FOUND));
+      return "next";
+    }
+    case "flush":
+      store.flush(req.queue);
+      if (!req.noreply) batch.depends(say(s, REPLY.OK));
+      return "next";
+    case "flush_all":
+      store.flushAll();
+      if (!req.noreply) batch.depends(say(s, REPLY.OK));
+      return "next";
+    case "stats":
+      if (req.section === "reset") {
+        resetStats(stats);
+        say(s, REPLY.RESET);
+      } else if (req.section === "queues") {
+        const lines = store.list().map((q) => statLine(q.name, `${q.total}/${q.fetched}`));
+        say(s, lines.join("") + REPLY.END);
+      } else {
+        say(s, generalStats(ctx) + REPLY.END);
+      }
+      return "next";
+    case "stats_queue": {
+      const d = store.detail(req.queue, ctx.now());
+      const lines = d === null ? [] : [
+        statLine("items", d.items),
+        statLine("bytes", d.bytes),
+        statLine("total", d.total),
+        statLine("fetched", d.fetched),
+        statLine("open", d.open),
+        statLine("oldest_age_ms", d.oldestAgeMs),
+      ];
+      say(s, lines.join("") + REPLY.END);
+      return "next";
+    }
+    case "version":
+      say(s, `VERSION ${ctx.version}\r\n`);
+      return "next";
+    case "verbosity":
+      if (!req.noreply) say(s, REPLY.OK);
+      return "next";
+    case "quit":
+      return "close";
+    case "error":
+      say(s, req.reply);
+      return req.close ? "close" : "next";
+  }
+}
+
+/** Ends a session whose connection closed; its open messages go back to their queues. */
+export function disconnect(ctx: Context, s: Session): void {
+  try {
+    endSession(ctx, s);
+  } catch (e) {
+    if (!(e instanceof StoreError)) throw e;
+    ctx.batch.fail(e);
+  }
+}
+
+function say(s: Session, text: string) {
+  const reply = { pieces: [text], complete: true };
+  s.held.push(reply);
+  return reply;
+}
+
+/** When a message set now with `exptime` expires (ms since the epoch), 0 for never. */
+export function expiresAt(ctx: Context, exptime: number): number {
+  if (!ctx.config.expiry || exptime === 0) return 0;
+  if (exptime < 0) return 1; // memcached: a negative exptime is already expired
+  return exptime <= RELATIVE_LIMIT_S ? ctx.now() + exptime * 1000 : exptime * 1000;
+}
+
+function generalStats(ctx: Context): string {
+  const { stats } = ctx;
+  const now = ctx.now();
+  const totals = ctx.store.totals();
+  const usage = process.resourceUsage();
+  const fields: [string, string | number][] = [
+    ["pid", process.pid],
+    ["uptime", Math.floor((now - ctx.startedAt) / 1000)],
+    ["time", Math.floor(now / 1000)],
+    ["version", ctx.version],
+    ["pointer_size", 64],
+    ["rusage_user", (usage.userCPUTime / 1e6).toFixed(6)],
+    ["rusage_system", (usage.systemCPUTime / 1e6).toFixed(6)],
+    ["curr_connections", stats.currConnections],
+    ["total_connections", stats.totalConnections],
+    ["rejected_connections", stats.rejectedConnections],
+    ["get_cmds", stats.getCmds],
+    ["get_hits", stats.getHits],
+    ["get_misses", stats.getMisses],
+    ["set_cmds", stats.setCmds],
+    ["set_hits", stats.setHits],
+    ["bytes_read", stats.bytesRead],
+    ["bytes_written", stats.bytesWritten],
+    ["curr_items", totals.items],
+    ["open_items", totals.open],
+    ["expired_items", totals.expired],
+    ["queues", totals.queues],
+    ["waiters", ctx.waiters.count()],
+    ["commits", stats.commits],
+    ["store_errors", stats.storeErrors],
+    ["limit_maxbytes", ctx.config.maxBody],
+    ["sync", ctx.config.sync],
+  ];
+  return fields.map(([name, value]) => statLine(name, value)).join("");
+}

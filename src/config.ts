@@ -1,0 +1,62 @@
+/**
+ * Every setting of the server, with its default, in one table. The CLI (cli.ts) fills a
+ * Config from the command line; tests build one with `{ ...DEFAULTS, ...overrides }`.
+ */
+import type { SyncMode } from "./store/sqlite";
+
+export interface Config {
+  /** Interface to listen on (-l). */
+  host: string;
+  /** TCP port (-p); 0 picks a free one, which the listening line reports. */
+  port: number;
+  /** Listen on this unix socket instead of TCP (-s). */
+  unixSocket: string | null;
+  /** Mode of the unix socket file (-a, octal on the command line). */
+  socketMode: number;
+  /** Connections beyond this many are closed at once (-c). */
+  maxConns: number;
+  /** Data directory (-H), created if missing. */
+  home: string;
+  /** Largest message body in bytes (-B). */
+  maxBody: number;
+  /** Longest command line in bytes, without its end (SPEC.md: 8192). */
+  maxLine: number;
+  /** full: fsync before STORED; normal: survives kill -9, not power loss; off: tests only (-N = normal). */
+  sync: SyncMode;
+  /** SQLite page cache in MB (-m). */
+  cacheMb: number;
+  /** Honour exptime (--expiry); without it exptime is ignored, as in MemcacheQ. */
+  expiry: boolean;
+  /** An open message not closed within this many ms goes back to its queue; 0 = never (--open-timeout). */
+  openTimeoutMs: number;
+  /** Open messages one connection may hold (--max-open). */
+  maxOpen: number;
+  /** Unsent reply bytes at which a connection stops being read until the client catches up. */
+  maxUnsent: number;
+  /** Period of the housekeeping step (give disk space back, checkpoint, sweep expired). */
+  maintainMs: number;
+  /** Write the process id here (-P); removed at a clean exit. */
+  pidFile: string | null;
+  /** 0 quiet, 1 verbose (-v), 2 every command (-vv). */
+  verbose: number;
+}
+
+export const DEFAULTS: Config = {
+  host: "127.0.0.1",
+  port: 22201,
+  unixSocket: null,
+  socketMode: 0o700,
+  maxConns: 1024,
+  home: "./data",
+  maxBody: 1048576,
+  maxLine: 8192,
+  sync: "full",
+  cacheMb: 64,
+  expiry: false,
+  openTimeoutMs: 0,
+  maxOpen: 100,
+  maxUnsent: 4 * 1024 * 1024,
+  maintainMs: 200,
+  pidFile: null,
+  verbose: 0,
+};

@@ -1,0 +1,60 @@
+/**
+ * What a command needs besides its request and session: the store, the counters, the
+ * settings, the batch it joins, the clock, and the waiting gets. server.ts builds one;
+ * tests build one over the memory store with a frozen clock.
+ */
+import type { Batch } from "./batch";
+import type { Config } from "./config";
+import type { Logger } from "./log";
+import type { Session } from "./session";
+import type { Stats } from "./stats";
+import type { QueueStore } from "./store/store";
+
+/** Gets waiting for a message, per queue, in the order they arrived. */
+export interface Waiters {
+  add(queue: string, session: Session): void;
+  remove(queue: string, session: Session): void;
+  first(queue: string): Session | undefined;
+  count(): number;
+}
+
+export interface Context {
+  store: QueueStore;
+  stats: Stats;
+  config: Config;
+  batch: Batch;
+  log: Logger;
+  waiters: Waiters;
+  /** Every live session (for leases and stats). */
+  sessions: Set<Session>;
+  /** Milliseconds since the epoch; injected so tests can freeze time. */
+  now(): number;
+  /** When the server started (ms). */
+  startedAt: number;
+  version: string;
+  /** A session's waiting get can go on: run it again before this turn's commit. */
+  resume(session: Session): void;
+}
+
+export function createWaiters(): Waiters {
+  const byQueue = new Map<string, Session[]>();
+  let total = 0;
+  return {
+    add(queue, session) {
+      const list = byQueue.get(queue);
+      if (list === undefined) byQueue.set(queue, [session]);
+      else list.push(session);
+      total++;
+    },
+    remove(queue, session) {
+      const list = byQueue.get(queue);
+      const i = list === undefined ? -1 : list.indexOf(session);
+      if (i < 0) return;
+      list!.splice(i, 1);
+      if (list!.length === 0) byQueue.delete(queue);
+      total--;
+    },
+    first: (queue) => byQueue.get(queue)?.[0],
+    count: () => total,
+  };
+}

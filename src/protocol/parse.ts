@@ -1,0 +1,268 @@
+/**
+ * A pure parser for one request of the memcache text protocol as mcq speaks it
+ * (../shared/SPEC.md). It reads bytes from `buf[start..end)` and never touches
+ * sockets, the store or the clock, so any split of the input gives the same result.
+ *
+ * Grammar (tokens are separated by one or more spaces; a line ends at "\n", and
+ * one "\r" right before it is dropped):
+ *
+ *   set <q> <flags> <exptime> <bytes> [noreply] \r\n <bytes of data> \r\n
+ *   get|gets <key>+          key = <q> ("/" option)*
+ *                            option = open | close | abort | peek | t=<ms>
+ *   delete <q> [0] [noreply]
+ *   flush <q> [noreply]
+ *   flush_all [<delay>] [noreply]
+ *   stats | stats queue | stats queue <q> | stats reset
+ *   version | verbosity <n> [noreply] | quit
+ *
+ *   <q>       1..250 bytes of 0x21..0x7e without "/"
+ *   <flags>   0..4294967295          <exptime>  a signed 32-bit integer
+ *   <bytes>   0..2147483647 (digits only)
+ *
+ * Errors follow SPEC.md: an unknown command or a wrong word count is ERROR; bad input is
+ * CLIENT_ERROR. After a `set` line whose <bytes> is valid, the data block is always
+ * skipped on error ("swallowed"); with an invalid <bytes> its length is unknown, so it
+ * is not.
+ */
+import type { GetKey, Request } from "./types";
+import { REPLY } from "./reply";
+
+export interface Limits {
+  /** Longest command line, without its "\r\n". */
+  maxLine: number;
+  /** Largest message body (-B). */
+  maxBody: number;
+}
+
+export type Parsed =
+  /** Not enough input yet. `need` is the total length (from start) known to be required, or 0. */
+  | { type: "more"; need: number }
+  /** A request (or an error reply) that ends at `next`; then `skip` more bytes are to be discarded. */
+  | { type: "request"; req: Request; next: number; skip: number };
+
+const LF = 10;
+const CR = 13;
+const SP = 32;
+const SLASH = 47;
+const MAX_NAME = 250;
+const MAX_BYTES = 2147483647;
+const MAX_FLAGS = 4294967295;
+/** A blocking get waits at most this long (setTimeout's limit is 2^31-1 ms). */
+const MAX_WAIT_MS = 2147483647;
+
+const MORE_UNKNOWN: Parsed = { type: "more", need: 0 };
+
+function reply(text: string, next: number, skip = 0, close = false): Parsed {
+  return { type: "request", req: { kind: "error", reply: text, close }, next, skip };
+}
+
+/** Parses the request at `buf[start]`; `end` is the end of the valid input. */
+export function parseRequest(buf: Buffer, start: number, end: number, limits: Limits): Parsed {
+  const nl = buf.indexOf(LF, start);
+  if (nl === -1 || nl >= end) {
+    // A line may still be short enough if the only byte past the limit is the "\r" of its end.
+    const pending = end - start;
+    if (pending > limits.maxLine + 1 || (pending === limits.maxLine + 1 && buf[end - 1] !== CR)) {
+      return reply(REPLY.LINE_TOO_LONG, end, 0, true);
+    }
+    return MORE_UNKNOWN;
+  }
+  const lineEnd = nl > start && buf[nl - 1] === CR ? nl - 1 : nl;
+  if (lineEnd - start > limits.maxLine) return reply(REPLY.LINE_TOO_LONG, nl + 1, 0, true);
+  const tokens = tokenize(buf, start, lineEnd);
+  const next = nl + 1;
+  if (tokens.length === 0) return reply(REPLY.ERROR, next);
+  const command = buf.toString("latin1", tokens[0]!, tokens[1]!);
+  const words = tokens.length / 2;
+  switch (command) {
+    case "get":
+    case "gets":
+      return parseGet(buf, tokens, next, command === "gets");
+    case "set":
+      return parseSet(buf, tokens, next, end, limits);
+    case "delete": {
+      if (words < 2 || words > 4) return reply(REPLY.ERROR, next);
+      const queue = name(buf, tokens, 1);
+      // memcached's optional time must be 0: a queue cannot delete later.
+      const tail = rest(buf, tokens, 2);
+      if (queue === null || !(tail === "" || tail === "0" || tail === "noreply" || tail === "0 noreply")) {
+        return reply(REPLY.BAD_FORMAT, next);
+      }
+      return request({ kind: "delete", queue, noreply: tail.endsWith("noreply") }, next);
+    }
+    case "flush": {
+      if (words < 2 || words > 3) return reply(REPLY.ERROR, next);
+      const queue = name(buf, tokens, 1);
+      const noreply = words === 3;
+      if (queue === null || (noreply && word(buf, tokens, 2) !== "noreply")) return reply(REPLY.BAD_FORMAT, next);
+      return request({ kind: "flush", queue, noreply }, next);
+    }
+    case "flush_all": {
+      if (words > 3) return reply(REPLY.ERROR, next);
+      // memcached takes an optional delay; a queue has nothing to delay, so any number means "now".
+      let noreply = false;
+      for (let i = 1; i < words; i++) {
+        const w = word(buf, tokens, i);
+        if (w === "noreply" && i === words - 1) noreply = true;
+        else if (i !== 1 || !/^\d{1,10}$/.test(w)) return reply(REPLY.BAD_FORMAT, next);
+      }
+      return request({ kind: "flush_all", noreply }, next);
+    }
+    case "stats": {
+      if (words === 1) return request({ kind: "stats", section: "general" }, next);
+      const sub = word(buf, tokens, 1);
+      if (sub === "reset" && words === 2) return request({ kind: "stats", section: "reset" }, next);
+      if (sub === "queue" && words === 2) return request({ kind: "stats", section: "queues" }, next);
+      if (sub === "queue" && words === 3) {
+        const queue = name(buf, tokens, 2);
+        if (queue === null) return reply(REPLY.BAD_FORMAT, next);
+        return request({ kind: "stats_queue", queue }, next);
+      }
+      return reply(REPLY.ERROR, next);
+    }
+    case "version":
+      return words === 1 ? request({ kind: "version" }, next) : reply(REPLY.ERROR, next);
+    case "verbosity": {
+      if (words < 2 || words > 3) return reply(REPLY.ERROR, next);
+      const level = number(buf, tokens, 1, MAX_BYTES);
+      const noreply = words === 3;
+      if (level < 0 || (noreply && word(buf, tokens, 2) !== "noreply")) return reply(REPLY.BAD_FORMAT, next);
+      return request({ kind: "verbosity", level, noreply }, next);
+    }
+    case "quit":
+      return words === 1 ? request({ kind: "quit" }, next) : reply(REPLY.ERROR, next);
+    default:
+      return reply(REPLY.ERROR, next);
+  }
+}
+
+function request(req: Request, next: number): Parsed {
+  return { type: "request", req, next, skip: 0 };
+}
+
+function parseSet(buf: Buffer, tokens: number[], next: number, end: number, limits: Limits): Parsed {
+  const words = tokens.length / 2;
+  if (words !== 5 && words !== 6) return reply(REPLY.ERROR, next);
+  const bytes = number(buf, tokens, 4, MAX_BYTES);
+  // Without a valid length the data block cannot be found, so it is not skipped.
+  if (bytes < 0) return reply(REPLY.BAD_FORMAT, next);
+  const block = bytes + 2;
+  const queue = name(buf, tokens, 1);
+  const flags = number(buf, tokens, 2, MAX_FLAGS);
+  const exptime = signedInt32(buf, tokens, 3);
+  const noreply = words === 6;
+  if (queue === null || flags < 0 || exptime === null || (noreply && word(buf, tokens, 5) !== "noreply")) {
+    return reply(REPLY.BAD_FORMAT, next, block);
+  }
+  // Too large: answer now and discard the block as it streams past, never holding it.
+  if (bytes > limits.maxBody) return reply(REPLY.TOO_LARGE, next, block);
+  if (end - next < block) return { type: "more", need: next + block };
+  if (buf[next + bytes] !== CR || buf[next + bytes + 1] !== LF) return reply(REPLY.BAD_CHUNK, next + block);
+  const data = buf.subarray(next, next + bytes);
+  return request({ kind: "set", queue, flags, exptime, data, noreply }, next + block);
+}
+
+function parseGet(buf: Buffer, tokens: number[], next: number, withIds: boolean): Parsed {
+  if (tokens.length < 4) return reply(REPLY.ERROR, next);
+  const keys: GetKey[] = [];
+  // Every key is checked before any is served: a bad key consumes nothing.
+  for (let i = 2; i < tokens.length; i += 2) {
+    const key = parseKey(buf, tokens[i]!, tokens[i + 1]!);
+    if (key === null) return reply(REPLY.BAD_FORMAT, next);
+    keys.push(key);
+  }
+  return request({ kind: "get", keys, withIds }, next);
+}
+
+/** `q/open/t=500` → GetKey, or null if the name or an option is bad or they make no sense together. */
+export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
+  let slash = buf.indexOf(SLASH, from);
+  if (slash === -1 || slash >= to) slash = to;
+  if (!validName(buf, from, slash)) return null;
+  const key: GetKey = {
+    queue: buf.toString("latin1", from, slash),
+    open: false,
+    close: false,
+    abort: false,
+    peek: false,
+    timeout: -1,
+  };
+  if (slash === to) return key;
+  const options = buf.toString("latin1", slash + 1, to).split("/");
+  for (const option of options) {
+    if (option === "open" && !key.open) key.open = true;
+    else if (option === "close" && !key.close) key.close = true;
+    else if (option === "abort" && !key.abort) key.abort = true;
+    else if (option === "peek" && !key.peek) key.peek = true;
+    else if (option.startsWith("t=") && key.timeout < 0 && /^\d{1,10}$/.test(option.slice(2))) {
+      key.timeout = Math.min(Number(option.slice(2)), MAX_WAIT_MS);
+    } else return null;
+  }
+  // Combinations that make no sense (Kestrel's rules, made strict).
+  if (key.abort && (key.open || key.close || key.peek || key.timeout >= 0)) return null;
+  if (key.peek && (key.open || key.close)) return null;
+  if (key.close && !key.open && key.timeout >= 0) return null;
+  return key;
+}
+
+/** Start/end offsets of the space-separated tokens of a line, flattened: [s0, e0, s1, e1, …]. */
+function tokenize(buf: Buffer, from: number, to: number): number[] {
+  const tokens: number[] = [];
+  let i = from;
+  while (i < to) {
+    while (i < to && buf[i] === SP) i++;
+    if (i === to) break;
+    const s = i;
+    while (i < to && buf[i] !== SP) i++;
+    tokens.push(s, i);
+  }
+  return tokens;
+}
+
+function word(buf: Buffer, tokens: number[], i: number): string {
+  return buf.toString("latin1", tokens[2 * i]!, tokens[2 * i + 1]!);
+}
+
+/** The words from index `i` on, joined by one space. */
+function rest(buf: Buffer, tokens: number[], i: number): string {
+  const words: string[] = [];
+  for (let j = i; j < tokens.length / 2; j++) words.push(word(buf, tokens, j));
+  return words.join(" ");
+}
+
+function validName(buf: Buffer, from: number, to: number): boolean {
+  const length = to - from;
+  if (length < 1 || length > MAX_NAME) return false;
+  for (let i = from; i < to; i++) {
+    const c = buf[i]!;
+    if (c < 0x21 || c > 0x7e || c === SLASH) return false;
+  }
+  return true;
+}
+
+function name(buf: Buffer, tokens: number[], i: number): string | null {
+  const from = tokens[2 * i]!;
+  const to = tokens[2 * i + 1]!;
+  return validName(buf, from, to) ? buf.toString("latin1", from, to) : null;
+}
+
+/** An unsigned decimal of digits only, at most `max`; -1 if it is not one. */
+function number(buf: Buffer, tokens: number[], i: number, max: number): number {
+  const from = tokens[2 * i]!;
+  const to = tokens[2 * i + 1]!;
+  if (to - from > 20) return -1;
+  let n = 0;
+  for (let j = from; j < to; j++) {
+    const d = buf[j]! - 48;
+    if (d < 0 || d > 9) return -1;
+    n = n * 10 + d;
+  }
+  return n > max ? -1 : n;
+}
+
+function signedInt32(buf: Buffer, tokens: number[], i: number): number | null {
+  const text = word(buf, tokens, i);
+  if (!/^-?\d{1,10}$/.test(text)) return null;
+  const n = Number(text);
+  return n >= -2147483648 && n <= 2147483647 ? n : null;
+}

@@ -1,0 +1,33 @@
+/** Every fixed reply the server sends, named once (beanstalkd's MSG_* constants). */
+export const REPLY = {
+  STORED: "STORED\r\n",
+  END: "END\r\n",
+  DELETED: "DELETED\r\n",
+  NOT_FOUND: "NOT_FOUND\r\n",
+  OK: "OK\r\n",
+  RESET: "RESET\r\n",
+  ERROR: "ERROR\r\n",
+  BAD_FORMAT: "CLIENT_ERROR bad command line format\r\n",
+  BAD_CHUNK: "CLIENT_ERROR bad data chunk\r\n",
+  LINE_TOO_LONG: "CLIENT_ERROR line too long\r\n",
+  TOO_LARGE: "SERVER_ERROR object too large for cache\r\n",
+  ALREADY_OPEN: "CLIENT_ERROR this connection already has an open message on that queue\r\n",
+  TOO_MANY_OPEN: "CLIENT_ERROR too many open messages on this connection\r\n",
+  LEASE_EXPIRED: "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n",
+} as const;
+
+export function serverError(reason: string): string {
+  // A reason must stay on one line, or the client would read the rest as another reply.
+  return `SERVER_ERROR ${reason.replace(/[\r\n]+/g, " ")}\r\n`;
+}
+
+/** The header line of one message in a get reply; the body and "\r\n" follow it. */
+export function valueHeader(queue: string, flags: number, bytes: number, id?: number): string {
+  return id === undefined
+    ? `VALUE ${queue} ${flags} ${bytes}\r\n`
+    : `VALUE ${queue} ${flags} ${bytes} ${id}\r\n`;
+}
+
+export function statLine(name: string, value: string | number): string {
+  return `STAT ${name} ${value}\r\n`;
+}

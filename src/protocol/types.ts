@@ -1,0 +1,30 @@
+/**
+ * The requests the parser produces and the command layer executes. Names are
+ * validated ASCII strings; `data` is a view into the connection's input buffer,
+ * valid only until the framer is pushed again (the store copies it on bind).
+ */
+
+/** One key of a `get`: the queue name plus Kestrel's options from `q/opt/opt`. */
+export interface GetKey {
+  queue: string;
+  open: boolean;
+  close: boolean;
+  abort: boolean;
+  peek: boolean;
+  /** Milliseconds to wait for a message when the queue is empty; -1 = do not wait. */
+  timeout: number;
+}
+
+export type Request =
+  | { kind: "get"; keys: GetKey[]; withIds: boolean }
+  | { kind: "set"; queue: string; flags: number; exptime: number; data: Buffer; noreply: boolean }
+  | { kind: "delete"; queue: string; noreply: boolean }
+  | { kind: "flush"; queue: string; noreply: boolean }
+  | { kind: "flush_all"; noreply: boolean }
+  | { kind: "stats"; section: "general" | "queues" | "reset" }
+  | { kind: "stats_queue"; queue: string }
+  | { kind: "version" }
+  | { kind: "verbosity"; level: number; noreply: boolean }
+  | { kind: "quit" }
+  /** Input the parser refused: the reply is sent as is; `close` ends the connection after it. */
+  | { kind: "error"; reply: string; close: boolean };

@@ -1,0 +1,169 @@
+/**
+ * A QueueStore in memory: the reference the contract suite holds the SQLite store to,
+ * and a store for command-layer tests. A batch is undone by restoring a snapshot taken
+ * at its first change, which is simple and fine at test sizes.
+ */
+import type { Message, QueueCounters, QueueDetail, QueueStore } from "./store";
+
+interface Entry extends Message {
+  created: number;
+  expiresAt: number;
+  opened: boolean;
+}
+
+interface Queue {
+  total: number;
+  fetched: number;
+  entries: Entry[];
+}
+
+export function createMemoryStore(): QueueStore {
+  let queues = new Map<string, Queue>();
+  let lastId = 0;
+  let expired = 0;
+  let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number } | null = null;
+
+  function change(): void {
+    if (snapshot !== null) return;
+    const copy = new Map<string, Queue>();
+    for (const [name, q] of queues) copy.set(name, { ...q, entries: q.entries.map((e) => ({ ...e })) });
+    snapshot = { queues: copy, lastId, expired };
+  }
+
+  /** Index of the first message that may be handed out; expired ones on the way are deleted. */
+  function firstLive(q: Queue, now: number): number {
+    for (let i = 0; i < q.entries.length; i++) {
+      const e = q.entries[i]!;
+      if (e.opened) continue;
+      if (e.expiresAt === 0 || e.expiresAt > now) return i;
+      change();
+      q.entries.splice(i--, 1);
+      expired++;
+    }
+    return -1;
+  }
+
+  const bytes = (q: Queue) => q.entries.reduce((n, e) => n + e.body.length, 0);
+  const openCount = (q: Queue) => q.entries.filter((e) => e.opened).length;
+  const view = (e: Entry): Message => ({ id: e.id, flags: e.flags, body: e.body });
+
+  return {
+    enqueue(name, flags, body, expiresAt, now) {
+      change();
+      let q = queues.get(name);
+      if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+      const id = ++lastId;
+      q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false });
+      q.total++;
+      return id;
+    },
+    dequeue(name, now) {
+      const q = queues.get(name);
+      const i = q === undefined ? -1 : firstLive(q, now);
+      if (i < 0) return null;
+      change();
+      const [e] = q!.entries.splice(i, 1);
+      q!.fetched++;
+      return view(e!);
+    },
+    peek(name, now) {
+      const q = queues.get(name);
+      const i = q === undefined ? -1 : firstLive(q, now);
+      return i < 0 ? null : view(q!.entries[i]!);
+    },
+    open(name, now) {
+      const q = queues.get(name);
+      const i = q === undefined ? -1 : firstLive(q, now);
+      if (i < 0) return null;
+      change();
+      q!.entries[i]!.opened = true;
+      return view(q!.entries[i]!);
+    },
+    confirm(name, id) {
+      const q = queues.get(name);
+      const i = q === undefined ? -1 : q.entries.findIndex((e) => e.id === id && e.opened);
+      if (i < 0) return false;
+      change();
+      q!.entries.splice(i, 1);
+      q!.fetched++;
+      return true;
+    },
+    release(name, id) {
+      const e = queues.get(name)?.entries.find((e) => e.id === id && e.opened);
+      if (e === undefined) return false;
+      change();
+      e.opened = false;
+      return true;
+    },
+    drop(name) {
+      if (!queues.has(name)) return false;
+      change();
+      queues.delete(name);
+      return true;
+    },
+    flush(name) {
+      const q = queues.get(name);
+      if (q === undefined) return;
+      change();
+      q.entries = [];
+    },
+    flushAll() {
+      change();
+      for (const q of queues.values()) q.entries = [];
+    },
+    list(): QueueCounters[] {
+      return [...queues.keys()].sort().map((name) => {
+        const q = queues.get(name)!;
+        return { name, total: q.total, fetched: q.fetched };
+      });
+    },
+    detail(name, now): QueueDetail | null {
+      const q = queues.get(name);
+      if (q === undefined) return null;
+      const first = q.entries[0];
+      return {
+        name,
+        total: q.total,
+        fetched: q.fetched,
+        items: q.entries.length,
+        bytes: bytes(q),
+        open: openCount(q),
+        oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created),
+      };
+    },
+    totals() {
+      let items = 0;
+      let open = 0;
+      for (const q of queues.values()) {
+        items += q.entries.length;
+        open += openCount(q);
+      }
+      return { queues: queues.size, items, open, expired };
+    },
+    sweepExpired(now, limit) {
+      let n = 0;
+      for (const q of queues.values()) {
+        for (let i = 0; i < q.entries.length && n < limit; i++) {
+          const e = q.entries[i]!;
+          if (e.opened || e.expiresAt === 0 || e.expiresAt > now) continue;
+          change();
+          q.entries.splice(i--, 1);
+          n++;
+        }
+      }
+      expired += n;
+      return n;
+    },
+    commit() {
+      snapshot = null;
+    },
+    rollback() {
+      if (snapshot === null) return;
+      ({ queues, lastId, expired } = snapshot);
+      snapshot = null;
+    },
+    dirty: () => snapshot !== null,
+    maintain() {},
+    close() {},
+  };
+}

@@ -1,0 +1,474 @@
+/**
+ * The QueueStore on bun:sqlite: one database file, `mcq.db`, in the data directory.
+ *
+ * Layout (schema version 1, kept in PRAGMA user_version):
+ *   queues(id, name, total, fetched, items, bytes)   one row per queue; the counters change in
+ *                                                    the same transaction as the messages, so
+ *                                                    they are exact after a crash
+ *   messages(id, qid, flags, created, expires, opened, deliveries, body)
+ *                                                    id is global and increasing: FIFO is id order
+ *   meta(key, value)                                 'last_id', so an id is never reused
+ * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog.
+ *
+ * Changing the schema: bump SCHEMA_VERSION, add a step to migrate() that takes a file of the
+ * previous version to the new one inside one transaction, and add a test that opens a file
+ * written by the previous version.
+ *
+ * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
+ * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
+ * The file is held with locking_mode=EXCLUSIVE: a second process on the same directory gets
+ * SQLITE_BUSY at once, and the lock dies with the process, even on kill -9.
+ * Space: auto_vacuum=INCREMENTAL is set before the first table exists; maintain() frees pages
+ * and truncates the WAL in small steps, off the hot path.
+ */
+import { Database, type Statement } from "bun:sqlite";
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import {
+  StoreError,
+  type Message,
+  type QueueCounters,
+  type QueueDetail,
+  type QueueStore,
+  type StoreTotals,
+} from "./store";
+
+export type SyncMode = "full" | "normal" | "off";
+
+export interface SqliteOptions {
+  sync: SyncMode;
+  /** Page cache size in MB (-m). */
+  cacheMb: number;
+}
+
+export const DB_FILE = "mcq.db";
+const SCHEMA_VERSION = 1;
+/** Free pages given back per maintain() step (4 MB of 4 KB pages). */
+const VACUUM_STEP_PAGES = 1024;
+/** Fewer free pages than this (1 MB) are kept for reuse rather than given back. */
+const VACUUM_MIN_PAGES = 256;
+/** The WAL is truncated once it is larger than this. */
+const WAL_TRUNCATE_BYTES = 4 * 1024 * 1024;
+
+/** Raised when another process holds the data file. */
+export class StoreLockedError extends Error {}
+
+interface Queue {
+  id: number;
+  name: string;
+  total: number;
+  fetched: number;
+  items: number;
+  bytes: number;
+  open: number;
+}
+
+type Row = [id: number, flags: number, expires: number, body: Uint8Array];
+
+export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore {
+  const file = join(dir, DB_FILE);
+  const db = openDatabase(file, options);
+  migrate(db, file);
+
+  const sql = (text: string): Statement => db.prepare(text);
+  const begin = sql("BEGIN");
+  const commitTx = sql("COMMIT");
+  const rollbackTx = sql("ROLLBACK");
+  const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
+  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ? WHERE id = ?");
+  const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
+  const saveLastId = sql("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_id', ?)");
+  const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
+  const head = sql(
+    "SELECT id, flags, expires, body FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT 1",
+  );
+  const takeHead = sql(
+    "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT 1) " +
+      "RETURNING id, flags, expires, body",
+  );
+  const deleteById = sql("DELETE FROM messages WHERE id = ?");
+  const markOpen = sql("UPDATE messages SET opened = 1, deliveries = deliveries + 1 WHERE id = ?");
+  const confirmOpen = sql("DELETE FROM messages WHERE id = ? AND opened = 1 RETURNING length(body)");
+  const releaseOpen = sql("UPDATE messages SET opened = 0 WHERE id = ? AND opened = 1");
+  const releaseAll = sql("UPDATE messages SET opened = 0 WHERE qid = ? AND opened = 1");
+  const countOpen = sql("SELECT count(*) FROM messages WHERE qid = ? AND opened = 1");
+  const deleteQueueMessages = sql("DELETE FROM messages WHERE qid = ?");
+  const deleteAllMessages = sql("DELETE FROM messages");
+  const oldest = sql(
+    "SELECT min(created) FROM (" +
+      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 0 ORDER BY id LIMIT 1) UNION ALL " +
+      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 1 ORDER BY id LIMIT 1))",
+  );
+  const freelist = sql("PRAGMA freelist_count");
+  const sweep = sql(
+    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 " +
+      "LIMIT ?) RETURNING qid, length(body)",
+  );
+
+  const queues = new Map<string, Queue>();
+  const byId = new Map<number, Queue>();
+  const changed = new Set<Queue>();
+  let lastId = 0;
+  let savedLastId = 0;
+  let inTx = false;
+  let expired = 0;
+
+  /** Reads the queues and counters from the file: at start, and after a rollback. */
+  function load(): void {
+    queues.clear();
+    byId.clear();
+    changed.clear();
+    for (const [id, name, total, fetched, items, bytes] of db
+      .prepare("SELECT id, name, total, fetched, items, bytes FROM queues")
+      .values() as [number, string, number, number, number, number][]) {
+      const open = (countOpen.values(id)[0]![0] as number) ?? 0;
+      const q: Queue = { id, name, total, fetched, items, bytes, open };
+      queues.set(name, q);
+      byId.set(id, q);
+    }
+    const meta = db.prepare("SELECT value FROM meta WHERE key = 'last_id'").values()[0];
+    const max = db.prepare("SELECT max(id) FROM messages").values()[0]![0] as number | null;
+    lastId = savedLastId = Math.max((meta?.[0] as number) ?? 0, max ?? 0);
+  }
+
+  /** Converts an SQLite failure into the reason a client sees. */
+  function guard<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw toStoreError(e);
+    }
+  }
+
+  function tx(): void {
+    if (!inTx) {
+      begin.run();
+      inTx = true;
+    }
+  }
+
+  function queueFor(name: string): Queue {
+    let q = queues.get(name);
+    if (q === undefined) {
+      const id = (createQueue.values(name)[0]![0] as number);
+      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0 };
+      queues.set(name, q);
+      byId.set(id, q);
+    }
+    changed.add(q);
+    return q;
+  }
+
+  function removed(q: Queue, row: Row): void {
+    q.items--;
+    q.bytes -= row[3].length;
+    changed.add(q);
+  }
+
+  /** The first message of q that may be handed out; expired ones met on the way are deleted. */
+  function firstLive(q: Queue, now: number, take: boolean): Row | null {
+    for (;;) {
+      if (q.items - q.open <= 0) return null;
+      const row = (take ? (tx(), takeHead.values(q.id)[0]) : head.values(q.id)[0]) as Row | undefined;
+      if (row === undefined) return null;
+      if (row[2] === 0 || row[2] > now) return row;
+      if (!take) {
+        tx();
+        deleteById.run(row[0]);
+      }
+      removed(q, row);
+      expired++;
+    }
+  }
+
+  const message = (row: Row): Message => ({ id: row[0], flags: row[1], body: row[3] });
+
+  // Every message that was open when the server stopped is back in its queue, at its place.
+  guard(() => {
+    load();
+    db.transaction(() => {
+      for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
+    })();
+    for (const q of queues.values()) q.open = 0;
+  });
+
+  return {
+    enqueue: (name, flags, body, expiresAt, now) =>
+      guard(() => {
+        tx();
+        const q = queueFor(name);
+        const id = ++lastId;
+        insert.run(id, q.id, flags, now, expiresAt, body);
+        q.total++;
+        q.items++;
+        q.bytes += body.length;
+        return id;
+      }),
+
+    dequeue: (name, now) =>
+      guard(() => {
+        const q = queues.get(name);
+        if (q === undefined) return null;
+        const row = firstLive(q, now, true);
+        if (row === null) return null;
+        removed(q, row);
+        q.fetched++;
+        return message(row);
+      }),
+
+    peek: (name, now) =>
+      guard(() => {
+        const q = queues.get(name);
+        const row = q === undefined ? null : firstLive(q, now, false);
+        return row === null ? null : message(row);
+      }),
+
+    open: (name, now) =>
+      guard(() => {
+        const q = queues.get(name);
+        const row = q === undefined ? null : firstLive(q, now, false);
+        if (row === null) return null;
+        tx();
+        markOpen.run(row[0]);
+        q!.open++;
+        return message(row);
+      }),
+
+    confirm: (name, id) =>
+      guard(() => {
+        const q = queues.get(name);
+        if (q === undefined) return false;
+        tx();
+        const row = confirmOpen.values(id)[0];
+        if (row === undefined) return false;
+        q.items--;
+        q.bytes -= row[0] as number;
+        q.open--;
+        q.fetched++;
+        changed.add(q);
+        return true;
+      }),
+
+    release: (name, id) =>
+      guard(() => {
+        const q = queues.get(name);
+        if (q === undefined) return false;
+        tx();
+        if (releaseOpen.run(id).changes === 0) return false;
+        q.open--;
+        return true;
+      }),
+
+    drop: (name) =>
+      guard(() => {
+        const q = queues.get(name);
+        if (q === undefined) return false;
+        tx();
+        deleteQueueMessages.run(q.id);
+        deleteQueue.run(q.id);
+        queues.delete(name);
+        byId.delete(q.id);
+        changed.delete(q);
+        return true;
+      }),
+
+    flush: (name) =>
+      guard(() => {
+        const q = queues.get(name);
+        if (q === undefined || q.items === 0) return;
+        tx();
+        deleteQueueMessages.run(q.id);
+        q.items = q.bytes = q.open = 0;
+        changed.add(q);
+      }),
+
+    flushAll: () =>
+      guard(() => {
+        tx();
+        deleteAllMessages.run();
+        for (const q of queues.values()) {
+          if (q.items === 0) continue;
+          q.items = q.bytes = q.open = 0;
+          changed.add(q);
+        }
+      }),
+
+    list: () => {
+      const names = [...queues.keys()].sort();
+      return names.map((name): QueueCounters => {
+        const q = queues.get(name)!;
+        return { name, total: q.total, fetched: q.fetched };
+      });
+    },
+
+    detail: (name, now) =>
+      guard((): QueueDetail | null => {
+        const q = queues.get(name);
+        if (q === undefined) return null;
+        const created = oldest.values(q.id)[0]?.[0] as number | null;
+        return {
+          name,
+          total: q.total,
+          fetched: q.fetched,
+          items: q.items,
+          bytes: q.bytes,
+          open: q.open,
+          oldestAgeMs: created == null ? 0 : Math.max(0, now - created),
+        };
+      }),
+
+    totals: (): StoreTotals => {
+      let items = 0;
+      let open = 0;
+      for (const q of queues.values()) {
+        items += q.items;
+        open += q.open;
+      }
+      return { queues: queues.size, items, open, expired };
+    },
+
+    sweepExpired: (now, limit) =>
+      guard(() => {
+        tx();
+        const rows = sweep.values(now, limit) as [number, number][];
+        for (const [qid, bytes] of rows) {
+          const q = byId.get(qid);
+          if (q === undefined) continue;
+          q.items--;
+          q.bytes -= bytes;
+          changed.add(q);
+        }
+        expired += rows.length;
+        return rows.length;
+      }),
+
+    commit: () =>
+      guard(() => {
+        if (!inTx) return;
+        for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, q.id);
+        changed.clear();
+        if (lastId !== savedLastId) saveLastId.run(lastId);
+        commitTx.run();
+        inTx = false;
+        savedLastId = lastId;
+      }),
+
+    rollback: () => {
+      if (!inTx) return;
+      inTx = false;
+      try {
+        rollbackTx.run();
+      } catch {
+        // SQLite may already have rolled back on its own (SQLITE_FULL); nothing is left to undo.
+      }
+      guard(load);
+    },
+
+    dirty: () => inTx,
+
+    maintain: () =>
+      guard(() => {
+        if (inTx) return;
+        const free = freelist.values()[0]![0] as number;
+        const vacuum = free > VACUUM_MIN_PAGES;
+        if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
+        // The file shrinks when the vacuumed pages are checkpointed; TRUNCATE also empties the WAL.
+        if (vacuum || walSize(file) > WAL_TRUNCATE_BYTES) db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+      }),
+
+    close: () => {
+      if (inTx) rollbackTx.run();
+      inTx = false;
+      try {
+        db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+      } finally {
+        db.close();
+      }
+    },
+  };
+}
+
+function openDatabase(file: string, options: SqliteOptions): Database {
+  let db: Database;
+  try {
+    db = new Database(file, { create: true });
+  } catch (e) {
+    throw new StoreError(`cannot open ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    db.run("PRAGMA busy_timeout = 0");
+    db.run("PRAGMA locking_mode = EXCLUSIVE");
+    // Only takes effect on a file without tables: it must come before the schema.
+    db.run("PRAGMA auto_vacuum = INCREMENTAL");
+    db.run("PRAGMA journal_mode = WAL");
+    db.run(`PRAGMA synchronous = ${options.sync.toUpperCase()}`);
+    db.run(`PRAGMA cache_size = ${-options.cacheMb * 1024}`);
+    // Checkpoints are taken by maintain(), between batches, not inside a commit.
+    db.run("PRAGMA wal_autocheckpoint = 0");
+    db.run(`PRAGMA journal_size_limit = ${WAL_TRUNCATE_BYTES}`);
+    // Take the exclusive lock now, not at the first write.
+    db.run("BEGIN IMMEDIATE");
+    db.run("COMMIT");
+    return db;
+  } catch (e) {
+    db.close();
+    const code = (e as { code?: string }).code ?? "";
+    if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
+      throw new StoreLockedError(`${file} is in use by another mcq process`);
+    }
+    if (code.startsWith("SQLITE_NOTADB") || code.startsWith("SQLITE_CORRUPT")) {
+      throw new StoreError(`${file} is not an mcq data file or is corrupt (${code})`, { cause: e });
+    }
+    throw toStoreError(e);
+  }
+}
+
+function migrate(db: Database, file: string): void {
+  const version = db.prepare("PRAGMA user_version").values()[0]![0] as number;
+  if (version === SCHEMA_VERSION) return;
+  const tables = db.prepare("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
+  if (version !== 0 || tables !== 0) {
+    db.close();
+    throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);
+  }
+  db.transaction(() => {
+    db.run(`CREATE TABLE queues(
+      id INTEGER PRIMARY KEY,
+      name TEXT NOT NULL UNIQUE,
+      total INTEGER NOT NULL DEFAULT 0,
+      fetched INTEGER NOT NULL DEFAULT 0,
+      items INTEGER NOT NULL DEFAULT 0,
+      bytes INTEGER NOT NULL DEFAULT 0)`);
+    db.run(`CREATE TABLE messages(
+      id INTEGER PRIMARY KEY,
+      qid INTEGER NOT NULL,
+      flags INTEGER NOT NULL,
+      created INTEGER NOT NULL,
+      expires INTEGER NOT NULL,
+      opened INTEGER NOT NULL DEFAULT 0,
+      deliveries INTEGER NOT NULL DEFAULT 0,
+      body BLOB NOT NULL)`);
+    db.run("CREATE INDEX messages_head ON messages(qid, opened, id)");
+    db.run("CREATE INDEX messages_expiry ON messages(expires) WHERE expires > 0");
+    db.run("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
+    db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+  })();
+}
+
+function walSize(file: string): number {
+  try {
+    return statSync(`${file}-wal`).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** SQLite's failure as the short reason a client sees after SERVER_ERROR. */
+function toStoreError(e: unknown): StoreError {
+  if (e instanceof StoreError) return e;
+  const code = (e as { code?: string }).code ?? "";
+  if (code === "SQLITE_FULL") return new StoreError("out of space", { cause: e });
+  if (code.startsWith("SQLITE_IOERR")) return new StoreError(`I/O error (${code})`, { cause: e });
+  if (code.startsWith("SQLITE_CORRUPT")) return new StoreError("data file is corrupt", { cause: e });
+  return new StoreError(code ? `store error (${code})` : `store error: ${(e as Error).message}`, { cause: e });
+}

@@ -1,0 +1,84 @@
+/**
+ * The queue store as the command layer sees it: domain verbs and result values, no wire
+ * text. Every change joins the current batch; nothing is durable until commit() has
+ * returned (or its promise resolved), and the server releases no reply before that.
+ * rollback() undoes the whole batch. A store failure (disk full, I/O error) throws
+ * StoreError, after which the caller rolls the batch back.
+ */
+
+export interface Message {
+  /** Unique within its queue and never reused by it; `gets` shows it. */
+  id: number;
+  flags: number;
+  body: Uint8Array;
+}
+
+export interface QueueCounters {
+  name: string;
+  /** Messages ever stored in this queue. */
+  total: number;
+  /** Messages ever consumed (a plain get, or the close of an open one). */
+  fetched: number;
+}
+
+export interface QueueDetail extends QueueCounters {
+  /** Messages stored now, open ones included. */
+  items: number;
+  /** Bytes of their bodies. */
+  bytes: number;
+  /** Messages now open (reserved by a consumer). */
+  open: number;
+  /** Age of the oldest message in milliseconds, 0 when empty. */
+  oldestAgeMs: number;
+}
+
+export interface StoreTotals {
+  queues: number;
+  items: number;
+  open: number;
+  expired: number;
+}
+
+export interface QueueStore {
+  /** Appends a message to the tail of `queue`, creating the queue. `expiresAt` 0 = never (ms). */
+  enqueue(queue: string, flags: number, body: Uint8Array, expiresAt: number, now: number): number;
+  /** Removes and returns the head message, or null when there is none that may be handed out. */
+  dequeue(queue: string, now: number): Message | null;
+  /** Returns the head message without removing it. */
+  peek(queue: string, now: number): Message | null;
+  /** Reserves the head message: it stays stored but is skipped until confirm() or release(). */
+  open(queue: string, now: number): Message | null;
+  /** Deletes a reserved message; false if it is no longer reserved. */
+  confirm(queue: string, id: number): boolean;
+  /** Returns a reserved message to its place in the queue; false if it was not reserved. */
+  release(queue: string, id: number): boolean;
+  /** Deletes the queue and its messages; false if it did not exist. */
+  drop(queue: string): boolean;
+  /** Empties the queue, which keeps existing and keeps its counters. */
+  flush(queue: string): void;
+  /** Empties every queue. */
+  flushAll(): void;
+  /** Every queue with its counters, sorted by name in byte order. */
+  list(): QueueCounters[];
+  detail(queue: string, now: number): QueueDetail | null;
+  totals(): StoreTotals;
+  /** Deletes up to `limit` expired messages; returns how many. */
+  sweepExpired(now: number, limit: number): number;
+  /** Makes the batch durable. May be asynchronous (a networked store). */
+  commit(): void | Promise<void>;
+  /** Undoes every change since the last commit. */
+  rollback(): void;
+  /** Whether the current batch has uncommitted changes. */
+  dirty(): boolean;
+  /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
+  maintain(): void;
+  close(): void;
+}
+
+/** The store's own failure: the reason goes to the client as SERVER_ERROR <reason>. */
+export class StoreError extends Error {
+  constructor(reason: string, options?: { cause?: unknown }) {
+    super(reason, options);
+    this.name = "StoreError";
+  }
+}
