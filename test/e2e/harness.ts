@@ -1,0 +1,195 @@
+/**
+ * End-to-end harness: spawns the real server (source, or the binary named by MCQ_BIN) on
+ * port 0 with a temp data directory, waits for its listening line, and talks raw TCP.
+ * Nothing here sleeps to guess: it waits for a line, a reply or a process exit.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+/** The server command: MCQ_BIN (e.g. dist/mcq) or bun + src/main.ts. */
+export function serverCommand(): string[] {
+  const bin = process.env.MCQ_BIN;
+  return bin ? [resolve(ROOT, bin)] : [process.execPath, join(ROOT, "src/main.ts")];
+}
+
+export function tempDir(prefix = "mcq-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export interface Running {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  port: number;
+  home: string;
+  args: string[];
+  /** Everything the server wrote to stderr so far. */
+  stderr(): string;
+  connect(): Promise<Client>;
+  /** Sends a signal and waits for the exit code. */
+  kill(signal?: NodeJS.Signals): Promise<number>;
+}
+
+const running = new Set<Running>();
+
+/** Starts a server on a fresh (or the given) data directory and waits for "listening on". */
+export async function startServer(extra: string[] = [], home = join(tempDir(), "data")): Promise<Running> {
+  const args = ["-l", "127.0.0.1", "-p", "0", "-H", home, ...extra];
+  const proc = Bun.spawn([...serverCommand(), ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  let err = "";
+  void (async () => {
+    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
+  })();
+  const line = await readLine(proc.stdout, (l) => l.includes(" listening on "));
+  if (line === null) {
+    const code = await proc.exited;
+    throw new Error(`server did not start (exit ${code}): ${err}`);
+  }
+  const port = Number(/:(\d+)$/.exec(line.trim())![1]);
+  const server: Running = {
+    proc,
+    port,
+    home,
+    args,
+    stderr: () => err,
+    connect: () => Client.connect(port),
+    async kill(signal = "SIGTERM") {
+      proc.kill(signal);
+      const code = await proc.exited;
+      running.delete(server);
+      return code;
+    },
+  };
+  running.add(server);
+  return server;
+}
+
+/** Kills every server a test left running (for afterAll). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...running].map((s) => s.kill("SIGKILL")));
+}
+
+/** Reads lines from a stream until one matches; null if the stream ends first. */
+export async function readLine(stream: ReadableStream<Uint8Array>, match: (line: string) => boolean): Promise<string | null> {
+  const reader = stream.getReader();
+  let text = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return null;
+      text += new TextDecoder().decode(value);
+      const lines = text.split("\n");
+      text = lines.pop()!;
+      const found = lines.find(match);
+      if (found !== undefined) return found;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** Runs the server command to its end (for flags that exit at once). */
+export async function runCommand(args: string[], timeoutMs = 20_000) {
+  const proc = Bun.spawn([...serverCommand(), ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  clearTimeout(timer);
+  return { stdout, stderr, code };
+}
+
+export function cleanup(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** A raw TCP client that collects every byte the server sends. */
+export class Client {
+  private buf = Buffer.alloc(0);
+  private waiter: (() => void) | null = null;
+  closed = false;
+
+  private constructor(readonly socket: Socket) {
+    socket.on("data", (chunk: Buffer) => {
+      this.buf = Buffer.concat([this.buf, chunk]);
+      this.waiter?.();
+    });
+    socket.on("close", () => {
+      this.closed = true;
+      this.waiter?.();
+    });
+    socket.on("error", () => {});
+  }
+
+  static connect(port: number, host = "127.0.0.1"): Promise<Client> {
+    return new Promise((ok, fail) => {
+      const socket = connect({ port, host, noDelay: true }, () => ok(new Client(socket)));
+      socket.once("error", fail);
+    });
+  }
+
+  write(data: string | Uint8Array): void {
+    this.socket.write(typeof data === "string" ? Buffer.from(data, "latin1") : data);
+  }
+
+  /** Waits until the received bytes satisfy `done` (or the connection closes); returns and clears them. */
+  async until(done: (b: Buffer) => boolean, timeoutMs = 10_000): Promise<Buffer> {
+    const deadline = Date.now() + timeoutMs;
+    while (!done(this.buf) && !this.closed) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out; got ${JSON.stringify(this.buf.toString("latin1"))}`);
+      await new Promise<void>((ok) => {
+        const t = setTimeout(ok, left);
+        this.waiter = () => {
+          clearTimeout(t);
+          ok();
+        };
+      });
+      this.waiter = null;
+    }
+    const out = this.buf;
+    this.buf = Buffer.alloc(0);
+    return out;
+  }
+
+  /** Reads exactly n bytes. */
+  async read(n: number, timeoutMs?: number): Promise<Buffer> {
+    const got = await this.until((b) => b.length >= n, timeoutMs);
+    this.buf = got.subarray(n);
+    return got.subarray(0, n);
+  }
+
+  /**
+   * Sends `data` then `version`, and returns everything before the VERSION line: the exact
+   * reply to `data`, however many lines (an empty string means no reply at all).
+   */
+  async call(data: string | Uint8Array, timeoutMs?: number): Promise<string> {
+    this.write(data);
+    this.write("version\r\n");
+    const text0 = typeof data === "string" ? data : Buffer.from(data).toString("latin1");
+    const markers = text0.split("version\r\n").length;
+    const got = await this.until((b) => {
+      const t = b.toString("latin1");
+      return /VERSION \d+\.\d+\.\d+\r\n$/.test(t) && t.split("VERSION ").length - 1 >= markers;
+    }, timeoutMs);
+    const text = got.toString("latin1");
+    return text.slice(0, text.lastIndexOf("VERSION "));
+  }
+
+  /** Resolves when the server closes the connection; returns what it sent before. */
+  async closedBy(timeoutMs?: number): Promise<string> {
+    return (await this.until(() => false || this.closed, timeoutMs)).toString("latin1");
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+export const set = (q: string, body: string, flags = 0) => `set ${q} ${flags} 0 ${Buffer.byteLength(body, "latin1")}\r\n${body}\r\n`;
+export const value = (q: string, body: string, flags = 0) => `VALUE ${q} ${flags} ${Buffer.byteLength(body, "latin1")}\r\n${body}\r\n`;
