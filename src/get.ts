@@ -100,13 +100,14 @@ function giveBack(ctx: Context, s: Session, queue: string, id: number): void {
 /** A reason to refuse the whole get before any key is served, or null. */
 function checkOpens(ctx: Context, s: Session, keys: GetKey[]): string | null {
   const opening = new Set<string>();
+  let after = s.opens.size;
   for (const key of keys) {
+    if (key.close && s.opens.has(key.queue)) after--;
     if (!key.open) continue;
     if ((s.opens.has(key.queue) && !key.close) || opening.has(key.queue)) return REPLY.ALREADY_OPEN;
     opening.add(key.queue);
+    after++;
   }
-  let after = s.opens.size;
-  for (const queue of opening) if (!s.opens.has(queue)) after++;
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 

@@ -70,7 +70,13 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const db = openDatabase(file, options);
   migrate(db, file);
 
-  const sql = (text: string): Statement => db.prepare(text);
+  // Every statement is finalized at close: a live one would keep the file, and its lock, open.
+  const statements: Statement[] = [];
+  const sql = (text: string): Statement => {
+    const statement = db.prepare(text);
+    statements.push(statement);
+    return statement;
+  };
   const begin = sql("BEGIN");
   const commitTx = sql("COMMIT");
   const rollbackTx = sql("ROLLBACK");
@@ -119,15 +125,15 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     byId.clear();
     changed.clear();
     for (const [id, name, total, fetched, items, bytes] of db
-      .prepare("SELECT id, name, total, fetched, items, bytes FROM queues")
+      .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
       const q: Queue = { id, name, total, fetched, items, bytes, open };
       queues.set(name, q);
       byId.set(id, q);
     }
-    const meta = db.prepare("SELECT value FROM meta WHERE key = 'last_id'").values()[0];
-    const max = db.prepare("SELECT max(id) FROM messages").values()[0]![0] as number | null;
+    const meta = db.query("SELECT value FROM meta WHERE key = 'last_id'").values()[0];
+    const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
     lastId = savedLastId = Math.max((meta?.[0] as number) ?? 0, max ?? 0);
   }
 
@@ -382,7 +388,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       try {
         db.run("PRAGMA wal_checkpoint(TRUNCATE)");
       } finally {
-        db.close();
+        for (const statement of statements) statement.finalize();
+        db.close(false);
       }
     },
   };
@@ -424,9 +431,9 @@ function openDatabase(file: string, options: SqliteOptions): Database {
 }
 
 function migrate(db: Database, file: string): void {
-  const version = db.prepare("PRAGMA user_version").values()[0]![0] as number;
+  const version = db.query("PRAGMA user_version").values()[0]![0] as number;
   if (version === SCHEMA_VERSION) return;
-  const tables = db.prepare("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
+  const tables = db.query("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
   if (version !== 0 || tables !== 0) {
     db.close();
     throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);

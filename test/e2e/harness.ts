@@ -110,7 +110,7 @@ export function cleanup(dir: string): void {
 
 /** A raw TCP client that collects every byte the server sends. */
 export class Client {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private waiter: (() => void) | null = null;
   closed = false;
 

@@ -1,0 +1,119 @@
+/**
+ * One behaviour, two stores: every QueueStore implementation runs this suite (Hono's shared
+ * router suite). A store-specific file adds what only it can show (reopening a file).
+ */
+import { describe, expect, test } from "bun:test";
+import type { QueueStore } from "../../src/store/store";
+
+const enc = (s: string) => Buffer.from(s);
+const text = (m: { body: Uint8Array } | null) => (m === null ? null : Buffer.from(m.body).toString());
+
+export function storeContract(name: string, make: () => QueueStore): void {
+  describe(`${name} store contract`, () => {
+    const T = 1_000_000;
+
+    test("FIFO per queue, ids increase, unknown queues are empty", () => {
+      const s = make();
+      const a = s.enqueue("a", 1, enc("a1"), 0, T);
+      s.enqueue("b", 2, enc("b1"), 0, T);
+      const a2 = s.enqueue("a", 3, enc("a2"), 0, T);
+      s.commit();
+      expect(a2).toBeGreaterThan(a);
+      expect(s.dequeue("a", T)).toEqual({ id: a, flags: 1, body: expect.anything() });
+      expect(text(s.dequeue("a", T))).toBe("a2");
+      expect(s.dequeue("a", T)).toBeNull();
+      expect(s.dequeue("nope", T)).toBeNull();
+      expect(text(s.dequeue("b", T))).toBe("b1");
+      s.commit();
+      expect(s.list()).toEqual([{ name: "a", total: 2, fetched: 2 }, { name: "b", total: 1, fetched: 1 }]);
+      s.close();
+    });
+
+    test("peek leaves the message; open hides it until confirm or release", () => {
+      const s = make();
+      s.enqueue("q", 0, enc("m1"), 0, T);
+      s.enqueue("q", 0, enc("m2"), 0, T);
+      expect(text(s.peek("q", T))).toBe("m1");
+      const open = s.open("q", T)!;
+      expect(text(open)).toBe("m1");
+      expect(text(s.peek("q", T))).toBe("m2");
+      expect(s.detail("q", T)).toMatchObject({ items: 2, open: 1, total: 2, fetched: 0 });
+      expect(s.release("q", open.id)).toBe(true);
+      expect(s.release("q", open.id)).toBe(false);
+      expect(text(s.peek("q", T))).toBe("m1");
+      const again = s.open("q", T)!;
+      expect(again.id).toBe(open.id);
+      expect(s.confirm("q", again.id)).toBe(true);
+      expect(s.confirm("q", again.id)).toBe(false);
+      expect(s.detail("q", T)).toMatchObject({ items: 1, bytes: 2, open: 0, total: 2, fetched: 1 });
+      s.commit();
+      s.close();
+    });
+
+    test("drop deletes the queue, flush empties it and keeps its counters", () => {
+      const s = make();
+      s.enqueue("d", 0, enc("x"), 0, T);
+      s.enqueue("f", 0, enc("y"), 0, T);
+      s.enqueue("g", 0, enc("z"), 0, T);
+      expect(s.drop("d")).toBe(true);
+      expect(s.drop("d")).toBe(false);
+      s.flush("f");
+      expect(s.dequeue("f", T)).toBeNull();
+      expect(s.list().map((q) => q.name)).toEqual(["f", "g"]);
+      s.flushAll();
+      expect(s.dequeue("g", T)).toBeNull();
+      expect(s.totals()).toMatchObject({ queues: 2, items: 0 });
+      expect(s.list()).toEqual([{ name: "f", total: 1, fetched: 0 }, { name: "g", total: 1, fetched: 0 }]);
+      s.commit();
+      s.close();
+    });
+
+    test("list is sorted by byte order", () => {
+      const s = make();
+      for (const n of ["b", "B", "a10", "a9", "_", "~"]) s.enqueue(n, 0, enc(""), 0, T);
+      expect(s.list().map((q) => q.name)).toEqual(["B", "_", "a10", "a9", "b", "~"]);
+      s.commit();
+      s.close();
+    });
+
+    test("detail reports items, bytes and the oldest message's age", () => {
+      const s = make();
+      s.enqueue("q", 0, enc("abc"), 0, T);
+      s.enqueue("q", 0, enc("hello"), 0, T + 50);
+      expect(s.detail("q", T + 200)).toEqual({ name: "q", items: 2, bytes: 8, total: 2, fetched: 0, open: 0, oldestAgeMs: 200 });
+      expect(s.detail("none", T)).toBeNull();
+      s.commit();
+      s.close();
+    });
+
+    test("expired messages are never handed out, and are counted", () => {
+      const s = make();
+      s.enqueue("e", 0, enc("old"), T + 10, T);
+      s.enqueue("e", 0, enc("new"), 0, T);
+      s.enqueue("e", 0, enc("later"), T + 10, T);
+      expect(text(s.peek("e", T + 5))).toBe("old");
+      expect(text(s.dequeue("e", T + 10))).toBe("new");
+      expect(s.sweepExpired(T + 11, 100)).toBe(1);
+      expect(s.dequeue("e", T + 11)).toBeNull();
+      expect(s.totals()).toMatchObject({ items: 0, expired: 2 });
+      s.commit();
+      s.close();
+    });
+
+    test("rollback undoes the whole batch", () => {
+      const s = make();
+      s.enqueue("r", 0, enc("kept"), 0, T);
+      s.commit();
+      expect(s.dirty()).toBe(false);
+      s.enqueue("r", 0, enc("undone"), 0, T);
+      expect(text(s.dequeue("r", T))).toBe("kept");
+      expect(s.dirty()).toBe(true);
+      s.rollback();
+      expect(s.list()).toEqual([{ name: "r", total: 1, fetched: 0 }]);
+      expect(text(s.dequeue("r", T))).toBe("kept");
+      expect(s.dequeue("r", T)).toBeNull();
+      s.commit();
+      s.close();
+    });
+  });
+}

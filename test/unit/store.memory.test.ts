@@ -1,0 +1,4 @@
+import { createMemoryStore } from "../../src/store/memory";
+import { storeContract } from "./store.contract";
+
+storeContract("memory", createMemoryStore);
