@@ -36,9 +36,13 @@ export interface Running {
 const running = new Set<Running>();
 
 /** Starts a server on a fresh (or the given) data directory and waits for "listening on". */
-export async function startServer(extra: string[] = [], home = join(tempDir(), "data")): Promise<Running> {
+export async function startServer(
+  extra: string[] = [],
+  home = join(tempDir(), "data"),
+  command = serverCommand(),
+): Promise<Running> {
   const args = ["-l", "127.0.0.1", "-p", "0", "-H", home, ...extra];
-  const proc = Bun.spawn([...serverCommand(), ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn([...command, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   let err = "";
   void (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
@@ -92,8 +96,8 @@ export async function readLine(stream: ReadableStream<Uint8Array>, match: (line:
 }
 
 /** Runs the server command to its end (for flags that exit at once). */
-export async function runCommand(args: string[], timeoutMs = 20_000) {
-  const proc = Bun.spawn([...serverCommand(), ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+export async function runCommand(args: string[], timeoutMs = 20_000, command = serverCommand()) {
+  const proc = Bun.spawn([...command, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const [stdout, stderr, code] = await Promise.all([
     new Response(proc.stdout).text(),
