@@ -3,7 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import pkg from "../../package.json";
-import { readLine, runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
+import { Client, readLine, runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
 
 afterAll(stopAll);
 
@@ -142,6 +142,21 @@ describe("flags", () => {
     expect(await c.call("get e\r\nget e\r\nget e\r\n")).toBe(value("e", "never") + "END\r\n" + value("e", "hour") + "END\r\nEND\r\n");
     expect(await c.call("stats\r\n")).toContain("STAT expired_items 1\r\n");
     await s.kill();
+  });
+
+  test("-d runs a detached daemon that writes -P and answers", async () => {
+    const dir = tempDir();
+    const pidFile = join(dir, "mcq.pid");
+    const r = await runCommand(["-d", "-l", "127.0.0.1", "-p", "0", "-H", join(dir, "data"), "-P", pidFile]);
+    expect(r.code).toBe(0);
+    const port = Number(/listening on 127\.0\.0\.1:(\d+)$/.exec(r.stdout.trim())?.[1]);
+    const pid = Number(readFileSync(pidFile, "utf8"));
+    const c = await Client.connect(port);
+    expect(await c.call(set("d", "1") + "get d\r\n")).toBe("STORED\r\n" + value("d", "1") + "END\r\n");
+    c.close();
+    process.kill(pid, "SIGTERM");
+    for (let i = 0; i < 500 && existsSync(pidFile); i++) await Bun.sleep(10);
+    expect(existsSync(pidFile)).toBe(false);
   });
 
   test("-H is created if missing", async () => {

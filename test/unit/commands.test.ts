@@ -1,0 +1,140 @@
+/**
+ * The command layer over the memory store with a frozen clock (Kestrel's handler specs):
+ * expiry and leases are checked by moving time, not by waiting for it.
+ */
+import { describe, expect, test } from "bun:test";
+import { createBatch } from "../../src/batch";
+import { execute } from "../../src/commands";
+import { DEFAULTS, type Config } from "../../src/config";
+import { createWaiters, type Context } from "../../src/context";
+import { expireLeases } from "../../src/get";
+import { createLogger } from "../../src/log";
+import { createFramer } from "../../src/protocol/framer";
+import { createSession, type Session } from "../../src/session";
+import { createStats } from "../../src/stats";
+import { createMemoryStore } from "../../src/store/memory";
+import { StoreError, type QueueStore } from "../../src/store/store";
+
+function harness(config: Partial<Config> = {}, store: QueueStore = createMemoryStore()) {
+  let now = Date.UTC(2026, 0, 1);
+  const ctx: Context = {
+    store,
+    stats: createStats(),
+    config: { ...DEFAULTS, ...config },
+    batch: createBatch(store, () => {}),
+    log: createLogger(0, () => {}),
+    waiters: createWaiters(),
+    sessions: new Set(),
+    now: () => now,
+    startedAt: now,
+    version: "1.0.0",
+    resume: () => {},
+  };
+  const framer = createFramer({ maxLine: 8192, maxBody: 1 << 20 });
+  const session = (): Session => {
+    const s = createSession();
+    ctx.sessions.add(s);
+    return s;
+  };
+  /** Runs the commands in `input` for session s, commits, and returns the reply bytes. */
+  function send(s: Session, input: string): string {
+    framer.push(Buffer.from(input, "latin1"));
+    for (let r = framer.next(); r !== null; r = framer.next()) execute(ctx, s, r);
+    ctx.batch.commit();
+    const out = s.held.flatMap((r) => r.pieces.map((p) => (typeof p === "string" ? p : Buffer.from(p).toString("latin1"))));
+    s.held = [];
+    return out.join("");
+  }
+  return { ctx, send, session, advance: (ms: number) => (now += ms), now: () => now };
+}
+
+describe("--expiry with a frozen clock", () => {
+  test("relative seconds up to 30 days, absolute Unix time above, 0 never", () => {
+    const h = harness({ expiry: true });
+    const s = h.session();
+    const abs = Math.floor(h.now() / 1000) + 100;
+    expect(h.send(s, `set q 0 10 1\r\na\r\nset q 0 0 1\r\nb\r\nset q 0 ${abs} 1\r\nc\r\nset q 0 2592000 1\r\nd\r\n`)).toBe("STORED\r\n".repeat(4));
+    h.advance(10_000);
+    // a expired exactly now; b never expires; c expires at abs; d in 30 days
+    expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\nb\r\nEND\r\n");
+    h.advance(89_999);
+    expect(h.send(s, "get q/peek\r\n")).toBe("VALUE q 0 1\r\nc\r\nEND\r\n");
+    h.advance(1);
+    expect(h.send(s, "get q\r\nget q\r\n")).toBe("VALUE q 0 1\r\nd\r\nEND\r\nEND\r\n");
+    expect(h.ctx.store.totals().expired).toBe(2);
+  });
+
+  test("without --expiry, exptime is ignored", () => {
+    const h = harness();
+    const s = h.session();
+    h.send(s, "set q 0 1 1\r\na\r\n");
+    h.advance(3_600_000);
+    expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\n");
+  });
+
+  test("a negative exptime is already expired", () => {
+    const h = harness({ expiry: true });
+    const s = h.session();
+    expect(h.send(s, "set q 0 -1 1\r\na\r\nget q\r\n")).toBe("STORED\r\nEND\r\n");
+  });
+});
+
+describe("leases with a frozen clock", () => {
+  test("an open message past --open-timeout goes back, and the late close is told", () => {
+    const h = harness({ openTimeoutMs: 1000 });
+    const [a, b] = [h.session(), h.session()];
+    h.send(a, "set q 0 0 1\r\nx\r\n");
+    expect(h.send(a, "get q/open\r\n")).toBe("VALUE q 0 1\r\nx\r\nEND\r\n");
+    h.advance(999);
+    expireLeases(h.ctx, h.now());
+    expect(h.send(b, "get q\r\n")).toBe("END\r\n");
+    h.advance(1);
+    expireLeases(h.ctx, h.now());
+    h.ctx.batch.commit();
+    expect(h.send(b, "get q/open\r\n")).toBe("VALUE q 0 1\r\nx\r\nEND\r\n");
+    expect(h.send(a, "get q/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\nEND\r\n");
+    expect(h.send(b, "get q/close\r\n")).toBe("END\r\n");
+    expect(h.ctx.store.list()).toEqual([{ name: "q", total: 1, fetched: 1 }]);
+  });
+});
+
+describe("store failures", () => {
+  test("a failing commit turns the batch's replies into SERVER_ERROR and loses nothing", () => {
+    const store = createMemoryStore();
+    let failNext = false;
+    const failing: QueueStore = {
+      ...store,
+      commit() {
+        if (failNext) {
+          failNext = false;
+          throw new StoreError("out of space");
+        }
+        store.commit();
+      },
+    };
+    const h = harness({}, failing);
+    const s = h.session();
+    expect(h.send(s, "set q 0 0 1\r\na\r\n")).toBe("STORED\r\n");
+    failNext = true;
+    expect(h.send(s, "set q 0 0 1\r\nb\r\nget q\r\nversion\r\n")).toBe(
+      "SERVER_ERROR out of space\r\nSERVER_ERROR out of space\r\nVERSION 1.0.0\r\n",
+    );
+    expect(h.send(s, "get q\r\nget q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\nEND\r\n");
+  });
+
+  test("a failing enqueue answers SERVER_ERROR and the connection goes on", () => {
+    const store = createMemoryStore();
+    const failing: QueueStore = {
+      ...store,
+      enqueue(queue, ...rest) {
+        if (queue === "full") throw new StoreError("out of space");
+        return store.enqueue(queue, ...rest);
+      },
+    };
+    const h = harness({}, failing);
+    const s = h.session();
+    expect(h.send(s, "set full 0 0 1\r\na\r\nset ok 0 0 1\r\nb\r\nget ok\r\n")).toBe(
+      "SERVER_ERROR out of space\r\nSTORED\r\nVALUE ok 0 1\r\nb\r\nEND\r\n",
+    );
+  });
+});
