@@ -8,7 +8,9 @@
  *   messages(id, qid, flags, created, expires, opened, deliveries, body)
  *                                                    id is global and increasing: FIFO is id order
  *   meta(key, value)                                 'last_id', so an id is never reused
- * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog.
+ * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog. That seek
+ * costs several microseconds, a lookup by id a fraction of one, so each queue reads the ids of its
+ * next READ_AHEAD messages at once and takes them by id (see Queue.ahead).
  *
  * Changing the schema: bump SCHEMA_VERSION, add a step to migrate() that takes a file of the
  * previous version to the new one inside one transaction, and add a test that opens a file
@@ -50,6 +52,9 @@ const VACUUM_MIN_PAGES = 256;
 /** The WAL is truncated once it is larger than this. */
 const WAL_TRUNCATE_BYTES = 4 * 1024 * 1024;
 
+/** Head ids read at once per queue (Queue.ahead). */
+const READ_AHEAD = 64;
+
 /** Raised when another process holds the data file. */
 export class StoreLockedError extends Error {}
 
@@ -61,6 +66,15 @@ interface Queue {
   items: number;
   bytes: number;
   open: number;
+  /**
+   * Ids of the next messages that may be handed out, in order, from index `next` on. Invariant:
+   * they are the first ones of the queue's unopened messages; with `whole`, they are all of them,
+   * so an enqueue can append its id. Anything that puts a message back before them (a release)
+   * or removes messages behind the list's back (flush, sweep) clears it.
+   */
+  ahead: number[];
+  next: number;
+  whole: boolean;
 }
 
 type Row = [id: number, flags: number, expires: number, body: Uint8Array];
@@ -85,13 +99,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const saveLastId = sql("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_id', ?)");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
-  const head = sql(
-    "SELECT id, flags, expires, body FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT 1",
-  );
-  const takeHead = sql(
-    "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT 1) " +
-      "RETURNING id, flags, expires, body",
-  );
+  const headIds = sql(`SELECT id FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`);
+  const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
   const deleteById = sql("DELETE FROM messages WHERE id = ?");
   const markOpen = sql("UPDATE messages SET opened = 1, deliveries = deliveries + 1 WHERE id = ?");
   const confirmOpen = sql("DELETE FROM messages WHERE id = ? AND opened = 1 RETURNING length(body)");
@@ -118,6 +127,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   let savedLastId = 0;
   let inTx = false;
   let expired = 0;
+  let expiredCommitted = 0;
 
   /** Reads the queues and counters from the file: at start, and after a rollback. */
   function load(): void {
@@ -128,7 +138,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
-      const q: Queue = { id, name, total, fetched, items, bytes, open };
+      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -157,7 +167,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     let q = queues.get(name);
     if (q === undefined) {
       const id = (createQueue.values(name)[0]![0] as number);
-      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0 };
+      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -171,17 +181,31 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     changed.add(q);
   }
 
-  /** The first message of q that may be handed out; expired ones met on the way are deleted. */
-  function firstLive(q: Queue, now: number, take: boolean): Row | null {
+  function forget(q: Queue): void {
+    q.ahead = [];
+    q.next = 0;
+    q.whole = false;
+  }
+
+  /** The first message of q that may be handed out, left in place; expired ones on the way are deleted. */
+  function firstLive(q: Queue, now: number): Row | null {
     for (;;) {
       if (q.items - q.open <= 0) return null;
-      const row = (take ? (tx(), takeHead.values(q.id)[0]) : head.values(q.id)[0]) as Row | undefined;
-      if (row === undefined) return null;
-      if (row[2] === 0 || row[2] > now) return row;
-      if (!take) {
-        tx();
-        deleteById.run(row[0]);
+      if (q.next === q.ahead.length) {
+        q.ahead = (headIds.values(q.id) as [number][]).map((r) => r[0]);
+        q.next = 0;
+        q.whole = q.ahead.length < READ_AHEAD;
+        if (q.ahead.length === 0) return null;
       }
+      const row = byMessageId.values(q.ahead[q.next]!)[0] as Row | undefined;
+      if (row === undefined) {
+        forget(q); // cannot happen while the invariant holds; read the head again
+        continue;
+      }
+      if (row[2] === 0 || row[2] > now) return row;
+      tx();
+      deleteById.run(row[0]);
+      q.next++;
       removed(q, row);
       expired++;
     }
@@ -205,6 +229,14 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queueFor(name);
         const id = ++lastId;
         insert.run(id, q.id, flags, now, expiresAt, body);
+        if (q.whole && q.ahead.length - q.next < READ_AHEAD) {
+          if (q.next >= READ_AHEAD) {
+            // Drop the ids already taken, so the list stays small while a queue is never empty.
+            q.ahead.splice(0, q.next);
+            q.next = 0;
+          }
+          q.ahead.push(id);
+        } else q.whole = false;
         q.total++;
         q.items++;
         q.bytes += body.length;
@@ -215,8 +247,11 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       guard(() => {
         const q = queues.get(name);
         if (q === undefined) return null;
-        const row = firstLive(q, now, true);
+        const row = firstLive(q, now);
         if (row === null) return null;
+        tx();
+        deleteById.run(row[0]);
+        q.next++;
         removed(q, row);
         q.fetched++;
         return message(row);
@@ -225,17 +260,18 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     peek: (name, now) =>
       guard(() => {
         const q = queues.get(name);
-        const row = q === undefined ? null : firstLive(q, now, false);
+        const row = q === undefined ? null : firstLive(q, now);
         return row === null ? null : message(row);
       }),
 
     open: (name, now) =>
       guard(() => {
         const q = queues.get(name);
-        const row = q === undefined ? null : firstLive(q, now, false);
+        const row = q === undefined ? null : firstLive(q, now);
         if (row === null) return null;
         tx();
         markOpen.run(row[0]);
+        q!.next++;
         q!.open++;
         return message(row);
       }),
@@ -262,6 +298,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         tx();
         if (releaseOpen.run(id).changes === 0) return false;
         q.open--;
+        forget(q); // it is back before the ids read ahead
         return true;
       }),
 
@@ -285,6 +322,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         tx();
         deleteQueueMessages.run(q.id);
         q.items = q.bytes = q.open = 0;
+        forget(q);
         changed.add(q);
       }),
 
@@ -295,6 +333,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         for (const q of queues.values()) {
           if (q.items === 0) continue;
           q.items = q.bytes = q.open = 0;
+          forget(q);
           changed.add(q);
         }
       }),
@@ -342,6 +381,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           if (q === undefined) continue;
           q.items--;
           q.bytes -= bytes;
+          forget(q);
           changed.add(q);
         }
         expired += rows.length;
@@ -357,6 +397,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         commitTx.run();
         inTx = false;
         savedLastId = lastId;
+        expiredCommitted = expired;
       }),
 
     rollback: () => {
@@ -367,6 +408,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       } catch {
         // SQLite may already have rolled back on its own (SQLITE_FULL); nothing is left to undo.
       }
+      expired = expiredCommitted;
       guard(load);
     },
 
