@@ -25,6 +25,7 @@
  */
 import { Database, type Statement } from "bun:sqlite";
 import { statSync } from "node:fs";
+import { createReserve } from "./reserve";
 import { join } from "node:path";
 import {
   StoreError,
@@ -49,9 +50,11 @@ const SCHEMA_VERSION = 1;
 const VACUUM_STEP_PAGES = 1024;
 /** Fewer free pages than this (1 MB) are kept for reuse rather than given back. */
 const VACUUM_MIN_PAGES = 256;
-/** The WAL is truncated once it is larger than this. */
-const WAL_TRUNCATE_BYTES = 4 * 1024 * 1024;
+/** The WAL is checkpointed once it is larger than this, and cut back to this size. */
+const WAL_LIMIT_BYTES = 2 * 1024 * 1024;
 
+/** Bytes kept aside for when the disk fills (reserve.ts). */
+const RESERVE_BYTES = 4 * 1024 * 1024;
 /** Head ids read at once per queue (Queue.ahead). */
 const READ_AHEAD = 64;
 
@@ -147,12 +150,21 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     lastId = savedLastId = Math.max((meta?.[0] as number) ?? 0, max ?? 0);
   }
 
-  /** Converts an SQLite failure into the reason a client sees. */
+  const reserve = createReserve(dir, RESERVE_BYTES);
+  /** The reserve was just given back: checkpoint into that room at the rollback (see rollback). */
+  let spaceReleased = false;
+
+  /** Converts an SQLite failure into the reason a client sees; a full disk releases the reserve. */
   function guard<T>(fn: () => T): T {
     try {
       return fn();
     } catch (e) {
-      throw toStoreError(e);
+      const error = toStoreError(e);
+      if (error.message === OUT_OF_SPACE && !spaceReleased) {
+        reserve.release();
+        spaceReleased = true;
+      }
+      throw error;
     }
   }
 
@@ -225,6 +237,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   return {
     enqueue: (name, flags, body, expiresAt, now) =>
       guard(() => {
+        // While the disk is full, only what frees space (gets) may commit.
+        if (!reserve.ok(now)) throw new StoreError(OUT_OF_SPACE);
         tx();
         const q = queueFor(name);
         const id = ++lastId;
@@ -409,6 +423,16 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         // SQLite may already have rolled back on its own (SQLITE_FULL); nothing is left to undo.
       }
       expired = expiredCommitted;
+      if (spaceReleased) {
+        // Move the WAL into the file while the reserve's room is ours, so the WAL restarts in
+        // space it already has: the gets that free the disk can then still commit.
+        spaceReleased = false;
+        try {
+          db.run("PRAGMA wal_checkpoint(RESTART)");
+        } catch {
+          // Still no room; the next maintain() tries again.
+        }
+      }
       guard(load);
     },
 
@@ -420,8 +444,11 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const free = freelist.values()[0]![0] as number;
         const vacuum = free > VACUUM_MIN_PAGES;
         if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
-        // The file shrinks when the vacuumed pages are checkpointed; TRUNCATE also empties the WAL.
-        if (vacuum || walSize(file) > WAL_TRUNCATE_BYTES) db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+        // Copy the WAL into the file (which shrinks if pages were vacuumed). RESTART makes the next
+        // commit write the WAL from its start again, and journal_size_limit cuts it back to that
+        // size: the WAL stays small, and its space stays allocated, so deletes (gets) can still
+        // commit when the disk is full.
+        if (vacuum || walSize(file) > WAL_LIMIT_BYTES) db.run("PRAGMA wal_checkpoint(RESTART)");
       }),
 
     close: () => {
@@ -452,9 +479,11 @@ function openDatabase(file: string, options: SqliteOptions): Database {
     db.run("PRAGMA journal_mode = WAL");
     db.run(`PRAGMA synchronous = ${options.sync.toUpperCase()}`);
     db.run(`PRAGMA cache_size = ${-options.cacheMb * 1024}`);
-    // Checkpoints are taken by maintain(), between batches, not inside a commit.
-    db.run("PRAGMA wal_autocheckpoint = 0");
-    db.run(`PRAGMA journal_size_limit = ${WAL_TRUNCATE_BYTES}`);
+    // A commit that takes the WAL past the limit copies it into the file (a PASSIVE checkpoint,
+    // about 2 MB of work): the WAL then restarts from its beginning, so it stays small even
+    // under a load that never pauses, and the reserve can absorb one checkpoint on a full disk.
+    db.run(`PRAGMA wal_autocheckpoint = ${WAL_LIMIT_BYTES / 4096}`);
+    db.run(`PRAGMA journal_size_limit = ${WAL_LIMIT_BYTES}`);
     // Take the exclusive lock now, not at the first write.
     db.run("BEGIN IMMEDIATE");
     db.run("COMMIT");
@@ -512,11 +541,13 @@ function walSize(file: string): number {
   }
 }
 
+const OUT_OF_SPACE = "out of space";
+
 /** SQLite's failure as the short reason a client sees after SERVER_ERROR. */
 function toStoreError(e: unknown): StoreError {
   if (e instanceof StoreError) return e;
   const code = (e as { code?: string }).code ?? "";
-  if (code === "SQLITE_FULL") return new StoreError("out of space", { cause: e });
+  if (code === "SQLITE_FULL") return new StoreError(OUT_OF_SPACE, { cause: e });
   if (code.startsWith("SQLITE_IOERR")) return new StoreError(`I/O error (${code})`, { cause: e });
   if (code.startsWith("SQLITE_CORRUPT")) return new StoreError("data file is corrupt", { cause: e });
   return new StoreError(code ? `store error (${code})` : `store error: ${(e as Error).message}`, { cause: e });
