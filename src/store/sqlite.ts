@@ -1,32 +1,30 @@
 /**
- * The QueueStore on bun:sqlite: one database file, `mcq.db`, in the data directory.
+ * The QueueStore on bun:sqlite: one database file, `mcq.db`, in the data directory (its schema
+ * and how it is opened are in sqlite-file.ts).
  *
- * Layout (schema version 1, kept in PRAGMA user_version):
- *   queues(id, name, total, fetched, items, bytes)   one row per queue; the counters change in
- *                                                    the same transaction as the messages, so
- *                                                    they are exact after a crash
- *   messages(id, qid, flags, created, expires, opened, deliveries, body)
- *                                                    id is global and increasing: FIFO is id order
- *   meta(key, value)                                 'last_id', so an id is never reused
  * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog. That seek
  * costs several microseconds, a lookup by id a fraction of one, so each queue reads the ids of its
  * next READ_AHEAD messages at once and takes them by id (see Queue.ahead).
  *
- * Changing the schema: bump SCHEMA_VERSION, add a step to migrate() that takes a file of the
- * previous version to the new one inside one transaction, and add a test that opens a file
- * written by the previous version.
- *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
- * The file is held with locking_mode=EXCLUSIVE: a second process on the same directory gets
- * SQLITE_BUSY at once, and the lock dies with the process, even on kill -9.
  * Space: auto_vacuum=INCREMENTAL is set before the first table exists; maintain() frees pages
- * and truncates the WAL in small steps, off the hot path.
+ * in small steps, off the hot path, and the WAL is kept near WAL_LIMIT_BYTES.
  */
-import { Database, type Statement } from "bun:sqlite";
-import { statSync } from "node:fs";
-import { createReserve } from "./reserve";
+import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
+import { createReserve } from "./reserve";
+import {
+  checkAtStart,
+  DB_FILE,
+  OUT_OF_SPACE,
+  WAL_LIMIT_BYTES,
+  migrate,
+  openDatabase,
+  toStoreError,
+  walSize,
+  type SqliteOptions,
+} from "./sqlite-file";
 import {
   StoreError,
   type Message,
@@ -36,30 +34,17 @@ import {
   type StoreTotals,
 } from "./store";
 
-export type SyncMode = "full" | "normal" | "off";
+export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
-export interface SqliteOptions {
-  sync: SyncMode;
-  /** Page cache size in MB (-m). */
-  cacheMb: number;
-}
-
-export const DB_FILE = "mcq.db";
-const SCHEMA_VERSION = 1;
 /** Free pages given back per maintain() step (4 MB of 4 KB pages). */
 const VACUUM_STEP_PAGES = 1024;
 /** Fewer free pages than this (1 MB) are kept for reuse rather than given back. */
 const VACUUM_MIN_PAGES = 256;
-/** The WAL is checkpointed once it is larger than this, and cut back to this size. */
-const WAL_LIMIT_BYTES = 2 * 1024 * 1024;
 
 /** Bytes kept aside for when the disk fills (reserve.ts). */
 const RESERVE_BYTES = 4 * 1024 * 1024;
 /** Head ids read at once per queue (Queue.ahead). */
 const READ_AHEAD = 64;
-
-/** Raised when another process holds the data file. */
-export class StoreLockedError extends Error {}
 
 interface Queue {
   id: number;
@@ -85,7 +70,8 @@ type Row = [id: number, flags: number, expires: number, body: Uint8Array];
 export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore {
   const file = join(dir, DB_FILE);
   const db = openDatabase(file, options);
-  migrate(db, file);
+  migrate(db);
+  checkAtStart(db, file);
 
   // Every statement is finalized at close: a live one would keep the file, and its lock, open.
   const statements: Statement[] = [];
@@ -462,93 +448,4 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       }
     },
   };
-}
-
-function openDatabase(file: string, options: SqliteOptions): Database {
-  let db: Database;
-  try {
-    db = new Database(file, { create: true });
-  } catch (e) {
-    throw new StoreError(`cannot open ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  try {
-    db.run("PRAGMA busy_timeout = 0");
-    db.run("PRAGMA locking_mode = EXCLUSIVE");
-    // Only takes effect on a file without tables: it must come before the schema.
-    db.run("PRAGMA auto_vacuum = INCREMENTAL");
-    db.run("PRAGMA journal_mode = WAL");
-    db.run(`PRAGMA synchronous = ${options.sync.toUpperCase()}`);
-    db.run(`PRAGMA cache_size = ${-options.cacheMb * 1024}`);
-    // A commit that takes the WAL past the limit copies it into the file (a PASSIVE checkpoint,
-    // about 2 MB of work): the WAL then restarts from its beginning, so it stays small even
-    // under a load that never pauses, and the reserve can absorb one checkpoint on a full disk.
-    db.run(`PRAGMA wal_autocheckpoint = ${WAL_LIMIT_BYTES / 4096}`);
-    db.run(`PRAGMA journal_size_limit = ${WAL_LIMIT_BYTES}`);
-    // Take the exclusive lock now, not at the first write.
-    db.run("BEGIN IMMEDIATE");
-    db.run("COMMIT");
-    return db;
-  } catch (e) {
-    db.close();
-    const code = (e as { code?: string }).code ?? "";
-    if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
-      throw new StoreLockedError(`${file} is in use by another mcq process`);
-    }
-    if (code.startsWith("SQLITE_NOTADB") || code.startsWith("SQLITE_CORRUPT")) {
-      throw new StoreError(`${file} is not an mcq data file or is corrupt (${code})`, { cause: e });
-    }
-    throw toStoreError(e);
-  }
-}
-
-function migrate(db: Database, file: string): void {
-  const version = db.query("PRAGMA user_version").values()[0]![0] as number;
-  if (version === SCHEMA_VERSION) return;
-  const tables = db.query("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
-  if (version !== 0 || tables !== 0) {
-    db.close();
-    throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);
-  }
-  db.transaction(() => {
-    db.run(`CREATE TABLE queues(
-      id INTEGER PRIMARY KEY,
-      name TEXT NOT NULL UNIQUE,
-      total INTEGER NOT NULL DEFAULT 0,
-      fetched INTEGER NOT NULL DEFAULT 0,
-      items INTEGER NOT NULL DEFAULT 0,
-      bytes INTEGER NOT NULL DEFAULT 0)`);
-    db.run(`CREATE TABLE messages(
-      id INTEGER PRIMARY KEY,
-      qid INTEGER NOT NULL,
-      flags INTEGER NOT NULL,
-      created INTEGER NOT NULL,
-      expires INTEGER NOT NULL,
-      opened INTEGER NOT NULL DEFAULT 0,
-      deliveries INTEGER NOT NULL DEFAULT 0,
-      body BLOB NOT NULL)`);
-    db.run("CREATE INDEX messages_head ON messages(qid, opened, id)");
-    db.run("CREATE INDEX messages_expiry ON messages(expires) WHERE expires > 0");
-    db.run("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
-    db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
-  })();
-}
-
-function walSize(file: string): number {
-  try {
-    return statSync(`${file}-wal`).size;
-  } catch {
-    return 0;
-  }
-}
-
-const OUT_OF_SPACE = "out of space";
-
-/** SQLite's failure as the short reason a client sees after SERVER_ERROR. */
-function toStoreError(e: unknown): StoreError {
-  if (e instanceof StoreError) return e;
-  const code = (e as { code?: string }).code ?? "";
-  if (code === "SQLITE_FULL") return new StoreError(OUT_OF_SPACE, { cause: e });
-  if (code.startsWith("SQLITE_IOERR")) return new StoreError(`I/O error (${code})`, { cause: e });
-  if (code.startsWith("SQLITE_CORRUPT")) return new StoreError("data file is corrupt", { cause: e });
-  return new StoreError(code ? `store error (${code})` : `store error: ${(e as Error).message}`, { cause: e });
 }
