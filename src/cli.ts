@@ -68,6 +68,7 @@ function program(version: string): Command {
     .option("--expiry", "honour exptime: expired messages are never returned")
     .option("--open-timeout <ms>", "return a message open longer than this to its queue (0: never)",
       integer(0, 2147483647), DEFAULTS.openTimeoutMs)
+    .option("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS)
     .option("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen)
     .option("-d", "run as a daemon")
     .option("-P <file>", "write the process id to this file", nonEmpty)
@@ -112,6 +113,7 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     expiry: o.expiry === true,
     openTimeoutMs: o.openTimeout as number,
     maxOpen: o.maxOpen as number,
+    idleTimeoutS: o.idleTimeout as number,
     pidFile: (o.P as string | undefined) ?? null,
     verbose: o.v as number,
   };

@@ -31,6 +31,8 @@ export interface Config {
   openTimeoutMs: number;
   /** Open messages one connection may hold (--max-open). */
   maxOpen: number;
+  /** Close a connection silent this many seconds (not one waiting in a blocking get); 0 = never. */
+  idleTimeoutS: number;
   /** Unsent reply bytes at which a connection stops being read until the client catches up. */
   maxUnsent: number;
   /** Period of the housekeeping step (give disk space back, checkpoint, sweep expired). */
@@ -55,6 +57,7 @@ export const DEFAULTS: Config = {
   expiry: false,
   openTimeoutMs: 0,
   maxOpen: 100,
+  idleTimeoutS: 0,
   maxUnsent: 4 * 1024 * 1024,
   maintainMs: 200,
   pidFile: null,

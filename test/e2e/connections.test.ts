@@ -1,0 +1,94 @@
+/**
+ * Many connections, slow ones and silent ones: what each costs, and that none can hurt the
+ * others. Bounds here are generous ceilings that catch a leak or a stall, not benchmarks.
+ */
+import { afterAll, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { Client, set, startServer, stopAll, value, type Running } from "./harness";
+
+afterAll(stopAll);
+
+const rss = (s: Running) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${s.proc.pid}/status`, "utf8"))![1]) * 1024;
+const MB = 1024 * 1024;
+
+test("3000 idle connections cost little and a fresh client is served at once", async () => {
+  const s = await startServer(["-c", "4000"]);
+  const probe = await s.connect();
+  await probe.call("stats\r\n");
+  const before = rss(s);
+  const idle = await Promise.all(Array.from({ length: 3000 }, () => Client.connect(s.port)));
+  const stats = await probe.call("stats\r\n");
+  expect(stats).toContain("STAT curr_connections 3001\r\n");
+  const grown = rss(s) - before;
+  const fresh = await s.connect();
+  const t0 = performance.now();
+  expect(await fresh.call(set("idle", "x") + "get idle\r\n")).toBe("STORED\r\n" + value("idle", "x") + "END\r\n");
+  const ms = performance.now() - t0;
+  console.log(`3000 idle connections: RSS +${(grown / MB).toFixed(1)} MB, a fresh set+get in ${ms.toFixed(1)} ms`);
+  expect(grown).toBeLessThan(60 * MB);
+  expect(ms).toBeLessThan(500);
+  idle.forEach((c) => c.close());
+}, 60_000);
+
+test("a client that never reads its replies is paused, and others are served meanwhile", async () => {
+  const s = await startServer();
+  const requests = 1_000_000;
+  // A raw socket that writes a million requests and reads nothing until told to.
+  const greedy = connect({ port: s.port, host: "127.0.0.1" });
+  greedy.pause();
+  await new Promise<void>((ok) => greedy.once("connect", () => ok()));
+  greedy.write(Buffer.from("version\r\n".repeat(requests)));
+  const other = await s.connect();
+  for (let i = 0; i < 20; i++) {
+    const t0 = performance.now();
+    expect(await other.call(set("bp", `${i}`) + "get bp\r\n")).toBe("STORED\r\n" + value("bp", `${i}`) + "END\r\n");
+    expect(performance.now() - t0).toBeLessThan(500);
+  }
+  const peak = rss(s);
+  console.log(`a client not reading 1M replies: server RSS ${(peak / MB).toFixed(1)} MB`);
+  expect(peak).toBeLessThan(200 * MB);
+  // Now it reads: every reply arrives, in full.
+  let got = 0;
+  let tail = "";
+  await new Promise<void>((ok) => {
+    greedy.on("data", (chunk: Buffer) => {
+      const text = tail + chunk.toString("latin1");
+      const lines = text.split("\r\n");
+      tail = lines.pop()!;
+      got += lines.length;
+      if (got >= requests) ok();
+    });
+    greedy.resume();
+  });
+  expect(got).toBe(requests);
+  greedy.destroy();
+}, 120_000);
+
+test("--idle-timeout closes silent connections, not one waiting in a blocking get", async () => {
+  const s = await startServer(["--idle-timeout", "1"]);
+  const silent = await s.connect();
+  const waiter = await s.connect();
+  const t0 = performance.now();
+  const waiting = waiter.call("get nothing/t=2500\r\n");
+  expect(await silent.closedBy(5000)).toBe("");
+  expect(performance.now() - t0).toBeGreaterThanOrEqual(900);
+  expect(await waiting).toBe("END\r\n");
+}, 30_000);
+
+test("SIGTERM with 1000 connected clients exits 0 within 5 s, answering what was read", async () => {
+  const s = await startServer(["-c", "2000"]);
+  const clients = await Promise.all(Array.from({ length: 1000 }, () => Client.connect(s.port)));
+  // Half of them have a set in flight when the signal comes.
+  clients.slice(0, 500).forEach((c, i) => c.write(set(`stop${i % 10}`, `m${i}`)));
+  await Promise.all(clients.slice(0, 500).map((c) => c.until((b) => b.length >= 8)));
+  const t0 = performance.now();
+  expect(await s.kill("SIGTERM")).toBe(0);
+  const ms = performance.now() - t0;
+  console.log(`SIGTERM with 1000 clients: exit 0 after ${ms.toFixed(0)} ms`);
+  expect(ms).toBeLessThan(5000);
+  const again = await startServer([], s.home);
+  const c = await again.connect();
+  const queues = await c.call("stats queue\r\n");
+  expect(queues.match(/^STAT stop\d \d+\/0\r\n/gm)?.reduce((n, line) => n + Number(/ (\d+)\//.exec(line)![1]), 0)).toBe(500);
+}, 60_000);
