@@ -1,0 +1,229 @@
+/**
+ * `bun run bench`: mcq against the servers people compare it with, measured in the same run
+ * with the same load generator (scripts/bench/load.ts) and the same load shapes.
+ *
+ *   bun run bench                      every load, 3 alternating runs, medians
+ *   bun run bench --runs 1 --secs 1    quicker
+ *   bun run bench --json               the table as JSON on stdout (progress stays on stderr)
+ *   bun run bench --bin dist/mcq       the compiled binary instead of the source
+ *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
+ *
+ * Peers are used when found on PATH: memcached (-t 2), redis-server (appendonly yes, with
+ * appendfsync always and everysec, driven with LPUSH/RPOP) and beanstalkd (-f 50, put/reserve/
+ * delete). When ../shared/tools/mcbench.c and a C compiler are there, the generator is first
+ * checked against mcbench on memcached, and the output says if it is the bottleneck.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { LoadOptions, LoadResult } from "./bench/load";
+
+const ROOT = resolve(import.meta.dir, "..");
+const argv = process.argv.slice(2);
+const flag = (name: string) => argv.includes(name);
+const option = (name: string, fallback: string) => (flag(name) ? argv[argv.indexOf(name) + 1]! : fallback);
+const RUNS = Number(option("--runs", "3"));
+const SECS = Number(option("--secs", "2"));
+const BACKLOG = Number(option("--backlog", "0"));
+const MCQ = flag("--bin") ? [resolve(option("--bin", "dist/mcq"))] : [process.execPath, join(ROOT, "src/main.ts")];
+const progress = (line: string) => process.stderr.write(line + "\n");
+
+interface Server {
+  name: string;
+  proto: LoadOptions["proto"];
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+interface Load {
+  name: string;
+  mode: LoadOptions["mode"];
+  conns: number;
+  depth: number;
+}
+
+const LOADS: Load[] = [
+  { name: "pair 1x1", mode: "pair", conns: 1, depth: 1 },
+  { name: "pair 50x1", mode: "pair", conns: 50, depth: 1 },
+  { name: "pair 50x16", mode: "pair", conns: 50, depth: 16 },
+  { name: "queues 50x16 (1000 queues)", mode: "queues", conns: 50, depth: 16 },
+  { name: "set 50x16", mode: "set", conns: 50, depth: 16 },
+  { name: "drain 50x16", mode: "drain", conns: 50, depth: 16 },
+];
+
+async function freePort(): Promise<number> {
+  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = l.port;
+  l.stop(true);
+  return port;
+}
+
+async function waitForPort(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      const s = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+      s.end();
+      return;
+    } catch {
+      await Bun.sleep(25);
+    }
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+async function startMcq(name: string, args: string[], home = mkdtempSync(join(tmpdir(), "mcq-bench-"))): Promise<Server & { home: string }> {
+  const proc = Bun.spawn([...MCQ, "-l", "127.0.0.1", "-p", "0", "-H", home, ...args], { stdout: "pipe", stderr: "ignore" });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  while (!/listening on .*:(\d+)/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${name} did not start`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  const port = Number(/listening on .*:(\d+)/.exec(text)![1]);
+  return { name, proto: "memcache", port, pid: proc.pid, home, stop: async () => void (proc.kill(), await proc.exited) };
+}
+
+async function startPeer(name: string, proto: Server["proto"], command: (port: number, dir: string) => string[]): Promise<Server | null> {
+  const exe = command(0, "")[0]!;
+  if (Bun.which(exe) === null) {
+    progress(`${name}: ${exe} not found on PATH, skipped`);
+    return null;
+  }
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), `bench-${name}-`));
+  const proc = Bun.spawn(command(port, dir), { cwd: dir, stdout: "ignore", stderr: "ignore" });
+  await waitForPort(port);
+  return {
+    name,
+    proto,
+    port,
+    pid: proc.pid,
+    stop: async () => {
+      proc.kill();
+      await proc.exited;
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function load(server: Server, l: Load, secs = SECS, prefix = `b${Math.random().toString(36).slice(2, 7)}-`): Promise<LoadResult> {
+  const args = ["--proto", server.proto, "--port", String(server.port), "--mode", l.mode, "--conns", String(l.conns),
+    "--depth", String(l.depth), "--secs", String(secs), "--prefix", prefix];
+  const proc = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/load.ts"), ...args], { stdout: "pipe", stderr: "inherit" });
+  const out = await new Response(proc.stdout).text();
+  await proc.exited;
+  return JSON.parse(out.trim().split("\n").pop()!) as LoadResult;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+
+/** mcbench (C) against memcached versus our generator: is the generator the bottleneck? */
+async function calibrate(memcached: Server | undefined): Promise<string | null> {
+  const source = resolve(ROOT, "../shared/tools/mcbench.c");
+  if (memcached === undefined || !existsSync(source) || Bun.which("cc") === null) return null;
+  const bin = join(tmpdir(), "mcq-mcbench");
+  if (Bun.spawnSync(["cc", "-O2", "-o", bin, source, "-lpthread"]).exitCode !== 0) return null;
+  const c = Bun.spawnSync([bin, "-p", String(memcached.port), "-m", "pair", "-s", "100", "-c", "50", "-P", "16", "-d", String(SECS)]);
+  const theirs = Number(/ops_s=(\d+)/.exec(c.stdout.toString())?.[1] ?? 0);
+  const ours = (await load(memcached, LOADS[2]!)).opsPerSec;
+  const ratio = ours / theirs;
+  return `load generator check: on memcached, pair 50x16, TypeScript ${ours} ops/s vs mcbench ${theirs} ops/s (${ratio.toFixed(2)})` +
+    (ratio < 0.8 ? "\nWARNING: the TypeScript generator is the bottleneck; compare with mcbench before trusting ratios" : "");
+}
+
+async function main(): Promise<void> {
+  if (BACKLOG > 0) return backlog();
+  const servers = (await Promise.all([
+    startMcq("mcq full", ["--sync", "full"]),
+    startMcq("mcq normal", ["--sync", "normal"]),
+    startPeer("memcached", "memcache", (p) => ["memcached", "-t", "2", "-U", "0", "-l", "127.0.0.1", "-p", String(p), "-m", "1024", "-u", "root"]),
+    startPeer("redis always", "redis", (p, d) => ["redis-server", "--port", String(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
+    startPeer("redis everysec", "redis", (p, d) => ["redis-server", "--port", String(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", d]),
+    startPeer("beanstalkd", "beanstalk", (p, d) => ["beanstalkd", "-l", "127.0.0.1", "-p", String(p), "-b", d, "-f", "50"]),
+  ])).filter((s): s is Server => s !== null);
+  try {
+    const note = await calibrate(servers.find((s) => s.name === "memcached"));
+    if (note !== null) progress(note);
+    const results = new Map<string, LoadResult[]>();
+    const total = RUNS * LOADS.length * servers.length;
+    let step = 0;
+    for (let run = 0; run < RUNS; run++) {
+      // Alternate the order of the servers from run to run, so none always goes first.
+      const order = run % 2 === 0 ? servers : [...servers].reverse();
+      for (const l of LOADS) {
+        for (const s of order) {
+          progress(`[${++step}/${total}] run ${run + 1}: ${s.name}, ${l.name}`);
+          const key = `${l.name}|${s.name}`;
+          results.set(key, [...(results.get(key) ?? []), await load(s, l, SECS, `r${run}-`)]);
+        }
+      }
+    }
+    const table = LOADS.flatMap((l) => {
+      const base = results.get(`${l.name}|memcached`);
+      return servers.map((s) => {
+        const runs = results.get(`${l.name}|${s.name}`)!;
+        const ops = median(runs.map((r) => r.opsPerSec));
+        return {
+          load: l.name,
+          server: s.name,
+          opsPerSec: ops,
+          p50us: median(runs.map((r) => r.p50us)),
+          p99us: median(runs.map((r) => r.p99us)),
+          vsMemcached: base ? Math.round((ops / median(base.map((r) => r.opsPerSec))) * 100) / 100 : null,
+          errors: runs.reduce((n, r) => n + r.errors, 0),
+        };
+      });
+    });
+    if (flag("--json")) console.log(JSON.stringify({ runs: RUNS, secs: SECS, calibration: note, results: table }, null, 2));
+    else {
+      console.log(`medians of ${RUNS} runs of ${SECS} s; 100-byte messages`);
+      console.log("load                        server           ops/s     p50 us   p99 us  vs memcached");
+      for (const r of table) {
+        console.log(`${r.load.padEnd(28)}${r.server.padEnd(16)}${String(r.opsPerSec).padStart(8)}${String(r.p50us).padStart(10)}` +
+          `${String(r.p99us).padStart(9)}${String(r.vsMemcached ?? "-").padStart(13)}${r.errors ? `  errors ${r.errors}` : ""}`);
+      }
+    }
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()));
+  }
+}
+
+/** The backlog case: pair 50x16 on an empty store, then with BACKLOG messages queued; RSS; restart time. */
+async function backlog(): Promise<void> {
+  const mcq = await startMcq("mcq", ["--sync", "normal"]);
+  const pair = LOADS[2]!;
+  const runs = async () => {
+    const xs: number[] = [];
+    for (let i = 0; i < RUNS; i++) xs.push((await load(mcq, pair, SECS, "q")).opsPerSec);
+    return median(xs);
+  };
+  const empty = await runs();
+  progress(`empty store: pair 50x16 ${empty} ops/s; queuing ${BACKLOG} messages…`);
+  const fill = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/fill.ts"), String(mcq.port), "q", String(BACKLOG)], { stdout: "inherit", stderr: "inherit" });
+  await fill.exited;
+  const rssFull = rssMb(mcq.pid);
+  const withBacklog = await runs();
+  const rssAfter = rssMb(mcq.pid);
+  await mcq.stop();
+  const t0 = performance.now();
+  const again = await startMcq("mcq", ["--sync", "normal"], mcq.home);
+  const s = await Bun.connect({ hostname: "127.0.0.1", port: again.port, socket: { data: (_s, d) => void got(d) } });
+  let got!: (d: Buffer) => void;
+  await new Promise<void>((ok) => {
+    got = () => ok();
+    s.write("get q\r\n");
+  });
+  const firstGetMs = performance.now() - t0;
+  s.end();
+  await again.stop();
+  const report = { backlog: BACKLOG, emptyOpsPerSec: empty, backlogOpsPerSec: withBacklog, ratio: Math.round((withBacklog / empty) * 100) / 100,
+    rssMbQueued: Math.round(rssFull), rssMbAfterLoad: Math.round(rssAfter), restartToFirstGetMs: Math.round(firstGetMs) };
+  console.log(flag("--json") ? JSON.stringify(report) : report);
+  rmSync(mcq.home, { recursive: true, force: true });
+}
+
+await main();
