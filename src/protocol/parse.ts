@@ -72,7 +72,7 @@ export function parseRequest(buf: Buffer, start: number, end: number, limits: Li
   const tokens = tokenize(buf, start, lineEnd);
   const next = nl + 1;
   if (tokens.length === 0) return reply(REPLY.ERROR, next);
-  const command = buf.toString("latin1", tokens[0]!, tokens[1]!);
+  const command = commandWord(buf, tokens[0]!, tokens[1]!);
   const words = tokens.length / 2;
   switch (command) {
     case "get":
@@ -180,7 +180,7 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
   if (slash === -1 || slash >= to) slash = to;
   if (!validName(buf, from, slash)) return null;
   const key: GetKey = {
-    queue: buf.toString("latin1", from, slash),
+    queue: decodeName(buf, from, slash),
     open: false,
     close: false,
     abort: false,
@@ -230,6 +230,35 @@ function rest(buf: Buffer, tokens: number[], i: number): string {
   return words.join(" ");
 }
 
+/** The command word; get and set without a string allocation, since they are most requests. */
+function commandWord(buf: Buffer, from: number, to: number): string {
+  if (to - from === 3 && buf[from + 1] === 0x65 && buf[from + 2] === 0x74) {
+    if (buf[from] === 0x67) return "get";
+    if (buf[from] === 0x73) return "set";
+  }
+  return buf.toString("latin1", from, to);
+}
+
+/**
+ * The same few queue names arrive over and over: keep the last string seen per hash slot and
+ * reuse it when the bytes match, instead of decoding a new one for every request.
+ */
+const NAME_SLOTS = 1024;
+const names: (string | undefined)[] = new Array(NAME_SLOTS);
+
+function decodeName(buf: Buffer, from: number, to: number): string {
+  let hash = 0;
+  for (let i = from; i < to; i++) hash = (Math.imul(hash, 31) + buf[i]!) | 0;
+  const slot = hash & (NAME_SLOTS - 1);
+  const known = names[slot];
+  if (known !== undefined && known.length === to - from) {
+    let same = true;
+    for (let i = 0; i < known.length && same; i++) same = known.charCodeAt(i) === buf[from + i];
+    if (same) return known;
+  }
+  return (names[slot] = buf.toString("latin1", from, to));
+}
+
 function validName(buf: Buffer, from: number, to: number): boolean {
   const length = to - from;
   if (length < 1 || length > MAX_NAME) return false;
@@ -243,7 +272,7 @@ function validName(buf: Buffer, from: number, to: number): boolean {
 function name(buf: Buffer, tokens: number[], i: number): string | null {
   const from = tokens[2 * i]!;
   const to = tokens[2 * i + 1]!;
-  return validName(buf, from, to) ? buf.toString("latin1", from, to) : null;
+  return validName(buf, from, to) ? decodeName(buf, from, to) : null;
 }
 
 /** An unsigned decimal of digits only, at most `max`; -1 if it is not one. */
