@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { DEFAULTS, type Config } from "./config";
+import { parseHttpAddress } from "./http";
 
 export type CommandLine =
   | { kind: "run"; config: Config; daemon: boolean; user: string | null; ignored: string[] }
@@ -42,6 +43,12 @@ function octal(value: string): number {
   return parseInt(value, 8);
 }
 
+function httpAddress(value: string) {
+  const address = parseHttpAddress(value);
+  if (address === null) throw new InvalidArgumentError("not an address such as 127.0.0.1:9200");
+  return address;
+}
+
 function nonEmpty(value: string): string {
   if (value === "") throw new InvalidArgumentError("empty");
   return value;
@@ -70,6 +77,7 @@ function program(version: string): Command {
       integer(0, 2147483647), DEFAULTS.openTimeoutMs)
     .option("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS)
     .option("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen)
+    .option("--http <addr:port>", "serve /metrics, /stats.json and /healthz here", httpAddress)
     .option("-d", "run as a daemon")
     .option("-P <file>", "write the process id to this file", nonEmpty)
     .option("-u <username>", "run as this user (only when started as root)", nonEmpty)
@@ -114,6 +122,7 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     openTimeoutMs: o.openTimeout as number,
     maxOpen: o.maxOpen as number,
     idleTimeoutS: o.idleTimeout as number,
+    http: (o.http as Config["http"] | undefined) ?? null,
     pidFile: (o.P as string | undefined) ?? null,
     verbose: o.v as number,
   };

@@ -37,6 +37,8 @@ export interface Config {
   maxUnsent: number;
   /** Period of the housekeeping step (give disk space back, checkpoint, sweep expired). */
   maintainMs: number;
+  /** Serve /metrics, /stats.json and /healthz on this address (--http host:port); null = off. */
+  http: { hostname: string; port: number } | null;
   /** Write the process id here (-P); removed at a clean exit. */
   pidFile: string | null;
   /** 0 quiet, 1 verbose (-v), 2 every command (-vv). */
@@ -60,6 +62,7 @@ export const DEFAULTS: Config = {
   idleTimeoutS: 0,
   maxUnsent: 4 * 1024 * 1024,
   maintainMs: 200,
+  http: null,
   pidFile: null,
   verbose: 0,
 };

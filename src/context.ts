@@ -16,6 +16,8 @@ export interface Waiters {
   remove(queue: string, session: Session): void;
   first(queue: string): Session | undefined;
   count(): number;
+  /** Waiting gets per queue. */
+  byQueue(): Map<string, number>;
 }
 
 export interface Context {
@@ -56,5 +58,6 @@ export function createWaiters(): Waiters {
     },
     first: (queue) => byQueue.get(queue)?.[0],
     count: () => total,
+    byQueue: () => new Map([...byQueue].map(([queue, list]) => [queue, list.length])),
   };
 }

@@ -11,6 +11,7 @@ import pkg from "../package.json";
 import { runCheck } from "./check";
 import { parseCommandLine } from "./cli";
 import { daemonize } from "./daemon";
+import { startHttp, type HttpServer } from "./http";
 import { createLogger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
@@ -59,6 +60,15 @@ async function main(): Promise<void> {
     if (e instanceof ListenError) fail(e.message, 1);
     throw e;
   }
+  let http: HttpServer | null = null;
+  if (config.http !== null) {
+    try {
+      http = startHttp(server.context, config.http);
+    } catch (e) {
+      fail(`cannot serve --http on ${config.http.hostname}:${config.http.port}: ${(e as Error).message}`, 1);
+    }
+    log.info(`metrics on ${http.url}/metrics`);
+  }
   if (config.pidFile !== null) writeFileSync(config.pidFile, `${process.pid}\n`);
   log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
@@ -69,6 +79,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info(`${signal}: stopping`);
     try {
+      http?.stop();
       await server.stop();
     } catch (e) {
       log.error(`stop: ${(e as Error).message}`);

@@ -15,7 +15,7 @@ import type { Logger } from "./log";
 import { createFramer, type Framer } from "./protocol/framer";
 import { REPLY } from "./protocol/reply";
 import { createSession, type Reply, type Session } from "./session";
-import { createStats } from "./stats";
+import { createStats, observeCommit } from "./stats";
 import type { QueueStore } from "./store/store";
 
 /** Requests one connection may run per turn before others get theirs (fairness, bounded output). */
@@ -136,8 +136,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     if (runnable.size > 0) schedule();
     const release = pending;
     pending = new Set();
-    if (store.dirty()) stats.commits++;
+    const started = store.dirty() ? performance.now() : -1;
     const done = ctx.batch.commit();
+    if (started >= 0) observeCommit(stats, (performance.now() - started) / 1000);
     if (done instanceof Promise) done.then(() => release.forEach(flushHeld));
     else release.forEach(flushHeld);
   }

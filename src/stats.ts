@@ -15,6 +15,20 @@ export interface Stats {
   bytesWritten: number;
   commits: number;
   storeErrors: number;
+  /** Commit (and fsync) durations: counts per COMMIT_BUCKETS upper bound, then +Inf. */
+  commitBuckets: number[];
+  commitSeconds: number;
+}
+
+/** Upper bounds in seconds of the commit-time histogram. */
+export const COMMIT_BUCKETS = [0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+export function observeCommit(stats: Stats, seconds: number): void {
+  stats.commits++;
+  stats.commitSeconds += seconds;
+  let i = 0;
+  while (i < COMMIT_BUCKETS.length && seconds > COMMIT_BUCKETS[i]!) i++;
+  stats.commitBuckets[i]!++;
 }
 
 export function createStats(): Stats {
@@ -31,6 +45,8 @@ export function createStats(): Stats {
     bytesWritten: 0,
     commits: 0,
     storeErrors: 0,
+    commitBuckets: new Array(COMMIT_BUCKETS.length + 1).fill(0),
+    commitSeconds: 0,
   };
 }
 

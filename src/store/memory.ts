@@ -163,6 +163,7 @@ export function createMemoryStore(): QueueStore {
       snapshot = null;
     },
     dirty: () => snapshot !== null,
+    writable: () => true,
     maintain() {},
     close() {},
   };

@@ -139,6 +139,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const reserve = createReserve(dir, RESERVE_BYTES);
   /** The reserve was just given back: checkpoint into that room at the rollback (see rollback). */
   let spaceReleased = false;
+  /** The last commit failed (reported by writable() for /healthz). */
+  let commitFailed = false;
 
   /** Converts an SQLite failure into the reason a client sees; a full disk releases the reserve. */
   function guard<T>(fn: () => T): T {
@@ -394,7 +396,13 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, q.id);
         changed.clear();
         if (lastId !== savedLastId) saveLastId.run(lastId);
-        commitTx.run();
+        try {
+          commitTx.run();
+          commitFailed = false;
+        } catch (e) {
+          commitFailed = true;
+          throw e;
+        }
         inTx = false;
         savedLastId = lastId;
         expiredCommitted = expired;
@@ -423,6 +431,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     },
 
     dirty: () => inTx,
+
+    writable: (now) => !commitFailed && reserve.ok(now),
 
     maintain: () =>
       guard(() => {

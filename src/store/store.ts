@@ -70,6 +70,8 @@ export interface QueueStore {
   rollback(): void;
   /** Whether the current batch has uncommitted changes. */
   dirty(): boolean;
+  /** Whether a new message could be stored now (false while the disk is full or commits fail). */
+  writable(now: number): boolean;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   close(): void;

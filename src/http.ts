@@ -1,0 +1,41 @@
+/**
+ * --http <addr:port>: metrics and health over HTTP, with Bun.serve (off by default).
+ *   GET /metrics     Prometheus text exposition
+ *   GET /stats.json  the same numbers as JSON
+ *   GET /healthz     200 when a message could be stored now, 503 otherwise
+ */
+import type { Context } from "./context";
+import { prometheus, snapshot } from "./metrics";
+
+export interface HttpServer {
+  url: string;
+  stop(): void;
+}
+
+/** "host:port" or ":port" → parts; null if it is not one. */
+export function parseHttpAddress(value: string): { hostname: string; port: number } | null {
+  const m = /^(.*):(\d{1,5})$/.exec(value);
+  if (m === null || Number(m[2]) > 65535) return null;
+  return { hostname: m[1]!.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1", port: Number(m[2]) };
+}
+
+export function startHttp(ctx: Context, address: { hostname: string; port: number }): HttpServer {
+  const server = Bun.serve({
+    hostname: address.hostname,
+    port: address.port,
+    fetch(request) {
+      const path = new URL(request.url).pathname;
+      if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+      if (path === "/metrics") {
+        return new Response(prometheus(snapshot(ctx)), { headers: { "content-type": "text/plain; version=0.0.4" } });
+      }
+      if (path === "/stats.json") return Response.json(snapshot(ctx));
+      if (path === "/healthz") {
+        const ok = ctx.store.writable(ctx.now());
+        return new Response(ok ? "ok\n" : "store not writable\n", { status: ok ? 200 : 503 });
+      }
+      return new Response("not found: try /metrics, /stats.json or /healthz\n", { status: 404 });
+    },
+  });
+  return { url: `http://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+}
