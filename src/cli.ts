@@ -4,6 +4,7 @@
  * Config, or what to do instead (print and exit with a code).
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { readFileSync } from "node:fs";
 import { DEFAULTS, type Config } from "./config";
 import { parseHttpAddress } from "./http";
 
@@ -54,45 +55,97 @@ function nonEmpty(value: string): string {
   return value;
 }
 
+/** An option that can also come from the environment: --max-body → MCQ_MAX_BODY. */
+function opt(flags: string, description: string, parse?: (value: string, previous: never) => unknown, fallback?: unknown): Option {
+  const option = new Option(flags, description);
+  if (parse !== undefined) option.argParser(parse as (value: string, previous: never) => never);
+  if (fallback !== undefined) option.default(fallback);
+  if (option.long !== undefined) option.env(`MCQ_${option.long.slice(2).replace(/-/g, "_").toUpperCase()}`);
+  return option;
+}
+
 function program(version: string): Command {
   const cmd = new Command("mcq")
     .description("A persistent message queue that speaks the memcache protocol (MemcacheQ's successor).")
     .version(version, "-V, --version", "print the version and exit")
-    .helpOption("-h, --help", "print this help and exit")
-    .option("-p, --port <num>", "TCP port to listen on (0: any free port)", integer(0, 65535), DEFAULTS.port)
-    .option("-l, --listen <addr>", "interface to listen on", nonEmpty, DEFAULTS.host)
-    .option("-s, --unix-socket <path>", "listen on this unix socket instead of TCP", nonEmpty)
-    .option("-a <mask>", "access mask of the unix socket, in octal", octal, DEFAULTS.socketMode)
-    .option("-c, --max-conns <num>", "max simultaneous connections", integer(1, 1_000_000), DEFAULTS.maxConns)
-    .option("-H, --home <dir>", "data directory, created if missing", nonEmpty, DEFAULTS.home)
-    .option("-B <num>", "largest message body in bytes", integer(0, 2147483647), DEFAULTS.maxBody)
-    .option("-m <num>", "page cache size of the store in MB", integer(1, 1_048_576), DEFAULTS.cacheMb)
-    .option("-N", "same as --sync normal: survives kill -9, not power loss")
-    .addOption(
-      new Option("--sync <mode>", "full: fsync before STORED; normal: survives kill -9; off: tests only")
-        .choices(["full", "normal", "off"]),
-    )
-    .option("--expiry", "honour exptime: expired messages are never returned")
-    .option("--open-timeout <ms>", "return a message open longer than this to its queue (0: never)",
-      integer(0, 2147483647), DEFAULTS.openTimeoutMs)
-    .option("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS)
-    .option("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen)
-    .option("--http <addr:port>", "serve /metrics, /stats.json and /healthz here", httpAddress)
-    .option("-d", "run as a daemon")
-    .option("-P <file>", "write the process id to this file", nonEmpty)
-    .option("-u <username>", "run as this user (only when started as root)", nonEmpty)
-    .option("-v", "verbose; -vv: log every command", (_: string, n: number) => n + 1, 0)
-    .option("-i", "print license info and exit");
+    .helpOption("-h, --help", "print this help and exit");
+  const options = [
+    opt("-p, --port <num>", "TCP port to listen on (0: any free port)", integer(0, 65535), DEFAULTS.port),
+    opt("-l, --listen <addr>", "interface to listen on", nonEmpty, DEFAULTS.host),
+    opt("-s, --unix-socket <path>", "listen on this unix socket instead of TCP", nonEmpty),
+    opt("-a, --socket-mode <mask>", "access mask of the unix socket, in octal", octal).default(DEFAULTS.socketMode, "0700"),
+    opt("-c, --max-conns <num>", "max simultaneous connections", integer(1, 1_000_000), DEFAULTS.maxConns),
+    opt("-H, --home <dir>", "data directory, created if missing", nonEmpty, DEFAULTS.home),
+    opt("-B, --max-body <num>", "largest message body in bytes", integer(0, 2147483647), DEFAULTS.maxBody),
+    opt("-m, --cache-mb <num>", "page cache size of the store in MB", integer(1, 1_048_576), DEFAULTS.cacheMb),
+    new Option("-N", "same as --sync normal: survives kill -9, not power loss"),
+    opt("--sync <mode>", "full: fsync before STORED; normal: survives kill -9; off: tests only").choices(["full", "normal", "off"]),
+    opt("--expiry", "honour exptime: expired messages are never returned"),
+    opt("--open-timeout <ms>", "return a message open longer than this to its queue (0: never)",
+      integer(0, 2147483647), DEFAULTS.openTimeoutMs),
+    opt("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS),
+    opt("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen),
+    opt("--http <addr:port>", "serve /metrics, /stats.json and /healthz here", httpAddress),
+    opt("--log-format <format>", "log lines as text or json").choices(["text", "json"]).default(DEFAULTS.logFormat),
+    opt("--config <file>", "read settings from this TOML file (keys are the long flag names)", nonEmpty),
+    opt("-d, --daemon", "run as a daemon"),
+    opt("-P, --pid-file <file>", "write the process id to this file", nonEmpty),
+    opt("-u, --user <name>", "run as this user (only when started as root)", nonEmpty),
+    opt("-v, --verbose", "verbose; -vv: log every command", (v: string, n: number) => (/^\d+$/.test(v ?? "") ? Number(v) : n + 1), 0),
+    new Option("-i", "print license info and exit"),
+  ];
+  for (const option of options) cmd.addOption(option);
   for (const [flags, description, hasValue] of IGNORED_FLAGS) {
     const option = new Option(flags, `${description}; accepted, no effect`);
     if (hasValue) option.argParser(integer(0, 2147483647));
     cmd.addOption(option);
   }
   return cmd
-    .addHelpText("after", "\nDefaults: -l 127.0.0.1 -p 22201 -H ./data -B 1048576 -c 1024 --sync full")
+    .addHelpText("after", "\nDefaults: -l 127.0.0.1 -p 22201 -H ./data -B 1048576 -c 1024 --sync full\n" +
+      "Settings come from flags, then MCQ_* environment variables (MCQ_MAX_BODY for --max-body), then --config, then defaults.")
     .allowExcessArguments(false)
     .exitOverride()
     .configureOutput({ writeErr: () => {} });
+}
+
+class ConfigFileError extends Error {}
+
+/** Fills the options not given by a flag or the environment from a TOML file's keys. */
+function applyConfigFile(cmd: Command, file: string): void {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new ConfigFileError(`cannot read --config ${file}: ${(e as Error).message}`);
+  }
+  let table: Record<string, unknown>;
+  try {
+    table = Bun.TOML.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    throw new ConfigFileError(`--config ${file} is not valid TOML: ${(e as Error).message}`);
+  }
+  for (const [key, value] of Object.entries(table)) {
+    const option = cmd.options.find((o) => o.long === `--${key}` && key !== "config");
+    if (option === undefined) throw new ConfigFileError(`--config ${file}: unknown key ${key}`);
+    const name = option.attributeName();
+    const source = cmd.getOptionValueSource(name);
+    if (source === "cli" || source === "env") continue;
+    if (!option.required && !option.optional) {
+      if (typeof value !== "boolean") throw new ConfigFileError(`--config ${file}: ${key} must be true or false`);
+      cmd.setOptionValueWithSource(name, value, "config");
+      continue;
+    }
+    if (typeof value === "object") throw new ConfigFileError(`--config ${file}: ${key} must be a string or a number`);
+    const text = String(value);
+    if (option.argChoices !== undefined && !option.argChoices.includes(text)) {
+      throw new ConfigFileError(`--config ${file}: ${key} must be one of ${option.argChoices.join(", ")}`);
+    }
+    try {
+      cmd.setOptionValueWithSource(name, option.parseArg ? option.parseArg(text, undefined as never) : text, "config");
+    } catch (e) {
+      throw new ConfigFileError(`--config ${file}: ${key} = ${text}: ${(e as Error).message}`);
+    }
+  }
 }
 
 export function parseCommandLine(argv: string[], version: string): CommandLine {
@@ -100,7 +153,12 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
   let o: Record<string, unknown>;
   try {
     o = cmd.parse(argv, { from: "user" }).opts();
+    if (typeof o.config === "string") {
+      applyConfigFile(cmd, o.config);
+      o = cmd.opts();
+    }
   } catch (e) {
+    if (e instanceof ConfigFileError) return { kind: "exit", code: 2, message: `mcq: ${e.message}` };
     if (!(e instanceof CommanderError)) throw e;
     if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return { kind: "exit", code: 0 };
     return { kind: "exit", code: 2, message: `mcq: ${e.message.replace(/^error: /, "").split("\n")[0]} (see mcq --help)` };
@@ -112,19 +170,20 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     host: o.listen as string,
     port: o.port as number,
     unixSocket: (o.unixSocket as string | undefined) ?? null,
-    socketMode: o.a as number,
+    socketMode: o.socketMode as number,
     maxConns: o.maxConns as number,
     home: o.home as string,
-    maxBody: o.B as number,
-    cacheMb: o.m as number,
+    maxBody: o.maxBody as number,
+    cacheMb: o.cacheMb as number,
     sync: (o.sync as Config["sync"] | undefined) ?? (o.N ? "normal" : "full"),
     expiry: o.expiry === true,
     openTimeoutMs: o.openTimeout as number,
     maxOpen: o.maxOpen as number,
     idleTimeoutS: o.idleTimeout as number,
     http: (o.http as Config["http"] | undefined) ?? null,
-    pidFile: (o.P as string | undefined) ?? null,
-    verbose: o.v as number,
+    pidFile: (o.pidFile as string | undefined) ?? null,
+    verbose: o.verbose as number,
+    logFormat: o.logFormat as Config["logFormat"],
   };
-  return { kind: "run", config, daemon: o.d === true, user: (o.u as string | undefined) ?? null, ignored };
+  return { kind: "run", config, daemon: o.daemon === true, user: (o.user as string | undefined) ?? null, ignored };
 }

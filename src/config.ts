@@ -43,6 +43,8 @@ export interface Config {
   pidFile: string | null;
   /** 0 quiet, 1 verbose (-v), 2 every command (-vv). */
   verbose: number;
+  /** One line per event on stderr: "<time> <LEVEL> <message>" or a JSON object. */
+  logFormat: "text" | "json";
 }
 
 export const DEFAULTS: Config = {
@@ -65,4 +67,5 @@ export const DEFAULTS: Config = {
   http: null,
   pidFile: null,
   verbose: 0,
+  logFormat: "text",
 };

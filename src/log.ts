@@ -1,5 +1,6 @@
 /**
- * A levelled logger on stderr, one line per event: "<ISO time> <LEVEL> <message>".
+ * A levelled logger on stderr, one line per event: "<ISO time> <LEVEL> <message>", or with
+ * --log-format json one object per line: {"time":…,"level":…,"msg":…}.
  * -v shows warnings and notices about the client side, -vv every command (MemcacheQ's levels).
  */
 export type Level = "error" | "warn" | "info" | "debug" | "trace";
@@ -15,8 +16,17 @@ export interface Logger {
   readonly verbosity: number;
 }
 
-export function createLogger(verbosity: number, write: (line: string) => void = (l) => process.stderr.write(l)): Logger {
-  const emit = (level: string, message: string) => write(`${new Date().toISOString()} ${level} ${message}\n`);
+export function createLogger(
+  verbosity: number,
+  write: (line: string) => void = (l) => process.stderr.write(l),
+  format: "text" | "json" = "text",
+): Logger {
+  const emit = (level: string, message: string) => {
+    const time = new Date().toISOString();
+    write(format === "json"
+      ? JSON.stringify({ time, level: level.toLowerCase(), msg: message }) + "\n"
+      : `${time} ${level} ${message}\n`);
+  };
   return {
     error: (m) => emit("ERROR", m),
     warn: (m) => emit("WARN", m),

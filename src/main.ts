@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   if (cli.daemon) process.exit(await daemonize(argv, config));
   if (cli.user !== null) dropPrivileges(cli.user);
 
-  const log = createLogger(config.verbose);
+  const log = createLogger(config.verbose, undefined, config.logFormat);
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
 
   try {

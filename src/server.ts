@@ -14,6 +14,7 @@ import { expireLeases, resumeGet } from "./get";
 import type { Logger } from "./log";
 import { createFramer, type Framer } from "./protocol/framer";
 import { REPLY } from "./protocol/reply";
+import type { Request } from "./protocol/types";
 import { createSession, type Reply, type Session } from "./session";
 import { createStats, observeCommit } from "./stats";
 import type { QueueStore } from "./store/store";
@@ -115,7 +116,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       }
       const req = conn.framer.next();
       if (req === null) return;
-      if (log.verbosity >= 2) log.trace(`<${s.id} ${req.kind}${"queue" in req ? " " + req.queue : ""}`);
+      if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       if (execute(ctx, s, req) === "close") conn.closing = true;
     }
   }
@@ -335,6 +336,21 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   }
 
   return { address, port: "port" in listener ? listener.port : 0, context: ctx, stop };
+}
+
+/** A request as one log line for -vv (bodies are not logged, only their size). */
+function describe(req: Request): string {
+  switch (req.kind) {
+    case "get":
+      return `${req.withIds ? "gets" : "get"} ${req.keys.map((k) => k.queue + (k.open ? "/open" : "") + (k.close ? "/close" : "") +
+        (k.abort ? "/abort" : "") + (k.peek ? "/peek" : "") + (k.timeout >= 0 ? `/t=${k.timeout}` : "")).join(" ")}`;
+    case "set":
+      return `set ${req.queue} ${req.flags} ${req.exptime} ${req.data.length}${req.noreply ? " noreply" : ""}`;
+    case "error":
+      return `(refused) ${req.reply.trimEnd()}`;
+    default:
+      return "queue" in req ? `${req.kind} ${req.queue}` : req.kind;
+  }
 }
 
 /** The replies' pieces in one buffer of `size` bytes (strings are ASCII: one byte per char). */

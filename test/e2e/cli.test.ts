@@ -11,7 +11,7 @@ describe("exit codes", () => {
   test("--help lists the flags and exits 0", async () => {
     const r = await runCommand(["--help"]);
     expect(r.code).toBe(0);
-    for (const flag of ["-p, --port", "-H, --home", "-B <num>", "-N", "--sync"]) expect(r.stdout).toContain(flag);
+    for (const flag of ["-p, --port", "-H, --home", "-B, --max-body", "-N", "--sync", "--config"]) expect(r.stdout).toContain(flag);
   });
 
   test("-V and --version print the version and exit 0", async () => {
@@ -164,5 +164,38 @@ describe("flags", () => {
     const s = await startServer([], home);
     expect(existsSync(join(home, "mcq.db"))).toBe(true);
     await s.kill();
+  });
+});
+
+describe("settings from the environment and a config file", () => {
+  test("flags win over MCQ_* variables, which win over the file, which wins over defaults", async () => {
+    const dir = tempDir();
+    const file = join(dir, "mcq.toml");
+    await Bun.write(file, `max-body = 10\nhome = "${join(dir, "from-file")}"\nsync = "normal"\nexpiry = true\nlog-format = "json"\n`);
+    const proc = Bun.spawn([...serverCommand(), "--config", file, "-p", "0", "-B", "20"], {
+      env: { ...process.env, MCQ_HOME: join(dir, "from-env") },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect(await readLine(proc.stdout, (l) => l.includes("listening on"))).toContain("listening on 127.0.0.1:");
+    proc.kill();
+    expect(await proc.exited).toBe(0);
+    const log = await new Response(proc.stderr).text();
+    const first = JSON.parse(log.split("\n")[0]!) as { level: string; msg: string };
+    expect(first.level).toBe("info");
+    // -B from the flag, -H from the environment, sync from the file.
+    expect(first.msg).toBe(`data in ${join(dir, "from-env")}, sync normal, max body 20 bytes`);
+    expect(existsSync(join(dir, "from-file"))).toBe(false);
+  });
+
+  test("an unknown key or a bad value in the file is one line and exit 2", async () => {
+    const dir = tempDir();
+    for (const [body, message] of [["colour = 3\n", "unknown key colour"], ["port = \"many\"\n", "port = many"], ["sync = \"sometimes\"\n", "sync must be one of"]]) {
+      await Bun.write(join(dir, "bad.toml"), body!);
+      const r = await runCommand(["--config", join(dir, "bad.toml")]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(message!);
+      expect(r.stderr.trimEnd().split("\n").length).toBe(1);
+    }
   });
 });

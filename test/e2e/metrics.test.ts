@@ -36,7 +36,7 @@ test("/metrics, /stats.json and /healthz show the same numbers", async () => {
   ]) expect(text).toContain(line + "\n");
   expect(text).toMatch(/^mcq_commit_seconds_bucket\{le="\+Inf"\} [1-9]\d*$/m);
   expect(text).toMatch(/^mcq_data_dir_bytes [1-9]\d*$/m);
-  const json = await (await fetch(`${url}/stats.json`)).json();
+  const json = (await (await fetch(`${url}/stats.json`)).json()) as { queues: { name: string }[]; getHits: number };
   expect(json.queues.find((q: { name: string }) => q.name === "mq")).toMatchObject({ depth: 1, open: 1, total: 2, fetched: 1 });
   expect(json.getHits).toBe(2);
   const health = await fetch(`${url}/healthz`);
