@@ -1,14 +1,14 @@
 #!/usr/bin/env bun
 /**
  * Entry point: command line → store → server; signals and exit codes. The only file that
- * reads process.argv or calls process.exit. `mcq check` is a subcommand (check.ts).
+ * reads process.argv or calls process.exit. `mcq check|dump|load|stats` are in tools/.
  *   0  clean stop (SIGTERM, SIGINT), --help, --version
  *   1  cannot start: data directory in use or unreadable, port in use, bad environment
  *   2  bad flag or value
  */
 import { mkdirSync, unlinkSync, writeFileSync } from "node:fs";
 import pkg from "../package.json";
-import { runCheck } from "./check";
+import { runTool, TOOLS } from "./tools/run";
 import { parseCommandLine } from "./cli";
 import { daemonize } from "./daemon";
 import { startHttp, type HttpServer } from "./http";
@@ -26,7 +26,7 @@ function fail(message: string, code: number): never {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  if (argv[0] === "check") process.exit(runCheck(argv.slice(1), (line) => console.log(line)));
+  if (TOOLS.includes(argv[0] ?? "")) process.exit(await runTool(argv[0]!, argv.slice(1)));
   const cli = parseCommandLine(argv, version);
   if (cli.kind === "exit") {
     if (cli.message !== undefined) (cli.code === 0 ? process.stdout : process.stderr).write(cli.message + "\n");

@@ -1,12 +1,12 @@
 /**
- * `mcq check -H <dir>`: verifies a data directory offline. It takes the same lock as the
- * server, so it refuses to run beside one. Exit 0 when sound, 1 otherwise.
+ * `mcq check -H <dir>`: verifies a data directory offline: SQLite's quick_check, then every
+ * queue's counters against its messages. Exit 0 when sound, 1 otherwise.
  */
 import { Command, CommanderError } from "commander";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { DEFAULTS } from "./config";
-import { DB_FILE, StoreLockedError, openDatabase, verify } from "./store/sqlite-file";
+import { DEFAULTS } from "../config";
+import { DB_FILE, verify } from "../store/sqlite-file";
+import { openDataDir, ToolError } from "./datadir";
 
 export function runCheck(argv: string[], out: (line: string) => void): number {
   const cmd = new Command("mcq check")
@@ -23,24 +23,14 @@ export function runCheck(argv: string[], out: (line: string) => void): number {
     return 2;
   }
   const file = join(home, DB_FILE);
-  if (!existsSync(file)) {
-    out(`mcq check: no data file ${file}`);
-    return 1;
-  }
   let db;
   try {
-    db = openDatabase(file, { sync: "full", cacheMb: DEFAULTS.cacheMb });
+    db = openDataDir("check", home, false);
   } catch (e) {
-    out(`mcq check: ${e instanceof StoreLockedError ? `${(e as Error).message}; stop it first` : (e as Error).message}`);
+    out((e as ToolError).message);
     return 1;
   }
   try {
-    const version = db.query("PRAGMA user_version").values()[0]![0];
-    const tables = db.query("SELECT count(*) FROM sqlite_master WHERE name IN ('queues', 'messages')").values()[0]![0];
-    if (version !== 1 || tables !== 2) {
-      out(`mcq check: ${file} is not an mcq data file (schema ${version})`);
-      return 1;
-    }
     const problems = verify(db, true);
     for (const p of problems) out(`problem: ${p}`);
     const [queues, messages, bytes] = db

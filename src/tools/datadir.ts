@@ -1,0 +1,25 @@
+/**
+ * Opening a data directory for an offline tool (check, dump, load): the same lock as the
+ * server, so a tool refuses to run beside one, with the reason as a one-line message.
+ */
+import type { Database } from "bun:sqlite";
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { DEFAULTS } from "../config";
+import { DB_FILE, StoreLockedError, migrate, openDatabase } from "../store/sqlite-file";
+
+export class ToolError extends Error {}
+
+export function openDataDir(tool: string, home: string, create: boolean): Database {
+  const file = join(home, DB_FILE);
+  if (!create && !existsSync(file)) throw new ToolError(`mcq ${tool}: no data file ${file}`);
+  if (create) mkdirSync(home, { recursive: true, mode: 0o750 });
+  try {
+    const db = openDatabase(file, { sync: "full", cacheMb: DEFAULTS.cacheMb });
+    migrate(db);
+    return db;
+  } catch (e) {
+    const stop = e instanceof StoreLockedError ? "; stop the server first" : "";
+    throw new ToolError(`mcq ${tool}: ${(e as Error).message}${stop}`);
+  }
+}
