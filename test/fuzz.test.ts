@@ -10,21 +10,12 @@ import { readFileSync } from "node:fs";
 import { createFramer } from "../src/protocol/framer";
 import type { Request } from "../src/protocol/types";
 import { Client, startServer, stopAll, type Running } from "./e2e/harness";
+import { random } from "./random";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261124);
 const ROUNDS = Number(process.env.FUZZ_ROUNDS ?? 300);
 
 afterAll(stopAll);
-
-/** mulberry32 */
-function random(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const VALID = [
   "set q 0 0 5\r\nhello\r\n",

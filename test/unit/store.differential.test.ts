@@ -10,16 +10,7 @@ import { join } from "node:path";
 import { createMemoryStore } from "../../src/store/memory";
 import { openSqliteStore } from "../../src/store/sqlite";
 import type { Message, QueueStore } from "../../src/store/store";
-
-/** mulberry32: a small seeded generator, so a failure can be replayed. */
-function random(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { random } from "../random";
 
 const view = (m: Message | null) => (m === null ? null : { flags: m.flags, body: Buffer.from(m.body).toString() });
 
