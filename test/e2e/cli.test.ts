@@ -159,6 +159,20 @@ describe("flags", () => {
     expect(existsSync(pidFile)).toBe(false);
   });
 
+  test("-vv logs every command, one line each", async () => {
+    const s = await startServer(["-vv"]);
+    const c = await s.connect();
+    await c.call(set("vv", "x") + "get vv/open vv2/t=10\r\nbogus\r\n");
+    for (let i = 0; i < 100 && !s.stderr().includes("(refused)"); i++) await Bun.sleep(10);
+    const lines = s.stderr().split("\n").filter((l) => l.includes(" TRACE <"));
+    expect(lines.map((l) => l.replace(/^\S+ TRACE <\d+ /, ""))).toEqual([
+      "set vv 0 0 1",
+      "get vv/open vv2/t=10",
+      "(refused) ERROR",
+      "version",
+    ]);
+  });
+
   test("-H is created if missing", async () => {
     const home = join(tempDir(), "a", "b");
     const s = await startServer([], home);
