@@ -23,8 +23,6 @@ import type { QueueStore } from "./store/store";
 const REQUESTS_PER_TURN = 1024;
 /** Replies up to this size are copied into one buffer for one write; larger ones go piece by piece. */
 const COALESCE_BYTES = 256 * 1024;
-/** Bytes of traffic between two hints to the garbage collector. */
-const GC_HINT_BYTES = 64 * 1024 * 1024;
 /** Expired messages deleted per housekeeping step. */
 const SWEEP_BATCH = 1000;
 
@@ -35,8 +33,12 @@ interface Conn {
   /** Output the socket did not take yet, oldest first. */
   unsent: Uint8Array[];
   unsentBytes: number;
-  /** Reading is paused: the client does not read its replies fast enough. */
-  paused: boolean;
+  /** The client does not read its replies fast enough: stop reading and running its requests. */
+  outputFull: boolean;
+  /** A blocking get waits and a whole request more is buffered behind it: stop reading. */
+  inputFull: boolean;
+  /** Whether the socket is paused now (outputFull or inputFull). */
+  readingPaused: boolean;
   /** Close once the held and unsent output is written. */
   closing: boolean;
   /** When the client last sent anything (for --idle-timeout). */
@@ -70,7 +72,6 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   let pending = new Set<Conn>(); // connections with replies waiting for this turn's commit
   let runnable = new Set<Conn>(); // connections to run (again) in the next turn
   let scheduled = false;
-  let trafficAtGc = 0;
   let stopping = false;
 
   const ctx: Context = {
@@ -109,28 +110,32 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     const s = conn.session;
     pending.add(conn);
     if (s.waiting !== null && !resumeGet(ctx, s)) return;
-    for (let n = 0; !conn.closing && s.waiting === null; n++) {
-      if (n === REQUESTS_PER_TURN || conn.paused) {
-        if (!conn.paused) runnable.add(conn);
-        return;
+    for (let n = 0; !conn.closing && s.waiting === null && !conn.outputFull; n++) {
+      if (n === REQUESTS_PER_TURN) {
+        runnable.add(conn);
+        break;
       }
       const req = conn.framer.next();
-      if (req === null) return;
+      if (req === null) break;
       if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       if (execute(ctx, s, req) === "close") conn.closing = true;
     }
+    updateReading(conn);
+  }
+
+  /** Pauses or resumes reading from the socket: memory per connection stays bounded. */
+  function updateReading(conn: Conn): void {
+    conn.inputFull = conn.session.waiting !== null && conn.framer.pending() > config.maxLine + config.maxBody;
+    const pause = conn.outputFull || conn.inputFull;
+    if (pause === conn.readingPaused || conn.session.closed) return;
+    conn.readingPaused = pause;
+    if (pause) conn.socket.pause();
+    else conn.socket.resume();
   }
 
   /** One group-commit turn: run what is runnable, commit once, release every held reply. */
   function turn(): void {
     scheduled = false;
-    // Bodies are short-lived buffers that JSC's heuristics collect late; after every
-    // GC_HINT_BYTES of traffic, ask for a collection so RSS follows the live data, not the past.
-    const traffic = stats.bytesRead + stats.bytesWritten;
-    if (Math.abs(traffic - trafficAtGc) > GC_HINT_BYTES) {
-      trafficAtGc = traffic;
-      Bun.gc(false);
-    }
     const run = runnable;
     runnable = new Set();
     for (const conn of run) if (!conn.session.closed) runConn(conn);
@@ -179,9 +184,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     }
     conn.unsent.push(out);
     conn.unsentBytes += out.length;
-    if (conn.unsentBytes > config.maxUnsent && !conn.paused) {
-      conn.paused = true;
-      conn.socket.pause();
+    if (conn.unsentBytes > config.maxUnsent && !conn.outputFull) {
+      conn.outputFull = true;
+      updateReading(conn);
     }
   }
 
@@ -199,9 +204,8 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     }
     if (conn.closing && conn.session.held.length === 0) {
       conn.socket.end();
-    } else if (conn.paused) {
-      conn.paused = false;
-      conn.socket.resume();
+    } else if (conn.outputFull) {
+      conn.outputFull = false;
       runnable.add(conn);
       schedule();
     }
@@ -223,7 +227,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
         framer: createFramer(limits),
         unsent: [],
         unsentBytes: 0,
-        paused: false,
+        outputFull: false,
+        inputFull: false,
+        readingPaused: false,
         closing: false,
         lastActive: now(),
         rejected: false,
@@ -242,12 +248,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       stats.bytesRead += chunk.length;
       conn.lastActive = now();
       conn.framer.push(chunk);
-      if (conn.session.waiting === null && !conn.paused) runConn(conn);
-      else if (conn.framer.pending() > config.maxLine + config.maxBody && !conn.paused) {
-        // A waiting connection keeps its later requests; past one full request, stop reading.
-        conn.paused = true;
-        socket.pause();
-      }
+      // A waiting connection keeps its later requests (in order) until its get ends.
+      if (conn.session.waiting === null && !conn.outputFull) runConn(conn);
+      else updateReading(conn);
       schedule();
     },
     drain(socket: Socket<Conn>) {

@@ -92,3 +92,21 @@ test("SIGTERM with 1000 connected clients exits 0 within 5 s, answering what was
   const queues = await c.call("stats queue\r\n");
   expect(queues.match(/^STAT stop\d \d+\/0\r\n/gm)?.reduce((n, line) => n + Number(/ (\d+)\//.exec(line)![1]), 0)).toBe(500);
 }, 60_000);
+
+test("requests pipelined behind a blocking get wait, reading pauses past a bound, and all are answered in order", async () => {
+  const s = await startServer(["-B", "1000"]);
+  const [c, probe] = [await s.connect(), await s.connect()];
+  const count = 20_000; // 180 KB behind the get: far past one line plus one body (9 KB)
+  c.write("get pq/t=1000\r\n");
+  while (!(await probe.call("stats\r\n")).includes("STAT waiters 1\r\n")) await Bun.sleep(5);
+  // In pieces, each arriving while the get waits.
+  for (let i = 0; i < 20; i++) {
+    c.write("version\r\n".repeat(count / 20));
+    await Bun.sleep(1);
+  }
+  const want = "END\r\n".length + count * "VERSION 1.0.0\r\n".length;
+  const got = (await c.read(want, 10_000)).toString();
+  expect(got.startsWith("END\r\nVERSION ")).toBe(true);
+  expect(got.split("\r\n").filter((l) => l.startsWith("VERSION ")).length).toBe(count);
+  expect(await c.call(set("pq", "after") + "get pq\r\n")).toBe("STORED\r\n" + value("pq", "after") + "END\r\n");
+});
