@@ -7,6 +7,7 @@
  *   bun run bench --json               the table as JSON on stdout (progress stays on stderr)
  *   bun run bench --bin dist/mcq       the compiled binary instead of the source
  *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
+ *   bun run bench --large              p99 of small gets while one client moves 1 MB messages
  *
  * Peers are used when found on PATH: memcached (-t 2), redis-server (appendonly yes, with
  * appendfsync always and everysec, driven with LPUSH/RPOP) and beanstalkd (-f 50, put/reserve/
@@ -137,6 +138,7 @@ async function calibrate(memcached: Server | undefined): Promise<string | null> 
 
 async function main(): Promise<void> {
   if (BACKLOG > 0) return backlog();
+  if (flag("--large")) return large();
   const servers = (await Promise.all([
     startMcq("mcq full", ["--sync", "full"]),
     startMcq("mcq normal", ["--sync", "normal"]),
@@ -224,6 +226,23 @@ async function backlog(): Promise<void> {
     rssMbQueued: Math.round(rssFull), rssMbAfterLoad: Math.round(rssAfter), restartToFirstGetMs: Math.round(firstGetMs) };
   console.log(flag("--json") ? JSON.stringify(report) : report);
   rmSync(mcq.home, { recursive: true, force: true });
+}
+
+/** Small set+get pairs on 10 connections, alone and beside a client moving 1 MB messages. */
+async function large(): Promise<void> {
+  const small: Load = { name: "pair 10x1", mode: "pair", conns: 10, depth: 1 };
+  const rows = [];
+  for (const sync of ["full", "normal"]) {
+    const mcq = await startMcq(`mcq ${sync}`, ["--sync", sync]);
+    const alone = await load(mcq, small, SECS, "small");
+    const neighbour = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/large.ts"), String(mcq.port), String(SECS + 1)], { stdout: "pipe" });
+    const beside = await load(mcq, small, SECS, "small");
+    const moved = JSON.parse((await new Response(neighbour.stdout).text()).trim()) as { mbPerSec: number };
+    rows.push({ sync, aloneP99us: alone.p99us, besideP99us: beside.p99us, besideOpsPerSec: beside.opsPerSec, largeMbPerSec: moved.mbPerSec });
+    await mcq.stop();
+    rmSync(mcq.home, { recursive: true, force: true });
+  }
+  console.log(flag("--json") ? JSON.stringify(rows) : rows);
 }
 
 await main();
