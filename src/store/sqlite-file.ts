@@ -3,12 +3,14 @@
  * sqlite.ts builds the queue store on top.
  *
  * Layout (schema version 1, kept in PRAGMA user_version):
- *   queues(id, name, total, fetched, items, bytes)   one row per queue; the counters change in
+ *   queues(id, name, total, fetched, items, bytes, last_id)
+ *                                                    one row per queue; the counters change in
  *                                                    the same transaction as the messages, so
  *                                                    they are exact after a crash
  *   messages(id, qid, flags, created, expires, opened, deliveries, body)
  *                                                    id is global and increasing: FIFO is id order
- *   meta(key, value)                                 'last_id', so an id is never reused
+ * The highest id given out is saved in the last_id of every queue a batch touches (a page the
+ * commit writes anyway), so a queue never reuses an id, even once it is empty.
  *
  * Changing the schema: bump SCHEMA_VERSION, add a step to migrate() that takes a file of the
  * previous version to the new one inside one transaction, and add a test that opens a file
@@ -95,7 +97,8 @@ export function migrate(db: Database): void {
       total INTEGER NOT NULL DEFAULT 0,
       fetched INTEGER NOT NULL DEFAULT 0,
       items INTEGER NOT NULL DEFAULT 0,
-      bytes INTEGER NOT NULL DEFAULT 0)`);
+      bytes INTEGER NOT NULL DEFAULT 0,
+      last_id INTEGER NOT NULL DEFAULT 0)`);
     db.run(`CREATE TABLE messages(
       id INTEGER PRIMARY KEY,
       qid INTEGER NOT NULL,
@@ -107,7 +110,6 @@ export function migrate(db: Database): void {
       body BLOB NOT NULL)`);
     db.run("CREATE INDEX messages_head ON messages(qid, opened, id)");
     db.run("CREATE INDEX messages_expiry ON messages(expires) WHERE expires > 0");
-    db.run("CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)");
     db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   })();
 }

@@ -84,9 +84,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const commitTx = sql("COMMIT");
   const rollbackTx = sql("ROLLBACK");
   const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
-  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ? WHERE id = ?");
+  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = ? WHERE id = ?");
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
-  const saveLastId = sql("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_id', ?)");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headIds = sql(`SELECT id FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`);
   const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
@@ -113,7 +112,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const byId = new Map<number, Queue>();
   const changed = new Set<Queue>();
   let lastId = 0;
-  let savedLastId = 0;
   let inTx = false;
   let expired = 0;
   let expiredCommitted = 0;
@@ -131,9 +129,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       queues.set(name, q);
       byId.set(id, q);
     }
-    const meta = db.query("SELECT value FROM meta WHERE key = 'last_id'").values()[0];
+    const saved = db.query("SELECT max(last_id) FROM queues").values()[0]![0] as number | null;
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
-    lastId = savedLastId = Math.max((meta?.[0] as number) ?? 0, max ?? 0);
+    lastId = Math.max(saved ?? 0, max ?? 0);
   }
 
   const reserve = createReserve(dir, RESERVE_BYTES);
@@ -393,9 +391,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     commit: () =>
       guard(() => {
         if (!inTx) return;
-        for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, q.id);
+        for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
         changed.clear();
-        if (lastId !== savedLastId) saveLastId.run(lastId);
         try {
           commitTx.run();
           commitFailed = false;
@@ -404,7 +401,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           throw e;
         }
         inTx = false;
-        savedLastId = lastId;
         expiredCommitted = expired;
       }),
 

@@ -58,9 +58,9 @@ export function load(home: string, text: string): number {
     const addMessage = db.query("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
     const addItems = db.query("UPDATE queues SET items = items + 1, bytes = bytes + ? WHERE id = ?");
     const lastId = db.query(
-      "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_id'), 0), coalesce((SELECT max(id) FROM messages), 0))",
+      "SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0))",
     );
-    const saveLastId = db.query("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_id', ?)");
+    const saveLastId = db.query("UPDATE queues SET last_id = ?");
     let count = 0;
     db.transaction(() => {
       const ids = new Map<string, number>();
