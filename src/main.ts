@@ -70,9 +70,6 @@ async function main(): Promise<void> {
     log.info(`metrics on ${http.url}/metrics`);
   }
   if (config.pidFile !== null) writeFileSync(config.pidFile, `${process.pid}\n`);
-  log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
-  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
-
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -94,8 +91,11 @@ async function main(): Promise<void> {
     }
     process.exit(0);
   };
+  // Before the listening line: whoever reads it may signal at once, and must get a clean stop.
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+  log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
 }
 
 /** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ. */
