@@ -19,6 +19,7 @@ export type Outcome = "next" | "wait" | "close";
 const RELATIVE_LIMIT_S = 60 * 60 * 24 * 30;
 
 export function execute(ctx: Context, s: Session, req: Request): Outcome {
+  const held = s.held.length;
   try {
     return run(ctx, s, req);
   } catch (e) {
@@ -32,6 +33,8 @@ export function execute(ctx: Context, s: Session, req: Request): Outcome {
       s.waiting = null;
     }
     const reason = bug ? "internal error" : e.message;
+    // A reply this command already queued depended on the batch: fail() made it the error.
+    if (s.held.length > held) return bug ? "close" : "next";
     if (bug || !("noreply" in req && req.noreply)) say(s, serverError(reason));
     else ctx.log.warn(`noreply ${req.kind} failed: ${reason}`);
     return bug ? "close" : "next";

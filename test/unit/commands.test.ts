@@ -138,3 +138,24 @@ describe("store failures", () => {
     );
   });
 });
+
+describe("store failures inside a get", () => {
+  test("a failing dequeue answers one SERVER_ERROR line and the message stays", () => {
+    const store = createMemoryStore();
+    let fail = false;
+    const failing: QueueStore = {
+      ...store,
+      dequeue(queue, now) {
+        if (fail) throw new StoreError("I/O error (SQLITE_IOERR_WRITE)");
+        return store.dequeue(queue, now);
+      },
+    };
+    const h = harness({}, failing);
+    const s = h.session();
+    h.send(s, "set q 0 0 1\r\na\r\n");
+    fail = true;
+    expect(h.send(s, "get q\r\nversion\r\n")).toBe("SERVER_ERROR I/O error (SQLITE_IOERR_WRITE)\r\nVERSION 1.0.0\r\n");
+    fail = false;
+    expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\n");
+  });
+});
