@@ -58,7 +58,19 @@ export function serveWaiters(ctx: Context, queue: string): void {
     const pending = s.waiting!;
     const key = pending.req.keys[pending.index]!;
     ctx.batch.depends(pending.reply);
-    if (!fetch(ctx, s, key, pending)) return;
+    let served: boolean;
+    try {
+      served = fetch(ctx, s, key, pending);
+    } catch (e) {
+      // The batch will be undone and this reply become SERVER_ERROR: the waiter's get ends here.
+      ctx.waiters.remove(queue, s);
+      if (pending.timer !== null) clearTimeout(pending.timer);
+      pending.reply.complete = true;
+      s.waiting = null;
+      ctx.resume(s);
+      throw e;
+    }
+    if (!served) return;
     ctx.waiters.remove(queue, s);
     if (pending.timer !== null) clearTimeout(pending.timer);
     pending.timer = null;

@@ -41,9 +41,10 @@ function harness(config: Partial<Config> = {}, store: QueueStore = createMemoryS
     framer.push(Buffer.from(input, "latin1"));
     for (let r = framer.next(); r !== null; r = framer.next()) execute(ctx, s, r);
     ctx.batch.commit();
-    const out = s.held.flatMap((r) => r.pieces.map((p) => (typeof p === "string" ? p : Buffer.from(p).toString("latin1"))));
-    s.held = [];
-    return out.join("");
+    // Like the server: the replies up to the first one still being built (a waiting get).
+    const ready = s.held.findIndex((r) => !r.complete);
+    const done = s.held.splice(0, ready < 0 ? s.held.length : ready);
+    return done.flatMap((r) => r.pieces.map((p) => (typeof p === "string" ? p : Buffer.from(p).toString("latin1")))).join("");
   }
   return { ctx, send, session, advance: (ms: number) => (now += ms), now: () => now };
 }
@@ -158,4 +159,28 @@ describe("store failures inside a get", () => {
     fail = false;
     expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\n");
   });
+});
+
+test("a store failure while handing a message to a waiter ends that get with one SERVER_ERROR", () => {
+  const store = createMemoryStore();
+  let fail = false;
+  const failing: QueueStore = {
+    ...store,
+    dequeue(queue, now) {
+      if (fail) throw new StoreError("out of space");
+      return store.dequeue(queue, now);
+    },
+  };
+  const h = harness({}, failing);
+  const resumed: Session[] = [];
+  h.ctx.resume = (s) => void resumed.push(s);
+  const [waiter, producer] = [h.session(), h.session()];
+  expect(h.send(waiter, "get q/t=5000\r\n")).toBe("");
+  fail = true;
+  expect(h.send(producer, "set q 0 0 1\r\na\r\n")).toBe("SERVER_ERROR out of space\r\n");
+  expect(resumed).toEqual([waiter]);
+  expect(h.send(waiter, "")).toBe("SERVER_ERROR out of space\r\n");
+  expect(h.ctx.waiters.count()).toBe(0);
+  fail = false;
+  expect(h.send(producer, "get q\r\n")).toBe("END\r\n");
 });
