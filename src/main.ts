@@ -69,7 +69,14 @@ async function main(): Promise<void> {
     }
     log.info(`metrics on ${http.url}/metrics`);
   }
-  if (config.pidFile !== null) writeFileSync(config.pidFile, `${process.pid}\n`);
+  if (config.pidFile !== null) {
+    try {
+      writeFileSync(config.pidFile, `${process.pid}\n`);
+    } catch (e) {
+      await server.stop();
+      fail(`cannot write the pid file ${config.pidFile}: ${(e as Error).message}`, 1);
+    }
+  }
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

@@ -48,6 +48,21 @@ describe("exit codes", () => {
     await first.kill();
   });
 
+  test("a pid file, unix socket or data directory that cannot be made exits 1 with one line naming it", async () => {
+    const dir = tempDir();
+    const file = join(dir, "a-file");
+    await Bun.write(file, "x");
+    for (const [args, message] of [
+      [["-p", "0", "-H", join(dir, "d1"), "-P", join(dir, "no", "mcq.pid")], "cannot write the pid file"],
+      [["-s", join(dir, "no", "mcq.sock"), "-H", join(dir, "d2")], "cannot listen on"],
+      [["-p", "0", "-H", file], "cannot create the data directory"],
+    ] as const) {
+      const r = await runCommand([...args]);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trimEnd().split("\n").filter((l) => l.startsWith("mcq: "))).toEqual([expect.stringContaining(message)]);
+    }
+  });
+
   test("a data file that is not an mcq database exits 1 naming it", async () => {
     const home = tempDir();
     await Bun.write(join(home, "mcq.db"), "this is not a database, it is a text file of some length ".repeat(100));
