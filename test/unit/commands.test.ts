@@ -99,88 +99,73 @@ describe("leases with a frozen clock", () => {
   });
 });
 
+/**
+ * The memory store with one method that throws StoreError(reason) while `failing.on` is set
+ * (and the call matches `when`, if given).
+ */
+function failingStore<K extends "commit" | "enqueue" | "dequeue">(
+  method: K,
+  reason: string,
+  when: (...args: Parameters<QueueStore[K]>) => boolean = () => true,
+) {
+  const store = createMemoryStore();
+  const failing = { on: false, store: { ...store } as QueueStore };
+  const original = store[method] as (...args: Parameters<QueueStore[K]>) => ReturnType<QueueStore[K]>;
+  (failing.store[method] as typeof original) = (...args) => {
+    if (failing.on && when(...args)) throw new StoreError(reason);
+    return original(...args);
+  };
+  return failing;
+}
+
 describe("store failures", () => {
   test("a failing commit turns the batch's replies into SERVER_ERROR and loses nothing", () => {
-    const store = createMemoryStore();
-    let failNext = false;
-    const failing: QueueStore = {
-      ...store,
-      commit() {
-        if (failNext) {
-          failNext = false;
-          throw new StoreError("out of space");
-        }
-        store.commit();
-      },
-    };
-    const h = harness({}, failing);
+    const failing = failingStore("commit", "out of space");
+    const h = harness({}, failing.store);
     const s = h.session();
     expect(h.send(s, "set q 0 0 1\r\na\r\n")).toBe("STORED\r\n");
-    failNext = true;
+    failing.on = true;
     expect(h.send(s, "set q 0 0 1\r\nb\r\nget q\r\nversion\r\n")).toBe(
       "SERVER_ERROR out of space\r\nSERVER_ERROR out of space\r\nVERSION 1.0.0\r\n",
     );
+    failing.on = false;
     expect(h.send(s, "get q\r\nget q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\nEND\r\n");
   });
 
   test("a failing enqueue answers SERVER_ERROR and the connection goes on", () => {
-    const store = createMemoryStore();
-    const failing: QueueStore = {
-      ...store,
-      enqueue(queue, ...rest) {
-        if (queue === "full") throw new StoreError("out of space");
-        return store.enqueue(queue, ...rest);
-      },
-    };
-    const h = harness({}, failing);
+    const failing = failingStore("enqueue", "out of space", (queue) => queue === "full");
+    failing.on = true;
+    const h = harness({}, failing.store);
     const s = h.session();
     expect(h.send(s, "set full 0 0 1\r\na\r\nset ok 0 0 1\r\nb\r\nget ok\r\n")).toBe(
       "SERVER_ERROR out of space\r\nSTORED\r\nVALUE ok 0 1\r\nb\r\nEND\r\n",
     );
   });
-});
 
-describe("store failures inside a get", () => {
   test("a failing dequeue answers one SERVER_ERROR line and the message stays", () => {
-    const store = createMemoryStore();
-    let fail = false;
-    const failing: QueueStore = {
-      ...store,
-      dequeue(queue, now) {
-        if (fail) throw new StoreError("I/O error (SQLITE_IOERR_WRITE)");
-        return store.dequeue(queue, now);
-      },
-    };
-    const h = harness({}, failing);
+    const failing = failingStore("dequeue", "I/O error (SQLITE_IOERR_WRITE)");
+    const h = harness({}, failing.store);
     const s = h.session();
     h.send(s, "set q 0 0 1\r\na\r\n");
-    fail = true;
+    failing.on = true;
     expect(h.send(s, "get q\r\nversion\r\n")).toBe("SERVER_ERROR I/O error (SQLITE_IOERR_WRITE)\r\nVERSION 1.0.0\r\n");
-    fail = false;
+    failing.on = false;
     expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\na\r\nEND\r\n");
   });
-});
 
-test("a store failure while handing a message to a waiter ends that get with one SERVER_ERROR", () => {
-  const store = createMemoryStore();
-  let fail = false;
-  const failing: QueueStore = {
-    ...store,
-    dequeue(queue, now) {
-      if (fail) throw new StoreError("out of space");
-      return store.dequeue(queue, now);
-    },
-  };
-  const h = harness({}, failing);
-  const resumed: Session[] = [];
-  h.ctx.resume = (s) => void resumed.push(s);
-  const [waiter, producer] = [h.session(), h.session()];
-  expect(h.send(waiter, "get q/t=5000\r\n")).toBe("");
-  fail = true;
-  expect(h.send(producer, "set q 0 0 1\r\na\r\n")).toBe("SERVER_ERROR out of space\r\n");
-  expect(resumed).toEqual([waiter]);
-  expect(h.send(waiter, "")).toBe("SERVER_ERROR out of space\r\n");
-  expect(h.ctx.waiters.count()).toBe(0);
-  fail = false;
-  expect(h.send(producer, "get q\r\n")).toBe("END\r\n");
+  test("a failure while handing a message to a waiter ends that get with one SERVER_ERROR", () => {
+    const failing = failingStore("dequeue", "out of space");
+    const h = harness({}, failing.store);
+    const resumed: Session[] = [];
+    h.ctx.resume = (s) => void resumed.push(s);
+    const [waiter, producer] = [h.session(), h.session()];
+    expect(h.send(waiter, "get q/t=5000\r\n")).toBe("");
+    failing.on = true;
+    expect(h.send(producer, "set q 0 0 1\r\na\r\n")).toBe("SERVER_ERROR out of space\r\n");
+    expect(resumed).toEqual([waiter]);
+    expect(h.send(waiter, "")).toBe("SERVER_ERROR out of space\r\n");
+    expect(h.ctx.waiters.count()).toBe(0);
+    failing.on = false;
+    expect(h.send(producer, "get q\r\n")).toBe("END\r\n");
+  });
 });
