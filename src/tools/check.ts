@@ -1,35 +1,14 @@
 /**
  * `mcq check -H <dir>`: verifies a data directory offline: SQLite's quick_check, then every
- * queue's counters against its messages. Exit 0 when sound, 1 otherwise.
+ * queue's counters against its messages. Returns 0 when sound, 1 otherwise.
  */
-import { Command, CommanderError } from "commander";
 import { join } from "node:path";
-import { DEFAULTS } from "../config";
 import { DB_FILE, verify } from "../store/sqlite-file";
-import { openDataDir, ToolError } from "./datadir";
+import { openDataDir } from "./datadir";
 
-export function runCheck(argv: string[], out: (line: string) => void): number {
-  const cmd = new Command("mcq check")
-    .description("verify a data directory offline (stop the server first)")
-    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-    .exitOverride()
-    .configureOutput({ writeErr: () => {} });
-  let home: string;
-  try {
-    home = cmd.parse(argv, { from: "user" }).opts<{ home: string }>().home;
-  } catch (e) {
-    if (e instanceof CommanderError && e.code === "commander.helpDisplayed") return 0;
-    out(`mcq check: ${(e as Error).message.replace(/^error: /, "")}`);
-    return 2;
-  }
+export function check(home: string, out: (line: string) => void): number {
   const file = join(home, DB_FILE);
-  let db;
-  try {
-    db = openDataDir("check", home, false);
-  } catch (e) {
-    out((e as ToolError).message);
-    return 1;
-  }
+  const db = openDataDir("check", home, false);
   try {
     const problems = verify(db, true);
     for (const p of problems) out(`problem: ${p}`);
@@ -38,9 +17,6 @@ export function runCheck(argv: string[], out: (line: string) => void): number {
       .values()[0] as number[];
     out(`${problems.length === 0 ? "ok" : "damaged"}: ${file}: ${queues} queues, ${messages} messages, ${bytes} bytes`);
     return problems.length === 0 ? 0 : 1;
-  } catch (e) {
-    out(`mcq check: ${file}: ${(e as Error).message}`);
-    return 1;
   } finally {
     db.close();
   }

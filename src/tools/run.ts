@@ -5,7 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { DEFAULTS } from "../config";
 import { parseHttpAddress } from "../http";
-import { runCheck } from "./check";
+import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
 import { load } from "./load";
@@ -20,8 +20,14 @@ function command(name: string, description: string): Command {
 export async function runTool(name: string, argv: string[]): Promise<number> {
   const out = (line: string) => process.stdout.write(line + "\n");
   const err = (line: string) => process.stderr.write(line + "\n");
-  if (name === "check") return runCheck(argv, out);
   try {
+    if (name === "check") {
+      const o = command("check", "verify a data directory offline (stop the server first)")
+        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+        .parse(argv, { from: "user" })
+        .opts<{ home: string }>();
+      return check(o.home, out);
+    }
     if (name === "dump") {
       const o = command("dump", "write the queues of a data directory as JSON Lines (stop the server first)")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)

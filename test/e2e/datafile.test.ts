@@ -27,9 +27,9 @@ describe("mcq check", () => {
     const s = await startServer();
     const busy = await runCommand(["check", "-H", s.home]);
     expect(busy.code).toBe(1);
-    expect(busy.stdout).toContain("in use by another mcq process");
+    expect(busy.stderr).toContain("in use by another mcq process");
     const empty = await runCommand(["check", "-H", tempDir()]);
-    expect([empty.code, empty.stdout.startsWith("mcq check: no data file")]).toEqual([1, true]);
+    expect([empty.code, empty.stderr.startsWith("mcq check: no data file")]).toEqual([1, true]);
   });
 
   test("a damaged file: the server refuses to start naming it, and check reports it", async () => {
