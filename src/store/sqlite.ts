@@ -6,6 +6,12 @@
  * costs several microseconds, a lookup by id a fraction of one, so each queue reads the ids of its
  * next READ_AHEAD messages at once and takes them by id (see Queue.ahead).
  *
+ * Messages set and taken in the same batch never touch the file: a set only records its message
+ * in memory (Queue.pending) and the INSERT happens at commit, so when a get in the same batch
+ * takes it first, neither the row nor its index entry is ever written. Both replies wait for
+ * the commit that records the queue's counters, so what a client is told stays true after a
+ * crash. This is the common case of a queue whose consumers keep up (see Queue.pending).
+ *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
  * Space: auto_vacuum=INCREMENTAL is set before the first table exists; maintain() frees pages
@@ -45,6 +51,17 @@ const VACUUM_MIN_PAGES = 256;
 const RESERVE_BYTES = 4 * 1024 * 1024;
 /** Head ids read at once per queue (Queue.ahead). */
 const READ_AHEAD = 64;
+/** Larger bodies are written at once: holding them would cost a copy of the whole body. */
+const PENDING_MAX_BODY = 16 * 1024;
+
+/** A message set in the current batch and not yet written (Queue.pending). */
+interface Pending {
+  id: number;
+  flags: number;
+  created: number;
+  expires: number;
+  body: Uint8Array;
+}
 
 interface Queue {
   id: number;
@@ -63,6 +80,13 @@ interface Queue {
   ahead: number[];
   next: number;
   whole: boolean;
+  /**
+   * Messages set in this batch and not yet in the file, newer than every message that is, from
+   * index `taken` on. Only a plain get takes from here; anything else that needs the queue as it
+   * is in the file (peek, open, flush, a large set, the commit) writes them first (materialize).
+   */
+  pending: Pending[];
+  taken: number;
 }
 
 type Row = [id: number, flags: number, expires: number, body: Uint8Array];
@@ -125,7 +149,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
-      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false };
+      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false, pending: [], taken: 0 };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -165,7 +189,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     let q = queues.get(name);
     if (q === undefined) {
       const id = (createQueue.values(name)[0]![0] as number);
-      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true };
+      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true, pending: [], taken: 0 };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -173,10 +197,59 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     return q;
   }
 
-  function removed(q: Queue, row: Row): void {
+  function removed(q: Queue, body: Uint8Array): void {
     q.items--;
-    q.bytes -= row[3].length;
+    q.bytes -= body.length;
     changed.add(q);
+  }
+
+  /** Writes one message row, keeping the read-ahead list whole when it was. */
+  function write(q: Queue, id: number, flags: number, created: number, expires: number, body: Uint8Array): void {
+    insert.run(id, q.id, flags, created, expires, body);
+    if (q.whole && q.ahead.length - q.next < READ_AHEAD) {
+      if (q.next >= READ_AHEAD) {
+        // Drop the ids already taken, so the list stays small while a queue is never empty.
+        q.ahead.splice(0, q.next);
+        q.next = 0;
+      }
+      q.ahead.push(id);
+    } else q.whole = false;
+  }
+
+  /** Queues with messages in `pending`. */
+  const holding = new Set<Queue>();
+
+  /** Writes q's pending messages, so the file holds the whole queue. */
+  function materialize(q: Queue): void {
+    for (let i = q.taken; i < q.pending.length; i++) {
+      const m = q.pending[i]!;
+      write(q, m.id, m.flags, m.created, m.expires, m.body);
+    }
+    q.pending = [];
+    q.taken = 0;
+    holding.delete(q);
+  }
+
+  function materializeAll(): void {
+    for (const q of holding) materialize(q);
+  }
+
+  /** Forgets q's pending messages: they are being deleted, so there is no point writing them. */
+  function discard(q: Queue): void {
+    q.pending = [];
+    q.taken = 0;
+    holding.delete(q);
+  }
+
+  /** Takes the oldest pending message of q that has not expired; null if there is none. */
+  function takePending(q: Queue, now: number): Pending | null {
+    while (q.taken < q.pending.length) {
+      const m = q.pending[q.taken++]!;
+      removed(q, m.body);
+      if (m.expires === 0 || m.expires > now) return m;
+      expired++;
+    }
+    return null;
   }
 
   function forget(q: Queue): void {
@@ -188,7 +261,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   /** The first message of q that may be handed out, left in place; expired ones on the way are deleted. */
   function firstLive(q: Queue, now: number): Row | null {
     for (;;) {
-      if (q.items - q.open <= 0) return null;
+      if (q.items - q.open - (q.pending.length - q.taken) <= 0) return null;
       if (q.next === q.ahead.length) {
         q.ahead = (headIds.values(q.id) as [number][]).map((r) => r[0]);
         q.next = 0;
@@ -204,7 +277,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       tx();
       deleteById.run(row[0]);
       q.next++;
-      removed(q, row);
+      removed(q, row[3]);
       expired++;
     }
   }
@@ -228,15 +301,14 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         tx();
         const q = queueFor(name);
         const id = ++lastId;
-        insert.run(id, q.id, flags, now, expiresAt, body);
-        if (q.whole && q.ahead.length - q.next < READ_AHEAD) {
-          if (q.next >= READ_AHEAD) {
-            // Drop the ids already taken, so the list stays small while a queue is never empty.
-            q.ahead.splice(0, q.next);
-            q.next = 0;
-          }
-          q.ahead.push(id);
-        } else q.whole = false;
+        if (body.length <= PENDING_MAX_BODY) {
+          // The body is a view into the connection's input: keep a copy of it.
+          q.pending.push({ id, flags, created: now, expires: expiresAt, body: Buffer.from(body) });
+          holding.add(q);
+        } else {
+          materialize(q);
+          write(q, id, flags, now, expiresAt, body);
+        }
         q.total++;
         q.items++;
         q.bytes += body.length;
@@ -248,11 +320,18 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined) return null;
         const row = firstLive(q, now);
-        if (row === null) return null;
+        if (row === null) {
+          // Nothing older in the file: the head, if any, was set in this batch.
+          const m = takePending(q, now);
+          if (m === null) return null;
+          if (q.taken === q.pending.length) materialize(q);
+          q.fetched++;
+          return { id: m.id, flags: m.flags, body: m.body };
+        }
         tx();
         deleteById.run(row[0]);
         q.next++;
-        removed(q, row);
+        removed(q, row[3]);
         q.fetched++;
         return message(row);
       }),
@@ -260,6 +339,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     peek: (name, now) =>
       guard(() => {
         const q = queues.get(name);
+        if (q !== undefined) materialize(q);
         const row = q === undefined ? null : firstLive(q, now);
         return row === null ? null : message(row);
       }),
@@ -267,6 +347,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     open: (name, now) =>
       guard(() => {
         const q = queues.get(name);
+        if (q !== undefined) materialize(q);
         const row = q === undefined ? null : firstLive(q, now);
         if (row === null) return null;
         tx();
@@ -296,6 +377,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined) return false;
         tx();
+        materialize(q);
         if (releaseOpen.run(id).changes === 0) return false;
         q.open--;
         forget(q); // it is back before the ids read ahead
@@ -307,6 +389,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined) return false;
         tx();
+        discard(q);
         deleteQueueMessages.run(q.id);
         deleteQueue.run(q.id);
         queues.delete(name);
@@ -320,6 +403,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined || q.items === 0) return;
         tx();
+        discard(q);
         deleteQueueMessages.run(q.id);
         q.items = q.bytes = q.open = 0;
         forget(q);
@@ -329,6 +413,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     flushAll: () =>
       guard(() => {
         tx();
+        for (const q of holding) discard(q);
         deleteAllMessages.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
@@ -350,6 +435,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       guard((): QueueDetail | null => {
         const q = queues.get(name);
         if (q === undefined) return null;
+        materialize(q);
         const created = oldest.values(q.id)[0]?.[0] as number | null;
         return {
           name,
@@ -375,6 +461,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     sweepExpired: (now, limit) =>
       guard(() => {
         tx();
+        materializeAll();
         const rows = sweep.values(now, limit) as [number, number][];
         for (const [qid, bytes] of rows) {
           const q = byId.get(qid);
@@ -391,6 +478,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     commit: () =>
       guard(() => {
         if (!inTx) return;
+        materializeAll();
         for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
         changed.clear();
         try {
@@ -407,6 +495,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     rollback: () => {
       if (!inTx) return;
       inTx = false;
+      holding.clear(); // load() below replaces the queues, and their pending messages with them
       try {
         rollbackTx.run();
       } catch {

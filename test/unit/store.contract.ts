@@ -100,6 +100,27 @@ export function storeContract(name: string, make: () => QueueStore): void {
       s.close();
     });
 
+    test("one batch of small and large bodies keeps FIFO, and the store keeps its own copy of each body", () => {
+      const s = make();
+      const large = Buffer.alloc(100 * 1024, 0x6c);
+      const input = enc("s1");
+      s.enqueue("m", 0, input, 0, T);
+      input.write("XX"); // the caller's buffer is reused for the next request
+      s.enqueue("m", 0, large, 0, T);
+      s.enqueue("m", 0, enc("s2"), 0, T);
+      expect(text(s.dequeue("m", T))).toBe("s1");
+      s.commit();
+      expect(Buffer.from(s.dequeue("m", T)!.body).equals(large)).toBe(true);
+      s.enqueue("m", 0, enc("s3"), 0, T);
+      expect(text(s.peek("m", T))).toBe("s2");
+      expect(text(s.dequeue("m", T))).toBe("s2");
+      expect(text(s.dequeue("m", T))).toBe("s3");
+      expect(s.dequeue("m", T)).toBeNull();
+      s.commit();
+      expect(s.detail("m", T)).toMatchObject({ items: 0, bytes: 0, total: 4, fetched: 4 });
+      s.close();
+    });
+
     test("rollback undoes the whole batch", () => {
       const s = make();
       s.enqueue("r", 0, enc("kept"), 0, T);

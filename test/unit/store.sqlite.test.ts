@@ -1,5 +1,6 @@
 /** The SQLite store: the shared contract, plus what only a file can show. */
 import { afterAll, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -34,6 +35,28 @@ describe("sqlite file", () => {
     const next = s.enqueue("q", 0, Buffer.from("m3"), 0, 1);
     expect(next).toBeGreaterThan(open.id + 1);
     s.commit();
+    s.close();
+  });
+
+  test("a message set and taken in one batch is never written, yet its counters survive a reopen", () => {
+    const dir = fresh();
+    let s = openSqliteStore(dir, options);
+    s.enqueue("q", 0, Buffer.from("kept"), 0, 1);
+    s.commit();
+    s.enqueue("q", 0, Buffer.from("passing"), 0, 1);
+    s.enqueue("q", 0, Buffer.from("passing too"), 0, 1);
+    expect(Buffer.from(s.dequeue("q", 1)!.body).toString()).toBe("kept");
+    expect(Buffer.from(s.dequeue("q", 1)!.body).toString()).toBe("passing");
+    s.commit();
+    s.close();
+    const db = new Database(join(dir, "mcq.db"), { readonly: true });
+    expect(db.query("SELECT body FROM messages").values().map((r) => Buffer.from(r[0] as Uint8Array).toString())).toEqual([
+      "passing too",
+    ]);
+    db.close();
+    s = openSqliteStore(dir, options);
+    expect(s.list()).toEqual([{ name: "q", total: 3, fetched: 2 }]);
+    expect(s.detail("q", 1)).toMatchObject({ items: 1, bytes: 11 });
     s.close();
   });
 
