@@ -9,10 +9,13 @@
  *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
  *   bun run bench --large              p99 of small gets while one client moves 1 MB messages
  *
+ * With mcbench (../shared/tools/mcbench.c and cc) it also measures the loads of the performance
+ * targets (README) with mcbench itself, the C generator those targets are defined with.
+ *
  * Peers are used when found on PATH: memcached (-t 2), redis-server (appendonly yes, with
  * appendfsync always and everysec, driven with LPUSH/RPOP) and beanstalkd (-f 50, put/reserve/
- * delete). When ../shared/tools/mcbench.c and a C compiler are there, the generator is first
- * checked against mcbench on memcached, and the output says if it is the bottleneck.
+ * delete). When mcbench is there, the generator is first checked against it on memcached and on
+ * mcq, and the output says if it is the bottleneck.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -122,18 +125,70 @@ async function load(server: Server, l: Load, secs = SECS, prefix = `b${Math.rand
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
 
-/** mcbench (C) against memcached versus our generator: is the generator the bottleneck? */
-async function calibrate(memcached: Server | undefined): Promise<string | null> {
+/** ../shared/tools/mcbench.c compiled once, or null where there is no source or no C compiler. */
+function mcbench(): string | null {
   const source = resolve(ROOT, "../shared/tools/mcbench.c");
-  if (memcached === undefined || !existsSync(source) || Bun.which("cc") === null) return null;
+  if (!existsSync(source) || Bun.which("cc") === null) return null;
   const bin = join(tmpdir(), "mcq-mcbench");
   if (Bun.spawnSync(["cc", "-O2", "-o", bin, source, "-lpthread"]).exitCode !== 0) return null;
-  const c = Bun.spawnSync([bin, "-p", String(memcached.port), "-m", "pair", "-s", "100", "-c", "50", "-P", "16", "-d", String(SECS)]);
-  const theirs = Number(/ops_s=(\d+)/.exec(c.stdout.toString())?.[1] ?? 0);
-  const ours = (await load(memcached, LOADS[2]!)).opsPerSec;
-  const ratio = ours / theirs;
-  return `load generator check: on memcached, pair 50x16, TypeScript ${ours} ops/s vs mcbench ${theirs} ops/s (${ratio.toFixed(2)})` +
-    (ratio < 0.8 ? "\nWARNING: the TypeScript generator is the bottleneck; compare with mcbench before trusting ratios" : "");
+  return bin;
+}
+
+function runMcbench(bin: string, server: Server, l: Load, queues = 1): number {
+  const c = Bun.spawnSync([bin, "-p", String(server.port), "-m", "pair", "-s", "100", "-q", String(queues), "-c", String(l.conns),
+    "-P", String(l.depth), "-d", String(SECS)]);
+  return Number(/ops_s=(\d+)/.exec(c.stdout.toString())?.[1] ?? 0);
+}
+
+/**
+ * Our generator against mcbench (C) on the same server and load: is the generator the
+ * bottleneck? Checked on memcached and on the fastest mcq, since either may be the faster.
+ */
+async function calibrate(bin: string | null, servers: Server[]): Promise<string | null> {
+  if (bin === null) return null;
+  const lines: string[] = [];
+  for (const s of servers.filter((s) => s.name === "memcached" || s.name === "mcq normal")) {
+    const theirs = runMcbench(bin, s, LOADS[2]!);
+    const ours = (await load(s, LOADS[2]!)).opsPerSec;
+    const ratio = ours / theirs;
+    lines.push(`load generator check: on ${s.name}, pair 50x16, TypeScript ${ours} ops/s vs mcbench ${theirs} ops/s (${ratio.toFixed(2)})` +
+      (ratio < 0.85 ? `\nWARNING: the TypeScript generator is the bottleneck on ${s.name}; see the mcbench table for the ratios` : ""));
+  }
+  return lines.join("\n");
+}
+
+/** The performance targets: mcbench -m pair -s 100, mcq against memcached, medians of alternating runs. */
+const TARGETS = [
+  { load: LOADS[0]!, queues: 1, full: 0.09, normal: 0.6 },
+  { load: LOADS[1]!, queues: 1, full: 0.45, normal: 0.9 },
+  { load: LOADS[2]!, queues: 1, full: 0.8, normal: 1.0 },
+  { load: LOADS[3]!, queues: 1000, full: 0.7, normal: 0.9 },
+];
+
+function targets(bin: string, servers: Server[]) {
+  const three = ["memcached", "mcq full", "mcq normal"].map((n) => servers.find((s) => s.name === n));
+  if (three.some((s) => s === undefined)) return null;
+  return TARGETS.map((t) => {
+    const ops = new Map<string, number[]>();
+    for (let run = 0; run < RUNS; run++) {
+      for (const s of run % 2 === 0 ? three : [...three].reverse()) {
+        progress(`mcbench run ${run + 1}: ${s!.name}, ${t.load.name}`);
+        ops.set(s!.name, [...(ops.get(s!.name) ?? []), runMcbench(bin, s!, t.load, t.queues)]);
+      }
+    }
+    const memcached = median(ops.get("memcached")!);
+    const ratio = (name: string) => Math.round((median(ops.get(name)!) / memcached) * 100) / 100;
+    return {
+      load: t.load.name,
+      memcached,
+      full: median(ops.get("mcq full")!),
+      fullRatio: ratio("mcq full"),
+      fullTarget: t.full,
+      normal: median(ops.get("mcq normal")!),
+      normalRatio: ratio("mcq normal"),
+      normalTarget: t.normal,
+    };
+  });
 }
 
 async function main(): Promise<void> {
@@ -148,8 +203,10 @@ async function main(): Promise<void> {
     startPeer("beanstalkd", "beanstalk", (p, d) => ["beanstalkd", "-l", "127.0.0.1", "-p", String(p), "-b", d, "-f", "50"]),
   ])).filter((s): s is Server => s !== null);
   try {
-    const note = await calibrate(servers.find((s) => s.name === "memcached"));
+    const bin = mcbench();
+    const note = await calibrate(bin, servers);
     if (note !== null) progress(note);
+    const reference = bin === null ? null : targets(bin, servers);
     const results = new Map<string, LoadResult[]>();
     const total = RUNS * LOADS.length * servers.length;
     let step = 0;
@@ -180,13 +237,23 @@ async function main(): Promise<void> {
         };
       });
     });
-    if (flag("--json")) console.log(JSON.stringify({ runs: RUNS, secs: SECS, calibration: note, results: table }, null, 2));
+    if (flag("--json")) console.log(JSON.stringify({ runs: RUNS, secs: SECS, calibration: note, results: table, mcbench: reference }, null, 2));
     else {
+      if (note !== null) console.log(note);
       console.log(`medians of ${RUNS} runs of ${SECS} s; 100-byte messages`);
       console.log("load                        server           ops/s     p50 us   p99 us  vs memcached");
       for (const r of table) {
         console.log(`${r.load.padEnd(28)}${r.server.padEnd(16)}${String(r.opsPerSec).padStart(8)}${String(r.p50us).padStart(10)}` +
           `${String(r.p99us).padStart(9)}${String(r.vsMemcached ?? "-").padStart(13)}${r.errors ? `  errors ${r.errors}` : ""}`);
+      }
+      if (reference !== null) {
+        const mark = (ratio: number, target: number) => `${ratio.toFixed(2)} ${ratio >= target ? "ok  " : "MISS"} (>= ${target})`;
+        console.log(`\nmcbench -m pair -s 100 (the C load generator of the targets), medians of ${RUNS}, ratio to memcached:`);
+        console.log("load                        memcached  mcq full  ratio                mcq normal  ratio");
+        for (const r of reference) {
+          console.log(`${r.load.padEnd(28)}${String(r.memcached).padStart(9)}${String(r.full).padStart(10)}  ${mark(r.fullRatio, r.fullTarget).padEnd(20)}` +
+            `${String(r.normal).padStart(11)}  ${mark(r.normalRatio, r.normalTarget)}`);
+        }
       }
     }
   } finally {
