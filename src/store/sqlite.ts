@@ -3,8 +3,10 @@
  * and how it is opened are in sqlite-file.ts).
  *
  * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog. That seek
- * costs several microseconds, a lookup by id a fraction of one, so each queue reads the ids of its
- * next READ_AHEAD messages at once and takes them by id (see Queue.ahead).
+ * costs several microseconds, so each queue reads its next READ_AHEAD messages at once, with the
+ * bodies that are small (see Queue.ahead), and the messages a batch takes from the head of a
+ * queue are deleted at its commit with one range delete instead of one statement each
+ * (Queue.delFrom). Per get that is about 0.6 us of SQLite instead of 2.5 (scripts/bench).
  *
  * Messages set and taken in the same batch never touch the file: a set only records its message
  * in memory (Queue.pending) and the INSERT happens at commit, so when a get in the same batch
@@ -51,6 +53,8 @@ const VACUUM_MIN_PAGES = 256;
 const RESERVE_BYTES = 4 * 1024 * 1024;
 /** Head ids read at once per queue (Queue.ahead). */
 const READ_AHEAD = 64;
+/** Bodies up to this size are read with the head ids (Queue.ahead): at most 64 KB per queue. */
+const AHEAD_MAX_BODY = 1024;
 /** Larger bodies are written at once: holding them would cost a copy of the whole body. */
 const PENDING_MAX_BODY = 16 * 1024;
 
@@ -72,12 +76,13 @@ interface Queue {
   bytes: number;
   open: number;
   /**
-   * Ids of the next messages that may be handed out, in order, from index `next` on. Invariant:
-   * they are the first ones of the queue's unopened messages; with `whole`, they are all of them,
-   * so an enqueue can append its id. Anything that puts a message back before them (a release)
-   * or removes messages behind the list's back (flush, sweep) clears it.
+   * The next messages that may be handed out, in order, from index `next` on; the body is null
+   * when it is larger than AHEAD_MAX_BODY and read by id when needed. Invariant: they are the
+   * first ones of the queue's unopened messages; with `whole`, they are all of them, so an enqueue
+   * can append its own. Anything that puts a message back before them (a release) or removes
+   * messages behind the list's back (flush, sweep) clears it.
    */
-  ahead: number[];
+  ahead: AheadRow[];
   next: number;
   whole: boolean;
   /**
@@ -87,9 +92,17 @@ interface Queue {
    */
   pending: Pending[];
   taken: number;
+  /**
+   * Ids taken from the head in this batch and not yet deleted: every unopened message of the
+   * queue with an id from delFrom to delTo (0: none). Taking from the head in order keeps that
+   * true; whatever could break it (a release, reading the head again, a sweep) deletes them first.
+   */
+  delFrom: number;
+  delTo: number;
 }
 
 type Row = [id: number, flags: number, expires: number, body: Uint8Array];
+type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null];
 
 export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore {
   const file = join(dir, DB_FILE);
@@ -111,9 +124,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = ? WHERE id = ?");
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
-  const headIds = sql(`SELECT id FROM messages WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`);
+  const headRows = sql(
+    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END FROM messages ` +
+      `WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`,
+  );
   const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
-  const deleteById = sql("DELETE FROM messages WHERE id = ?");
+  const deleteTaken = sql("DELETE FROM messages WHERE qid = ? AND opened = 0 AND id BETWEEN ? AND ?");
   const markOpen = sql("UPDATE messages SET opened = 1, deliveries = deliveries + 1 WHERE id = ?");
   const confirmOpen = sql("DELETE FROM messages WHERE id = ? AND opened = 1 RETURNING length(body)");
   const releaseOpen = sql("UPDATE messages SET opened = 0 WHERE id = ? AND opened = 1");
@@ -149,7 +165,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
-      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false, pending: [], taken: 0 };
+      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false, pending: [], taken: 0, delFrom: 0, delTo: 0 };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -189,7 +205,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     let q = queues.get(name);
     if (q === undefined) {
       const id = (createQueue.values(name)[0]![0] as number);
-      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true, pending: [], taken: 0 };
+      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true, pending: [], taken: 0, delFrom: 0, delTo: 0 };
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -212,8 +228,37 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         q.ahead.splice(0, q.next);
         q.next = 0;
       }
-      q.ahead.push(id);
+      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null]);
     } else q.whole = false;
+  }
+
+  /** Queues with ids in delFrom..delTo. */
+  const deleting = new Set<Queue>();
+
+  /** Records that the head message `id` of q is gone; the row is deleted by deleteTakenRows. */
+  function takeHead(q: Queue, id: number): void {
+    if (q.delTo === 0) {
+      q.delFrom = id;
+      deleting.add(q);
+    } else if (id < q.delTo) deleteTakenRows(q); // cannot happen while the head is taken in order
+    q.delTo = id;
+  }
+
+  function deleteTakenRows(q: Queue): void {
+    if (q.delTo === 0) return;
+    deleteTaken.run(q.id, q.delFrom, q.delTo);
+    q.delFrom = q.delTo = 0;
+    deleting.delete(q);
+  }
+
+  function deleteAllTakenRows(): void {
+    for (const q of deleting) deleteTakenRows(q);
+  }
+
+  /** Forgets the ids of q to delete: its messages are being deleted anyway. */
+  function dropTaken(q: Queue): void {
+    q.delFrom = q.delTo = 0;
+    deleting.delete(q);
   }
 
   /** Queues with messages in `pending`. */
@@ -253,6 +298,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   }
 
   function forget(q: Queue): void {
+    deleteTakenRows(q);
     q.ahead = [];
     q.next = 0;
     q.whole = false;
@@ -263,19 +309,21 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     for (;;) {
       if (q.items - q.open - (q.pending.length - q.taken) <= 0) return null;
       if (q.next === q.ahead.length) {
-        q.ahead = (headIds.values(q.id) as [number][]).map((r) => r[0]);
+        deleteTakenRows(q); // else the head read now would include them
+        q.ahead = headRows.values(q.id) as AheadRow[];
         q.next = 0;
         q.whole = q.ahead.length < READ_AHEAD;
         if (q.ahead.length === 0) return null;
       }
-      const row = byMessageId.values(q.ahead[q.next]!)[0] as Row | undefined;
+      const head = q.ahead[q.next]!;
+      const row = head[3] !== null ? (head as Row) : (byMessageId.values(head[0])[0] as Row | undefined);
       if (row === undefined) {
         forget(q); // cannot happen while the invariant holds; read the head again
         continue;
       }
       if (row[2] === 0 || row[2] > now) return row;
       tx();
-      deleteById.run(row[0]);
+      takeHead(q, row[0]);
       q.next++;
       removed(q, row[3]);
       expired++;
@@ -329,7 +377,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           return { id: m.id, flags: m.flags, body: m.body };
         }
         tx();
-        deleteById.run(row[0]);
+        takeHead(q, row[0]);
         q.next++;
         removed(q, row[3]);
         q.fetched++;
@@ -378,6 +426,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         if (q === undefined) return false;
         tx();
         materialize(q);
+        deleteTakenRows(q); // the released message may lie between them
         if (releaseOpen.run(id).changes === 0) return false;
         q.open--;
         forget(q); // it is back before the ids read ahead
@@ -390,6 +439,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         if (q === undefined) return false;
         tx();
         discard(q);
+        dropTaken(q);
         deleteQueueMessages.run(q.id);
         deleteQueue.run(q.id);
         queues.delete(name);
@@ -404,6 +454,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         if (q === undefined || q.items === 0) return;
         tx();
         discard(q);
+        dropTaken(q);
         deleteQueueMessages.run(q.id);
         q.items = q.bytes = q.open = 0;
         forget(q);
@@ -414,6 +465,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       guard(() => {
         tx();
         for (const q of holding) discard(q);
+        for (const q of deleting) dropTaken(q);
         deleteAllMessages.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
@@ -436,6 +488,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined) return null;
         materialize(q);
+        deleteTakenRows(q);
         const created = oldest.values(q.id)[0]?.[0] as number | null;
         return {
           name,
@@ -462,6 +515,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       guard(() => {
         tx();
         materializeAll();
+        deleteAllTakenRows(); // the sweep must not find, and count again, what was taken
         const rows = sweep.values(now, limit) as [number, number][];
         for (const [qid, bytes] of rows) {
           const q = byId.get(qid);
@@ -479,6 +533,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       guard(() => {
         if (!inTx) return;
         materializeAll();
+        deleteAllTakenRows();
         for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
         changed.clear();
         try {
@@ -496,6 +551,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       if (!inTx) return;
       inTx = false;
       holding.clear(); // load() below replaces the queues, and their pending messages with them
+      deleting.clear();
       try {
         rollbackTx.run();
       } catch {
