@@ -191,6 +191,36 @@ function targets(bin: string, servers: Server[]) {
   });
 }
 
+/**
+ * redis-benchmark -t lpush,rpop against each redis, at the loads of the targets with 50
+ * connections. It runs the two commands one after the other; their pair rate (a push and a pop
+ * per pair, 2 / (1/lpush + 1/rpop)) is what compares with mcbench's set+get pairs.
+ */
+function redisBenchmark(servers: Server[], reference: NonNullable<ReturnType<typeof targets>>) {
+  if (Bun.which("redis-benchmark") === null) return null;
+  const rows = [];
+  for (const t of TARGETS.filter((t) => t.load.conns === 50 && t.queues === 1)) {
+    const mine = reference.find((r) => r.load === t.load.name)!;
+    for (const s of servers.filter((s) => s.proto === "redis")) {
+      const rates: number[][] = [];
+      for (let run = 0; run < RUNS; run++) {
+        progress(`redis-benchmark run ${run + 1}: ${s.name}, ${t.load.name}`);
+        const n = Math.round(SECS * (t.load.depth > 1 ? 600_000 : 120_000));
+        const out = Bun.spawnSync(["redis-benchmark", "-p", String(s.port), "-c", String(t.load.conns), "-P", String(t.load.depth),
+          "-t", "lpush,rpop", "-n", String(n), "-q"]).stdout.toString().replaceAll("\r", "\n");
+        rates.push(["LPUSH", "RPOP"].map((c) => Number(new RegExp(`${c}: ([\\d.]+) requests per second`).exec(out)?.[1] ?? 0)));
+      }
+      const lpush = Math.round(median(rates.map((r) => r[0]!)));
+      const rpop = Math.round(median(rates.map((r) => r[1]!)));
+      const pairRate = Math.round(2 / (1 / lpush + 1 / rpop));
+      const mcq = s.name === "redis always" ? { name: "mcq full", ops: mine.full } : { name: "mcq normal", ops: mine.normal };
+      rows.push({ load: t.load.name, redis: s.name, lpush, rpop, pairRate, mcq: mcq.name, mcqOpsPerSec: mcq.ops,
+        ratio: Math.round((mcq.ops / pairRate) * 100) / 100 });
+    }
+  }
+  return rows;
+}
+
 async function main(): Promise<void> {
   if (BACKLOG > 0) return backlog();
   if (flag("--large")) return large();
@@ -207,6 +237,7 @@ async function main(): Promise<void> {
     const note = await calibrate(bin, servers);
     if (note !== null) progress(note);
     const reference = bin === null ? null : targets(bin, servers);
+    const redis = reference === null ? null : redisBenchmark(servers, reference);
     const results = new Map<string, LoadResult[]>();
     const total = RUNS * LOADS.length * servers.length;
     let step = 0;
@@ -237,7 +268,7 @@ async function main(): Promise<void> {
         };
       });
     });
-    if (flag("--json")) console.log(JSON.stringify({ runs: RUNS, secs: SECS, calibration: note, results: table, mcbench: reference }, null, 2));
+    if (flag("--json")) console.log(JSON.stringify({ runs: RUNS, secs: SECS, calibration: note, results: table, mcbench: reference, redisBenchmark: redis }, null, 2));
     else {
       if (note !== null) console.log(note);
       console.log(`medians of ${RUNS} runs of ${SECS} s; 100-byte messages`);
@@ -253,6 +284,14 @@ async function main(): Promise<void> {
         for (const r of reference) {
           console.log(`${r.load.padEnd(28)}${String(r.memcached).padStart(9)}${String(r.full).padStart(10)}  ${mark(r.fullRatio, r.fullTarget).padEnd(20)}` +
             `${String(r.normal).padStart(11)}  ${mark(r.normalRatio, r.normalTarget)}`);
+        }
+      }
+      if (redis !== null && redis.length > 0) {
+        console.log(`\nredis-benchmark -t lpush,rpop (medians of ${RUNS}) against mcq's mcbench pairs above:`);
+        console.log("load                        redis              LPUSH      RPOP  pair rate  mcq         ops/s   ratio");
+        for (const r of redis) {
+          console.log(`${r.load.padEnd(28)}${r.redis.padEnd(16)}${String(r.lpush).padStart(8)}${String(r.rpop).padStart(10)}` +
+            `${String(r.pairRate).padStart(11)}  ${r.mcq.padEnd(11)}${String(r.mcqOpsPerSec).padStart(7)}${r.ratio.toFixed(2).padStart(8)}`);
         }
       }
     }
