@@ -42,6 +42,18 @@ export const OUT_OF_SPACE = "out of space";
 /** Raised when another process holds the data file. */
 export class StoreLockedError extends Error {}
 
+/**
+ * What one cached 4 KB page really costs in memory: SQLite's own accounting (a negative
+ * cache_size) counts the page and its header, not the allocator rounding each one up, which
+ * made `-m 64` cost 82 MB of RSS (measured: 5.1 KB per page). So `-m` is turned into a number
+ * of pages at this cost, and the cache uses about the memory `-m` says.
+ */
+const PAGE_MEMORY_BYTES = 5300;
+
+function cachePages(cacheMb: number): number {
+  return Math.max(16, Math.floor((cacheMb * 1024 * 1024) / PAGE_MEMORY_BYTES));
+}
+
 export function openDatabase(file: string, options: SqliteOptions): Database {
   let db: Database;
   try {
@@ -62,7 +74,7 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
     db.run("PRAGMA auto_vacuum = INCREMENTAL");
     db.run("PRAGMA journal_mode = WAL");
     db.run(`PRAGMA synchronous = ${options.sync.toUpperCase()}`);
-    db.run(`PRAGMA cache_size = ${-options.cacheMb * 1024}`);
+    db.run(`PRAGMA cache_size = ${cachePages(options.cacheMb)}`);
     // A commit that takes the WAL past the limit copies it into the file (a PASSIVE checkpoint,
     // about 2 MB of work): the WAL then restarts from its beginning, so it stays small even
     // under a load that never pauses, and the reserve can absorb one checkpoint on a full disk.
