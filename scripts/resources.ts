@@ -4,7 +4,7 @@
  *
  *   bun run resources                                   1M messages, a 1 GB fill and drain
  *   bun run resources --messages 200000 --fill-mb 200   the short form, as npm test runs it
- *   bun run resources -- -m 16                          server flags after --
+ *   bun run resources -m 16                             any other flag is the server's
  */
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -82,7 +82,8 @@ export async function resources(
 if (import.meta.main) {
   const argv = process.argv.slice(2);
   const arg = (flag: string, fallback: number) => (argv.includes(flag) ? Number(argv[argv.indexOf(flag) + 1]) : fallback);
-  const extra = argv.includes("--") ? argv.slice(argv.indexOf("--") + 1) : [];
+  // Everything else is for the server (bun drops a "--" before it reaches process.argv).
+  const extra = argv.filter((a, i) => a !== "--" && !["--messages", "--fill-mb"].includes(a) && !["--messages", "--fill-mb"].includes(argv[i - 1]!));
   const report = await resources(arg("--messages", 1_000_000), arg("--fill-mb", 1024), extra, console.log);
   console.log(JSON.stringify(report));
 }
