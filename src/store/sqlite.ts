@@ -2,17 +2,8 @@
  * The QueueStore on bun:sqlite: one database file, `mcq.db`, in the data directory (its schema
  * and how it is opened are in sqlite-file.ts).
  *
- * The index (qid, opened, id) makes "the head of a queue" one seek, whatever the backlog. That seek
- * costs several microseconds, so each queue reads its next READ_AHEAD messages at once, with the
- * bodies that are small (see Queue.ahead), and the messages a batch takes from the head of a
- * queue are deleted at its commit with one range delete instead of one statement each
- * (Queue.delFrom). Per get that is about 0.6 us of SQLite instead of 2.5 (scripts/bench).
- *
- * Messages set and taken in the same batch never touch the file: a set only records its message
- * in memory (Queue.pending) and the INSERT happens at commit, so when a get in the same batch
- * takes it first, neither the row nor its index entry is ever written. Both replies wait for
- * the commit that records the queue's counters, so what a client is told stays true after a
- * crash. This is the common case of a queue whose consumers keep up (see Queue.pending).
+ * Each queue's counters, its read-ahead of the head, the messages set in this batch and not yet
+ * written, and the head rows to delete at commit live in memory (sqlite-heads.ts).
  *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
@@ -22,6 +13,15 @@
 import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
 import { createReserve } from "./reserve";
+import {
+  AHEAD_MAX_BODY,
+  createHeads,
+  newQueue,
+  PENDING_MAX_BODY,
+  READ_AHEAD,
+  type Queue,
+  type Row,
+} from "./sqlite-heads";
 import {
   checkAtStart,
   DB_FILE,
@@ -51,59 +51,6 @@ const VACUUM_MIN_PAGES = 256;
 
 /** Bytes kept aside for when the disk fills (reserve.ts). */
 const RESERVE_BYTES = 4 * 1024 * 1024;
-/** Head ids read at once per queue (Queue.ahead). */
-const READ_AHEAD = 64;
-/** Bodies up to this size are read with the head ids (Queue.ahead): at most 64 KB per queue. */
-const AHEAD_MAX_BODY = 1024;
-/** Larger bodies are written at once: holding them would cost a copy of the whole body. */
-const PENDING_MAX_BODY = 16 * 1024;
-
-/** A message set in the current batch and not yet written (Queue.pending). */
-interface Pending {
-  id: number;
-  flags: number;
-  created: number;
-  expires: number;
-  body: Uint8Array;
-}
-
-interface Queue {
-  id: number;
-  name: string;
-  total: number;
-  fetched: number;
-  items: number;
-  bytes: number;
-  open: number;
-  /**
-   * The next messages that may be handed out, in order, from index `next` on; the body is null
-   * when it is larger than AHEAD_MAX_BODY and read by id when needed. Invariant: they are the
-   * first ones of the queue's unopened messages; with `whole`, they are all of them, so an enqueue
-   * can append its own. Anything that puts a message back before them (a release) or removes
-   * messages behind the list's back (flush, sweep) clears it.
-   */
-  ahead: AheadRow[];
-  next: number;
-  whole: boolean;
-  /**
-   * Messages set in this batch and not yet in the file, newer than every message that is, from
-   * index `taken` on. Only a plain get takes from here; anything else that needs the queue as it
-   * is in the file (peek, open, flush, a large set, the commit) writes them first (materialize).
-   */
-  pending: Pending[];
-  taken: number;
-  /**
-   * Ids taken from the head in this batch and not yet deleted: every unopened message of the
-   * queue with an id from delFrom to delTo (0: none). Taking from the head in order keeps that
-   * true; whatever could break it (a release, reading the head again, a sweep) deletes them first.
-   */
-  delFrom: number;
-  delTo: number;
-}
-
-type Row = [id: number, flags: number, expires: number, body: Uint8Array];
-type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null];
-
 export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore {
   const file = join(dir, DB_FILE);
   const db = openDatabase(file, options);
@@ -165,7 +112,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
-      const q: Queue = { id, name, total, fetched, items, bytes, open, ahead: [], next: 0, whole: false, pending: [], taken: 0, delFrom: 0, delTo: 0 };
+      const q = newQueue(id, name, { total, fetched, items, bytes, open }, false);
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -201,133 +148,20 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     }
   }
 
+  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, () => void expired++);
+  const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, dropTaken, materialize, materializeAll, discard } = heads;
+  const { takePending, forget, firstLive } = heads;
+
   function queueFor(name: string): Queue {
     let q = queues.get(name);
     if (q === undefined) {
       const id = (createQueue.values(name)[0]![0] as number);
-      q = { id, name, total: 0, fetched: 0, items: 0, bytes: 0, open: 0, ahead: [], next: 0, whole: true, pending: [], taken: 0, delFrom: 0, delTo: 0 };
+      q = newQueue(id, name, { total: 0, fetched: 0, items: 0, bytes: 0, open: 0 }, true);
       queues.set(name, q);
       byId.set(id, q);
     }
     changed.add(q);
     return q;
-  }
-
-  function removed(q: Queue, body: Uint8Array): void {
-    q.items--;
-    q.bytes -= body.length;
-    changed.add(q);
-  }
-
-  /** Writes one message row, keeping the read-ahead list whole when it was. */
-  function write(q: Queue, id: number, flags: number, created: number, expires: number, body: Uint8Array): void {
-    insert.run(id, q.id, flags, created, expires, body);
-    if (q.whole && q.ahead.length - q.next < READ_AHEAD) {
-      if (q.next >= READ_AHEAD) {
-        // Drop the ids already taken, so the list stays small while a queue is never empty.
-        q.ahead.splice(0, q.next);
-        q.next = 0;
-      }
-      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null]);
-    } else q.whole = false;
-  }
-
-  /** Queues with ids in delFrom..delTo. */
-  const deleting = new Set<Queue>();
-
-  /** Records that the head message `id` of q is gone; the row is deleted by deleteTakenRows. */
-  function takeHead(q: Queue, id: number): void {
-    if (q.delTo === 0) {
-      q.delFrom = id;
-      deleting.add(q);
-    } else if (id < q.delTo) deleteTakenRows(q); // cannot happen while the head is taken in order
-    q.delTo = id;
-  }
-
-  function deleteTakenRows(q: Queue): void {
-    if (q.delTo === 0) return;
-    deleteTaken.run(q.id, q.delFrom, q.delTo);
-    q.delFrom = q.delTo = 0;
-    deleting.delete(q);
-  }
-
-  function deleteAllTakenRows(): void {
-    for (const q of deleting) deleteTakenRows(q);
-  }
-
-  /** Forgets the ids of q to delete: its messages are being deleted anyway. */
-  function dropTaken(q: Queue): void {
-    q.delFrom = q.delTo = 0;
-    deleting.delete(q);
-  }
-
-  /** Queues with messages in `pending`. */
-  const holding = new Set<Queue>();
-
-  /** Writes q's pending messages, so the file holds the whole queue. */
-  function materialize(q: Queue): void {
-    for (let i = q.taken; i < q.pending.length; i++) {
-      const m = q.pending[i]!;
-      write(q, m.id, m.flags, m.created, m.expires, m.body);
-    }
-    q.pending = [];
-    q.taken = 0;
-    holding.delete(q);
-  }
-
-  function materializeAll(): void {
-    for (const q of holding) materialize(q);
-  }
-
-  /** Forgets q's pending messages: they are being deleted, so there is no point writing them. */
-  function discard(q: Queue): void {
-    q.pending = [];
-    q.taken = 0;
-    holding.delete(q);
-  }
-
-  /** Takes the oldest pending message of q that has not expired; null if there is none. */
-  function takePending(q: Queue, now: number): Pending | null {
-    while (q.taken < q.pending.length) {
-      const m = q.pending[q.taken++]!;
-      removed(q, m.body);
-      if (m.expires === 0 || m.expires > now) return m;
-      expired++;
-    }
-    return null;
-  }
-
-  function forget(q: Queue): void {
-    deleteTakenRows(q);
-    q.ahead = [];
-    q.next = 0;
-    q.whole = false;
-  }
-
-  /** The first message of q that may be handed out, left in place; expired ones on the way are deleted. */
-  function firstLive(q: Queue, now: number): Row | null {
-    for (;;) {
-      if (q.items - q.open - (q.pending.length - q.taken) <= 0) return null;
-      if (q.next === q.ahead.length) {
-        deleteTakenRows(q); // else the head read now would include them
-        q.ahead = headRows.values(q.id) as AheadRow[];
-        q.next = 0;
-        q.whole = q.ahead.length < READ_AHEAD;
-        if (q.ahead.length === 0) return null;
-      }
-      const head = q.ahead[q.next]!;
-      const row = head[3] !== null ? (head as Row) : (byMessageId.values(head[0])[0] as Row | undefined);
-      if (row === undefined) {
-        forget(q); // cannot happen while the invariant holds; read the head again
-        continue;
-      }
-      if (row[2] === 0 || row[2] > now) return row;
-      tx();
-      takeHead(q, row[0]);
-      q.next++;
-      removed(q, row[3]);
-      expired++;
-    }
   }
 
   const message = (row: Row): Message => ({ id: row[0], flags: row[1], body: row[3] });
@@ -351,8 +185,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const id = ++lastId;
         if (body.length <= PENDING_MAX_BODY) {
           // The body is a view into the connection's input: keep a copy of it.
-          q.pending.push({ id, flags, created: now, expires: expiresAt, body: Buffer.from(body) });
-          holding.add(q);
+          heads.hold(q, { id, flags, created: now, expires: expiresAt, body: Buffer.from(body) });
         } else {
           materialize(q);
           write(q, id, flags, now, expiresAt, body);
@@ -464,8 +297,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     flushAll: () =>
       guard(() => {
         tx();
-        for (const q of holding) discard(q);
-        for (const q of deleting) dropTaken(q);
+        heads.dropAll();
         deleteAllMessages.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
@@ -550,8 +382,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     rollback: () => {
       if (!inTx) return;
       inTx = false;
-      holding.clear(); // load() below replaces the queues, and their pending messages with them
-      deleting.clear();
+      heads.clear(); // load() below replaces the queues, and their pending messages with them
       try {
         rollbackTx.run();
       } catch {
