@@ -2,15 +2,18 @@
  * The SQLite data file: opening it (pragmas, the exclusive lock), its schema, and checking it.
  * sqlite.ts builds the queue store on top.
  *
- * Layout (schema version 1, kept in PRAGMA user_version):
+ * Layout (schema version 2, kept in PRAGMA user_version):
  *   queues(id, name, total, fetched, items, bytes, last_id)
- *                                                    one row per queue; the counters change in
- *                                                    the same transaction as the messages, so
- *                                                    they are exact after a crash
+ *                                                    one row per queue, with its counters as of
+ *                                                    the last fold of counter_log
+ *   counter_log(id, data)                            per batch, the counters of the queues it
+ *                                                    changed and the highest message id, written
+ *                                                    in the same transaction as the messages, so
+ *                                                    they are exact after a crash (counter-log.ts)
  *   messages(id, qid, flags, created, expires, opened, deliveries, body)
  *                                                    id is global and increasing: FIFO is id order
- * The highest id given out is saved in the last_id of every queue a batch touches (a page the
- * commit writes anyway), so a queue never reuses an id, even once it is empty.
+ * The highest id given out is saved with the counters (and, folded, in the last_id of the queues
+ * a batch touched), so a queue never reuses an id, even once it is empty.
  *
  * Changing the schema: bump SCHEMA_VERSION, add a step to migrate() that takes a file of the
  * previous version to the new one inside one transaction, and add a test that opens a file
@@ -21,6 +24,7 @@
  */
 import { Database } from "bun:sqlite";
 import { statSync } from "node:fs";
+import { COUNTER_LOG_SCHEMA } from "./counter-log";
 import { StoreError } from "./store";
 
 export type SyncMode = "full" | "normal" | "off";
@@ -32,7 +36,8 @@ export interface SqliteOptions {
 }
 
 export const DB_FILE = "mcq.db";
-const SCHEMA_VERSION = 1;
+/** 1: queues and messages; 2: counter_log (counter-log.ts). */
+const SCHEMA_VERSION = 2;
 /** The WAL is checkpointed once it is larger than this, and cut back to this size. */
 export const WAL_LIMIT_BYTES = 2 * 1024 * 1024;
 /** A file up to this size gets a full quick_check at every start (larger: `mcq check`). */
@@ -67,7 +72,7 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
     // Someone else's database is refused before anything in it is changed.
     const version = db.query("PRAGMA user_version").values()[0]![0] as number;
     const tables = db.query("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
-    if (version !== SCHEMA_VERSION && (version !== 0 || tables !== 0)) {
+    if (version !== SCHEMA_VERSION && version !== 1 && (version !== 0 || tables !== 0)) {
       throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);
     }
     // Only takes effect on a file without tables: it must come before the schema.
@@ -98,10 +103,17 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
   }
 }
 
-/** Creates the schema in a new file (openDatabase has refused files of another version). */
+/** Creates the schema in a new file, or brings an older one up to date (openDatabase has refused others). */
 export function migrate(db: Database): void {
   const version = db.query("PRAGMA user_version").values()[0]![0] as number;
   if (version === SCHEMA_VERSION) return;
+  if (version === 1) {
+    db.transaction(() => {
+      db.run(COUNTER_LOG_SCHEMA);
+      db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+    })();
+    return;
+  }
   db.transaction(() => {
     db.run(`CREATE TABLE queues(
       id INTEGER PRIMARY KEY,
@@ -122,6 +134,7 @@ export function migrate(db: Database): void {
       body BLOB NOT NULL)`);
     db.run("CREATE INDEX messages_head ON messages(qid, opened, id)");
     db.run("CREATE INDEX messages_expiry ON messages(expires) WHERE expires > 0");
+    db.run(COUNTER_LOG_SCHEMA);
     db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   })();
 }

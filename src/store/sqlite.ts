@@ -12,6 +12,7 @@
  */
 import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
+import { foldCounterLog, pack, readLog } from "./counter-log";
 import { createReserve } from "./reserve";
 import {
   AHEAD_MAX_BODY,
@@ -68,7 +69,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const commitTx = sql("COMMIT");
   const rollbackTx = sql("ROLLBACK");
   const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
-  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = ? WHERE id = ?");
+  const logCounters = sql("INSERT INTO counter_log(data) VALUES (?)");
+  const clearLog = sql("DELETE FROM counter_log");
+  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?");
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headRows = sql(
@@ -102,12 +105,15 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   let inTx = false;
   let expired = 0;
   let expiredCommitted = 0;
+  /** Queues whose counters are in counter_log rows written since the last fold. */
+  const unfolded = new Set<Queue>();
 
   /** Reads the queues and counters from the file: at start, and after a rollback. */
   function load(): void {
     queues.clear();
     byId.clear();
     changed.clear();
+    unfolded.clear();
     for (const [id, name, total, fetched, items, bytes] of db
       .query("SELECT id, name, total, fetched, items, bytes FROM queues")
       .values() as [number, string, number, number, number, number][]) {
@@ -116,9 +122,16 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       queues.set(name, q);
       byId.set(id, q);
     }
+    // Counters committed since the last fold are in the log, newest last.
+    const logged = readLog(db, (qid, counters) => {
+      const q = byId.get(qid);
+      if (q === undefined) return; // dropped since
+      Object.assign(q, counters);
+      unfolded.add(q);
+    });
     const saved = db.query("SELECT max(last_id) FROM queues").values()[0]![0] as number | null;
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
-    lastId = Math.max(saved ?? 0, max ?? 0);
+    lastId = Math.max(saved ?? 0, max ?? 0, logged);
   }
 
   const reserve = createReserve(dir, RESERVE_BYTES);
@@ -164,10 +177,27 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     return q;
   }
 
+  /**
+   * Between batches the counters in memory are the committed ones, so folding the log needs no
+   * reading of it: the queues it names get their counters from memory, and the log is emptied.
+   */
+  function fold(): void {
+    db.transaction(() => {
+      for (const q of unfolded) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
+      clearLog.run();
+    })();
+    unfolded.clear();
+  }
+
   const message = (row: Row): Message => ({ id: row[0], flags: row[1], body: row[3] });
 
   // Every message that was open when the server stopped is back in its queue, at its place.
   guard(() => {
+    try {
+      foldCounterLog(db);
+    } catch {
+      // A full disk: load() reads the log as it is, and maintain() folds it later.
+    }
     load();
     db.transaction(() => {
       for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
@@ -278,6 +308,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         queues.delete(name);
         byId.delete(q.id);
         changed.delete(q);
+        unfolded.delete(q);
         return true;
       }),
 
@@ -366,7 +397,10 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         if (!inTx) return;
         materializeAll();
         deleteAllTakenRows();
-        for (const q of changed) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
+        if (changed.size > 0) {
+          logCounters.run(pack(lastId, changed, changed.size));
+          for (const q of changed) unfolded.add(q);
+        }
         changed.clear();
         try {
           commitTx.run();
@@ -409,6 +443,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     maintain: () =>
       guard(() => {
         if (inTx) return;
+        if (unfolded.size > 0) fold();
         const free = freelist.values()[0]![0] as number;
         const vacuum = free > VACUUM_MIN_PAGES;
         if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
@@ -421,6 +456,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       if (inTx) rollbackTx.run();
       inTx = false;
       try {
+        if (unfolded.size > 0) fold();
         db.run("PRAGMA wal_checkpoint(TRUNCATE)");
       } finally {
         for (const statement of statements) statement.finalize();

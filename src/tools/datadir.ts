@@ -6,6 +6,7 @@ import type { Database } from "bun:sqlite";
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { DEFAULTS } from "../config";
+import { foldCounterLog } from "../store/counter-log";
 import { DB_FILE, StoreLockedError, migrate, openDatabase } from "../store/sqlite-file";
 
 export class ToolError extends Error {}
@@ -17,6 +18,7 @@ export function openDataDir(tool: string, home: string, create: boolean): Databa
   try {
     const db = openDatabase(file, { sync: "full", cacheMb: DEFAULTS.cacheMb });
     migrate(db);
+    foldCounterLog(db); // the queues table then holds every counter, as a tool reads it
     return db;
   } catch (e) {
     const stop = e instanceof StoreLockedError ? "; stop the server first" : "";

@@ -23,6 +23,21 @@ describe("mcq check", () => {
     expect(r.stdout).toBe(`ok: ${join(home, "mcq.db")}: 3 queues, 200 messages, ${200 * 500 + 490} bytes\n`);
   });
 
+  test("after kill -9, the counters only the last batches recorded are folded in: check is ok, dump exact", async () => {
+    const s = await startServer();
+    const c = await s.connect();
+    await c.call(Array.from({ length: 30 }, (_, i) => set(`k${i % 3}`, `m${i}`)).join("") + "get k0\r\nget k1\r\n");
+    expect(await s.kill("SIGKILL")).not.toBe(0);
+    const r = await runCommand(["check", "-H", s.home]);
+    expect([r.code, r.stdout]).toEqual([0, `ok: ${join(s.home, "mcq.db")}: 3 queues, 28 messages, 76 bytes\n`]);
+    const dump = (await runCommand(["dump", "-H", s.home])).stdout.split("\n").slice(0, 3).map((l) => JSON.parse(l));
+    expect(dump).toEqual([
+      { type: "queue", name: "k0", total: 10, fetched: 1 },
+      { type: "queue", name: "k1", total: 10, fetched: 1 },
+      { type: "queue", name: "k2", total: 10, fetched: 0 },
+    ]);
+  });
+
   test("refuses to run beside a server, and names a missing file", async () => {
     const s = await startServer();
     const busy = await runCommand(["check", "-H", s.home]);
