@@ -3,7 +3,9 @@
  * and how it is opened are in sqlite-file.ts).
  *
  * Each queue's counters, its read-ahead of the head, the messages set in this batch and not yet
- * written, and the head rows to delete at commit live in memory (sqlite-heads.ts).
+ * written, and the head rows to delete at commit live in memory (sqlite-heads.ts). A commit saves
+ * the counters it changed as one counter_log row, folded into the queues table between batches
+ * (counter-log.ts).
  *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
@@ -71,7 +73,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
   const logCounters = sql("INSERT INTO counter_log(data) VALUES (?)");
   const clearLog = sql("DELETE FROM counter_log");
-  const saveQueue = sql("UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?");
+  const saveQueue = sql(
+    "UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?",
+  );
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headRows = sql(
