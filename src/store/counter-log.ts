@@ -22,9 +22,13 @@ export interface Counters {
 /** qid, total, fetched, items, bytes: float64s, exact up to 2^53. */
 const FIELDS = 5;
 
+/** Writes a queue's counters into the queues table: values, then the last message id and the queue's id. */
+export const SAVE_COUNTERS =
+  "UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?";
+
 /** One row's data: the last message id given out, then the counters of each queue. */
-export function pack(lastId: number, queues: Iterable<Counters & { id: number }>, count: number): Uint8Array {
-  const a = new Float64Array(1 + count * FIELDS);
+export function pack(lastId: number, queues: ReadonlySet<Counters & { id: number }>): Uint8Array {
+  const a = new Float64Array(1 + queues.size * FIELDS);
   a[0] = lastId;
   let i = 1;
   for (const q of queues) {
@@ -55,9 +59,7 @@ export function foldCounterLog(db: Database): void {
   if (db.query("SELECT 1 FROM counter_log LIMIT 1").values().length === 0) return;
   const latest = new Map<number, Counters>();
   const lastId = readLog(db, (qid, counters) => latest.set(qid, counters));
-  const update = db.prepare(
-    "UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?",
-  );
+  const update = db.prepare(SAVE_COUNTERS);
   try {
     db.transaction(() => {
       // A queue dropped since has no row left to update; its entries are simply dropped too.

@@ -115,10 +115,13 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
 
   /** Records that the head message `id` of q is gone; the row is deleted by deleteTakenRows. */
   function takeHead(q: Queue, id: number): void {
+    // Out of order cannot happen while the head is taken in order; if it did, the range so far is
+    // deleted first, and a new one starts here.
+    if (id < q.delTo) deleteTakenRows(q);
     if (q.delTo === 0) {
       q.delFrom = id;
       deleting.add(q);
-    } else if (id < q.delTo) deleteTakenRows(q); // cannot happen while the head is taken in order
+    }
     q.delTo = id;
   }
 
@@ -148,16 +151,14 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
       const m = q.pending[i]!;
       write(q, m.id, m.flags, m.created, m.expires, m.body);
     }
-    q.pending = [];
-    q.taken = 0;
-    holding.delete(q);
+    discard(q);
   }
 
   function materializeAll(): void {
     for (const q of holding) materialize(q);
   }
 
-  /** Forgets q's pending messages: they are being deleted, so there is no point writing them. */
+  /** Forgets q's pending messages: written, taken, or being deleted. */
   function discard(q: Queue): void {
     q.pending = [];
     q.taken = 0;
@@ -166,13 +167,15 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
 
   /** Takes the oldest pending message of q that has not expired; null if there is none. */
   function takePending(q: Queue, now: number): Pending | null {
-    while (q.taken < q.pending.length) {
-      const m = q.pending[q.taken++]!;
-      removed(q, m.body);
-      if (m.expires === 0 || m.expires > now) return m;
-      onExpired();
+    let m: Pending | null = null;
+    while (m === null && q.taken < q.pending.length) {
+      const next = q.pending[q.taken++]!;
+      removed(q, next.body);
+      if (next.expires === 0 || next.expires > now) m = next;
+      else onExpired();
     }
-    return null;
+    if (q.taken === q.pending.length) discard(q); // all taken: nothing left to write
+    return m;
   }
 
   function forget(q: Queue): void {
@@ -214,7 +217,13 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
     holding.add(q);
   }
 
-  /** Every queue's messages are being deleted: nothing pending is written, nothing taken deleted. */
+  /** All of q's messages are being deleted: nothing pending is written, nothing taken deleted. */
+  function dropMessages(q: Queue): void {
+    discard(q);
+    dropTaken(q);
+  }
+
+  /** dropMessages for every queue. */
   function dropAll(): void {
     for (const q of holding) discard(q);
     for (const q of deleting) dropTaken(q);
@@ -232,11 +241,10 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
     takeHead,
     deleteTakenRows,
     deleteAllTakenRows,
-    dropTaken,
     materialize,
     materializeAll,
-    discard,
     hold,
+    dropMessages,
     dropAll,
     takePending,
     forget,

@@ -14,7 +14,7 @@
  */
 import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
-import { foldCounterLog, pack, readLog } from "./counter-log";
+import { pack, readLog, SAVE_COUNTERS } from "./counter-log";
 import { createReserve } from "./reserve";
 import {
   AHEAD_MAX_BODY,
@@ -73,9 +73,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
   const logCounters = sql("INSERT INTO counter_log(data) VALUES (?)");
   const clearLog = sql("DELETE FROM counter_log");
-  const saveQueue = sql(
-    "UPDATE queues SET total = ?, fetched = ?, items = ?, bytes = ?, last_id = max(last_id, ?) WHERE id = ?",
-  );
+  const saveQueue = sql(SAVE_COUNTERS);
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headRows = sql(
@@ -166,7 +164,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   }
 
   const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, () => void expired++);
-  const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, dropTaken, materialize, materializeAll, discard } = heads;
+  const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, materialize, materializeAll } = heads;
   const { takePending, forget, firstLive } = heads;
 
   function queueFor(name: string): Queue {
@@ -197,12 +195,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
 
   // Every message that was open when the server stopped is back in its queue, at its place.
   guard(() => {
-    try {
-      foldCounterLog(db);
-    } catch {
-      // A full disk: load() reads the log as it is, and maintain() folds it later.
-    }
-    load();
+    load(); // reads the counter log too; maintain() folds it into the queues table
+
     db.transaction(() => {
       for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
     })();
@@ -239,7 +233,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           // Nothing older in the file: the head, if any, was set in this batch.
           const m = takePending(q, now);
           if (m === null) return null;
-          if (q.taken === q.pending.length) materialize(q);
           q.fetched++;
           return { id: m.id, flags: m.flags, body: m.body };
         }
@@ -305,8 +298,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined) return false;
         tx();
-        discard(q);
-        dropTaken(q);
+        heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
         deleteQueue.run(q.id);
         queues.delete(name);
@@ -321,8 +313,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         const q = queues.get(name);
         if (q === undefined || q.items === 0) return;
         tx();
-        discard(q);
-        dropTaken(q);
+        heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
         q.items = q.bytes = q.open = 0;
         forget(q);
@@ -402,7 +393,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         materializeAll();
         deleteAllTakenRows();
         if (changed.size > 0) {
-          logCounters.run(pack(lastId, changed, changed.size));
+          logCounters.run(pack(lastId, changed));
           for (const q of changed) unfolded.add(q);
         }
         changed.clear();
