@@ -63,20 +63,25 @@ export function serveWaiters(ctx: Context, queue: string): void {
       served = fetch(ctx, s, key, pending);
     } catch (e) {
       // The batch will be undone and this reply become SERVER_ERROR: the waiter's get ends here.
-      ctx.waiters.remove(queue, s);
-      if (pending.timer !== null) clearTimeout(pending.timer);
+      stopWaiting(ctx, s, queue);
       pending.reply.complete = true;
       s.waiting = null;
       ctx.resume(s);
       throw e;
     }
     if (!served) return;
-    ctx.waiters.remove(queue, s);
-    if (pending.timer !== null) clearTimeout(pending.timer);
-    pending.timer = null;
+    stopWaiting(ctx, s, queue);
     pending.done = true;
     ctx.resume(s);
   }
+}
+
+/** Takes s out of the waiters of `queue` and cancels the timeout of its blocking get. */
+function stopWaiting(ctx: Context, s: Session, queue: string): void {
+  const pending = s.waiting!;
+  ctx.waiters.remove(queue, s);
+  if (pending.timer !== null) clearTimeout(pending.timer);
+  pending.timer = null;
 }
 
 /** A connection ended: its open messages go back to their queues, its wait is dropped. */
@@ -84,8 +89,7 @@ export function endSession(ctx: Context, s: Session): void {
   s.closed = true;
   const pending = s.waiting;
   if (pending !== null) {
-    if (pending.timer !== null) clearTimeout(pending.timer);
-    ctx.waiters.remove(pending.req.keys[pending.index]!.queue, s);
+    stopWaiting(ctx, s, pending.req.keys[pending.index]!.queue);
     s.waiting = null;
   }
   for (const [queue, id] of s.opens) giveBack(ctx, s, queue, id);

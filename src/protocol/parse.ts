@@ -209,11 +209,11 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
   return key;
 }
 
-/** Start/end offsets of the space-separated tokens of a line, flattened: [s0, e0, s1, e1, …]. */
 // One scratch array reused for every line: the parser is synchronous and tokens never outlive
 // the call, so there is no need to allocate a fresh array per request.
 const scratch: number[] = [];
 
+/** Start/end offsets of the space-separated tokens of a line, flattened: [s0, e0, s1, e1, …]. */
 function tokenize(buf: Buffer, from: number, to: number): number[] {
   const tokens = scratch;
   tokens.length = 0;
