@@ -185,7 +185,7 @@ function fetch(ctx: Context, s: Session, key: GetKey, pending: PendingGet): bool
   if (message === null) return false;
   ctx.stats.getHits++;
   const id = pending.req.withIds ? message.id : undefined;
-  pending.reply.pieces.push(valueHeader(key.queue, message.flags, message.body.length, id), message.body, CRLF);
+  pending.reply.pieces.push(valueHeader(key.key, message.flags, message.body.length, id), message.body, CRLF);
   return true;
 }
 

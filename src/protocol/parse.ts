@@ -183,8 +183,11 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
   let slash = from;
   while (slash < to && buf[slash] !== SLASH) slash++;
   if (!validName(buf, from, slash)) return null;
+  const queue = decodeName(buf, from, slash);
   const key: GetKey = {
-    queue: decodeName(buf, from, slash),
+    queue,
+    // Clients match each VALUE to a key they asked for, so the echo is the whole key.
+    key: slash === to ? queue : buf.toString("latin1", from, to),
     open: false,
     close: false,
     abort: false,

@@ -22,10 +22,10 @@ export function serverError(reason: string): string {
 }
 
 /** The header line of one message in a get reply; the body and "\r\n" follow it. */
-export function valueHeader(queue: string, flags: number, bytes: number, id?: number): string {
+export function valueHeader(key: string, flags: number, bytes: number, id?: number): string {
   return id === undefined
-    ? `VALUE ${queue} ${flags} ${bytes}\r\n`
-    : `VALUE ${queue} ${flags} ${bytes} ${id}\r\n`;
+    ? `VALUE ${key} ${flags} ${bytes}\r\n`
+    : `VALUE ${key} ${flags} ${bytes} ${id}\r\n`;
 }
 
 export function statLine(name: string, value: string | number): string {

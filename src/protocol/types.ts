@@ -7,6 +7,8 @@
 /** One key of a `get`: the queue name plus Kestrel's options from `q/opt/opt`. */
 export interface GetKey {
   queue: string;
+  /** The key exactly as requested, options included: what its VALUE line echoes. */
+  key: string;
   open: boolean;
   close: boolean;
   abort: boolean;

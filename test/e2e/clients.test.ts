@@ -51,6 +51,31 @@ print(c.delete("pyq", noreply=False), c.get("pyq"), c.delete("pyq", noreply=Fals
   );
 });
 
+test.skipIf(!available("pymemcache", hasPymemcache, "apt-get install python3-pymemcache"))(
+  "the README's Python example runs as written, and a blocking get's VALUE matches its key",
+  async () => {
+    const readme = await Bun.file(join(import.meta.dir, "../../README.md")).text();
+    const example = readme.match(/```python\n([\s\S]*?)```/)![1]!.replace("22201", String(server.port));
+    const r = Bun.spawnSync([PYTHON, "-c", example]);
+    expect(r.stderr.toString()).toBe("");
+    expect(r.stdout.toString()).toBe("working on b'resize 1234'\n");
+    const c = await server.connect();
+    // The example confirmed its job: nothing queued, nothing open.
+    expect(await c.call("stats queue jobs\r\n")).toContain("STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\n");
+    // Before the echo, pymemcache raised on `VALUE waitq` for `get waitq/t=500` after the message was taken.
+    const blocking = `
+from pymemcache.client.base import Client
+c = Client(("127.0.0.1", ${server.port}))
+c.set("waitq", b"late", noreply=False)
+print(c.get("waitq/t=500"), c.get("waitq/t=50"), c.get_many(["waitq/peek", "nosuch/open"]))
+`;
+    const b = Bun.spawnSync([PYTHON, "-c", blocking]);
+    expect(b.stderr.toString()).toBe("");
+    expect(b.stdout.toString()).toBe("b'late' None {}\n");
+    c.close();
+  },
+);
+
 test("npm memcached", async () => {
   const mc = new Memcached(`127.0.0.1:${server.port}`, { retries: 0, timeout: 2000 });
   const call = <T>(fn: (cb: (err: unknown, v: T) => void) => void) =>

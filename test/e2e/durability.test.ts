@@ -62,7 +62,7 @@ describe("kill -9", () => {
     const first = await startServer();
     const c = await first.connect();
     await c.call(["m0", "m1", "m2"].map((b) => set("oq", b)).join(""));
-    expect(await c.call("get oq\r\nget oq/open\r\n")).toBe(value("oq", "m0") + "END\r\n" + value("oq", "m1") + "END\r\n");
+    expect(await c.call("get oq\r\nget oq/open\r\n")).toBe(value("oq", "m0") + "END\r\n" + value("oq/open", "m1") + "END\r\n");
     await first.kill("SIGKILL");
     const second = await startServer([], first.home);
     const d = await second.connect();

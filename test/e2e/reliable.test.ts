@@ -34,9 +34,9 @@ describe("reliable reads", () => {
   test("peek does not remove; open hides from others; close removes", async () => {
     const [a, b, name] = [await server.connect(), await server.connect(), q()];
     await a.call(set(name, "m1") + set(name, "m2"));
-    expect(await a.call(`get ${name}/peek\r\n`)).toBe(value(name, "m1") + "END\r\n");
-    expect(await a.call(`get ${name}/open\r\n`)).toBe(value(name, "m1") + "END\r\n");
-    expect(await b.call(`get ${name}/peek\r\n`)).toBe(value(name, "m2") + "END\r\n");
+    expect(await a.call(`get ${name}/peek\r\n`)).toBe(value(`${name}/peek`, "m1") + "END\r\n");
+    expect(await a.call(`get ${name}/open\r\n`)).toBe(value(`${name}/open`, "m1") + "END\r\n");
+    expect(await b.call(`get ${name}/peek\r\n`)).toBe(value(`${name}/peek`, "m2") + "END\r\n");
     expect(await a.call(`get ${name}/close\r\n`)).toBe("END\r\n");
     expect(await b.call(`get ${name}\r\nget ${name}\r\n`)).toBe(value(name, "m2") + "END\r\nEND\r\n");
     expect(await b.call(`stats queue ${name}\r\n`)).toContain("STAT fetched 2\r\n");
@@ -46,14 +46,14 @@ describe("reliable reads", () => {
     const [a, name] = [await server.connect(), q()];
     await a.call(set(name, "m1") + set(name, "m2"));
     expect(await a.call(`get ${name}/open\r\nget ${name}/abort\r\nget ${name}\r\n`)).toBe(
-      value(name, "m1") + "END\r\nEND\r\n" + value(name, "m1") + "END\r\n",
+      value(`${name}/open`, "m1") + "END\r\nEND\r\n" + value(name, "m1") + "END\r\n",
     );
   });
 
   test("a disconnect returns the open message to the head for the next consumer", async () => {
     const [a, b, name] = [await server.connect(), await server.connect(), q()];
     await a.call(set(name, "m1") + set(name, "m2"));
-    expect(await a.call(`get ${name}/open\r\n`)).toBe(value(name, "m1") + "END\r\n");
+    expect(await a.call(`get ${name}/open\r\n`)).toBe(value(`${name}/open`, "m1") + "END\r\n");
     a.close();
     expect(await openCount(b, name, 0)).toBe(0);
     expect(await b.call(`get ${name}\r\n`)).toBe(value(name, "m1") + "END\r\n");
@@ -64,7 +64,7 @@ describe("reliable reads", () => {
     await a.call(set(name, "m1") + set(name, "m2"));
     expect(await a.call(`get ${name}/close\r\n`)).toBe("END\r\n");
     expect(await a.call(`get ${name}/open\r\nget ${name}/close/open\r\nget ${name}/close/open\r\n`)).toBe(
-      value(name, "m1") + "END\r\n" + value(name, "m2") + "END\r\nEND\r\n",
+      value(`${name}/open`, "m1") + "END\r\n" + value(`${name}/close/open`, "m2") + "END\r\nEND\r\n",
     );
     expect(await a.call(`stats queue ${name}\r\n`)).toContain("STAT items 0\r\n");
   });
@@ -72,9 +72,9 @@ describe("reliable reads", () => {
   test("a second open on the same queue is refused; one per queue is fine", async () => {
     const [a, x, y] = [await server.connect(), q(), q()];
     await a.call(set(x, "1") + set(x, "2") + set(y, "3"));
-    expect(await a.call(`get ${x}/open\r\n`)).toBe(value(x, "1") + "END\r\n");
+    expect(await a.call(`get ${x}/open\r\n`)).toBe(value(`${x}/open`, "1") + "END\r\n");
     expect(await a.call(`get ${x}/open\r\n`)).toStartWith("CLIENT_ERROR ");
-    expect(await a.call(`get ${y}/open\r\n`)).toBe(value(y, "3") + "END\r\n");
+    expect(await a.call(`get ${y}/open\r\n`)).toBe(value(`${y}/open`, "3") + "END\r\n");
     expect(await a.call(`stats queue ${x}\r\n`)).toContain("STAT open 1\r\n");
   });
 
@@ -91,7 +91,7 @@ describe("reliable reads", () => {
     const [a, name] = [await server.connect(), q()];
     await a.call(set(name, "m"));
     const peeked = await a.call(`gets ${name}/peek\r\n`);
-    expect(await a.call(`gets ${name}/open\r\n`)).toBe(peeked);
+    expect(await a.call(`gets ${name}/open\r\n`)).toBe(peeked.replace("/peek ", "/open "));
   });
 });
 
@@ -111,7 +111,7 @@ describe("blocking gets", () => {
     await waiters(b, 1);
     const t0 = performance.now();
     expect(await b.call(set(name, "wake"))).toBe("STORED\r\n");
-    expect(await waiting).toBe(value(name, "wake") + "END\r\n");
+    expect(await waiting).toBe(value(`${name}/t=5000`, "wake") + "END\r\n");
     expect(performance.now() - t0).toBeLessThan(1000);
   });
 
@@ -122,7 +122,7 @@ describe("blocking gets", () => {
     const second = b.call(`get ${name}/t=1000\r\n`);
     await waiters(c, 2);
     await c.call(set(name, "only"));
-    expect([await first, await second]).toEqual([value(name, "only") + "END\r\n", "END\r\n"]);
+    expect([await first, await second]).toEqual([value(`${name}/t=1000`, "only") + "END\r\n", "END\r\n"]);
   });
 
   test("200 waiters, each fed one message, all get theirs within 1 s", async () => {
@@ -136,7 +136,7 @@ describe("blocking gets", () => {
     const got = await Promise.all(waits);
     expect(performance.now() - t0).toBeLessThan(1000);
     expect(new Set(got).size).toBe(200);
-    expect(got.every((r) => r.startsWith(`VALUE ${name} 0 `))).toBe(true);
+    expect(got.every((r) => r.startsWith(`VALUE ${name}/t=10000 0 `))).toBe(true);
     clients.forEach((c) => c.close());
   });
 
@@ -154,7 +154,7 @@ describe("blocking gets", () => {
     const waiting = a.call(`get ${name}/t=3000/open\r\n`);
     await waiters(b, 1);
     await b.call(set(name, "w"));
-    expect(await waiting).toBe(value(name, "w") + "END\r\n");
+    expect(await waiting).toBe(value(`${name}/t=3000/open`, "w") + "END\r\n");
     expect(await b.call(`get ${name}\r\n`)).toBe("END\r\n");
     expect(await a.call(`get ${name}/close\r\n`)).toBe("END\r\n");
   });
@@ -165,7 +165,7 @@ describe("limits on open messages", () => {
     const s = await startServer(["--open-timeout", "200"]);
     const [a, b] = [await s.connect(), await s.connect()];
     await a.call(set("lq", "leased"));
-    expect(await a.call("get lq/open\r\n")).toBe(value("lq", "leased") + "END\r\n");
+    expect(await a.call("get lq/open\r\n")).toBe(value("lq/open", "leased") + "END\r\n");
     expect(await openCount(b, "lq", 0)).toBe(0);
     expect(await b.call("get lq\r\n")).toBe(value("lq", "leased") + "END\r\n");
     expect(await a.call("get lq/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\nEND\r\n");
@@ -176,9 +176,9 @@ describe("limits on open messages", () => {
     const s = await startServer(["--max-open", "2"]);
     const a = await s.connect();
     await a.call(set("a", "1") + set("b", "2") + set("c", "3"));
-    expect(await a.call("get a/open b/open\r\n")).toBe(value("a", "1") + value("b", "2") + "END\r\n");
+    expect(await a.call("get a/open b/open\r\n")).toBe(value("a/open", "1") + value("b/open", "2") + "END\r\n");
     expect(await a.call("get c/open\r\n")).toBe("CLIENT_ERROR too many open messages on this connection\r\n");
-    expect(await a.call("get a/close c/open\r\n")).toBe(value("c", "3") + "END\r\n");
+    expect(await a.call("get a/close c/open\r\n")).toBe(value("c/open", "3") + "END\r\n");
     await s.kill();
   });
 });

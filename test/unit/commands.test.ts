@@ -59,7 +59,7 @@ describe("--expiry with a frozen clock", () => {
     // a expired exactly now; b never expires; c expires at abs; d in 30 days
     expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\nb\r\nEND\r\n");
     h.advance(89_999);
-    expect(h.send(s, "get q/peek\r\n")).toBe("VALUE q 0 1\r\nc\r\nEND\r\n");
+    expect(h.send(s, "get q/peek\r\n")).toBe("VALUE q/peek 0 1\r\nc\r\nEND\r\n");
     h.advance(1);
     expect(h.send(s, "get q\r\nget q\r\n")).toBe("VALUE q 0 1\r\nd\r\nEND\r\nEND\r\n");
     expect(h.ctx.store.totals().expired).toBe(2);
@@ -85,14 +85,14 @@ describe("leases with a frozen clock", () => {
     const h = harness({ openTimeoutMs: 1000 });
     const [a, b] = [h.session(), h.session()];
     h.send(a, "set q 0 0 1\r\nx\r\n");
-    expect(h.send(a, "get q/open\r\n")).toBe("VALUE q 0 1\r\nx\r\nEND\r\n");
+    expect(h.send(a, "get q/open\r\n")).toBe("VALUE q/open 0 1\r\nx\r\nEND\r\n");
     h.advance(999);
     expireLeases(h.ctx, h.now());
     expect(h.send(b, "get q\r\n")).toBe("END\r\n");
     h.advance(1);
     expireLeases(h.ctx, h.now());
     h.ctx.batch.commit();
-    expect(h.send(b, "get q/open\r\n")).toBe("VALUE q 0 1\r\nx\r\nEND\r\n");
+    expect(h.send(b, "get q/open\r\n")).toBe("VALUE q/open 0 1\r\nx\r\nEND\r\n");
     expect(h.send(a, "get q/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\nEND\r\n");
     expect(h.send(b, "get q/close\r\n")).toBe("END\r\n");
     expect(h.ctx.store.list()).toEqual([{ name: "q", total: 1, fetched: 1 }]);

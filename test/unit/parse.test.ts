@@ -35,8 +35,9 @@ function replay(chunks: Buffer[]): unknown[] {
   return out;
 }
 
-const key = (queue: string, o: Partial<Omit<import("../../src/protocol/types").GetKey, "queue">> = {}) => ({
-  queue, open: false, close: false, abort: false, peek: false, timeout: -1, ...o,
+/** A parsed key: `raw` is the key as requested, its queue the part before the first "/". */
+const key = (raw: string, o: Partial<Omit<import("../../src/protocol/types").GetKey, "queue" | "key">> = {}) => ({
+  queue: raw.split("/")[0], key: raw, open: false, close: false, abort: false, peek: false, timeout: -1, ...o,
 });
 const err = (reply: string, close = false) => ({ kind: "error" as const, reply: reply + "\r\n", close });
 const BAD = err("CLIENT_ERROR bad command line format");
@@ -109,7 +110,7 @@ const fixtures: Fixture[] = [
     input: "get a/open b/t=500/peek c/close/open d/abort\r\n",
     expect: [{
       kind: "get",
-      keys: [key("a", { open: true }), key("b", { peek: true, timeout: 500 }), key("c", { open: true, close: true }), key("d", { abort: true })],
+      keys: [key("a/open", { open: true }), key("b/t=500/peek", { peek: true, timeout: 500 }), key("c/close/open", { open: true, close: true }), key("d/abort", { abort: true })],
       withIds: false,
     }],
   },
