@@ -5,10 +5,10 @@
  * depends on that commit.
  */
 import type { Context } from "./context";
-import { endSession, startGet, serveWaiters } from "./get";
+import { startGet, serveWaiters } from "./get";
 import { REPLY, serverError, statLine } from "./protocol/reply";
 import type { Request } from "./protocol/types";
-import type { Session } from "./session";
+import { say, settle, type Session } from "./session";
 import { resetStats } from "./stats";
 import { StoreError } from "./store/store";
 
@@ -23,20 +23,19 @@ export function execute(ctx: Context, s: Session, req: Request): Outcome {
   try {
     return run(ctx, s, req);
   } catch (e) {
-    // The batch so far is undone; this command gets the reason. After a store failure the
-    // connection goes on; after a bug of ours it is closed, as its state is unknown.
+    // The batch so far is undone (batch.ts), which ends every reply it touched. After a store
+    // failure the connection goes on; after a bug of ours it is closed, as its state is unknown.
     const bug = !(e instanceof StoreError);
     if (bug) ctx.log.error(`internal error on ${req.kind}: ${(e as Error).stack ?? e}`);
-    ctx.batch.fail(bug ? new StoreError("internal error") : e);
-    if (s.waiting !== null) {
-      s.waiting.reply.complete = true;
-      s.waiting = null;
+    const error = bug ? new StoreError("internal error") : e;
+    ctx.batch.fail(error);
+    const own = s.held.length > held ? s.held[s.held.length - 1]! : null;
+    // This command's reply, if the batch had not touched it yet, ends here too: one reply.
+    if (own !== null && !own.complete) settle(own, null, error.message);
+    else if (own === null) {
+      if (bug || !("noreply" in req && req.noreply)) say(s, serverError(error.message));
+      else ctx.log.warn(`noreply ${req.kind} failed: ${error.message}`);
     }
-    const reason = bug ? "internal error" : e.message;
-    // A reply this command already queued depended on the batch: fail() made it the error.
-    if (s.held.length > held) return bug ? "close" : "next";
-    if (bug || !("noreply" in req && req.noreply)) say(s, serverError(reason));
-    else ctx.log.warn(`noreply ${req.kind} failed: ${reason}`);
     return bug ? "close" : "next";
   }
 }
@@ -103,22 +102,6 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       say(s, req.reply);
       return req.close ? "close" : "next";
   }
-}
-
-/** Ends a session whose connection closed; its open messages go back to their queues. */
-export function disconnect(ctx: Context, s: Session): void {
-  try {
-    endSession(ctx, s);
-  } catch (e) {
-    if (!(e instanceof StoreError)) throw e;
-    ctx.batch.fail(e);
-  }
-}
-
-function say(s: Session, text: string) {
-  const reply = { pieces: [text], complete: true };
-  s.held.push(reply);
-  return reply;
 }
 
 /** When a message set now with `exptime` expires (ms since the epoch), 0 for never. */

@@ -47,6 +47,14 @@ export interface Config {
   logFormat: "text" | "json";
 }
 
+/**
+ * What one connection may hold, input buffered plus output not yet sent (DECISIONS.md): at
+ * least 64 MB, and room for two of the largest messages.
+ */
+export function connBytes(config: Config): number {
+  return Math.max(64 * 1024 * 1024, 2 * config.maxBody);
+}
+
 export const DEFAULTS: Config = {
   host: "127.0.0.1",
   port: 22201,

@@ -34,8 +34,12 @@ export interface Context {
   /** When the server started (ms). */
   startedAt: number;
   version: string;
-  /** A session's waiting get can go on: run it again before this turn's commit. */
+  /** A session's get can go on, or its connection take requests again: run it in this turn. */
   resume(session: Session): void;
+  /** Work to redo in a later turn because its batch failed (returning a message to its queue). */
+  retry(task: () => void): void;
+  /** The server is stopping: gets no longer wait. */
+  stopping: boolean;
 }
 
 export function createWaiters(): Waiters {

@@ -1,53 +1,93 @@
 /**
  * `get` and `gets` with Kestrel's options: plain (take the head), /peek, /open, /close,
  * /abort and /t=<ms>. Each key is served in order into one reply that ends with END.
- * A key with /t= on an empty queue parks the session in the waiters of that queue; a set
- * (or a message coming back) serves the first waiter inside the same batch, so the
- * handover is as durable as any get. While a session waits, it takes no further request,
- * which keeps its replies in order.
+ *
+ * A key with /t= on an empty queue parks the get in the waiters of that queue, unless the reply
+ * already holds a VALUE (then it returns at once). A set, or a message coming back, serves the
+ * first waiter inside the same batch, so the handover is as durable as any get. A parked get
+ * leaves that state only through endWait(), whatever ends it: a message, its timer, a failure,
+ * the connection closing, or the server stopping.
  */
+import { connBytes } from "./config";
 import type { Context } from "./context";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { GetKey, Request } from "./protocol/types";
-import type { PendingGet, Reply, Session } from "./session";
+import { newReply, put, say, type PendingGet, type Session } from "./session";
 import type { Message } from "./store/store";
 
 const CRLF = "\r\n";
 
-/** Runs a get; false if it now waits for a message (see resumeGet). */
+/** Runs a get; false if it now waits for a message (ctx.resume() says when to go on). */
 export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind: "get" }>): boolean {
-  const refusal = checkOpens(ctx, s, req.keys);
+  const refusal = refuse(ctx, s, req.keys);
   if (refusal !== null) {
-    s.held.push({ pieces: [refusal], complete: true });
+    say(s, refusal);
     return true;
   }
-  const reply: Reply = { pieces: [], complete: false };
+  const reply = newReply(true);
   s.held.push(reply);
-  s.waiting = { req, index: 0, reply, timer: null, done: false };
-  return resumeGet(ctx, s);
+  const g: PendingGet = { req, index: 0, reply, state: "running", timer: null };
+  s.get = g;
+  // A failure settles the reply (session.ts): the get is over, whatever state it was in.
+  reply.onSettle = () => endWait(ctx, s, "settled");
+  return continueGet(ctx, s);
 }
 
-/** Goes on with the session's get from its current key; false if it waits again. */
-export function resumeGet(ctx: Context, s: Session): boolean {
-  const pending = s.waiting!;
-  const { keys } = pending.req;
-  ctx.batch.depends(pending.reply);
-  while (pending.index < keys.length) {
-    const key = keys[pending.index]!;
-    if (!pending.done) {
-      const served = serveKey(ctx, s, key, pending);
-      if (!served && key.timeout > 0 && wantsMessage(key)) {
-        wait(ctx, s, key, pending);
+/** Goes on with the session's get; false if it waits (again). */
+export function continueGet(ctx: Context, s: Session): boolean {
+  const g = s.get!;
+  if (g.state === "parked") return false;
+  const { keys } = g.req;
+  const limit = replyLimit(ctx);
+  while (g.index < keys.length) {
+    if (g.state === "ready") {
+      g.state = "running";
+      g.index++;
+      continue;
+    }
+    const key = keys[g.index]!;
+    // Past the reply's byte budget the remaining keys yield nothing, and take nothing.
+    if (g.reply.size > limit) break;
+    const served = serveKey(ctx, s, key, g);
+    if (!served && wantsMessage(key)) {
+      if (key.timeout > 0 && g.reply.values === 0 && !ctx.stopping) {
+        park(ctx, s, key, g);
         return false;
       }
+      countMiss(ctx);
     }
-    pending.done = false;
-    pending.index++;
+    g.index++;
   }
-  pending.reply.pieces.push(REPLY.END);
-  pending.reply.complete = true;
-  s.waiting = null;
+  put(g.reply, REPLY.END);
+  g.reply.complete = true;
+  g.reply.onSettle = null;
+  s.get = null;
   return true;
+}
+
+/** The largest a get reply may grow before its remaining keys are skipped (memory bound). */
+function replyLimit(ctx: Context): number {
+  return connBytes(ctx.config) - ctx.config.maxUnsent - 2 * (ctx.config.maxBody + ctx.config.maxLine);
+}
+
+/**
+ * Ends a parked get's wait, the one way out of that state: `served` (the key got its message)
+ * and `timeout` go on with the next key; `settled` (a failure ended the reply) and `gone` (the
+ * connection closed) end the get.
+ */
+export function endWait(ctx: Context, s: Session, why: "served" | "timeout" | "settled" | "gone"): void {
+  const g = s.get;
+  if (g === null) return;
+  if (g.state === "parked") {
+    ctx.waiters.remove(g.req.keys[g.index]!.queue, s);
+    if (g.timer !== null) clearTimeout(g.timer);
+    g.timer = null;
+    if (why === "timeout") countMiss(ctx);
+    if (why === "served") ctx.stats.getCmds++;
+    g.state = "ready";
+  }
+  if (why === "settled" || why === "gone") s.get = null;
+  if (why !== "gone") ctx.resume(s);
 }
 
 /** Serves the waiters of `queue` while it has messages for them, first come first served. */
@@ -55,97 +95,66 @@ export function serveWaiters(ctx: Context, queue: string): void {
   for (;;) {
     const s = ctx.waiters.first(queue);
     if (s === undefined) return;
-    const pending = s.waiting!;
-    const key = pending.req.keys[pending.index]!;
-    ctx.batch.depends(pending.reply);
-    let served: boolean;
-    try {
-      served = fetch(ctx, s, key, pending);
-    } catch (e) {
-      // The batch will be undone and this reply become SERVER_ERROR: the waiter's get ends here.
-      stopWaiting(ctx, s, queue);
-      pending.reply.complete = true;
-      s.waiting = null;
-      ctx.resume(s);
-      throw e;
-    }
-    if (!served) return;
-    stopWaiting(ctx, s, queue);
-    pending.done = true;
-    ctx.resume(s);
+    const g = s.get!;
+    // If the store fails here, the waiter was given nothing and keeps waiting.
+    if (!fetch(ctx, s, g.req.keys[g.index]!, g)) return;
+    endWait(ctx, s, "served");
   }
 }
 
-/** Takes s out of the waiters of `queue` and cancels the timeout of its blocking get. */
-function stopWaiting(ctx: Context, s: Session, queue: string): void {
-  const pending = s.waiting!;
-  ctx.waiters.remove(queue, s);
-  if (pending.timer !== null) clearTimeout(pending.timer);
-  pending.timer = null;
-}
-
-/** A connection ended: its open messages go back to their queues, its wait is dropped. */
-export function endSession(ctx: Context, s: Session): void {
-  s.closed = true;
-  const pending = s.waiting;
-  if (pending !== null) {
-    stopWaiting(ctx, s, pending.req.keys[pending.index]!.queue);
-    s.waiting = null;
-  }
-  for (const [queue, id] of s.opens) giveBack(ctx, s, queue, id);
-}
-
-/** With --open-timeout: messages open longer than their lease go back to their queues. */
-export function expireLeases(ctx: Context, now: number): void {
-  for (const s of ctx.sessions) {
-    for (const [queue, until] of s.leases) {
-      if (until > now) continue;
-      const id = s.opens.get(queue);
-      if (id !== undefined) giveBack(ctx, s, queue, id);
-      s.expired.add(queue);
-    }
-  }
-}
-
-function giveBack(ctx: Context, s: Session, queue: string, id: number): void {
-  s.opens.delete(queue);
-  s.leases.delete(queue);
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+/** The server is stopping: every parked get ends as if its time ran out. */
+export function endAllWaits(ctx: Context): void {
+  for (const s of ctx.sessions) if (s.get?.state === "parked") endWait(ctx, s, "timeout");
 }
 
 /** A reason to refuse the whole get before any key is served, or null. */
-function checkOpens(ctx: Context, s: Session, keys: GetKey[]): string | null {
+function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   const opening = new Set<string>();
   let after = s.opens.size;
+  let expired = false;
   for (const key of keys) {
+    if (key.close && s.expired.has(key.queue)) expired = true;
     if (key.close && s.opens.has(key.queue)) after--;
     if (!key.open) continue;
     if ((s.opens.has(key.queue) && !key.close) || opening.has(key.queue)) return REPLY.ALREADY_OPEN;
     opening.add(key.queue);
     after++;
   }
+  if (expired) {
+    // The lease ran out and the message went back: confirming now would confirm nothing. The
+    // error alone is the reply, and it is said once.
+    for (const key of keys) if (key.close) s.expired.delete(key.queue);
+    return REPLY.LEASE_EXPIRED;
+  }
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 
 const wantsMessage = (key: GetKey) => !key.abort && !(key.close && !key.open);
 
+function countMiss(ctx: Context): void {
+  ctx.stats.getCmds++;
+  ctx.stats.getMisses++;
+}
+
 /** Serves one key; false if it wanted a message and the queue had none. */
-function serveKey(ctx: Context, s: Session, key: GetKey, pending: PendingGet): boolean {
+function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
   const { store, stats, batch } = ctx;
   const open = s.opens.get(key.queue);
   if (key.abort) {
     stats.getCmds++;
-    if (open !== undefined) giveBack(ctx, s, key.queue, open);
+    if (open !== undefined) giveBack(ctx, s, key.queue, open, "abort");
     return true;
   }
   if (key.close) {
+    const lease = s.leases.get(key.queue);
     s.leases.delete(key.queue);
-    if (s.expired.delete(key.queue)) {
-      // The lease ran out and the message went back; confirming now would confirm nothing.
-      pending.reply.pieces.push(REPLY.LEASE_EXPIRED);
-    } else if (open !== undefined) {
+    if (open !== undefined) {
       s.opens.delete(key.queue);
-      batch.onUndo(() => s.opens.set(key.queue, open));
+      batch.onUndo(() => {
+        s.opens.set(key.queue, open);
+        if (lease !== undefined) s.leases.set(key.queue, lease);
+      });
+      batch.depends(g.reply);
       store.confirm(key.queue, open);
     }
     if (!key.open) {
@@ -153,26 +162,23 @@ function serveKey(ctx: Context, s: Session, key: GetKey, pending: PendingGet): b
       return true;
     }
   }
-  const served = fetch(ctx, s, key, pending);
-  if (served || key.timeout <= 0) {
-    stats.getCmds++;
-    if (!served) stats.getMisses++;
-  }
+  const served = fetch(ctx, s, key, g);
+  if (served) stats.getCmds++;
   return served;
 }
 
 /** Takes, opens or peeks at the head message for `key` and appends it to the reply. */
-function fetch(ctx: Context, s: Session, key: GetKey, pending: PendingGet): boolean {
-  const { store } = ctx;
+function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
+  const { store, batch } = ctx;
   const now = ctx.now();
   let message: Message | null;
   if (key.open) {
     message = store.open(key.queue, now);
     if (message !== null) {
-      const id = message.id;
-      s.opens.set(key.queue, id);
+      s.opens.set(key.queue, message.id);
+      s.expired.delete(key.queue); // a new open starts afresh
       if (ctx.config.openTimeoutMs > 0) s.leases.set(key.queue, now + ctx.config.openTimeoutMs);
-      ctx.batch.onUndo(() => {
+      batch.onUndo(() => {
         s.opens.delete(key.queue);
         s.leases.delete(key.queue);
       });
@@ -184,19 +190,94 @@ function fetch(ctx: Context, s: Session, key: GetKey, pending: PendingGet): bool
   }
   if (message === null) return false;
   ctx.stats.getHits++;
-  const id = pending.req.withIds ? message.id : undefined;
-  pending.reply.pieces.push(valueHeader(key.key, message.flags, message.body.length, id), message.body, CRLF);
+  const reply = g.reply;
+  batch.depends(reply);
+  const id = g.req.withIds ? message.id : undefined;
+  put(reply, valueHeader(key.key, message.flags, message.body.length, id));
+  put(reply, message.body);
+  put(reply, CRLF);
+  reply.values++;
+  if (!key.open && !key.peek) (reply.taken ??= []).push({ queue: key.queue, message, piece: reply.pieces.length - 1 });
   return true;
 }
 
-function wait(ctx: Context, s: Session, key: GetKey, pending: PendingGet): void {
+function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): void {
+  g.state = "parked";
   ctx.waiters.add(key.queue, s);
-  pending.timer = setTimeout(() => {
-    pending.timer = null;
-    ctx.waiters.remove(key.queue, s);
-    ctx.stats.getCmds++;
-    ctx.stats.getMisses++;
-    pending.done = true;
-    ctx.resume(s);
-  }, key.timeout);
+  g.timer = setTimeout(() => endWait(ctx, s, "timeout"), key.timeout);
+}
+
+/**
+ * Returns an open message to its queue: aborted, its connection gone, or its lease expired.
+ * If the batch fails, the session gets it back; a closed session's message is returned later.
+ */
+export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired"): void {
+  const lease = s.leases.get(queue);
+  s.opens.delete(queue);
+  s.leases.delete(queue);
+  if (why === "expired") s.expired.add(queue);
+  ctx.batch.onUndo(() => {
+    if (why === "gone") {
+      ctx.retry(() => releaseOrphan(ctx, queue, id));
+      return;
+    }
+    s.opens.set(queue, id);
+    if (lease !== undefined) s.leases.set(queue, lease);
+    if (why === "expired") s.expired.delete(queue);
+  });
+  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+function releaseOrphan(ctx: Context, queue: string, id: number): void {
+  ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
+  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/** With --open-timeout: messages open longer than their lease go back to their queues. */
+export function expireLeases(ctx: Context, now: number): void {
+  for (const s of ctx.sessions) {
+    for (const [queue, until] of s.leases) {
+      if (until > now) continue;
+      const id = s.opens.get(queue);
+      if (id !== undefined) giveBack(ctx, s, queue, id, "expired");
+      else s.leases.delete(queue);
+    }
+  }
+}
+
+/** A message taken by a reply that never reached the socket; `committed` if its get was. */
+export interface Undelivered {
+  queue: string;
+  message: Message;
+  committed: boolean;
+}
+
+/**
+ * A connection ended: its wait is dropped, its open messages go back to their queues, and so do
+ * the messages of replies it was never sent (a message whose reply never reached the socket is
+ * not consumed).
+ */
+export function endSession(ctx: Context, s: Session, undelivered: Undelivered[]): void {
+  s.closed = true;
+  endWait(ctx, s, "gone");
+  let failed = false;
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      // Each give-back registered its own retry; the rest go on in a fresh batch.
+      ctx.batch.fail(e);
+      failed = true;
+    }
+  };
+  for (const [queue, id] of [...s.opens]) attempt(() => giveBack(ctx, s, queue, id, "gone"));
+  // A message taken in a batch that failed is back already: only committed takes are returned.
+  for (const u of undelivered) if (u.committed || !failed) attempt(() => restore(ctx, u));
+}
+
+function restore(ctx: Context, u: Undelivered): void {
+  // Taken in this batch, a failure undoes the take too; taken earlier, it must be tried again.
+  if (u.committed) ctx.batch.onUndo(() => ctx.retry(() => restore(ctx, u)));
+  ctx.store.restore(u.queue, u.message, ctx.now());
+  serveWaiters(ctx, u.queue);
 }

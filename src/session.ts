@@ -1,25 +1,100 @@
 /**
- * What the command layer keeps per connection: its open messages, the replies it has not
- * been sent yet, and a get that is waiting for a message. The socket itself stays in
- * server.ts; this is plain state, so commands can be tested without one.
+ * What the command layer keeps per connection: its open messages, the replies it has not been
+ * sent yet, and the get in progress. The socket itself is in conn.ts; this is plain state, so
+ * commands can be tested without one.
+ *
+ * A reply only grows, by appending. A failed batch cuts a reply back to where that batch began
+ * (its mark, batch.ts) and ends it there: a get that already holds committed VALUEs ends with END,
+ * anything else becomes one SERVER_ERROR line. Either way it stays one reply.
  */
+import { REPLY, serverError } from "./protocol/reply";
 import type { Request } from "./protocol/types";
+import type { Message } from "./store/store";
 
-/** A reply in pieces, sent as one write with its neighbours once its batch is committed. */
-export interface Reply {
-  pieces: (string | Uint8Array)[];
-  /** False while a waiting get still adds to it: nothing from here on is sent yet. */
-  complete: boolean;
+/** A message a plain get took for good; if its reply never reaches the socket, it goes back. */
+export interface Taken {
+  queue: string;
+  message: Message;
+  /** Index of the reply piece that ends this message's VALUE (the CRLF after the body). */
+  piece: number;
 }
 
-/** A get whose key `index` waits for a message (`get q/t=<ms>`). */
+/** Where a reply stood when the current batch first touched it (see batch.ts). */
+export interface Mark {
+  epoch: number;
+  pieces: number;
+  size: number;
+  values: number;
+  taken: number;
+}
+
+/** One reply, in pieces, written with its neighbours once its batch has committed. */
+export interface Reply {
+  pieces: (string | Uint8Array)[];
+  /** Bytes in pieces (reply strings are ASCII: one byte per char). */
+  size: number;
+  /** False while a get still adds to it: nothing from here on is sent yet. */
+  complete: boolean;
+  /** A get's reply: a failure after a committed VALUE ends it with END rather than an error. */
+  get: boolean;
+  /** VALUEs so far. */
+  values: number;
+  /** Messages plain gets took for this reply. */
+  taken: Taken[] | null;
+  mark: Mark | null;
+  /** Called after a failure has settled the reply (a waiting get stops waiting). */
+  onSettle: (() => void) | null;
+}
+
+export function newReply(get: boolean): Reply {
+  return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, mark: null, onSettle: null };
+}
+
+/** A complete reply of one line. */
+export function lineReply(text: string): Reply {
+  return { pieces: [text], size: text.length, complete: true, get: false, values: 0, taken: null, mark: null, onSettle: null };
+}
+
+export function put(reply: Reply, piece: string | Uint8Array): void {
+  reply.pieces.push(piece);
+  reply.size += piece.length;
+}
+
+/**
+ * Ends a reply after a failure: cut back to `mark` (what the failed batch added goes; null: keep
+ * everything, none of it was in the batch), then END if a VALUE is left, else SERVER_ERROR alone.
+ */
+export function settle(reply: Reply, mark: Mark | null, reason: string): void {
+  if (mark !== null) {
+    reply.pieces.length = mark.pieces;
+    reply.size = mark.size;
+    reply.values = mark.values;
+    if (reply.taken !== null) reply.taken.length = mark.taken;
+  }
+  if (reply.get && reply.values > 0) put(reply, REPLY.END);
+  else {
+    const line = serverError(reason);
+    reply.pieces = [line];
+    reply.size = line.length;
+    reply.taken = null;
+  }
+  reply.complete = true;
+  reply.mark = null;
+  const onSettle = reply.onSettle;
+  reply.onSettle = null;
+  onSettle?.();
+}
+
+/**
+ * A get in progress. `running`: serving its keys; `parked`: key `index` waits in the queue's
+ * waiters with a timer; `ready`: that wait is over (served or timed out), go on after it.
+ */
 export interface PendingGet {
   req: Extract<Request, { kind: "get" }>;
   index: number;
   reply: Reply;
+  state: "running" | "parked" | "ready";
   timer: ReturnType<typeof setTimeout> | null;
-  /** The wait is over (timed out or served): go on with the next key. */
-  done: boolean;
 }
 
 export interface Session {
@@ -32,8 +107,8 @@ export interface Session {
   expired: Set<string>;
   /** Replies in request order, held until their batch commits. */
   held: Reply[];
-  /** A blocking get in progress: no further request is taken until it ends. */
-  waiting: PendingGet | null;
+  /** The get in progress: no further request is taken until it ends. */
+  get: PendingGet | null;
   /** The connection is gone: nothing more is sent. */
   closed: boolean;
 }
@@ -41,5 +116,12 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], waiting: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, closed: false };
+}
+
+/** Appends a complete one-line reply. */
+export function say(s: Session, text: string): Reply {
+  const reply = lineReply(text);
+  s.held.push(reply);
+  return reply;
 }

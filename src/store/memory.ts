@@ -5,7 +5,7 @@
  */
 import type { Message, QueueCounters, QueueDetail, QueueStore } from "./store";
 
-interface Entry extends Message {
+interface Entry extends Omit<Message, "expires"> {
   created: number;
   expiresAt: number;
   opened: boolean;
@@ -45,7 +45,7 @@ export function createMemoryStore(): QueueStore {
 
   const bytes = (q: Queue) => q.entries.reduce((n, e) => n + e.body.length, 0);
   const openCount = (q: Queue) => q.entries.filter((e) => e.opened).length;
-  const view = (e: Entry): Message => ({ id: e.id, flags: e.flags, body: e.body });
+  const view = (e: Entry): Message => ({ id: e.id, flags: e.flags, expires: e.expiresAt, body: e.body });
 
   return {
     enqueue(name, flags, body, expiresAt, now) {
@@ -94,6 +94,15 @@ export function createMemoryStore(): QueueStore {
       change();
       e.opened = false;
       return true;
+    },
+    restore(name, m, now) {
+      change();
+      let q = queues.get(name);
+      if (q === undefined) queues.set(name, (q = { total: 1, fetched: 1, entries: [] }));
+      q.fetched--;
+      let at = q.entries.findIndex((e) => e.id > m.id);
+      if (at < 0) at = q.entries.length;
+      q.entries.splice(at, 0, { id: m.id, flags: m.flags, body: m.body, created: now, expiresAt: m.expires, opened: false });
     },
     drop(name) {
       if (!queues.has(name)) return false;

@@ -191,7 +191,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     unfolded.clear();
   }
 
-  const message = (row: Row): Message => ({ id: row[0], flags: row[1], body: row[3] });
+  const message = (row: Row): Message => ({ id: row[0], flags: row[1], expires: row[2], body: row[3] });
 
   // Every message that was open when the server stopped is back in its queue, at its place.
   guard(() => {
@@ -234,7 +234,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           const m = takePending(q, now);
           if (m === null) return null;
           q.fetched++;
-          return { id: m.id, flags: m.flags, body: m.body };
+          return { id: m.id, flags: m.flags, expires: m.expires, body: m.body };
         }
         tx();
         takeHead(q, row[0]);
@@ -291,6 +291,21 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         q.open--;
         forget(q); // it is back before the ids read ahead
         return true;
+      }),
+
+    restore: (name, m, now) =>
+      guard(() => {
+        tx();
+        const fresh = !queues.has(name);
+        const q = queueFor(name);
+        // Its id may lie in the head rows taken in this batch and not yet deleted: delete those
+        // first, and drop the read-ahead, which the message now precedes.
+        forget(q);
+        insert.run(m.id, q.id, m.flags, now, m.expires, m.body);
+        q.items++;
+        q.bytes += m.body.length;
+        if (fresh) q.total++;
+        else q.fetched--;
       }),
 
     drop: (name) =>

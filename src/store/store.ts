@@ -10,6 +10,8 @@ export interface Message {
   /** Unique within its queue and never reused by it; `gets` shows it. */
   id: number;
   flags: number;
+  /** When it expires (ms since the epoch), 0 for never. */
+  expires: number;
   body: Uint8Array;
 }
 
@@ -52,6 +54,11 @@ export interface QueueStore {
   confirm(queue: string, id: number): boolean;
   /** Returns a reserved message to its place in the queue; false if it was not reserved. */
   release(queue: string, id: number): boolean;
+  /**
+   * Puts back, at its place by id, a message a dequeue took whose reply never reached its
+   * client: it counts as not fetched (or as stored anew, if its queue was deleted meanwhile).
+   */
+  restore(queue: string, message: Message, now: number): void;
   /** Deletes the queue and its messages; false if it did not exist. */
   drop(queue: string): boolean;
   /** Empties the queue, which keeps existing and keeps its counters. */

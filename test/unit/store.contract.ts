@@ -19,7 +19,7 @@ export function storeContract(name: string, make: () => QueueStore): void {
       const a2 = s.enqueue("a", 3, enc("a2"), 0, T);
       s.commit();
       expect(a2).toBeGreaterThan(a);
-      expect(s.dequeue("a", T)).toEqual({ id: a, flags: 1, body: expect.anything() });
+      expect(s.dequeue("a", T)).toEqual({ id: a, flags: 1, expires: 0, body: expect.anything() });
       expect(text(s.dequeue("a", T))).toBe("a2");
       expect(s.dequeue("a", T)).toBeNull();
       expect(s.dequeue("nope", T)).toBeNull();

@@ -107,7 +107,7 @@ describe("sqlite file", () => {
     v1.close();
     const s = openSqliteStore(dir, options);
     expect(s.list()).toEqual([{ name: "old", total: 5, fetched: 3 }]);
-    expect(s.dequeue("old", 1)).toEqual({ id: 8, flags: 7, body: expect.anything() });
+    expect(s.dequeue("old", 1)).toEqual({ id: 8, flags: 7, expires: 0, body: expect.anything() });
     expect(s.enqueue("old", 0, Buffer.from("new"), 0, 1)).toBe(10);
     s.commit();
     s.close();

@@ -1,0 +1,172 @@
+/**
+ * One client connection: its socket, framer and session, in exactly one state.
+ *
+ *   reading      takes requests (the normal state)
+ *   waiting      its get is parked until a message, a timeout or the end (get.ts endWait)
+ *   output-full  the client does not read: no request runs until its output drains
+ *   closing      answers what it owes, then ends the socket (quit, a fatal parse error, stop)
+ *   closed       the socket is gone; what was never sent goes back (get.ts endSession)
+ *
+ * Memory is bounded per connection in bytes: reading pauses while the input holds more than one
+ * request could need, or while the output is full; requests stop running for the turn once the
+ * output they queued reaches maxUnsent; a get reply stops adding VALUEs at its budget (get.ts).
+ */
+import type { Socket } from "bun";
+import type { Undelivered } from "./get";
+import type { Framer } from "./protocol/framer";
+import type { Reply, Session } from "./session";
+
+export type ConnState = "reading" | "waiting" | "output-full" | "closing" | "closed";
+
+/** A message inside unsent output: once the bytes up to `end` are written, it is delivered. */
+interface InFlight {
+  queue: string;
+  message: Undelivered["message"];
+  end: number;
+}
+
+interface Chunk {
+  bytes: Uint8Array;
+  messages: InFlight[] | null;
+}
+
+export interface Conn {
+  socket: Socket<Conn>;
+  session: Session;
+  framer: Framer;
+  state: ConnState;
+  /** Output the socket did not take yet, oldest first. */
+  unsent: Chunk[];
+  unsentBytes: number;
+  paused: boolean;
+  /** When the client last sent anything (for --idle-timeout). */
+  lastActive: number;
+}
+
+/** Replies up to this size are copied into one buffer for one write; larger ones go piece by piece. */
+const COALESCE_BYTES = 256 * 1024;
+
+export function createConn(socket: Socket<Conn>, session: Session, framer: Framer, now: number): Conn {
+  return { socket, session, framer, state: "reading", unsent: [], unsentBytes: 0, paused: false, lastActive: now };
+}
+
+/** Bytes of the replies held for the next commit. */
+export function heldBytes(conn: Conn): number {
+  let n = 0;
+  for (const reply of conn.session.held) n += reply.size;
+  return n;
+}
+
+/** Pauses or resumes reading from the socket: input is bounded by `inputLimit` bytes. */
+export function updateReading(conn: Conn, inputLimit: number): void {
+  if (conn.state === "closed") return;
+  const pause = conn.state === "output-full" || conn.framer.pending() > inputLimit;
+  if (pause === conn.paused) return;
+  conn.paused = pause;
+  if (pause) conn.socket.pause();
+  else conn.socket.resume();
+}
+
+/**
+ * Writes the complete replies at the front of the held list (their batch has committed).
+ * Returns the bytes handed to the socket or kept unsent.
+ */
+export function flushHeld(conn: Conn): number {
+  const s = conn.session;
+  let count = 0;
+  let size = 0;
+  for (const reply of s.held) {
+    if (!reply.complete) break;
+    size += reply.size;
+    count++;
+  }
+  if (count === 0) return 0;
+  const replies = s.held.splice(0, count);
+  if (size <= COALESCE_BYTES) write(conn, coalesce(replies, size));
+  else {
+    // Large bodies are written as they are, not copied into one more buffer.
+    for (const reply of replies) {
+      reply.pieces.forEach((piece, i) => {
+        const bytes = typeof piece === "string" ? Buffer.from(piece, "latin1") : piece;
+        const t = reply.taken?.find((x) => x.piece === i);
+        write(conn, { bytes, messages: t === undefined ? null : [{ queue: t.queue, message: t.message, end: bytes.length }] });
+      });
+    }
+  }
+  return size;
+}
+
+function write(conn: Conn, chunk: Chunk): void {
+  if (conn.unsent.length === 0) {
+    const n = Math.max(conn.socket.write(chunk.bytes), 0);
+    if (n === chunk.bytes.length) return;
+    chunk = advance(chunk, n);
+  }
+  conn.unsent.push(chunk);
+  conn.unsentBytes += chunk.bytes.length;
+}
+
+/** The rest of a chunk after `n` bytes were written: messages fully written are delivered. */
+function advance(chunk: Chunk, n: number): Chunk {
+  const messages = chunk.messages?.filter((m) => m.end > n).map((m) => ({ ...m, end: m.end - n })) ?? null;
+  return { bytes: chunk.bytes.subarray(n), messages: messages?.length ? messages : null };
+}
+
+/** Writes what the socket will take of the unsent output; true when all of it is gone. */
+export function drainUnsent(conn: Conn): boolean {
+  while (conn.unsent.length > 0) {
+    const chunk = conn.unsent[0]!;
+    const n = Math.max(conn.socket.write(chunk.bytes), 0);
+    conn.unsentBytes -= n;
+    if (n < chunk.bytes.length) {
+      conn.unsent[0] = advance(chunk, n);
+      return false;
+    }
+    conn.unsent.shift();
+  }
+  return true;
+}
+
+/**
+ * The messages plain gets took for this connection that never reached its socket: those in
+ * held replies (taken in the open batch when `mark` says so) and those in unsent output.
+ */
+export function undelivered(conn: Conn, markOf: (reply: Reply) => { taken: number } | null): Undelivered[] {
+  const out: Undelivered[] = [];
+  for (const reply of conn.session.held) {
+    if (reply.taken === null) continue;
+    const committed = markOf(reply)?.taken ?? reply.taken.length;
+    reply.taken.forEach((t, i) => out.push({ queue: t.queue, message: t.message, committed: i < committed }));
+  }
+  for (const chunk of conn.unsent) {
+    for (const m of chunk.messages ?? []) out.push({ queue: m.queue, message: m.message, committed: true });
+  }
+  conn.session.held = [];
+  conn.unsent = [];
+  conn.unsentBytes = 0;
+  return out;
+}
+
+/** The replies' pieces in one chunk of `size` bytes, with where each taken message ends. */
+function coalesce(replies: Reply[], size: number): Chunk {
+  const bytes = Buffer.allocUnsafe(size);
+  let messages: InFlight[] | null = null;
+  let at = 0;
+  for (const reply of replies) {
+    let next = 0;
+    const taken = reply.taken;
+    for (let i = 0; i < reply.pieces.length; i++) {
+      const piece = reply.pieces[i]!;
+      if (typeof piece === "string") at += bytes.write(piece, at, "latin1");
+      else {
+        bytes.set(piece, at);
+        at += piece.length;
+      }
+      if (taken !== null && next < taken.length && taken[next]!.piece === i) {
+        const t = taken[next++]!;
+        (messages ??= []).push({ queue: t.queue, message: t.message, end: at });
+      }
+    }
+  }
+  return { bytes, messages };
+}

@@ -1,0 +1,52 @@
+/**
+ * Periodic work: expired messages, expired leases, give-backs a failed batch left to redo, idle
+ * connections, and the store's upkeep (space given back, checkpoints). Whatever changes the
+ * store runs as a task inside a turn, in its batch, and fails through batch.fail() like any
+ * request; the upkeep runs after a commit, when no batch is open.
+ */
+import type { Conn } from "./conn";
+import type { Context } from "./context";
+import { expireLeases } from "./get";
+import type { Turns } from "./turn";
+
+/** Expired messages deleted per housekeeping step. */
+const SWEEP_BATCH = 1000;
+
+export interface Housekeeping {
+  stop(): void;
+}
+
+export function startHousekeeping(ctx: Context, turns: Turns, conns: Set<Conn>, takeRetries: () => (() => void)[]): Housekeeping {
+  const { config, store, log } = ctx;
+  let upkeepDue = false;
+  turns.afterCommit = () => {
+    if (!upkeepDue) return;
+    upkeepDue = false;
+    try {
+      store.maintain();
+    } catch (e) {
+      log.error(`housekeeping: ${(e as Error).message}`);
+    }
+  };
+
+  function tick(): void {
+    for (const retry of takeRetries()) turns.task(retry);
+    if (config.expiry) turns.task(() => void store.sweepExpired(ctx.now(), SWEEP_BATCH));
+    if (config.openTimeoutMs > 0) turns.task(() => expireLeases(ctx, ctx.now()));
+    if (config.idleTimeoutS > 0) closeIdle(ctx.now() - config.idleTimeoutS * 1000);
+    upkeepDue = true;
+    turns.task(() => {}); // a turn runs, and after its commit the upkeep
+  }
+
+  /** Closes connections silent since `before`, unless they wait in a blocking get. */
+  function closeIdle(before: number): void {
+    for (const conn of conns) {
+      if (conn.lastActive >= before || conn.state !== "reading" || conn.session.get !== null) continue;
+      log.debug(`closing connection ${conn.session.id}: idle for ${config.idleTimeoutS} s`);
+      conn.socket.end();
+    }
+  }
+
+  const timer = setInterval(tick, config.maintainMs);
+  return { stop: () => clearInterval(timer) };
+}

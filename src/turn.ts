@@ -1,0 +1,187 @@
+/**
+ * The group-commit turn. Requests run as their bytes arrive and join the open batch; once per
+ * event-loop turn, every connection with work left runs (fairly: at most REQUESTS_PER_TURN
+ * requests, or maxUnsent bytes of output, each), housekeeping tasks run, the batch commits once,
+ * and each connection's committed replies leave in one write. Any failure, in a request or in
+ * housekeeping, goes through batch.fail(): the one failure path.
+ */
+import { execute } from "./commands";
+import { connBytes } from "./config";
+import { drainUnsent, flushHeld, heldBytes, undelivered, updateReading, type Conn } from "./conn";
+import type { Context } from "./context";
+import { continueGet, endSession } from "./get";
+import type { Request } from "./protocol/types";
+import { observeCommit } from "./stats";
+
+/** Requests one connection may run per turn before others get theirs. */
+const REQUESTS_PER_TURN = 1024;
+
+export interface Turns {
+  /** Runs what the connection has read (from its data event) or queues it for the turn. */
+  run(conn: Conn): void;
+  /** A connection can go on (its get ended, or it may take requests again). */
+  resume(conn: Conn): void;
+  /** Housekeeping work to run inside the next turn, in the batch. */
+  task(fn: () => void): void;
+  /** Its output drained: it may take requests again. */
+  drained(conn: Conn): void;
+  /** The socket closed: end the session inside the batch. */
+  closed(conn: Conn): void;
+  /** Runs one turn now (used to answer what was read when stopping). */
+  turnNow(): void;
+  /** Whether the connection owes nothing: no request runnable, nothing held or unsent. */
+  idle(conn: Conn): boolean;
+  /** Called after each commit with nothing in the batch: the store may do its upkeep. */
+  afterCommit: (() => void) | null;
+}
+
+export function createTurns(ctx: Context, describe: (req: Request) => string): Turns {
+  const { store, stats, config, log, batch } = ctx;
+  let runnable = new Set<Conn>();
+  let current: Set<Conn> | null = null; // the connections of the turn in progress
+  let touched = new Set<Conn>(); // connections with replies to release after the commit
+  let tasks: (() => void)[] = [];
+  let scheduled = false;
+  let committing = false;
+  const inputLimit = config.maxLine + config.maxBody + 2;
+  const outputLimit = Math.min(config.maxUnsent, connBytes(config));
+
+  function schedule(): void {
+    if (scheduled || committing) return;
+    scheduled = true;
+    setImmediate(turn);
+  }
+
+  /** Runs the connection's buffered requests until it waits, closes, or has had its share. */
+  function runConn(conn: Conn): void {
+    if (conn.state !== "reading" && conn.state !== "waiting") return;
+    const s = conn.session;
+    touched.add(conn);
+    if (s.get !== null && !continueGet(ctx, s)) {
+      conn.state = "waiting";
+      updateReading(conn, inputLimit);
+      return;
+    }
+    conn.state = "reading";
+    let out = conn.unsentBytes + heldBytes(conn);
+    for (let n = 0; ; n++) {
+      if (n === REQUESTS_PER_TURN || out >= outputLimit) {
+        runnable.add(conn);
+        break;
+      }
+      const req = conn.framer.next();
+      if (req === null) break;
+      if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
+      const before = s.held.length;
+      const outcome = execute(ctx, s, req);
+      for (let i = before; i < s.held.length; i++) out += s.held[i]!.size;
+      if (outcome === "close") conn.state = "closing";
+      if (outcome === "wait") conn.state = "waiting";
+      if (outcome !== "next") break;
+    }
+    updateReading(conn, inputLimit);
+  }
+
+  function turn(): void {
+    scheduled = false;
+    if (committing) return;
+    runTasks();
+    const run = runnable;
+    runnable = new Set();
+    current = run;
+    for (const conn of run) runConn(conn);
+    current = null;
+    if (runnable.size > 0) schedule();
+    const release = touched;
+    touched = new Set();
+    const started = store.dirty() ? performance.now() : -1;
+    const done = batch.commit();
+    if (started >= 0) observeCommit(stats, (performance.now() - started) / 1000);
+    if (done instanceof Promise) {
+      // One batch in flight: the next turn starts when this one is durable.
+      committing = true;
+      void done.then(() => {
+        committing = false;
+        finish(release);
+        schedule();
+      });
+    } else finish(release);
+  }
+
+  function finish(release: Set<Conn>): void {
+    for (const conn of release) {
+      if (conn.state === "closed") continue;
+      flushHeld(conn);
+      if (conn.unsentBytes >= outputLimit && conn.state !== "closing") {
+        conn.state = "output-full";
+        updateReading(conn, inputLimit);
+      }
+      if (conn.state === "closing" && conn.session.held.length === 0 && conn.unsent.length === 0) conn.socket.end();
+    }
+    if (turns.afterCommit !== null && !store.dirty()) turns.afterCommit();
+  }
+
+  function runTasks(): void {
+    const list = tasks;
+    tasks = [];
+    for (const task of list) {
+      try {
+        task();
+      } catch (e) {
+        log.error(`housekeeping: ${(e as Error).message}`);
+        batch.fail(e);
+      }
+    }
+  }
+
+  function resume(conn: Conn): void {
+    if (current !== null) {
+      // In a turn: run it again before this turn's commit, so its reply leaves with it.
+      current.delete(conn);
+      current.add(conn);
+    } else {
+      runnable.add(conn);
+      schedule();
+    }
+  }
+
+  const turns: Turns = {
+    run(conn) {
+      if (committing || current !== null) resume(conn);
+      else runConn(conn);
+      schedule();
+    },
+    resume,
+    task(fn) {
+      tasks.push(fn);
+      schedule();
+    },
+    drained(conn) {
+      if (!drainUnsent(conn)) return;
+      if (conn.state === "closing" && conn.session.held.length === 0) conn.socket.end();
+      else if (conn.state === "output-full") {
+        conn.state = conn.session.get !== null ? "waiting" : "reading";
+        updateReading(conn, inputLimit);
+        resume(conn);
+      }
+    },
+    closed(conn) {
+      const lost = undelivered(conn, batch.markOf);
+      conn.state = "closed";
+      runnable.delete(conn);
+      touched.delete(conn);
+      try {
+        endSession(ctx, conn.session, lost);
+      } catch (e) {
+        log.error(`ending connection ${conn.session.id}: ${(e as Error).message}`);
+        batch.fail(e);
+      }
+      schedule();
+    },
+    turnNow: turn,
+    idle: (conn) =>
+      !runnable.has(conn) && conn.session.held.length === 0 && conn.unsent.length === 0 && conn.session.get === null,
+    afterCommit: null,
+  };
+  return turns;
+}
