@@ -142,7 +142,10 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
   const open = s.opens.get(key.queue);
   if (key.abort) {
     stats.getCmds++;
-    if (open !== undefined) giveBack(ctx, s, key.queue, open, "abort");
+    if (open !== undefined) {
+      batch.depends(g.reply);
+      giveBack(ctx, s, key.queue, open, "abort");
+    }
     return true;
   }
   if (key.close) {

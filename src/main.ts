@@ -15,6 +15,7 @@ import { startHttp, type HttpServer } from "./http";
 import { createLogger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
+import { withFaults } from "./store/faults";
 import { StoreError } from "./store/store";
 
 const version: string = pkg.version;
@@ -47,6 +48,11 @@ async function main(): Promise<void> {
   let store;
   try {
     store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb });
+    const faults = process.env.MCQ_FAULTS;
+    if (faults) {
+      store = withFaults(store, faults);
+      log.warn(`MCQ_FAULTS=${faults}: store failures are injected (a test seam; never in production)`);
+    }
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
     if (e instanceof StoreError) fail(e.message, 1);

@@ -40,9 +40,10 @@ export async function startServer(
   extra: string[] = [],
   home = join(tempDir(), "data"),
   command = serverCommand(),
+  env: Record<string, string> = {},
 ): Promise<Running> {
   const args = ["-l", "127.0.0.1", "-p", "0", "-H", home, ...extra];
-  const proc = Bun.spawn([...command, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn([...command, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   let err = "";
   void (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);

@@ -136,5 +136,33 @@ export function storeContract(name: string, make: () => QueueStore): void {
       s.commit();
       s.close();
     });
+
+    test("restore puts a taken message back at its place, committed or not, and uncounts it", () => {
+      const s = make();
+      for (const b of ["m1", "m2", "m3"]) s.enqueue("q", 0, enc(b), 0, T);
+      s.commit();
+      const m1 = s.dequeue("q", T)!;
+      s.commit();
+      const m2 = s.dequeue("q", T)!;
+      // m2 in the open batch, m1 committed: both back, in order, before m3.
+      s.restore("q", m2, T);
+      s.restore("q", m1, T);
+      s.commit();
+      expect(s.detail("q", T)).toMatchObject({ items: 3, total: 3, fetched: 0 });
+      expect([s.dequeue("q", T), s.dequeue("q", T), s.dequeue("q", T)].map(text)).toEqual(["m1", "m2", "m3"]);
+      s.commit();
+      // Its queue deleted meanwhile: the message is stored anew.
+      s.enqueue("d", 0, enc("x"), 0, T);
+      s.commit();
+      const x = s.dequeue("d", T)!;
+      s.drop("d");
+      s.commit();
+      s.restore("d", x, T);
+      s.commit();
+      expect(s.list().find((q) => q.name === "d")).toEqual({ name: "d", total: 1, fetched: 0 });
+      expect(text(s.dequeue("d", T))).toBe("x");
+      s.commit();
+      s.close();
+    });
   });
 }
