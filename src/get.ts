@@ -12,7 +12,7 @@ import { connBytes } from "./config";
 import type { Context } from "./context";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { GetKey, Request } from "./protocol/types";
-import { newReply, put, say, type PendingGet, type Session } from "./session";
+import { newReply, put, say, settle, type PendingGet, type Session } from "./session";
 import type { Message } from "./store/store";
 
 const CRLF = "\r\n";
@@ -26,43 +26,63 @@ export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind:
   }
   const reply = newReply(true);
   s.held.push(reply);
-  const g: PendingGet = { req, index: 0, reply, state: "running", timer: null };
+  const g: PendingGet = { req, index: 0, reply, state: "running", timer: null, deadline: -1 };
   s.get = g;
   // A failure settles the reply (session.ts): the get is over, whatever state it was in.
   reply.onSettle = () => endWait(ctx, s, "settled");
   return continueGet(ctx, s);
 }
 
-/** Goes on with the session's get; false if it waits (again). */
+/** Goes on with the session's get; false if it waits (again), or waits for the store. */
 export function continueGet(ctx: Context, s: Session): boolean {
   const g = s.get!;
-  if (g.state === "parked") return false;
+  if (g.state === "parked" || g.state === "fetching") return false;
   const { keys } = g.req;
   const limit = replyLimit(ctx);
   while (g.index < keys.length) {
-    if (g.state === "ready") {
-      g.state = "running";
-      g.index++;
-      continue;
-    }
     const key = keys[g.index]!;
-    // Past the reply's byte budget the remaining keys yield nothing, and take nothing.
-    if (g.reply.size > limit) break;
-    const served = serveKey(ctx, s, key, g);
-    if (!served && wantsMessage(key)) {
-      if (key.timeout > 0 && g.reply.values === 0 && !ctx.stopping) {
-        park(ctx, s, key, g);
+    let served: boolean;
+    if (g.state === "ready") served = true;
+    else if (g.state === "missed") served = false;
+    else {
+      // Past the reply's byte budget the remaining keys yield nothing, and take nothing.
+      if (g.reply.size > limit) break;
+      const result = serveKey(ctx, s, key, g);
+      if (result instanceof Promise) {
+        later(ctx, s, g, result);
         return false;
       }
+      served = result;
+    }
+    g.state = "running";
+    if (!served && wantsMessage(key)) {
+      if (key.timeout > 0 && g.reply.values === 0 && !ctx.stopping && park(ctx, s, key, g)) return false;
       countMiss(ctx);
     }
     g.index++;
+    g.deadline = -1;
   }
   put(g.reply, REPLY.END);
   g.reply.complete = true;
   g.reply.onSettle = null;
   s.get = null;
   return true;
+}
+
+/** A take the store completes later: the get goes on from its outcome, or ends on a failure. */
+function later(ctx: Context, s: Session, g: PendingGet, result: Promise<boolean>): void {
+  g.state = "fetching";
+  result.then(
+    (served) => {
+      if (s.get !== g) return; // its connection closed meanwhile
+      g.state = served ? "ready" : "missed";
+      ctx.resume(s);
+    },
+    (e) => {
+      ctx.batch.fail(e);
+      if (s.get === g && !g.reply.complete) settle(g.reply, null, e instanceof Error ? e.message : String(e));
+    },
+  );
 }
 
 /** The largest a get reply may grow before its remaining keys are skipped (memory bound). */
@@ -79,15 +99,19 @@ export function endWait(ctx: Context, s: Session, why: "served" | "timeout" | "s
   const g = s.get;
   if (g === null) return;
   if (g.state === "parked") {
-    ctx.waiters.remove(g.req.keys[g.index]!.queue, s);
-    if (g.timer !== null) clearTimeout(g.timer);
-    g.timer = null;
+    unpark(ctx, s, g);
     if (why === "timeout") countMiss(ctx);
     if (why === "served") ctx.stats.getCmds++;
     g.state = "ready";
   }
   if (why === "settled" || why === "gone") s.get = null;
   if (why !== "gone") ctx.resume(s);
+}
+
+function unpark(ctx: Context, s: Session, g: PendingGet): void {
+  ctx.waiters.remove(g.req.keys[g.index]!.queue, s);
+  if (g.timer !== null) clearTimeout(g.timer);
+  g.timer = null;
 }
 
 /** Serves the waiters of `queue` while it has messages for them, first come first served. */
@@ -97,7 +121,14 @@ export function serveWaiters(ctx: Context, queue: string): void {
     if (s === undefined) return;
     const g = s.get!;
     // If the store fails here, the waiter was given nothing and keeps waiting.
-    if (!fetch(ctx, s, g.req.keys[g.index]!, g)) return;
+    const result = fetch(ctx, s, g.req.keys[g.index]!, g);
+    if (result instanceof Promise) {
+      // A store that answers later: this waiter tries, and waits again (at the back) on a miss.
+      unpark(ctx, s, g);
+      later(ctx, s, g, result);
+      return;
+    }
+    if (!result) return;
     endWait(ctx, s, "served");
   }
 }
@@ -137,7 +168,7 @@ function countMiss(ctx: Context): void {
 }
 
 /** Serves one key; false if it wanted a message and the queue had none. */
-function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
+function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | Promise<boolean> {
   const { store, stats, batch } = ctx;
   const open = s.opens.get(key.queue);
   if (key.abort) {
@@ -166,35 +197,42 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     }
   }
   const served = fetch(ctx, s, key, g);
+  if (served instanceof Promise) return served.then((hit) => (hit && void stats.getCmds++, hit));
   if (served) stats.getCmds++;
   return served;
 }
 
 /** Takes, opens or peeks at the head message for `key` and appends it to the reply. */
-function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
-  const { store, batch } = ctx;
+function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | Promise<boolean> {
+  const { store } = ctx;
   const now = ctx.now();
-  let message: Message | null;
-  if (key.open) {
-    message = store.open(key.queue, now);
-    if (message !== null) {
-      s.opens.set(key.queue, message.id);
-      s.expired.delete(key.queue); // a new open starts afresh
-      if (ctx.config.openTimeoutMs > 0) s.leases.set(key.queue, now + ctx.config.openTimeoutMs);
-      batch.onUndo(() => {
-        s.opens.delete(key.queue);
-        s.leases.delete(key.queue);
-      });
-    }
-  } else if (key.peek) {
-    message = store.peek(key.queue, now);
-  } else {
-    message = store.dequeue(key.queue, now);
+  const taken = key.open ? store.open(key.queue, now) : key.peek ? store.peek(key.queue, now) : store.dequeue(key.queue, now);
+  if (taken instanceof Promise) {
+    return taken.then((message) => {
+      if (s.get === g) return append(ctx, s, key, g, message, now);
+      // The connection closed while the store answered: what it took goes back.
+      if (message !== null && key.open) giveBackTaken(ctx, key.queue, message.id);
+      else if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, committed: false });
+      return false;
+    });
   }
+  return append(ctx, s, key, g, taken, now);
+}
+
+function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: Message | null, now: number): boolean {
   if (message === null) return false;
+  if (key.open) {
+    s.opens.set(key.queue, message.id);
+    s.expired.delete(key.queue); // a new open starts afresh
+    if (ctx.config.openTimeoutMs > 0) s.leases.set(key.queue, now + ctx.config.openTimeoutMs);
+    ctx.batch.onUndo(() => {
+      s.opens.delete(key.queue);
+      s.leases.delete(key.queue);
+    });
+  }
   ctx.stats.getHits++;
   const reply = g.reply;
-  batch.depends(reply);
+  ctx.batch.depends(reply);
   const id = g.req.withIds ? message.id : undefined;
   put(reply, valueHeader(key.key, message.flags, message.body.length, id));
   put(reply, message.body);
@@ -204,10 +242,16 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
   return true;
 }
 
-function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): void {
+/** Parks key `g.index` until a message or its deadline; false if the deadline has passed. */
+function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
+  const now = ctx.now();
+  if (g.deadline < 0) g.deadline = now + key.timeout;
+  const left = g.deadline - now;
+  if (left <= 0) return false;
   g.state = "parked";
   ctx.waiters.add(key.queue, s);
-  g.timer = setTimeout(() => endWait(ctx, s, "timeout"), key.timeout);
+  g.timer = setTimeout(() => endWait(ctx, s, "timeout"), left);
+  return true;
 }
 
 /**
@@ -233,6 +277,11 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
 
 function releaseOrphan(ctx: Context, queue: string, id: number): void {
   ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
+  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/** An open whose connection closed before the store answered: released in the same batch. */
+function giveBackTaken(ctx: Context, queue: string, id: number): void {
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 

@@ -87,14 +87,17 @@ export function settle(reply: Reply, mark: Mark | null, reason: string): void {
 
 /**
  * A get in progress. `running`: serving its keys; `parked`: key `index` waits in the queue's
- * waiters with a timer; `ready`: that wait is over (served or timed out), go on after it.
+ * waiters with a timer; `fetching`: the store answers key `index` later; `ready`: key `index`
+ * got its message (or its wait timed out), go on after it; `missed`: the store had none.
  */
 export interface PendingGet {
   req: Extract<Request, { kind: "get" }>;
   index: number;
   reply: Reply;
-  state: "running" | "parked" | "ready";
+  state: "running" | "parked" | "fetching" | "ready" | "missed";
   timer: ReturnType<typeof setTimeout> | null;
+  /** When the wait of key `index` ends (ms), once it first parked; -1 before. */
+  deadline: number;
 }
 
 export interface Session {

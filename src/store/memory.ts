@@ -3,7 +3,7 @@
  * and a store for command-layer tests. A batch is undone by restoring a snapshot taken
  * at its first change, which is simple and fine at test sizes.
  */
-import type { Message, QueueCounters, QueueDetail, QueueStore } from "./store";
+import type { Message, QueueCounters, QueueDetail, SyncQueueStore } from "./store";
 
 interface Entry extends Omit<Message, "expires"> {
   created: number;
@@ -17,7 +17,7 @@ interface Queue {
   entries: Entry[];
 }
 
-export function createMemoryStore(): QueueStore {
+export function createMemoryStore(): SyncQueueStore {
   let queues = new Map<string, Queue>();
   let lastId = 0;
   let expired = 0;

@@ -41,7 +41,7 @@ import {
   type Message,
   type QueueCounters,
   type QueueDetail,
-  type QueueStore,
+  type SyncQueueStore,
   type StoreTotals,
 } from "./store";
 
@@ -54,7 +54,7 @@ const VACUUM_MIN_PAGES = 256;
 
 /** Bytes kept aside for when the disk fills (reserve.ts). */
 const RESERVE_BYTES = 4 * 1024 * 1024;
-export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore {
+export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueStore {
   const file = join(dir, DB_FILE);
   const db = openDatabase(file, options);
   migrate(db);

@@ -41,15 +41,22 @@ export interface StoreTotals {
   expired: number;
 }
 
+/** A result now, or later: a networked store answers takes after a round trip. */
+export type Maybe<T> = T | Promise<T>;
+
+/**
+ * The command layer's view. Takes (dequeue, open, peek) and commit may complete later; the
+ * other verbs join the batch at once and report what the store knows locally.
+ */
 export interface QueueStore {
   /** Appends a message to the tail of `queue`, creating the queue. `expiresAt` 0 = never (ms). */
   enqueue(queue: string, flags: number, body: Uint8Array, expiresAt: number, now: number): number;
   /** Removes and returns the head message, or null when there is none that may be handed out. */
-  dequeue(queue: string, now: number): Message | null;
+  dequeue(queue: string, now: number): Maybe<Message | null>;
   /** Returns the head message without removing it. */
-  peek(queue: string, now: number): Message | null;
+  peek(queue: string, now: number): Maybe<Message | null>;
   /** Reserves the head message: it stays stored but is skipped until confirm() or release(). */
-  open(queue: string, now: number): Message | null;
+  open(queue: string, now: number): Maybe<Message | null>;
   /** Deletes a reserved message; false if it is no longer reserved. */
   confirm(queue: string, id: number): boolean;
   /** Returns a reserved message to its place in the queue; false if it was not reserved. */
@@ -82,6 +89,13 @@ export interface QueueStore {
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   close(): void;
+}
+
+/** A store that answers every take at once (SQLite, memory). */
+export interface SyncQueueStore extends QueueStore {
+  dequeue(queue: string, now: number): Message | null;
+  peek(queue: string, now: number): Message | null;
+  open(queue: string, now: number): Message | null;
 }
 
 /** The store's own failure: the reason goes to the client as SERVER_ERROR <reason>. */

@@ -3,7 +3,7 @@
  * router suite). A store-specific file adds what only it can show (reopening a file).
  */
 import { describe, expect, test } from "bun:test";
-import type { QueueStore } from "../../src/store/store";
+import type { SyncQueueStore as QueueStore } from "../../src/store/store";
 
 const enc = (s: string) => Buffer.from(s);
 const text = (m: { body: Uint8Array } | null) => (m === null ? null : Buffer.from(m.body).toString());

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createMemoryStore } from "../../src/store/memory";
 import { openSqliteStore } from "../../src/store/sqlite";
-import type { Message, QueueStore } from "../../src/store/store";
+import type { Message, SyncQueueStore as QueueStore } from "../../src/store/store";
 import { random } from "../random";
 
 const view = (m: Message | null) => (m === null ? null : { flags: m.flags, body: Buffer.from(m.body).toString() });

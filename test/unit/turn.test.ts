@@ -16,16 +16,46 @@ import { createLogger } from "../../src/log";
 import { createFramer } from "../../src/protocol/framer";
 import { createSession } from "../../src/session";
 import { createStats } from "../../src/stats";
+import { createMemoryStore } from "../../src/store/memory";
 import { openSqliteStore } from "../../src/store/sqlite";
+import { StoreError, type QueueStore } from "../../src/store/store";
 import { createTurns } from "../../src/turn";
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
 
-function setup() {
+function sqlite(): QueueStore {
   const dir = mkdtempSync(join(tmpdir(), "mcq-turn-"));
   dirs.push(dir);
-  const store = openSqliteStore(dir, { sync: "off", cacheMb: 8 });
+  return openSqliteStore(dir, { sync: "off", cacheMb: 8 });
+}
+
+/**
+ * The memory store as a networked store behaves: takes and commits answer after a round trip
+ * (a timer), and `failing.take` makes the next take fail.
+ */
+function remote(failing = { take: false }): QueueStore {
+  const store = createMemoryStore();
+  const trip = <T>(fn: () => T) =>
+    new Promise<T>((ok, fail) =>
+      setTimeout(() => {
+        if (failing.take) {
+          failing.take = false;
+          fail(new StoreError("connection lost"));
+        } else ok(fn());
+      }, 1),
+    );
+  return {
+    ...store,
+    dequeue: (q, now) => trip(() => store.dequeue(q, now)),
+    open: (q, now) => trip(() => store.open(q, now)),
+    peek: (q, now) => trip(() => store.peek(q, now)),
+    commit: () => new Promise<void>((ok) => setTimeout(() => ok(store.commit()), 1)),
+  };
+}
+
+function setup(make: () => QueueStore = sqlite) {
+  const store = make();
   const ctx: Context = {
     store,
     stats: createStats(),
@@ -120,5 +150,60 @@ describe("a reply that never reached the socket consumes nothing", () => {
     turns.turnNow();
     expect(reader.sent()).toBe("");
     expect(store.detail("q", 0)).toMatchObject({ items: 1, total: 1, fetched: 0 });
+  });
+});
+
+describe("a store that answers takes and commits later", () => {
+  /** Runs turns until `done` holds (each awaits the store's round trips). */
+  async function until(turns: { turnNow(): void }, done: () => boolean): Promise<void> {
+    for (let i = 0; i < 500 && !done(); i++) {
+      turns.turnNow();
+      await Bun.sleep(2);
+    }
+    expect(done()).toBe(true);
+  }
+
+  test("gets, multi-key gets and a blocking get woken by a set: each one reply, in order", async () => {
+    const { turns, connect } = setup(() => remote());
+    const producer = connect();
+    producer.send("set a 0 0 2\r\na1\r\nset a 0 0 2\r\na2\r\nset b 0 0 2\r\nb1\r\n");
+    await until(turns, () => producer.sent() === "STORED\r\n".repeat(3));
+    const reader = connect();
+    reader.send("get a\r\nget a/peek b none\r\nversion\r\n");
+    const want = "VALUE a 0 2\r\na1\r\nEND\r\nVALUE a/peek 0 2\r\na2\r\nVALUE b 0 2\r\nb1\r\nEND\r\nVERSION 1.0.0\r\n";
+    await until(turns, () => reader.sent() === want);
+    const waiter = connect();
+    waiter.send("get w/t=5000\r\n");
+    await until(turns, () => waiter.conn.session.get?.state === "parked");
+    producer.send("set w 0 0 2\r\nw1\r\n");
+    await until(turns, () => waiter.sent() === "VALUE w/t=5000 0 2\r\nw1\r\nEND\r\n");
+    expect(producer.sent()).toBe("STORED\r\n".repeat(4));
+  });
+
+  test("a take that fails later answers one SERVER_ERROR and takes nothing", async () => {
+    const failing = { take: false };
+    const { store, turns, connect } = setup(() => remote(failing));
+    const c = connect();
+    c.send("set q 0 0 2\r\nm1\r\n");
+    await until(turns, () => c.sent() === "STORED\r\n");
+    failing.take = true;
+    c.send("get q\r\nversion\r\n");
+    await until(turns, () => c.sent() === "STORED\r\nSERVER_ERROR connection lost\r\nVERSION 1.0.0\r\n");
+    expect(store.detail("q", 0)).toMatchObject({ items: 1, fetched: 0 });
+  });
+
+  test("a connection that closes while its take is in flight: the message goes back", async () => {
+    const { store, turns, connect } = setup(() => remote());
+    const c = connect();
+    c.send("set q 0 0 2\r\nm1\r\nset r 0 0 2\r\nr1\r\n");
+    await until(turns, () => c.sent() === "STORED\r\nSTORED\r\n");
+    const gone = connect();
+    gone.send("get q r/open\r\n");
+    turns.closed(gone.conn);
+    await until(turns, () => store.detail("q", 0)?.fetched === 0 && store.detail("q", 0)?.items === 1);
+    await until(turns, () => store.detail("r", 0)?.open === 0);
+    c.send("get q r\r\n");
+    await until(turns, () => c.sent().endsWith("VALUE q 0 2\r\nm1\r\nVALUE r 0 2\r\nr1\r\nEND\r\n"));
+    expect(gone.sent()).toBe("");
   });
 });
