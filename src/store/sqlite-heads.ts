@@ -66,8 +66,9 @@ export interface Queue {
   delTo: number;
 }
 
-export type Row = [id: number, flags: number, expires: number, body: Uint8Array];
-export type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null];
+export type Row = [id: number, flags: number, expires: number, body: Uint8Array, created?: number];
+/** `created` lets detail() tell the head's age without a query. */
+export type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null, created: number];
 
 type Counters = Pick<Queue, "total" | "fetched" | "items" | "bytes" | "open">;
 
@@ -106,7 +107,7 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
         q.ahead.splice(0, q.next);
         q.next = 0;
       }
-      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null]);
+      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null, created]);
     } else q.whole = false;
   }
 

@@ -16,6 +16,7 @@ import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
 import { pack, readLog, SAVE_COUNTERS } from "./counter-log";
 import { createReserve } from "./reserve";
+import { createListing } from "./sqlite-listing";
 import {
   AHEAD_MAX_BODY,
   createHeads,
@@ -36,14 +37,7 @@ import {
   walSize,
   type SqliteOptions,
 } from "./sqlite-file";
-import {
-  StoreError,
-  type Message,
-  type QueueCounters,
-  type QueueDetail,
-  type QueueStore,
-  type StoreTotals,
-} from "./store";
+import { StoreError, type Message, type QueueStore, type StoreTotals } from "./store";
 
 export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
@@ -77,7 +71,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headRows = sql(
-    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END FROM messages ` +
+    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END, created FROM messages ` +
       `WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`,
   );
   const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
@@ -89,11 +83,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   const countOpen = sql("SELECT count(*) FROM messages WHERE qid = ? AND opened = 1");
   const deleteQueueMessages = sql("DELETE FROM messages WHERE qid = ?");
   const deleteAllMessages = sql("DELETE FROM messages");
-  const oldest = sql(
-    "SELECT min(created) FROM (" +
-      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 0 ORDER BY id LIMIT 1) UNION ALL " +
-      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 1 ORDER BY id LIMIT 1))",
-  );
+  const headCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 0 AND id > ? ORDER BY id LIMIT 1");
+  const openCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 1 ORDER BY id LIMIT 1");
   const freelist = sql("PRAGMA freelist_count");
   const sweep = sql(
     "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 " +
@@ -109,6 +100,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   let expiredCommitted = 0;
   /** Queues whose counters are in counter_log rows written since the last fold. */
   const unfolded = new Set<Queue>();
+  const listing = createListing(queues, { headCreated, openCreated });
 
   /** Reads the queues and counters from the file: at start, and after a rollback. */
   function load(): void {
@@ -134,6 +126,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     const saved = db.query("SELECT max(last_id) FROM queues").values()[0]![0] as number | null;
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
     lastId = Math.max(saved ?? 0, max ?? 0, logged);
+    listing.rebuild();
   }
 
   const reserve = createReserve(dir, RESERVE_BYTES);
@@ -174,6 +167,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       q = newQueue(id, name, { total: 0, fetched: 0, items: 0, bytes: 0, open: 0 }, true);
       queues.set(name, q);
       byId.set(id, q);
+      listing.added(q);
     }
     changed.add(q);
     return q;
@@ -303,6 +297,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         deleteQueue.run(q.id);
         queues.delete(name);
         byId.delete(q.id);
+        listing.removed(q);
         changed.delete(q);
         unfolded.delete(q);
         return true;
@@ -333,31 +328,11 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         }
       }),
 
-    list: () => {
-      const names = [...queues.keys()].sort();
-      return names.map((name): QueueCounters => {
-        const q = queues.get(name)!;
-        return { name, total: q.total, fetched: q.fetched };
-      });
-    },
+    list: listing.list,
 
-    detail: (name, now) =>
-      guard((): QueueDetail | null => {
-        const q = queues.get(name);
-        if (q === undefined) return null;
-        materialize(q);
-        deleteTakenRows(q);
-        const created = oldest.values(q.id)[0]?.[0] as number | null;
-        return {
-          name,
-          total: q.total,
-          fetched: q.fetched,
-          items: q.items,
-          bytes: q.bytes,
-          open: q.open,
-          oldestAgeMs: created == null ? 0 : Math.max(0, now - created),
-        };
-      }),
+    summaries: listing.summaries,
+
+    detail: (name, now) => guard(() => listing.detail(name, now)),
 
     totals: (): StoreTotals => {
       let items = 0;

@@ -68,7 +68,7 @@ for (const seed of [1, 2, 3]) {
           got = both((s) => s.rollback());
           opens = structuredClone(committed); // opens and closes since the last commit are undone too
         } else {
-          got = both((s) => ({ list: s.list(), detail: s.detail(q, now) }));
+          got = both((s) => ({ list: s.list(), detail: s.detail(q, now), summaries: [...s.summaries()] }));
         }
         expect([step, got[0], sqlite.totals()]).toEqual([step, got[1], memory.totals()]);
       }
