@@ -4,12 +4,13 @@
  * stalled every client for most of a second (issue 9, item 11). Now they come from memory:
  * - the counters of each queue are kept in memory anyway (sqlite-heads.ts Queue);
  * - the queues are kept sorted by name as they are created and dropped, so a listing never sorts;
+ * - the sums of items and open (`stats`) change with each queue's (Sums), instead of being added up;
  * - the oldest age comes from the read-ahead of the head when it is loaded, and otherwise from at
  *   most two index lookups, which never write (detail() used to write the batch's pending messages
  *   and delete its taken ones first).
  */
 import type { Statement } from "bun:sqlite";
-import type { Queue } from "./sqlite-heads";
+import type { Queue, Sums } from "./sqlite-heads";
 import type { QueueCounters, QueueDetail, QueueSummary } from "./store";
 
 export interface ListingStatements {
@@ -28,7 +29,7 @@ const summary = (q: Queue): QueueSummary => ({
   open: q.open,
 });
 
-export function createListing(queues: ReadonlyMap<string, Queue>, st: ListingStatements) {
+export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st: ListingStatements) {
   /** Every queue, sorted by name (code unit order, which is byte order for queue names). */
   let sorted: Queue[] = [];
 
@@ -77,9 +78,14 @@ export function createListing(queues: ReadonlyMap<string, Queue>, st: ListingSta
   }
 
   return {
-    /** Sorts every queue again: at start and after a rollback, which reload them. */
+    /** Sorts and sums every queue again: at start and after a rollback, which reload them. */
     rebuild(): void {
       sorted = [...queues.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+      sums.items = sums.open = 0;
+      for (const q of sorted) {
+        sums.items += q.items;
+        sums.open += q.open;
+      }
     },
     added(q: Queue): void {
       sorted.splice(search(q.name), 0, q);

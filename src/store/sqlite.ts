@@ -25,6 +25,7 @@ import {
   READ_AHEAD,
   type Queue,
   type Row,
+  type Sums,
 } from "./sqlite-heads";
 import {
   checkAtStart,
@@ -100,7 +101,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
   let expiredCommitted = 0;
   /** Queues whose counters are in counter_log rows written since the last fold. */
   const unfolded = new Set<Queue>();
-  const listing = createListing(queues, { headCreated, openCreated });
+  /** Every queue's items and open, summed: changed with them, recounted by load(). */
+  const sums: Sums = { items: 0, open: 0 };
+  const listing = createListing(queues, sums, { headCreated, openCreated });
 
   /** Reads the queues and counters from the file: at start, and after a rollback. */
   function load(): void {
@@ -127,6 +130,13 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
     lastId = Math.max(saved ?? 0, max ?? 0, logged);
     listing.rebuild();
+  }
+
+  /** Empties q's counters of what it holds (flush, drop). */
+  function emptied(q: Queue): void {
+    sums.items -= q.items;
+    sums.open -= q.open;
+    q.items = q.bytes = q.open = 0;
   }
 
   const reserve = createReserve(dir, RESERVE_BYTES);
@@ -156,7 +166,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
     }
   }
 
-  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, () => void expired++);
+  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, sums, () => void expired++);
   const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, materialize, materializeAll } = heads;
   const { takePending, forget, firstLive } = heads;
 
@@ -195,6 +205,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
     })();
     for (const q of queues.values()) q.open = 0;
+    sums.open = 0;
   });
 
   return {
@@ -214,6 +225,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         }
         q.total++;
         q.items++;
+        sums.items++;
         q.bytes += body.length;
         return id;
       }),
@@ -256,6 +268,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         markOpen.run(row[0]);
         q!.next++;
         q!.open++;
+        sums.open++;
         return message(row);
       }),
 
@@ -269,6 +282,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         q.items--;
         q.bytes -= row[0] as number;
         q.open--;
+        sums.items--;
+        sums.open--;
         q.fetched++;
         changed.add(q);
         return true;
@@ -283,6 +298,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         deleteTakenRows(q); // the released message may lie between them
         if (releaseOpen.run(id).changes === 0) return false;
         q.open--;
+        sums.open--;
         forget(q); // it is back before the ids read ahead
         return true;
       }),
@@ -295,6 +311,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
         deleteQueue.run(q.id);
+        emptied(q);
         queues.delete(name);
         byId.delete(q.id);
         listing.removed(q);
@@ -310,7 +327,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         tx();
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
-        q.items = q.bytes = q.open = 0;
+        emptied(q);
         forget(q);
         changed.add(q);
       }),
@@ -322,7 +339,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
         deleteAllMessages.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
-          q.items = q.bytes = q.open = 0;
+          emptied(q);
           forget(q);
           changed.add(q);
         }
@@ -334,15 +351,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
 
     detail: (name, now) => guard(() => listing.detail(name, now)),
 
-    totals: (): StoreTotals => {
-      let items = 0;
-      let open = 0;
-      for (const q of queues.values()) {
-        items += q.items;
-        open += q.open;
-      }
-      return { queues: queues.size, items, open, expired };
-    },
+    totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
 
     sweepExpired: (now, limit) =>
       guard(() => {
@@ -354,6 +363,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
           const q = byId.get(qid);
           if (q === undefined) continue;
           q.items--;
+          sums.items--;
           q.bytes -= bytes;
           forget(q);
           changed.add(q);

@@ -60,6 +60,9 @@ for (const seed of [1, 2, 3]) {
         } else if (r < 0.905) {
           got = both((s) => s.flush(q));
           opens[q] = [];
+        } else if (r < 0.91) {
+          got = both((s) => s.drop(q));
+          opens[q] = [];
         } else if (r < 0.95) {
           got = both((s) => s.commit());
           committed = structuredClone(opens);
