@@ -68,6 +68,18 @@ export function storeContract(name: string, make: () => QueueStore): void {
       s.close();
     });
 
+    test("a queue dropped and set again before any listing is listed once, anew", () => {
+      const s = make();
+      s.enqueue("x", 0, enc("1"), 0, T);
+      s.enqueue("w", 0, enc("1"), 0, T);
+      expect(s.drop("x")).toBe(true);
+      s.enqueue("x", 0, enc("2"), 0, T);
+      expect(s.list()).toEqual([{ name: "w", total: 1, fetched: 0 }, { name: "x", total: 1, fetched: 0 }]);
+      expect([...s.summaries()].map((q) => q.name)).toEqual(["w", "x"]);
+      s.commit();
+      s.close();
+    });
+
     test("list is sorted by byte order", () => {
       const s = make();
       for (const n of ["b", "B", "a10", "a9", "_", "~"]) s.enqueue(n, 0, enc(""), 0, T);
