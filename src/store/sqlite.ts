@@ -5,7 +5,7 @@
  * Each queue's counters, its read-ahead of the head, the messages set in this batch and not yet
  * written, and the head rows to delete at commit live in memory (sqlite-heads.ts). A commit saves
  * the counters it changed as one counter_log row, folded into the queues table between batches
- * (counter-log.ts).
+ * (counter-log.ts). Listings and per-queue details come from memory as well (sqlite-listing.ts).
  *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
