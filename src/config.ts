@@ -39,6 +39,8 @@ export interface Config {
   maintainMs: number;
   /** Serve /metrics, /stats.json and /healthz on this address (--http host:port); null = off. */
   http: { hostname: string; port: number } | null;
+  /** Queues with series of their own in /metrics, the deepest first; the rest are summed (--metrics-queues). */
+  metricsQueues: number;
   /** Write the process id here (-P); removed at a clean exit. */
   pidFile: string | null;
   /** 0 quiet, 1 verbose (-v), 2 every command (-vv). */
@@ -73,6 +75,7 @@ export const DEFAULTS: Config = {
   maxUnsent: 4 * 1024 * 1024,
   maintainMs: 200,
   http: null,
+  metricsQueues: 1000,
   pidFile: null,
   verbose: 0,
   logFormat: "text",

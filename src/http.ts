@@ -5,7 +5,8 @@
  *   GET /healthz     200 when a message could be stored now, 503 otherwise
  */
 import type { Context } from "./context";
-import { prometheus, snapshot } from "./metrics";
+import { json, prometheus, snapshot } from "./metrics";
+import { turnClock } from "./slices";
 
 export interface HttpServer {
   url: string;
@@ -23,13 +24,20 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
   const server = Bun.serve({
     hostname: address.hostname,
     port: address.port,
-    fetch(request) {
+    async fetch(request) {
       const path = new URL(request.url).pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+      // Both are built across event-loop turns, so a scrape never holds the clients up for long.
       if (path === "/metrics") {
-        return new Response(prometheus(snapshot(ctx)), { headers: { "content-type": "text/plain; version=0.0.4" } });
+        const clock = turnClock();
+        const body = await prometheus(await snapshot(ctx, clock), clock);
+        return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });
       }
-      if (path === "/stats.json") return Response.json(snapshot(ctx));
+      if (path === "/stats.json") {
+        const clock = turnClock();
+        const body = await json(await snapshot(ctx, clock), clock);
+        return new Response(body, { headers: { "content-type": "application/json" } });
+      }
       if (path === "/healthz") {
         const ok = ctx.store.writable(ctx.now());
         return new Response(ok ? "ok\n" : "store not writable\n", { status: ok ? 200 : 503 });

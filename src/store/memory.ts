@@ -3,7 +3,7 @@
  * and a store for command-layer tests. A batch is undone by restoring a snapshot taken
  * at its first change, which is simple and fine at test sizes.
  */
-import type { Message, QueueCounters, QueueDetail, SyncQueueStore } from "./store";
+import type { Message, QueueCounters, QueueDetail, QueueSummary, SyncQueueStore } from "./store";
 
 interface Entry extends Omit<Message, "expires"> {
   created: number;
@@ -46,6 +46,14 @@ export function createMemoryStore(): SyncQueueStore {
   const bytes = (q: Queue) => q.entries.reduce((n, e) => n + e.body.length, 0);
   const openCount = (q: Queue) => q.entries.filter((e) => e.opened).length;
   const view = (e: Entry): Message => ({ id: e.id, flags: e.flags, expires: e.expiresAt, body: e.body });
+  const summary = (name: string, q: Queue): QueueSummary => ({
+    name,
+    total: q.total,
+    fetched: q.fetched,
+    items: q.entries.length,
+    bytes: bytes(q),
+    open: openCount(q),
+  });
 
   return {
     enqueue(name, flags, body, expiresAt, now) {
@@ -126,19 +134,23 @@ export function createMemoryStore(): SyncQueueStore {
         return { name, total: q.total, fetched: q.fetched };
       });
     },
+    *summaries() {
+      // Each step takes the first name after the last one given, as the SQLite store's cursor
+      // does; quadratic, which is fine at test sizes.
+      let last: string | null = null;
+      for (;;) {
+        let next: string | null = null;
+        for (const name of queues.keys()) if ((last === null || name > last) && (next === null || name < next)) next = name;
+        if (next === null) return;
+        yield summary(next, queues.get(next)!);
+        last = next;
+      }
+    },
     detail(name, now): QueueDetail | null {
       const q = queues.get(name);
       if (q === undefined) return null;
       const first = q.entries[0];
-      return {
-        name,
-        total: q.total,
-        fetched: q.fetched,
-        items: q.entries.length,
-        bytes: bytes(q),
-        open: openCount(q),
-        oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created),
-      };
+      return { ...summary(name, q), oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created) };
     },
     totals() {
       let items = 0;

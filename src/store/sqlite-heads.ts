@@ -66,8 +66,9 @@ export interface Queue {
   delTo: number;
 }
 
-export type Row = [id: number, flags: number, expires: number, body: Uint8Array];
-export type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null];
+export type Row = [id: number, flags: number, expires: number, body: Uint8Array, created?: number];
+/** `created` lets detail() tell the head's age without a query. */
+export type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null, created: number];
 
 type Counters = Pick<Queue, "total" | "fetched" | "items" | "bytes" | "open">;
 
@@ -83,16 +84,23 @@ export interface HeadStatements {
   deleteTaken: Statement;
 }
 
+/** The sums of every queue's items and open counters, kept as they change so `stats` is O(1). */
+export interface Sums {
+  items: number;
+  open: number;
+}
+
 /**
  * The operations on queues' heads, over the store's statements. `tx` opens the batch's
- * transaction, `changed` collects the queues whose counters the commit must save, and
- * `onExpired` counts a message found expired on the way.
+ * transaction, `changed` collects the queues whose counters the commit must save, `sums` follows
+ * the items taken, and `onExpired` counts a message found expired on the way.
  */
-export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Queue>, onExpired: () => void) {
+export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Queue>, sums: Sums, onExpired: () => void) {
   const { insert, headRows, byMessageId, deleteTaken } = st;
 
   function removed(q: Queue, body: Uint8Array): void {
     q.items--;
+    sums.items--;
     q.bytes -= body.length;
     changed.add(q);
   }
@@ -106,7 +114,7 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
         q.ahead.splice(0, q.next);
         q.next = 0;
       }
-      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null]);
+      q.ahead.push([id, flags, expires, body.length <= AHEAD_MAX_BODY ? body : null, created]);
     } else q.whole = false;
   }
 

@@ -5,7 +5,7 @@
  * Each queue's counters, its read-ahead of the head, the messages set in this batch and not yet
  * written, and the head rows to delete at commit live in memory (sqlite-heads.ts). A commit saves
  * the counters it changed as one counter_log row, folded into the queues table between batches
- * (counter-log.ts).
+ * (counter-log.ts). Listings and per-queue details come from memory as well (sqlite-listing.ts).
  *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
@@ -16,6 +16,7 @@ import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
 import { pack, readLog, SAVE_COUNTERS } from "./counter-log";
 import { createReserve } from "./reserve";
+import { createListing } from "./sqlite-listing";
 import {
   AHEAD_MAX_BODY,
   createHeads,
@@ -24,6 +25,7 @@ import {
   READ_AHEAD,
   type Queue,
   type Row,
+  type Sums,
 } from "./sqlite-heads";
 import {
   checkAtStart,
@@ -36,14 +38,7 @@ import {
   walSize,
   type SqliteOptions,
 } from "./sqlite-file";
-import {
-  StoreError,
-  type Message,
-  type QueueCounters,
-  type QueueDetail,
-  type SyncQueueStore,
-  type StoreTotals,
-} from "./store";
+import { StoreError, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
 export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
@@ -77,7 +72,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
   const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
   const headRows = sql(
-    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END FROM messages ` +
+    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END, created FROM messages ` +
       `WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`,
   );
   const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
@@ -89,11 +84,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   const countOpen = sql("SELECT count(*) FROM messages WHERE qid = ? AND opened = 1");
   const deleteQueueMessages = sql("DELETE FROM messages WHERE qid = ?");
   const deleteAllMessages = sql("DELETE FROM messages");
-  const oldest = sql(
-    "SELECT min(created) FROM (" +
-      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 0 ORDER BY id LIMIT 1) UNION ALL " +
-      "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 1 ORDER BY id LIMIT 1))",
-  );
+  const headCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 0 AND id > ? ORDER BY id LIMIT 1");
+  const openCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 1 ORDER BY id LIMIT 1");
   const freelist = sql("PRAGMA freelist_count");
   const sweep = sql(
     "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 " +
@@ -109,6 +101,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   let expiredCommitted = 0;
   /** Queues whose counters are in counter_log rows written since the last fold. */
   const unfolded = new Set<Queue>();
+  /** Every queue's items and open, summed: changed with them, recounted by load(). */
+  const sums: Sums = { items: 0, open: 0 };
+  const listing = createListing(queues, sums, { headCreated, openCreated });
 
   /** Reads the queues and counters from the file: at start, and after a rollback. */
   function load(): void {
@@ -134,6 +129,14 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     const saved = db.query("SELECT max(last_id) FROM queues").values()[0]![0] as number | null;
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
     lastId = Math.max(saved ?? 0, max ?? 0, logged);
+    listing.rebuild();
+  }
+
+  /** Empties q's counters of what it holds (flush, drop). */
+  function emptied(q: Queue): void {
+    sums.items -= q.items;
+    sums.open -= q.open;
+    q.items = q.bytes = q.open = 0;
   }
 
   const reserve = createReserve(dir, RESERVE_BYTES);
@@ -163,7 +166,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     }
   }
 
-  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, () => void expired++);
+  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, sums, () => void expired++);
   const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, materialize, materializeAll } = heads;
   const { takePending, forget, firstLive } = heads;
 
@@ -174,6 +177,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       q = newQueue(id, name, { total: 0, fetched: 0, items: 0, bytes: 0, open: 0 }, true);
       queues.set(name, q);
       byId.set(id, q);
+      listing.added(q);
     }
     changed.add(q);
     return q;
@@ -201,6 +205,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
     })();
     for (const q of queues.values()) q.open = 0;
+    sums.open = 0;
   });
 
   return {
@@ -220,6 +225,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         }
         q.total++;
         q.items++;
+        sums.items++;
         q.bytes += body.length;
         return id;
       }),
@@ -262,6 +268,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         markOpen.run(row[0]);
         q!.next++;
         q!.open++;
+        sums.open++;
         return message(row);
       }),
 
@@ -275,6 +282,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         q.items--;
         q.bytes -= row[0] as number;
         q.open--;
+        sums.items--;
+        sums.open--;
         q.fetched++;
         changed.add(q);
         return true;
@@ -289,6 +298,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         deleteTakenRows(q); // the released message may lie between them
         if (releaseOpen.run(id).changes === 0) return false;
         q.open--;
+        sums.open--;
         forget(q); // it is back before the ids read ahead
         return true;
       }),
@@ -303,6 +313,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         forget(q);
         insert.run(m.id, q.id, m.flags, now, m.expires, m.body);
         q.items++;
+        sums.items++;
         q.bytes += m.body.length;
         if (fresh) q.total++;
         else q.fetched--;
@@ -316,8 +327,10 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
         deleteQueue.run(q.id);
+        emptied(q);
         queues.delete(name);
         byId.delete(q.id);
+        listing.removed(q);
         changed.delete(q);
         unfolded.delete(q);
         return true;
@@ -330,7 +343,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         tx();
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
-        q.items = q.bytes = q.open = 0;
+        emptied(q);
         forget(q);
         changed.add(q);
       }),
@@ -342,47 +355,19 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         deleteAllMessages.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
-          q.items = q.bytes = q.open = 0;
+          emptied(q);
           forget(q);
           changed.add(q);
         }
       }),
 
-    list: () => {
-      const names = [...queues.keys()].sort();
-      return names.map((name): QueueCounters => {
-        const q = queues.get(name)!;
-        return { name, total: q.total, fetched: q.fetched };
-      });
-    },
+    list: listing.list,
 
-    detail: (name, now) =>
-      guard((): QueueDetail | null => {
-        const q = queues.get(name);
-        if (q === undefined) return null;
-        materialize(q);
-        deleteTakenRows(q);
-        const created = oldest.values(q.id)[0]?.[0] as number | null;
-        return {
-          name,
-          total: q.total,
-          fetched: q.fetched,
-          items: q.items,
-          bytes: q.bytes,
-          open: q.open,
-          oldestAgeMs: created == null ? 0 : Math.max(0, now - created),
-        };
-      }),
+    summaries: listing.summaries,
 
-    totals: (): StoreTotals => {
-      let items = 0;
-      let open = 0;
-      for (const q of queues.values()) {
-        items += q.items;
-        open += q.open;
-      }
-      return { queues: queues.size, items, open, expired };
-    },
+    detail: (name, now) => guard(() => listing.detail(name, now)),
+
+    totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
 
     sweepExpired: (now, limit) =>
       guard(() => {
@@ -394,6 +379,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           const q = byId.get(qid);
           if (q === undefined) continue;
           q.items--;
+          sums.items--;
           q.bytes -= bytes;
           forget(q);
           changed.add(q);

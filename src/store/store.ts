@@ -23,13 +23,16 @@ export interface QueueCounters {
   fetched: number;
 }
 
-export interface QueueDetail extends QueueCounters {
+export interface QueueSummary extends QueueCounters {
   /** Messages stored now, open ones included. */
   items: number;
   /** Bytes of their bodies. */
   bytes: number;
   /** Messages now open (reserved by a consumer). */
   open: number;
+}
+
+export interface QueueDetail extends QueueSummary {
   /** Age of the oldest message in milliseconds, 0 when empty. */
   oldestAgeMs: number;
 }
@@ -74,6 +77,12 @@ export interface QueueStore {
   flushAll(): void;
   /** Every queue with its counters, sorted by name in byte order. */
   list(): QueueCounters[];
+  /**
+   * Every queue's counters, in no set order, read from memory. The iterator is live, so a caller
+   * may spread it over event-loop turns: a queue created or dropped meanwhile may or may not appear.
+   */
+  summaries(): IterableIterator<QueueSummary>;
+  /** One queue's counters and oldest age: no more than a couple of index lookups. */
   detail(queue: string, now: number): QueueDetail | null;
   totals(): StoreTotals;
   /** Deletes up to `limit` expired messages; returns how many. */

@@ -68,6 +68,18 @@ export function storeContract(name: string, make: () => QueueStore): void {
       s.close();
     });
 
+    test("a queue dropped and set again before any listing is listed once, anew", () => {
+      const s = make();
+      s.enqueue("x", 0, enc("1"), 0, T);
+      s.enqueue("w", 0, enc("1"), 0, T);
+      expect(s.drop("x")).toBe(true);
+      s.enqueue("x", 0, enc("2"), 0, T);
+      expect(s.list()).toEqual([{ name: "w", total: 1, fetched: 0 }, { name: "x", total: 1, fetched: 0 }]);
+      expect([...s.summaries()].map((q) => q.name)).toEqual(["w", "x"]);
+      s.commit();
+      s.close();
+    });
+
     test("list is sorted by byte order", () => {
       const s = make();
       for (const n of ["b", "B", "a10", "a9", "_", "~"]) s.enqueue(n, 0, enc(""), 0, T);
@@ -83,6 +95,49 @@ export function storeContract(name: string, make: () => QueueStore): void {
       expect(s.detail("q", T + 200)).toEqual({ name: "q", items: 2, bytes: 8, total: 2, fetched: 0, open: 0, oldestAgeMs: 200 });
       expect(s.detail("none", T)).toBeNull();
       s.commit();
+      s.close();
+    });
+
+    test("detail's oldest age counts open messages and messages set in this batch", () => {
+      const s = make();
+      s.enqueue("q", 0, enc("a"), 0, T);
+      s.enqueue("q", 0, enc("b"), 0, T + 10);
+      s.commit();
+      s.enqueue("q", 0, enc("c"), 0, T + 20);
+      const a = s.open("q", T + 30)!;
+      expect(s.detail("q", T + 100)).toMatchObject({ items: 3, open: 1, oldestAgeMs: 100 });
+      expect(text(s.dequeue("q", T + 30))).toBe("b");
+      expect(s.confirm("q", a.id)).toBe(true);
+      expect(s.detail("q", T + 100)).toMatchObject({ items: 1, open: 0, oldestAgeMs: 80 });
+      s.commit();
+      expect(s.detail("q", T + 100)).toMatchObject({ items: 1, open: 0, oldestAgeMs: 80 });
+      expect(text(s.dequeue("q", T + 30))).toBe("c");
+      expect(s.detail("q", T + 100)).toMatchObject({ items: 0, oldestAgeMs: 0 });
+      s.commit();
+      s.close();
+    });
+
+    test("summaries: every queue once, by name, while queues come and go between steps", () => {
+      const s = make();
+      for (const n of ["c", "a", "e"]) s.enqueue(n, 0, enc("xy"), 0, T);
+      s.open("a", T);
+      s.commit();
+      const it = s.summaries();
+      expect(it.next().value).toEqual({ name: "a", total: 1, fetched: 0, items: 1, bytes: 2, open: 1 });
+      s.enqueue("_", 0, enc(""), 0, T); // before the cursor: not seen
+      s.enqueue("b", 0, enc(""), 0, T); // after it: seen
+      expect(s.drop("a")).toBe(true);
+      expect(s.drop("e")).toBe(true);
+      expect(it.next().value).toMatchObject({ name: "b" });
+      s.enqueue("a", 0, enc(""), 0, T); // back, behind the cursor
+      expect([...it].map((q) => q.name)).toEqual(["c"]);
+      s.rollback();
+      expect([...s.summaries()].map((q) => q.name)).toEqual(["a", "c", "e"]);
+      const again = s.summaries();
+      expect(again.next().value).toMatchObject({ name: "a" });
+      s.enqueue("d", 0, enc(""), 0, T);
+      s.rollback(); // the SQLite store reloads its queues
+      expect([...again].map((q) => q.name)).toEqual(["c", "e"]);
       s.close();
     });
 

@@ -60,6 +60,9 @@ for (const seed of [1, 2, 3]) {
         } else if (r < 0.905) {
           got = both((s) => s.flush(q));
           opens[q] = [];
+        } else if (r < 0.91) {
+          got = both((s) => s.drop(q));
+          opens[q] = [];
         } else if (r < 0.95) {
           got = both((s) => s.commit());
           committed = structuredClone(opens);
@@ -68,7 +71,7 @@ for (const seed of [1, 2, 3]) {
           got = both((s) => s.rollback());
           opens = structuredClone(committed); // opens and closes since the last commit are undone too
         } else {
-          got = both((s) => ({ list: s.list(), detail: s.detail(q, now) }));
+          got = both((s) => ({ list: s.list(), detail: s.detail(q, now), summaries: [...s.summaries()] }));
         }
         expect([step, got[0], sqlite.totals()]).toEqual([step, got[1], memory.totals()]);
       }
