@@ -6,7 +6,8 @@
  *   1  cannot start: data directory in use or unreadable, port in use, bad environment
  *   2  bad flag or value
  */
-import { mkdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import pkg from "../package.json";
 import { runTool, TOOLS } from "./tools/run";
 import { parseCommandLine } from "./cli";
@@ -16,6 +17,7 @@ import { createLogger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { StoreError } from "./store/store";
+import { lookupUser, switchUser, type Account } from "./user";
 
 const version: string = pkg.version;
 
@@ -34,16 +36,13 @@ async function main(): Promise<void> {
   }
   const { config } = cli;
   if (cli.daemon) process.exit(await daemonize(argv, config));
-  if (cli.user !== null) dropPrivileges(cli.user);
+  const account = cli.user === null ? null : accountToBecome(cli.user);
+  makeHome(config.home, account);
+  if (account !== null) dropPrivileges(account);
 
   const log = createLogger(config.verbose, undefined, config.logFormat);
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
 
-  try {
-    mkdirSync(config.home, { recursive: true, mode: 0o750 });
-  } catch (e) {
-    fail(`cannot create the data directory ${config.home}: ${(e as Error).message}`, 1);
-  }
   let store;
   try {
     store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb });
@@ -105,17 +104,39 @@ async function main(): Promise<void> {
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
 }
 
-/** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ. */
-function dropPrivileges(user: string): void {
-  if (process.getuid?.() !== 0) return;
-  if (typeof process.setgid !== "function" || typeof process.setuid !== "function") {
+/** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null). */
+function accountToBecome(user: string): Account | null {
+  if (process.getuid?.() !== 0) return null;
+  if (typeof process.setgroups !== "function" || typeof process.setgid !== "function" || typeof process.setuid !== "function") {
     fail(`-u ${user}: switching users is not supported on this platform; start mcq as ${user} instead`, 1);
   }
+  return lookupUser(user) ?? fail(`no such user '${user}'`, 1);
+}
+
+/**
+ * Creates the data directory if missing. Under -u it is made as root, before the switch, and
+ * the directories made here are given to the user, who could not have made them (e.g. in
+ * /var/lib); a directory that already exists keeps its owner.
+ */
+function makeHome(home: string, owner: Account | null): void {
   try {
-    process.setgid(user);
-    process.setuid(user);
+    const first = mkdirSync(home, { recursive: true, mode: 0o750 });
+    if (owner === null || first === undefined) return;
+    const top = resolve(first);
+    for (let dir = resolve(home); ; dir = dirname(dir)) {
+      chownSync(dir, owner.uid, owner.gid);
+      if (dir === top || dir === dirname(dir)) break;
+    }
   } catch (e) {
-    fail(`can't switch to user ${user}: ${(e as Error).message}`, 1);
+    fail(`cannot create the data directory ${home}: ${(e as Error).message}`, 1);
+  }
+}
+
+function dropPrivileges(account: Account): void {
+  try {
+    switchUser(account);
+  } catch (e) {
+    fail(`can't switch to user ${account.name}: ${(e as Error).message}`, 1);
   }
 }
 
