@@ -17,6 +17,7 @@ import { createLogger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { StoreError } from "./store/store";
+import { prepareUnixSocket } from "./unix-socket";
 import { lookupUser, switchUser, type Account } from "./user";
 
 const version: string = pkg.version;
@@ -50,6 +51,14 @@ async function main(): Promise<void> {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
     if (e instanceof StoreError) fail(e.message, 1);
     throw e;
+  }
+  if (config.unixSocket !== null) {
+    try {
+      await prepareUnixSocket(config.unixSocket);
+    } catch (e) {
+      store.close();
+      fail((e as Error).message, 1);
+    }
   }
   let server;
   try {

@@ -5,7 +5,7 @@
  * written, one write per connection.
  */
 import type { Socket, TCPSocketListener, UnixSocketListener } from "bun";
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createBatch } from "./batch";
 import { disconnect, execute } from "./commands";
 import type { Config } from "./config";
@@ -274,7 +274,6 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   let address: string;
   try {
     if (config.unixSocket !== null) {
-      removeStaleSocket(config.unixSocket);
       listener = Bun.listen<Conn>({ unix: config.unixSocket, socket: handlers });
       chmodSync(config.unixSocket, config.socketMode);
       address = config.unixSocket;
@@ -370,13 +369,4 @@ function coalesce(replies: Reply[], size: number): Buffer {
     }
   }
   return out;
-}
-
-/** A unix socket file left by a server that died is replaced; any other file is not touched. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // Nothing there.
-  }
 }

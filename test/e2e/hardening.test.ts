@@ -3,9 +3,9 @@
  * users, the unix socket, the environment, file modes.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, readFileSync, statSync } from "node:fs";
+import { chmodSync, lstatSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
+import { readLine, runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
 
 afterAll(stopAll);
 
@@ -41,5 +41,70 @@ describe("-u", () => {
   test.skipIf(!root)("issue 9: -u with an unknown user is one line naming it, exit 1", async () => {
     const r = await runCommand(["-p", "0", "-H", join(tempDir(), "data"), "-u", "no-such-user-mcq"]);
     expect([r.code, r.stderr]).toEqual([1, "mcq: no such user 'no-such-user-mcq'\n"]);
+  });
+});
+
+/** A server on a unix socket, once it has printed its listening line. */
+async function listenOn(path: string, home: string) {
+  const proc = Bun.spawn([...serverCommand(), "-s", path, "-H", home], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const line = await readLine(proc.stdout, (l) => l.includes(" listening on "));
+  if (line === null) throw new Error(`server did not start: ${await new Response(proc.stderr).text()}`);
+  return proc;
+}
+
+/** Sends `data` on a unix socket and returns what comes back up to the end of the last `END`. */
+function unixCall(path: string, data: string, ends = 1): Promise<string> {
+  return new Promise((ok, fail) => {
+    let got = "";
+    Bun.connect({
+      unix: path,
+      socket: {
+        open: (sock) => void sock.write(data),
+        data: (sock, d) => {
+          got += d.toString("latin1");
+          if (got.split("END\r\n").length > ends) {
+            sock.end();
+            ok(got);
+          }
+        },
+      },
+    }).catch(fail);
+  });
+}
+
+describe("-s", () => {
+  test("issue 9: a unix socket a live server answers on is refused, exit 1; a stale one is replaced", async () => {
+    const dir = tempDir();
+    const path = join(dir, "mcq.sock");
+    const first = await listenOn(path, join(dir, "d1"));
+    try {
+      const r = await runCommand(["-s", path, "-H", join(dir, "d2")], 10_000);
+      expect([r.code, r.stderr]).toEqual([1, `mcq: cannot listen on ${path}: a server is already listening there\n`]);
+      // The first server still has its socket.
+      expect(await unixCall(path, set("s", "1") + "get s\r\n" + set("s", "2") + "get nothing\r\n", 2)).toBe(
+        "STORED\r\n" + value("s", "1") + "END\r\nSTORED\r\nEND\r\n",
+      );
+    } finally {
+      first.kill("SIGKILL");
+      await first.exited;
+    }
+    // A server killed with -9 leaves its socket file; the next one on that path takes it.
+    expect(lstatSync(path).isSocket()).toBe(true);
+    const second = await listenOn(path, join(dir, "d1"));
+    try {
+      expect(await unixCall(path, "get s\r\n")).toBe(value("s", "2") + "END\r\n");
+    } finally {
+      second.kill();
+      expect(await second.exited).toBe(0);
+    }
+  });
+
+  test("issue 9: a file at the -s path that is not a socket is left alone, exit 1", async () => {
+    const path = join(tempDir(), "not-a-socket");
+    writeFileSync(path, "keep");
+    const r = await runCommand(["-s", path, "-H", join(tempDir(), "data")], 10_000);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toStartWith(`mcq: cannot listen on ${path}: `);
+    expect(readFileSync(path, "utf8")).toBe("keep");
   });
 });
