@@ -43,6 +43,7 @@ async function main(): Promise<void> {
 
   const log = createLogger(config.verbose, undefined, config.logFormat);
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
+  for (const note of cli.notes) log.info(note);
 
   let store;
   try {

@@ -108,3 +108,41 @@ describe("-s", () => {
     expect(readFileSync(path, "utf8")).toBe("keep");
   });
 });
+
+describe("environment", () => {
+  /** Starts a server with `env` added to the environment; its listening line and its stderr. */
+  async function startWithEnv(args: string[], env: Record<string, string>) {
+    const proc = Bun.spawn([...serverCommand(), ...args], { env: { ...process.env, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const line = await readLine(proc.stdout, (l) => l.includes(" listening on "));
+    proc.kill();
+    const code = await proc.exited;
+    return { line, code, stderr: await new Response(proc.stderr).text() };
+  }
+
+  // The port comes from the file (0: any free port), which MCQ_PORT would override if it were
+  // taken as the setting; -p would hide the problem, since a flag wins over the environment.
+  test("issue 9: a Kubernetes Service named mcq (MCQ_PORT=tcp://…) does not stop the server", async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "mcq.toml"), `port = 0\nhome = "${join(dir, "data")}"\n`);
+    const r = await startWithEnv(["-l", "127.0.0.1", "--config", join(dir, "mcq.toml")], {
+      MCQ_PORT: "tcp://10.0.0.1:22201",
+      MCQ_PORT_22201_TCP: "tcp://10.0.0.1:22201",
+      MCQ_PORT_22201_TCP_PROTO: "tcp",
+      MCQ_PORT_22201_TCP_PORT: "22201",
+      MCQ_PORT_22201_TCP_ADDR: "10.0.0.1",
+      MCQ_SERVICE_HOST: "10.0.0.1",
+      MCQ_SERVICE_PORT: "22201",
+    });
+    expect(r.line).toMatch(/ listening on 127\.0\.0\.1:\d+$/);
+    expect(r.line).not.toEndWith(":22201");
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(" INFO MCQ_PORT=tcp://10.0.0.1:22201 looks like a Kubernetes service link, not a setting: ignored\n");
+  });
+
+  test("issue 9: MCQ_PORT as a number is still the port setting", async () => {
+    const r = await startWithEnv(["-l", "127.0.0.1", "-H", join(tempDir(), "data")], { MCQ_PORT: "0" });
+    expect(r.line).toMatch(/ listening on 127\.0\.0\.1:\d+$/);
+    expect(r.line).not.toEndWith(":22201");
+    expect(r.code).toBe(0);
+  });
+});
