@@ -6,7 +6,7 @@
  *   1  cannot start: data directory in use or unreadable, port in use, bad environment
  *   2  bad flag or value
  */
-import { chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import pkg from "../package.json";
 import { runTool, TOOLS } from "./tools/run";
@@ -28,6 +28,10 @@ function fail(message: string, code: number): never {
 }
 
 async function main(): Promise<void> {
+  // Messages are nobody else's business: everything created from here on (the data directory,
+  // mcq.db and the -wal and -shm files SQLite creates by itself, the reserve) is the owner's
+  // alone. The unix socket (-a) and the pid file get their modes explicitly.
+  process.umask(0o077);
   const argv = process.argv.slice(2);
   if (TOOLS.includes(argv[0] ?? "")) process.exit(await runTool(argv[0]!, argv.slice(1)));
   const cli = parseCommandLine(argv, version);
@@ -81,6 +85,7 @@ async function main(): Promise<void> {
   if (config.pidFile !== null) {
     try {
       writeFileSync(config.pidFile, `${process.pid}\n`);
+      chmodSync(config.pidFile, 0o644); // public information, past the umask
     } catch (e) {
       await server.stop();
       fail(`cannot write the pid file ${config.pidFile}: ${(e as Error).message}`, 1);
@@ -130,7 +135,7 @@ function accountToBecome(user: string): Account | null {
  */
 function makeHome(home: string, owner: Account | null): void {
   try {
-    const first = mkdirSync(home, { recursive: true, mode: 0o750 });
+    const first = mkdirSync(home, { recursive: true, mode: 0o700 });
     if (owner === null || first === undefined) return;
     const top = resolve(first);
     for (let dir = resolve(home); ; dir = dirname(dir)) {

@@ -3,7 +3,7 @@
  * users, the unix socket, the environment, file modes.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, lstatSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readLine, runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
 
@@ -144,5 +144,24 @@ describe("environment", () => {
     expect(r.line).toMatch(/ listening on 127\.0\.0\.1:\d+$/);
     expect(r.line).not.toEndWith(":22201");
     expect(r.code).toBe(0);
+  });
+});
+
+describe("file modes", () => {
+  test("issue 9: the data directory and every file in it are the owner's alone", async () => {
+    const s = await startServer();
+    const c = await s.connect();
+    expect(await c.call(set("m", "secret"))).toBe("STORED\r\n");
+    const modes = Object.fromEntries(readdirSync(s.home).map((f) => [f, (statSync(join(s.home, f)).mode & 0o777).toString(8)]));
+    expect(modes).toEqual({ "mcq.db": "600", "mcq.db-wal": "600", "mcq.reserve": "600" });
+    expect((statSync(s.home).mode & 0o777).toString(8)).toBe("700");
+    expect(await s.kill()).toBe(0);
+  });
+
+  test("issue 9: the pid file stays readable by all", async () => {
+    const pidFile = join(tempDir(), "mcq.pid");
+    const s = await startServer(["-P", pidFile]);
+    expect((statSync(pidFile).mode & 0o777).toString(8)).toBe("644");
+    expect(await s.kill()).toBe(0);
   });
 });
