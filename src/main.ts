@@ -3,7 +3,8 @@
  * Entry point: command line → store → server; signals and exit codes. The only file that
  * reads process.argv or calls process.exit. `mcq check|dump|load|stats` are in tools/.
  *   0  clean stop (SIGTERM, SIGINT), --help, --version
- *   1  cannot start: data directory in use or unreadable, port in use, bad environment
+ *   1  cannot start: data directory in use or unreadable, port in use, bad environment;
+ *      or, running, the store failed for good (an fsync error: FatalStoreError)
  *   2  bad flag or value
  */
 import { chmodSync, chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
@@ -13,10 +14,10 @@ import { runTool, TOOLS } from "./tools/run";
 import { parseCommandLine } from "./cli";
 import { daemonize } from "./daemon";
 import { startHttp, type HttpServer } from "./http";
-import { createLogger } from "./log";
+import { createLogger, type Logger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
-import { StoreError } from "./store/store";
+import { StoreError, type FatalStoreError } from "./store/store";
 import { prepareUnixSocket } from "./unix-socket";
 import { lookupUser, switchUser, type Account } from "./user";
 
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
 
   let store;
   try {
-    store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb });
+    store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
     if (e instanceof StoreError) fail(e.message, 1);
@@ -117,6 +118,17 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => void stop("SIGINT"));
   log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
+}
+
+/**
+ * The store failed for good (an fsync failed; see FatalStoreError). By the end of this turn the
+ * batch it failed in is answered SERVER_ERROR, and the store refuses any later work, so no more
+ * STORED can leave. Exit 1 after this turn's replies are written, without closing the store:
+ * the files stay as a crash leaves them, and the next start recovers what really is on disk.
+ */
+function stopOnFatal(error: FatalStoreError, log: Logger): void {
+  log.error(`${error.message}: what is on disk may not be what was acknowledged; stopping (exit 1)`);
+  setImmediate(() => process.exit(1));
 }
 
 /** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null). */

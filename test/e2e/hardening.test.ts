@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import pkg from "../../package.json";
 import { readLine, runCommand, serverCommand, set, startServer, stopAll, tempDir, value } from "./harness";
 
 afterAll(stopAll);
@@ -163,5 +164,28 @@ describe("file modes", () => {
     const s = await startServer(["-P", pidFile]);
     expect((statSync(pidFile).mode & 0o777).toString(8)).toBe("644");
     expect(await s.kill()).toBe(0);
+  });
+});
+
+describe("fsync failure", () => {
+  test.skipIf(process.env.MCQ_BIN !== undefined)("issue 9: an fsync that fails stops the server: SERVER_ERROR, one log line, exit 1", async () => {
+    const [bun, ...script] = serverCommand();
+    const s = await startServer([], undefined, [bun!, "--preload", join(import.meta.dir, "fsync-fault.ts"), ...script]);
+    const c = await s.connect();
+    expect(await c.call(set("f", "kept"))).toBe("STORED\r\n");
+    writeFileSync(join(s.home, "fail-fsync"), "");
+    c.write(set("f", "lost") + "version\r\n");
+    // The request already read is answered, then the process ends and so does the connection.
+    expect(await c.closedBy()).toBe(`SERVER_ERROR I/O error (SQLITE_IOERR_FSYNC)\r\nVERSION ${pkg.version}\r\n`);
+    expect(await s.proc.exited).toBe(1);
+    for (let i = 0; i < 100 && !s.stderr().includes("stopping (exit 1)"); i++) await Bun.sleep(10);
+    expect(s.stderr().split("\n").filter((l) => l.includes("stopping (exit 1)")).map((l) => l.replace(/^\S+ /, ""))).toEqual([
+      "ERROR I/O error (SQLITE_IOERR_FSYNC): what is on disk may not be what was acknowledged; stopping (exit 1)",
+    ]);
+    // The next start recovers what was acknowledged, and only that.
+    const again = await startServer([], s.home);
+    const d = await again.connect();
+    expect(await d.call("get f\r\nget f\r\n")).toBe(value("f", "kept") + "END\r\nEND\r\n");
+    expect(await again.kill()).toBe(0);
   });
 });
