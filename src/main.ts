@@ -12,12 +12,13 @@ import { dirname, resolve } from "node:path";
 import pkg from "../package.json";
 import { runTool, TOOLS } from "./tools/run";
 import { parseCommandLine } from "./cli";
+import type { Config } from "./config";
 import { daemonize } from "./daemon";
 import { startHttp, type HttpServer } from "./http";
 import { createLogger, type Logger } from "./log";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
-import { StoreError, type FatalStoreError } from "./store/store";
+import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
 import { prepareUnixSocket } from "./unix-socket";
 import { lookupUser, switchUser, type Account } from "./user";
 
@@ -29,9 +30,9 @@ function fail(message: string, code: number): never {
 }
 
 async function main(): Promise<void> {
-  // Messages are nobody else's business: everything created from here on (the data directory,
-  // mcq.db and the -wal and -shm files SQLite creates by itself, the reserve) is the owner's
-  // alone. The unix socket (-a) and the pid file get their modes explicitly.
+  // Messages are nobody else's business: what is created from here on (the data directory, mcq.db
+  // and the -wal/-shm SQLite makes by itself, the reserve) is the owner's alone. The unix socket
+  // (-a) and the pid file get their modes explicitly.
   process.umask(0o077);
   const argv = process.argv.slice(2);
   if (TOOLS.includes(argv[0] ?? "")) process.exit(await runTool(argv[0]!, argv.slice(1)));
@@ -50,21 +51,12 @@ async function main(): Promise<void> {
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
   for (const note of cli.notes) log.info(note);
 
-  let store;
-  try {
-    store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
-  } catch (e) {
-    if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
-    if (e instanceof StoreError) fail(e.message, 1);
-    throw e;
-  }
+  const store = openStore(config, log);
   if (config.unixSocket !== null) {
-    try {
-      await prepareUnixSocket(config.unixSocket);
-    } catch (e) {
+    await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
-      fail((e as Error).message, 1);
-    }
+      fail(e.message, 1);
+    });
   }
   let server;
   try {
@@ -118,6 +110,17 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => void stop("SIGINT"));
   log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
+}
+
+/** The store in the data directory, or exit 1 saying why it cannot be opened. */
+function openStore(config: Config, log: Logger): QueueStore {
+  try {
+    return openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
+  } catch (e) {
+    if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
+    if (e instanceof StoreError) fail(e.message, 1);
+    throw e;
+  }
 }
 
 /**
