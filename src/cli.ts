@@ -9,7 +9,7 @@ import { DEFAULTS, type Config } from "./config";
 import { parseHttpAddress } from "./http";
 
 export type CommandLine =
-  | { kind: "run"; config: Config; daemon: boolean; user: string | null; ignored: string[] }
+  | { kind: "run"; config: Config; daemon: boolean; user: string | null; ignored: string[]; notes: string[] }
   | { kind: "exit"; code: number; message?: string };
 
 /** MemcacheQ flags that mean nothing with this store: accepted and named once in the log. */
@@ -64,7 +64,28 @@ function opt(flags: string, description: string, parse?: (value: string, previou
   return option;
 }
 
-function program(version: string): Command {
+/**
+ * Kubernetes gives every pod, for each Service, variables named after it: for a Service named
+ * mcq, MCQ_SERVICE_HOST, MCQ_PORT=tcp://10.0.0.1:22201, MCQ_PORT_22201_TCP… (Docker links did
+ * the same). Only <NAME>_PORT can be a setting's name, and a value of that form is an address,
+ * not a port: such a variable is not a setting, so it cannot stop the server from starting.
+ */
+const SERVICE_LINK = /^(tcp|udp|sctp):\/\/\S+:\d+$/;
+
+/** Drops the environment variable of options whose value is a service link; says which. */
+function skipServiceLinks(options: Option[]): string[] {
+  const notes: string[] = [];
+  for (const option of options) {
+    const name = option.envVar;
+    const value = name === undefined ? undefined : process.env[name];
+    if (!name?.endsWith("_PORT") || value === undefined || !SERVICE_LINK.test(value)) continue;
+    option.envVar = undefined; // commander reads only the variables of options that name one
+    notes.push(`${name}=${value} looks like a Kubernetes service link, not a setting: ignored`);
+  }
+  return notes;
+}
+
+function program(version: string, notes: string[] = []): Command {
   const cmd = new Command("mcq")
     .description("A persistent message queue that speaks the memcache protocol (MemcacheQ's successor).")
     .version(version, "-V, --version", "print the version and exit")
@@ -96,6 +117,7 @@ function program(version: string): Command {
     opt("-v, --verbose", "verbose; -vv: log every command", (v: string, n: number) => (/^\d+$/.test(v ?? "") ? Number(v) : n + 1), 0),
     new Option("-i", "print license info and exit"),
   ];
+  notes.push(...skipServiceLinks(options));
   for (const option of options) cmd.addOption(option);
   for (const [flags, description, hasValue] of IGNORED_FLAGS) {
     const option = new Option(flags, `${description}; accepted, no effect`);
@@ -151,7 +173,8 @@ function applyConfigFile(cmd: Command, file: string): void {
 }
 
 export function parseCommandLine(argv: string[], version: string): CommandLine {
-  const cmd = program(version);
+  const notes: string[] = [];
+  const cmd = program(version, notes);
   let o: Record<string, unknown>;
   try {
     o = cmd.parse(argv, { from: "user" }).opts();
@@ -188,5 +211,5 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     verbose: o.verbose as number,
     logFormat: o.logFormat as Config["logFormat"],
   };
-  return { kind: "run", config, daemon: o.daemon === true, user: (o.user as string | undefined) ?? null, ignored };
+  return { kind: "run", config, daemon: o.daemon === true, user: (o.user as string | undefined) ?? null, ignored, notes };
 }

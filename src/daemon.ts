@@ -4,7 +4,7 @@
  * the child's pid, and exits 0; if the child fails to start, the parent exits with its code.
  */
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { chmodSync, writeFileSync } from "node:fs";
 import type { Config } from "./config";
 
 /** The command that runs this program again: the compiled binary alone, or bun + script. */
@@ -36,7 +36,10 @@ export function daemonize(argv: string[], config: Config): Promise<number> {
       const line = out.split("\n").find((l) => l.includes(" listening on "));
       if (line === undefined) return;
       process.stdout.write(line + "\n");
-      if (config.pidFile !== null) writeFileSync(config.pidFile, `${child.pid}\n`);
+      if (config.pidFile !== null) {
+        writeFileSync(config.pidFile, `${child.pid}\n`);
+        chmodSync(config.pidFile, 0o644); // public information, past main's umask
+      }
       child.stdout!.destroy();
       child.unref();
       resolve(0);

@@ -3,7 +3,7 @@
  * group-commit turn (turn.ts); housekeeping.ts runs the periodic work inside turns.
  */
 import type { Socket, SocketHandler } from "bun";
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createBatch } from "./batch";
 import type { Config } from "./config";
 import { createConn, type Conn } from "./conn";
@@ -153,7 +153,6 @@ export function startServer(config: Config, deps: ServerDeps): Server {
 function listen(config: Config, handlers: SocketHandler<Conn>) {
   try {
     if (config.unixSocket !== null) {
-      removeStaleSocket(config.unixSocket);
       const listener = Bun.listen<Conn>({ unix: config.unixSocket, socket: handlers });
       chmodSync(config.unixSocket, config.socketMode);
       return { listener, address: config.unixSocket };
@@ -181,11 +180,4 @@ function describe(req: Request): string {
   }
 }
 
-/** A unix socket file left by a server that died is replaced; any other file is not touched. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // Nothing there.
-  }
-}
+

@@ -6,12 +6,16 @@
  * Invariant: a request returned by next() holds views into the framer's buffer, which
  * stay valid until the next push(). Chunks are parsed in place when nothing is left
  * over; only a request split across chunks is copied, into a buffer that grows by
- * doubling, so a 1 MB body arriving in 64 KB pieces is copied once, not sixteen times.
+ * doubling, so a 1 MB body arriving in 64 KB pieces is copied about twice, not sixteen
+ * times. The buffer grows with the bytes that arrived, never to the size a header merely
+ * declares: `set q 0 0 1048576` followed by nothing costs 4 KB, not 1 MB, per connection.
  */
 import { parseRequest, type Limits } from "./parse";
 import type { Request } from "./types";
 
 const EMPTY = Buffer.alloc(0);
+/** The smallest buffer the framer allocates: a few ordinary requests. */
+const MIN_BUFFER = 4096;
 
 export interface Framer {
   /** Adds bytes read from the socket. */
@@ -20,6 +24,8 @@ export interface Framer {
   next(): Request | null;
   /** Bytes received and not yet parsed. */
   pending(): number;
+  /** Bytes of the buffer the framer allocated itself (0 while it parses a chunk in place). */
+  capacity(): number;
 }
 
 export function createFramer(limits: Limits): Framer {
@@ -48,9 +54,11 @@ export function createFramer(limits: Limits): Framer {
     const left = len - pos;
     const total = left + chunk.length;
     if (!owned || buf.length - pos < total) {
-      // Move what is left to the front of a buffer big enough for the whole request when its
-      // size is known, else twice what is needed now.
-      const target = owned && buf.length >= total ? buf : Buffer.allocUnsafe(Math.max(need, 2 * total, 4096));
+      // Move what is left to the front of a buffer twice what is held now, or just the size of
+      // the request when that is less: never more than what arrived could justify.
+      const grown = Math.max(2 * total, MIN_BUFFER);
+      const size = need >= total ? Math.min(need, grown) : grown;
+      const target = owned && buf.length >= total ? buf : Buffer.allocUnsafe(size);
       target.set(buf.subarray(pos, len), 0);
       buf = target;
       owned = true;
@@ -79,5 +87,5 @@ export function createFramer(limits: Limits): Framer {
     return parsed.req;
   }
 
-  return { push, next, pending: () => len - pos };
+  return { push, next, pending: () => len - pos, capacity: () => (owned ? buf.length : 0) };
 }

@@ -25,7 +25,7 @@
 import { Database } from "bun:sqlite";
 import { statSync } from "node:fs";
 import { COUNTER_LOG_SCHEMA } from "./counter-log";
-import { StoreError } from "./store";
+import { FatalStoreError, StoreError } from "./store";
 
 export type SyncMode = "full" | "normal" | "off";
 
@@ -33,6 +33,13 @@ export interface SqliteOptions {
   sync: SyncMode;
   /** Page cache size in MB (-m). */
   cacheMb: number;
+  /** Called once, when the store fails for good (FatalStoreError), before that error is thrown. */
+  onFatal?: (error: FatalStoreError) => void;
+  /**
+   * Test seam: runs just before each COMMIT, and what it throws is taken as what COMMIT threw.
+   * SQLite cannot be made to fail an fsync on demand (no PRAGMA does it), and this can.
+   */
+  commitFault?: () => void;
 }
 
 export const DB_FILE = "mcq.db";
@@ -155,6 +162,45 @@ export function toStoreError(e: unknown): StoreError {
   if (code.startsWith("SQLITE_IOERR")) return new StoreError(`I/O error (${code})`, { cause: e });
   if (code.startsWith("SQLITE_CORRUPT")) return new StoreError("data file is corrupt", { cause: e });
   return new StoreError(code ? `store error (${code})` : `store error: ${(e as Error).message}`, { cause: e });
+}
+
+/**
+ * Whether an SQLite failure means the file's state on disk is unknown: an I/O error (fsync of
+ * the WAL at COMMIT, of the file at a checkpoint, or a write). A full disk is SQLITE_FULL, not
+ * this, and out-of-memory is not about the disk.
+ */
+function isFatalIo(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  return typeof code === "string" && code.startsWith("SQLITE_IOERR") && code !== "SQLITE_IOERR_NOMEM";
+}
+
+export interface Fatal {
+  /** Runs a step that syncs (COMMIT, a checkpoint): an I/O error there is fatal, for good. */
+  syncing(fn: () => void): void;
+  /** Throws the fatal error if there was one: once failed, the store does nothing more. */
+  check(): void;
+  failed(): boolean;
+}
+
+/** The store's one-way switch to failed (FatalStoreError); `onFatal` hears of it once. */
+export function createFatal(onFatal?: (error: FatalStoreError) => void): Fatal {
+  let error: FatalStoreError | null = null;
+  return {
+    syncing(fn) {
+      try {
+        fn();
+      } catch (e) {
+        if (!isFatalIo(e) || error !== null) throw e;
+        error = new FatalStoreError(toStoreError(e).message, { cause: e });
+        onFatal?.(error);
+        throw error;
+      }
+    },
+    check() {
+      if (error !== null) throw error;
+    },
+    failed: () => error !== null,
+  };
 }
 
 /**

@@ -9,6 +9,8 @@
  *
  * Durability: WAL mode; `synchronous` is FULL (fsync at every commit), NORMAL (the WAL survives
  * a killed process, not a power loss) or OFF. A batch is one transaction, committed by commit().
+ * An I/O error at COMMIT or at a checkpoint (where SQLite fsyncs) is fatal: FatalStoreError, and
+ * the store refuses everything after it (see store.ts for why, and for what the server does).
  * Space: auto_vacuum=INCREMENTAL is set before the first table exists; maintain() frees pages
  * in small steps, off the hot path, and the WAL is kept near WAL_LIMIT_BYTES.
  */
@@ -29,6 +31,7 @@ import {
 } from "./sqlite-heads";
 import {
   checkAtStart,
+  createFatal,
   DB_FILE,
   OUT_OF_SPACE,
   WAL_LIMIT_BYTES,
@@ -145,8 +148,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   /** The last commit failed (reported by writable() for /healthz). */
   let commitFailed = false;
 
+  /** Whether the store failed for good (FatalStoreError); then every call throws that error. */
+  const fatal = createFatal(options.onFatal);
+
   /** Converts an SQLite failure into the reason a client sees; a full disk releases the reserve. */
   function guard<T>(fn: () => T): T {
+    fatal.check();
     try {
       return fn();
     } catch (e) {
@@ -399,7 +406,10 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         }
         changed.clear();
         try {
-          commitTx.run();
+          fatal.syncing(() => {
+            options.commitFault?.();
+            commitTx.run();
+          });
           commitFailed = false;
         } catch (e) {
           commitFailed = true;
@@ -418,6 +428,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       } catch {
         // SQLite may already have rolled back on its own (SQLITE_FULL); nothing is left to undo.
       }
+      if (fatal.failed()) return; // nothing more is read from a file whose state is unknown
       expired = expiredCommitted;
       if (spaceReleased) {
         // Move the WAL into the file while the reserve's room is ours, so the WAL restarts in
@@ -434,21 +445,25 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     dirty: () => inTx,
 
-    writable: (now) => !commitFailed && reserve.ok(now),
+    writable: (now) => !fatal.failed() && !commitFailed && reserve.ok(now),
 
     maintain: () =>
       guard(() => {
         if (inTx) return;
-        if (unfolded.size > 0) fold();
-        const free = freelist.values()[0]![0] as number;
-        const vacuum = free > VACUUM_MIN_PAGES;
-        if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
-        // Copy the WAL into the file (which shrinks if pages were vacuumed) and cut the WAL to
-        // nothing: between batches no writer would restart it, so its size would stay.
-        if (vacuum || walSize(file) > WAL_LIMIT_BYTES) db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+        fatal.syncing(() => {
+          if (unfolded.size > 0) fold();
+          const free = freelist.values()[0]![0] as number;
+          const vacuum = free > VACUUM_MIN_PAGES;
+          if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
+          // Copy the WAL into the file (which shrinks if pages were vacuumed) and cut the WAL to
+          // nothing: between batches no writer would restart it, so its size would stay.
+          if (vacuum || walSize(file) > WAL_LIMIT_BYTES) db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+        });
       }),
 
     close: () => {
+      // After a fatal error the file is left as a crash would leave it (closing would checkpoint).
+      if (fatal.failed()) return;
       if (inTx) rollbackTx.run();
       inTx = false;
       try {

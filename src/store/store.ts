@@ -3,7 +3,8 @@
  * text. Every change joins the current batch; nothing is durable until commit() has
  * returned (or its promise resolved), and the server releases no reply before that.
  * rollback() undoes the whole batch. A store failure (disk full, I/O error) throws
- * StoreError, after which the caller rolls the batch back.
+ * StoreError, after which the caller rolls the batch back. A failure after which the store can
+ * no longer tell what is on disk throws FatalStoreError, and the server must stop.
  */
 
 export interface Message {
@@ -87,7 +88,10 @@ export interface QueueStore {
   totals(): StoreTotals;
   /** Deletes up to `limit` expired messages; returns how many. */
   sweepExpired(now: number, limit: number): number;
-  /** Makes the batch durable. May be asynchronous (a networked store). */
+  /**
+   * Makes the batch durable. May be asynchronous (a networked store). Throws (or rejects with)
+   * StoreError, or FatalStoreError when the server must stop (see there).
+   */
   commit(): void | Promise<void>;
   /** Undoes every change since the last commit. */
   rollback(): void;
@@ -112,5 +116,21 @@ export class StoreError extends Error {
   constructor(reason: string, options?: { cause?: unknown }) {
     super(reason, options);
     this.name = "StoreError";
+  }
+}
+
+/**
+ * The store can no longer promise that what it acknowledged is on disk: an fsync failed (EIO).
+ * Linux then marks the pages that failed as clean, so the next fsync may report success for
+ * data that never reached the disk; going on would answer STORED for writes that can vanish.
+ * Once raised, every later call of the store raises it again, so nothing more is acknowledged.
+ * The server must stop: answer the requests it has read with SERVER_ERROR (this error's
+ * message), accept nothing more, and exit 1, leaving the files to crash recovery at the next
+ * start, which reads what really is on disk.
+ */
+export class FatalStoreError extends StoreError {
+  constructor(reason: string, options?: { cause?: unknown }) {
+    super(reason, options);
+    this.name = "FatalStoreError";
   }
 }

@@ -14,7 +14,7 @@ export class ToolError extends Error {}
 export function openDataDir(tool: string, home: string, create: boolean): Database {
   const file = join(home, DB_FILE);
   if (!create && !existsSync(file)) throw new ToolError(`mcq ${tool}: no data file ${file}`);
-  if (create) mkdirSync(home, { recursive: true, mode: 0o750 });
+  if (create) mkdirSync(home, { recursive: true, mode: 0o700 });
   try {
     const db = openDatabase(file, { sync: "full", cacheMb: DEFAULTS.cacheMb });
     migrate(db);

@@ -166,6 +166,27 @@ describe("limits", () => {
     expect(framer.next()).toEqual({ kind: "version" });
   });
 
+  test("issue 9: a declared body is allocated as its bytes arrive, not when its header does", () => {
+    const framer = createFramer({ maxLine: 8192, maxBody: 1 << 20 });
+    const header = "set q 0 0 1048576\r\n";
+    framer.push(Buffer.from(header));
+    expect(framer.next()).toBeNull();
+    let received = header.length;
+    // In pieces of 1000 bytes, then of 64 KB: at most twice what arrived, plus 4 KB.
+    for (const piece of [...Array<number>(100).fill(1000), ...Array<number>(14).fill(65536)]) {
+      framer.push(Buffer.alloc(piece, 120));
+      received += piece;
+      expect(framer.next()).toBeNull();
+      expect(framer.capacity()).toBeLessThanOrEqual(2 * received + 4096);
+    }
+    expect(framer.capacity()).toBeLessThanOrEqual((1 << 20) + 4096);
+    framer.push(Buffer.alloc(header.length + (1 << 20) - received, 120));
+    framer.push(Buffer.from("\r\nget q\r\n"));
+    const set = framer.next();
+    expect(set?.kind === "set" && set.data.length === 1 << 20 && set.data.every((b) => b === 120)).toBe(true);
+    expect(plain(framer.next()!)).toEqual({ kind: "get", keys: [key("q")], withIds: false });
+  });
+
   test("length 2147483647 is a valid length, refused as too large", () => {
     const framer = createFramer(LIMITS);
     framer.push(Buffer.from("set q 0 0 2147483647\r\n"));

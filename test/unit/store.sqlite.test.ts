@@ -5,6 +5,7 @@ import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openSqliteStore, StoreLockedError } from "../../src/store/sqlite";
+import { FatalStoreError, StoreError } from "../../src/store/store";
 import { storeContract } from "./store.contract";
 
 const dirs: string[] = [];
@@ -128,6 +129,54 @@ describe("sqlite file", () => {
     expect(s.enqueue("q", 0, Buffer.from("b"), 0, 1)).toBeGreaterThan(first);
     s.commit();
     s.close();
+  });
+
+  // SQLite cannot be made to fail an fsync on demand: the commitFault seam throws what COMMIT
+  // would, with the code SQLite gives an fsync that returned EIO.
+  test("issue 9: a commit whose fsync fails is fatal: FatalStoreError, onFatal once, nothing more is done", () => {
+    const dir = fresh();
+    const heard: FatalStoreError[] = [];
+    let fault: { code: string } | null = null;
+    const s = openSqliteStore(dir, {
+      ...options,
+      onFatal: (e) => heard.push(e),
+      commitFault: () => {
+        if (fault !== null) throw Object.assign(new Error("disk I/O error"), fault);
+      },
+    });
+    s.enqueue("q", 0, Buffer.from("acked"), 0, 1);
+    s.commit();
+    // A full disk is not fatal: the batch is undone and the store goes on.
+    fault = { code: "SQLITE_FULL" };
+    s.enqueue("q", 0, Buffer.from("refused"), 0, 1);
+    let full: unknown = null;
+    try {
+      s.commit();
+    } catch (e) {
+      full = e;
+    }
+    expect([full instanceof StoreError, full instanceof FatalStoreError, (full as Error).message]).toEqual([true, false, "out of space"]);
+    s.rollback();
+    fault = { code: "SQLITE_IOERR_FSYNC" };
+    s.enqueue("q", 0, Buffer.from("lost"), 0, 1000); // later: the reserve given back is written again
+    expect(() => s.commit()).toThrow(new FatalStoreError("I/O error (SQLITE_IOERR_FSYNC)"));
+    expect(heard.map((e) => [e.name, e.message])).toEqual([["FatalStoreError", "I/O error (SQLITE_IOERR_FSYNC)"]]);
+    s.rollback();
+    fault = null; // even once fsync "works" again, nothing more is acknowledged
+    expect(() => s.enqueue("q", 0, Buffer.from("after"), 0, 1)).toThrow(FatalStoreError);
+    expect(() => s.dequeue("q", 1)).toThrow(FatalStoreError);
+    expect(() => s.commit()).toThrow(FatalStoreError);
+    expect(() => s.maintain()).toThrow(FatalStoreError);
+    expect(s.writable(1)).toBe(false);
+    expect(heard.length).toBe(1);
+    // close() leaves the files as a crash would; what they hold is what was acknowledged.
+    s.close();
+    const image = fresh();
+    for (const f of ["mcq.db", "mcq.db-wal"]) copyFileSync(join(dir, f), join(image, f));
+    const again = openSqliteStore(image, options);
+    expect(Buffer.from(again.dequeue("q", 1)!.body).toString()).toBe("acked");
+    expect(again.dequeue("q", 1)).toBeNull();
+    again.close();
   });
 
   test("a second store on the same directory is refused while the first is open", () => {
