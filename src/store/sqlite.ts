@@ -95,6 +95,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 1 ORDER BY id LIMIT 1))",
   );
   const freelist = sql("PRAGMA freelist_count");
+  // Uses the partial index messages_expiry: one seek, and no transaction, when nothing is due.
+  const due = sql("SELECT 1 FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 LIMIT 1");
   const sweep = sql(
     "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 " +
       "LIMIT ?) RETURNING qid, length(body)",
@@ -371,6 +373,10 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
 
     sweepExpired: (now, limit) =>
       guard(() => {
+        // Between batches nothing is pending or taken, so the file alone says whether anything is
+        // due. Opening a transaction for nothing would leave the store dirty, and maintain(),
+        // which runs only when it is not, would never run (no fold, no vacuum).
+        if (!inTx && due.values(now).length === 0) return 0;
         tx();
         materializeAll();
         deleteAllTakenRows(); // the sweep must not find, and count again, what was taken
