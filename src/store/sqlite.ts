@@ -18,15 +18,7 @@ import { pack, readLog } from "./counter-log";
 import { createSpace } from "./space";
 import { prepareStatements } from "./sqlite-statements";
 import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row } from "./sqlite-heads";
-import {
-  checkAtStart,
-  DB_FILE,
-  OUT_OF_SPACE,
-  migrate,
-  openDatabase,
-  toStoreError,
-  type SqliteOptions,
-} from "./sqlite-file";
+import { checkAtStart, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import {
   StoreRefused,
   type Message,
@@ -384,7 +376,11 @@ export function openSqliteStore(dir: string, options: SqliteOptions): QueueStore
       }),
 
     close: () => {
-      if (inTx) rollbackTx.run();
+      try {
+        if (inTx) rollbackTx.run();
+      } catch {
+        // A commit that failed for space rolled back already.
+      }
       inTx = false;
       try {
         if (unfolded.size > 0) fold();

@@ -112,32 +112,39 @@ test.skipIf(!mounted)("issue 9.5: on a full 32 MB disk, sets reuse the pages tha
 test.skipIf(!mounted)("issue 9.5: a set refused for space changes nothing, and the gets of its batch commit", () => {
   const dir = tmpfs(16)!;
   const body = Buffer.alloc(64 * 1024, 0x61);
-  let store = openSqliteStore(dir, { sync: "full", cacheMb: 8 });
+  const open = () => openSqliteStore(dir, { sync: "full", cacheMb: 8 });
   let stored = 0;
   let taken = 0;
   let refused = 0;
-  // A producer that outruns its consumer: every batch takes one message and sets two. Once the
-  // disk is full, sets are refused and the batches go on committing their gets.
-  for (let i = 0; i < 400; i++) {
-    if (store.dequeue("q", 1) !== null) taken++;
-    for (let j = 0; j < 2; j++) {
-      try {
-        store.enqueue("q", 0, body, 0, 1);
-        stored++;
-      } catch (e) {
-        expect((e as Error).message).toBe("out of space");
-        expect(store.dirty()).toBe(true); // the get of this batch is still in it
-        refused++;
+  let store = open();
+  try {
+    // A producer that outruns its consumer: every batch takes one message and sets two. Once the
+    // disk is full, sets are refused and the batches go on committing their gets.
+    for (let i = 0; i < 400; i++) {
+      if (store.dequeue("q", 1) !== null) taken++;
+      for (let j = 0; j < 2; j++) {
+        try {
+          store.enqueue("q", 0, body, 0, 1);
+          stored++;
+        } catch (e) {
+          expect((e as Error).message).toBe("out of space");
+          expect(store.dirty()).toBe(true); // the get of this batch is still in it
+          refused++;
+        }
       }
+      store.commit(); // never fails: the set that did not fit was refused before it was written
     }
-    store.commit(); // never fails: the set that did not fit was refused before it was written
+    expect(refused).toBeGreaterThan(100);
+    expect(store.detail("q", 1)).toMatchObject({ items: stored - taken, total: stored, fetched: taken });
+  } finally {
+    store.close(); // else the tmpfs stays busy and cannot be unmounted
   }
-  expect(refused).toBeGreaterThan(100);
-  expect(store.detail("q", 1)).toMatchObject({ items: stored - taken, total: stored, fetched: taken });
-  store.close();
-  store = openSqliteStore(dir, { sync: "full", cacheMb: 8 });
-  expect(store.detail("q", 1)).toMatchObject({ items: stored - taken, total: stored, fetched: taken });
-  store.close();
+  store = open();
+  try {
+    expect(store.detail("q", 1)).toMatchObject({ items: stored - taken, total: stored, fetched: taken });
+  } finally {
+    store.close();
+  }
 });
 
 // Needs the core to answer a StoreRefused from enqueue with SERVER_ERROR for that set alone,
