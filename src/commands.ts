@@ -10,7 +10,7 @@ import { REPLY, serverError, statLine } from "./protocol/reply";
 import type { Request } from "./protocol/types";
 import { say, settle, type Session } from "./session";
 import { resetStats } from "./stats";
-import { StoreError } from "./store/store";
+import { StoreError, StoreRefused } from "./store/store";
 
 /** What the connection does next: take the next request, wait (a blocking get), or close. */
 export type Outcome = "next" | "wait" | "close";
@@ -23,6 +23,12 @@ export function execute(ctx: Context, s: Session, req: Request): Outcome {
   try {
     return run(ctx, s, req);
   } catch (e) {
+    if (e instanceof StoreRefused) {
+      // The store turned this request down having changed nothing: it fails alone.
+      if (!("noreply" in req && req.noreply)) say(s, serverError(e.message));
+      else ctx.log.warn(`noreply ${req.kind} refused: ${e.message}`);
+      return "next";
+    }
     // The batch so far is undone (batch.ts), which ends every reply it touched. After a store
     // failure the connection goes on; after a bug of ours it is closed, as its state is unknown.
     const bug = !(e instanceof StoreError);

@@ -1,27 +1,27 @@
 /**
  * Disk-full insurance. A file of a few MB is kept in the data directory while all is well.
  * When the disk fills, it is deleted, which gives SQLite room to commit the gets that free
- * space (each delete appends to the WAL) and to checkpoint. New messages are refused until
- * the file system has room for the reserve again, and then it is written back.
+ * space (each delete appends to the WAL) and to checkpoint. It is written back once the file
+ * system has room for it again (space.ts decides when).
  */
-import { closeSync, openSync, statfsSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, openSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 export const RESERVE_FILE = "mcq.reserve";
-/** Check the free space at most this often while full. */
-const RECHECK_MS = 500;
 
 export interface Reserve {
+  readonly bytes: number;
+  /** Whether the reserve file is in place. */
+  held(): boolean;
   /** The disk is full: give the reserve back to the file system. */
   release(): void;
-  /** Whether new messages may be stored: true unless full and still without room. */
-  ok(now: number): boolean;
+  /** Writes the reserve back; false if there was no room for it. */
+  take(): boolean;
 }
 
 export function createReserve(dir: string, bytes: number): Reserve {
   const path = join(dir, RESERVE_FILE);
-  let full = !write();
-  let checkedAt = 0;
+  let held = write();
 
   function write(): boolean {
     let fd = -1;
@@ -46,28 +46,16 @@ export function createReserve(dir: string, bytes: number): Reserve {
     }
   }
 
-  function room(): number {
-    try {
-      const s = statfsSync(dir);
-      return s.bavail * s.bsize;
-    } catch {
-      return 0;
-    }
-  }
-
   return {
+    bytes,
+    held: () => held,
     release() {
-      if (!full) remove();
-      full = true;
+      if (held) remove();
+      held = false;
     },
-    ok(now) {
-      if (!full) return true;
-      if (now - checkedAt < RECHECK_MS) return false;
-      checkedAt = now;
-      // Room for the reserve and as much again for messages, or stay refusing.
-      if (room() < 2 * bytes) return false;
-      full = !write();
-      return !full;
+    take() {
+      if (!held) held = write();
+      return held;
     },
   };
 }

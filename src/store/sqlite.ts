@@ -12,88 +12,30 @@
  * An I/O error at COMMIT or at a checkpoint (where SQLite fsyncs) is fatal: FatalStoreError, and
  * the store refuses everything after it (see store.ts for why, and for what the server does).
  * Space: auto_vacuum=INCREMENTAL is set before the first table exists; maintain() frees pages
- * in small steps, off the hot path, and the WAL is kept near WAL_LIMIT_BYTES.
+ * in small steps, off the hot path, and the WAL is kept near WAL_LIMIT_BYTES. A set that might
+ * not fit on the disk is refused before anything is written (space.ts).
  */
-import type { Statement } from "bun:sqlite";
 import { join } from "node:path";
-import { pack, readLog, SAVE_COUNTERS } from "./counter-log";
-import { createReserve } from "./reserve";
+import { pack, readLog } from "./counter-log";
+import { createSpace } from "./space";
 import { createListing } from "./sqlite-listing";
-import {
-  AHEAD_MAX_BODY,
-  createHeads,
-  newQueue,
-  PENDING_MAX_BODY,
-  READ_AHEAD,
-  type Queue,
-  type Row,
-  type Sums,
-} from "./sqlite-heads";
-import {
-  checkAtStart,
-  createFatal,
-  DB_FILE,
-  OUT_OF_SPACE,
-  WAL_LIMIT_BYTES,
-  migrate,
-  openDatabase,
-  toStoreError,
-  walSize,
-  type SqliteOptions,
-} from "./sqlite-file";
-import { StoreError, type Message, type StoreTotals, type SyncQueueStore } from "./store";
+import { prepareStatements } from "./sqlite-statements";
+import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
+import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
+import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
 export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
-/** Free pages given back per maintain() step (16 MB of 4 KB pages; mostly a truncation). */
-const VACUUM_STEP_PAGES = 4096;
-/** Fewer free pages than this (1 MB) are kept for reuse rather than given back. */
-const VACUUM_MIN_PAGES = 256;
-
-/** Bytes kept aside for when the disk fills (reserve.ts). */
-const RESERVE_BYTES = 4 * 1024 * 1024;
 export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueStore {
   const file = join(dir, DB_FILE);
   const db = openDatabase(file, options);
   migrate(db);
   checkAtStart(db, file);
 
-  // Every statement is finalized at close: a live one would keep the file, and its lock, open.
-  const statements: Statement[] = [];
-  const sql = (text: string): Statement => {
-    const statement = db.prepare(text);
-    statements.push(statement);
-    return statement;
-  };
-  const begin = sql("BEGIN");
-  const commitTx = sql("COMMIT");
-  const rollbackTx = sql("ROLLBACK");
-  const createQueue = sql("INSERT INTO queues(name) VALUES (?) RETURNING id");
-  const logCounters = sql("INSERT INTO counter_log(data) VALUES (?)");
-  const clearLog = sql("DELETE FROM counter_log");
-  const saveQueue = sql(SAVE_COUNTERS);
-  const deleteQueue = sql("DELETE FROM queues WHERE id = ?");
-  const insert = sql("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
-  const headRows = sql(
-    `SELECT id, flags, expires, CASE WHEN length(body) <= ${AHEAD_MAX_BODY} THEN body END, created FROM messages ` +
-      `WHERE qid = ? AND opened = 0 ORDER BY id LIMIT ${READ_AHEAD}`,
-  );
-  const byMessageId = sql("SELECT id, flags, expires, body FROM messages WHERE id = ?");
-  const deleteTaken = sql("DELETE FROM messages WHERE qid = ? AND opened = 0 AND id BETWEEN ? AND ?");
-  const markOpen = sql("UPDATE messages SET opened = 1, deliveries = deliveries + 1 WHERE id = ?");
-  const confirmOpen = sql("DELETE FROM messages WHERE id = ? AND opened = 1 RETURNING length(body)");
-  const releaseOpen = sql("UPDATE messages SET opened = 0 WHERE id = ? AND opened = 1");
-  const releaseAll = sql("UPDATE messages SET opened = 0 WHERE qid = ? AND opened = 1");
-  const countOpen = sql("SELECT count(*) FROM messages WHERE qid = ? AND opened = 1");
-  const deleteQueueMessages = sql("DELETE FROM messages WHERE qid = ?");
-  const deleteAllMessages = sql("DELETE FROM messages");
-  const headCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 0 AND id > ? ORDER BY id LIMIT 1");
-  const openCreated = sql("SELECT created FROM messages WHERE qid = ? AND opened = 1 ORDER BY id LIMIT 1");
-  const freelist = sql("PRAGMA freelist_count");
-  const sweep = sql(
-    "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 " +
-      "LIMIT ?) RETURNING qid, length(body)",
-  );
+  const st = prepareStatements(db);
+  const { begin, commitTx, rollbackTx, createQueue, logCounters, clearLog, saveQueue, deleteQueue } = st;
+  const { markOpen, confirmOpen, releaseOpen, releaseAll, countOpen, deleteQueueMessages, deleteAllMessages } = st;
+  const { headCreated, openCreated, due, sweep, insert } = st;
 
   const queues = new Map<string, Queue>();
   const byId = new Map<number, Queue>();
@@ -142,9 +84,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     q.items = q.bytes = q.open = 0;
   }
 
-  const reserve = createReserve(dir, RESERVE_BYTES);
-  /** The reserve was just given back: checkpoint into that room at the rollback (see rollback). */
-  let spaceReleased = false;
+  const space = createSpace(db, dir, file, st.sql);
   /** The last commit failed (reported by writable() for /healthz). */
   let commitFailed = false;
 
@@ -158,10 +98,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       return fn();
     } catch (e) {
       const error = toStoreError(e);
-      if (error.message === OUT_OF_SPACE && !spaceReleased) {
-        reserve.release();
-        spaceReleased = true;
-      }
+      // SQLite found the disk full (a set refused by space.admit wrote nothing: no reason to).
+      if (error.message === OUT_OF_SPACE && !(e instanceof StoreRefused)) space.full();
       throw error;
     }
   }
@@ -173,7 +111,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     }
   }
 
-  const heads = createHeads({ insert, headRows, byMessageId, deleteTaken }, tx, changed, sums, () => void expired++);
+  const heads = createHeads(st, tx, changed, sums, () => void expired++);
   const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, materialize, materializeAll } = heads;
   const { takePending, forget, firstLive } = heads;
 
@@ -218,8 +156,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   return {
     enqueue: (name, flags, body, expiresAt, now) =>
       guard(() => {
-        // While the disk is full, only what frees space (gets) may commit.
-        if (!reserve.ok(now)) throw new StoreError(OUT_OF_SPACE);
+        // Before any change, so that the rest of the batch (gets, which free space) can commit.
+        if (!space.admit(body.length, now)) throw new StoreRefused(OUT_OF_SPACE);
         tx();
         const q = queueFor(name);
         const id = ++lastId;
@@ -378,6 +316,10 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     sweepExpired: (now, limit) =>
       guard(() => {
+        // Between batches nothing is pending or taken, so the file alone says whether anything is
+        // due. Opening a transaction for nothing would leave the store dirty, and maintain(),
+        // which runs only when it is not, would never run (no fold, no vacuum).
+        if (!inTx && due.values(now).length === 0) return 0;
         tx();
         materializeAll();
         deleteAllTakenRows(); // the sweep must not find, and count again, what was taken
@@ -417,6 +359,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         }
         inTx = false;
         expiredCommitted = expired;
+        space.committed();
       }),
 
     rollback: () => {
@@ -430,47 +373,41 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       }
       if (fatal.failed()) return; // nothing more is read from a file whose state is unknown
       expired = expiredCommitted;
-      if (spaceReleased) {
-        // Move the WAL into the file while the reserve's room is ours, so the WAL restarts in
-        // space it already has: the gets that free the disk can then still commit.
-        spaceReleased = false;
-        try {
-          db.run("PRAGMA wal_checkpoint(RESTART)");
-        } catch {
-          // Still no room; the next maintain() tries again.
-        }
-      }
+      space.rolledBack();
       guard(load);
     },
 
     dirty: () => inTx,
 
-    writable: (now) => !fatal.failed() && !commitFailed && reserve.ok(now),
+    writable: (now) => !fatal.failed() && !commitFailed && space.fits(now),
 
     maintain: () =>
       guard(() => {
         if (inTx) return;
         fatal.syncing(() => {
           if (unfolded.size > 0) fold();
-          const free = freelist.values()[0]![0] as number;
-          const vacuum = free > VACUUM_MIN_PAGES;
-          if (vacuum) db.run(`PRAGMA incremental_vacuum(${VACUUM_STEP_PAGES})`);
-          // Copy the WAL into the file (which shrinks if pages were vacuumed) and cut the WAL to
-          // nothing: between batches no writer would restart it, so its size would stay.
-          if (vacuum || walSize(file) > WAL_LIMIT_BYTES) db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+          space.housekeep();
         });
       }),
 
     close: () => {
       // After a fatal error the file is left as a crash would leave it (closing would checkpoint).
       if (fatal.failed()) return;
-      if (inTx) rollbackTx.run();
+      try {
+        if (inTx) rollbackTx.run();
+      } catch {
+        // A commit that failed for space rolled back already.
+      }
       inTx = false;
       try {
         if (unfolded.size > 0) fold();
         db.run("PRAGMA wal_checkpoint(TRUNCATE)");
+      } catch (e) {
+        // On a full disk both may fail, and neither is needed: the next start reads the counter
+        // log and the WAL. Anything else is reported.
+        if (toStoreError(e).message !== OUT_OF_SPACE) throw e;
       } finally {
-        for (const statement of statements) statement.finalize();
+        st.finalize();
         db.close(false);
       }
     },

@@ -3,8 +3,9 @@
  * text. Every change joins the current batch; nothing is durable until commit() has
  * returned (or its promise resolved), and the server releases no reply before that.
  * rollback() undoes the whole batch. A store failure (disk full, I/O error) throws
- * StoreError, after which the caller rolls the batch back. A failure after which the store can
- * no longer tell what is on disk throws FatalStoreError, and the server must stop.
+ * StoreError, after which the caller rolls the batch back, except StoreRefused: that call
+ * changed nothing, and the batch may go on. A failure after which the store can no longer tell
+ * what is on disk throws FatalStoreError, and the server must stop.
  */
 
 export interface Message {
@@ -53,7 +54,10 @@ export type Maybe<T> = T | Promise<T>;
  * other verbs join the batch at once and report what the store knows locally.
  */
 export interface QueueStore {
-  /** Appends a message to the tail of `queue`, creating the queue. `expiresAt` 0 = never (ms). */
+  /**
+   * Appends a message to the tail of `queue`, creating the queue. `expiresAt` 0 = never (ms).
+   * Throws StoreRefused, having changed nothing, when there is no room for it.
+   */
   enqueue(queue: string, flags: number, body: Uint8Array, expiresAt: number, now: number): number;
   /** Removes and returns the head message, or null when there is none that may be handed out. */
   dequeue(queue: string, now: number): Maybe<Message | null>;
@@ -132,5 +136,17 @@ export class FatalStoreError extends StoreError {
   constructor(reason: string, options?: { cause?: unknown }) {
     super(reason, options);
     this.name = "FatalStoreError";
+  }
+}
+
+/**
+ * A request the store turned down before changing anything, such as a set when the disk has no
+ * room for it: that request alone fails (SERVER_ERROR <reason>); the rest of its batch is intact
+ * and may still commit. Any other StoreError leaves the batch to be rolled back.
+ */
+export class StoreRefused extends StoreError {
+  constructor(reason: string) {
+    super(reason);
+    this.name = "StoreRefused";
   }
 }

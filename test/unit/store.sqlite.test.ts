@@ -179,6 +179,36 @@ describe("sqlite file", () => {
     again.close();
   });
 
+  test("issue 9.6: a sweep with nothing due opens no transaction, so maintain() still folds the counter log", () => {
+    const dir = fresh();
+    const s = openSqliteStore(dir, options);
+    /** The server's housekeeping step with --expiry (housekeeping.ts: the sweep in a turn, upkeep once clean). */
+    const housekeeping = (now: number) => {
+      const swept = s.sweepExpired(now, 100);
+      if (!s.dirty()) s.maintain();
+      return swept;
+    };
+    for (const b of ["a", "b", "c"]) s.enqueue("e", 0, Buffer.from(b), 1000, 1);
+    s.commit();
+    s.dequeue("e", 2);
+    s.commit(); // two counter_log rows
+    expect(housekeeping(10)).toBe(0);
+    expect(s.dirty()).toBe(false);
+    const image = fresh();
+    for (const f of ["mcq.db", "mcq.db-wal"]) copyFileSync(join(dir, f), join(image, f));
+    const raw = new Database(join(image, "mcq.db"));
+    expect(raw.query("SELECT count(*) FROM counter_log").values()[0]![0]).toBe(0);
+    raw.close();
+    // Something due: the sweep joins a batch, which the next turn commits.
+    expect(housekeeping(1000)).toBe(2);
+    expect(s.dirty()).toBe(true);
+    s.commit();
+    expect(housekeeping(1001)).toBe(0);
+    expect(s.dirty()).toBe(false);
+    expect(s.totals()).toMatchObject({ items: 0, expired: 2 });
+    s.close();
+  });
+
   test("a second store on the same directory is refused while the first is open", () => {
     const dir = fresh();
     const s = openSqliteStore(dir, options);
