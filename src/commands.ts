@@ -8,7 +8,7 @@ import type { Context } from "./context";
 import { startGet, serveWaiters } from "./get";
 import { REPLY, serverError, statLine } from "./protocol/reply";
 import type { Request } from "./protocol/types";
-import { say, settle, type Session } from "./session";
+import { newReply, put, say, settle, type Session } from "./session";
 import { resetStats } from "./stats";
 import { StoreError, StoreRefused } from "./store/store";
 
@@ -77,8 +77,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         resetStats(stats);
         say(s, REPLY.RESET);
       } else if (req.section === "queues") {
-        const lines = store.list().map((q) => statLine(q.name, `${q.total}/${q.fetched}`));
-        say(s, lines.join("") + REPLY.END);
+        return listQueues(ctx, s);
       } else {
         say(s, generalStats(ctx) + REPLY.END);
       }
@@ -108,6 +107,37 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       say(s, req.reply);
       return req.close ? "close" : "next";
   }
+}
+
+/** Queues listed per turn by `stats queue`: with 100,000 queues no turn spends over ~2 ms on it. */
+const LIST_SLICE = 2000;
+
+/**
+ * `stats queue`: every queue's counters as of the request, sorted by name, built over as many
+ * turns as it takes (the session's job) so the other clients are served in between.
+ */
+function listQueues(ctx: Context, s: Session): Outcome {
+  const queues = ctx.store.list();
+  const reply = newReply(false);
+  s.held.push(reply);
+  let i = 0;
+  const job = () => {
+    const end = Math.min(queues.length, i + LIST_SLICE);
+    const lines: string[] = [];
+    for (; i < end; i++) lines.push(statLine(queues[i]!.name, `${queues[i]!.total}/${queues[i]!.fetched}`));
+    put(reply, lines.join(""));
+    if (i < queues.length) {
+      // A timer, not an immediate: every turn waiting to run goes first (slices.ts).
+      setTimeout(() => ctx.resume(s), 0);
+      return false;
+    }
+    put(reply, REPLY.END);
+    reply.complete = true;
+    s.job = null;
+    return true;
+  };
+  s.job = job;
+  return job() ? "next" : "wait";
 }
 
 /** When a message set now with `exptime` expires (ms since the epoch), 0 for never. */

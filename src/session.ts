@@ -112,6 +112,8 @@ export interface Session {
   held: Reply[];
   /** The get in progress: no further request is taken until it ends. */
   get: PendingGet | null;
+  /** A reply built over several turns (a long listing): runs a slice, true once complete. */
+  job: (() => boolean) | null;
   /** The connection is gone: nothing more is sent. */
   closed: boolean;
 }
@@ -119,7 +121,7 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, closed: false };
 }
 
 /** Appends a complete one-line reply. */

@@ -57,7 +57,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     if (conn.state !== "reading" && conn.state !== "waiting") return;
     const s = conn.session;
     touched.add(conn);
-    if (s.get !== null && !continueGet(ctx, s)) {
+    if ((s.job !== null && !s.job()) || (s.get !== null && !continueGet(ctx, s))) {
       conn.state = "waiting";
       updateReading(conn, inputLimit);
       return;
@@ -179,8 +179,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
       schedule();
     },
     turnNow: turn,
-    idle: (conn) =>
-      !runnable.has(conn) && conn.session.held.length === 0 && conn.unsent.length === 0 && conn.session.get === null,
+    idle: (conn) => !runnable.has(conn) && conn.session.held.length === 0 && conn.unsent.length === 0,
     afterCommit: null,
   };
   return turns;

@@ -106,3 +106,24 @@ async function metricsUrl(stderr: () => string): Promise<string> {
   }
   throw new Error(`no metrics line in: ${stderr()}`);
 }
+
+test("issue 9.11: `stats queue` over 50,000 queues is built in slices: exact, sorted, and others are served meanwhile", async () => {
+  const server = await startServer();
+  const [c, p] = [await server.connect(), await server.connect()];
+  await fill(c);
+  const names = [...Array.from({ length: QUEUES }, (_, i) => `q${i}`), ...Array.from({ length: DEEP }, (_, i) => `deep${i}`)];
+  names.sort((a, b) => (Buffer.from(a) < Buffer.from(b) ? -1 : a === b ? 0 : 1));
+  const want = names.map((n) => `STAT ${n} ${n.startsWith("deep") ? Number(n.slice(4)) + 2 : 1}/0\r\n`).join("") + "END\r\n";
+  // A set on another connection between slices is served before the listing ends, and the
+  // listing is as of its request (the new queue is not in it).
+  const order: string[] = [];
+  const listing = c.call("stats queue\r\n", 60_000).finally(() => order.push("listing"));
+  const during = p.call(set("zz-during", "x")).finally(() => order.push("set"));
+  expect(await during).toBe("STORED\r\n");
+  const got = await listing;
+  expect(order).toEqual(["set", "listing"]);
+  expect(got.length).toBe(want.length);
+  expect(got).toBe(want);
+  expect(await c.call("stats queue zz-during\r\n")).toContain("STAT total 1\r\n");
+  await server.kill();
+}, 120_000);
