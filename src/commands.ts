@@ -53,6 +53,10 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       return startGet(ctx, s, req) ? "next" : "wait";
     case "set": {
       stats.setCmds++;
+      if (!store.has(req.queue) && store.totals().queues >= ctx.config.maxQueues) {
+        if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
+        return "next";
+      }
       store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), ctx.now());
       stats.setHits++;
       if (!req.noreply) batch.depends(say(s, REPLY.STORED));
@@ -177,6 +181,8 @@ function generalStats(ctx: Context): string {
     ["waiters", ctx.waiters.count()],
     ["commits", stats.commits],
     ["store_errors", stats.storeErrors],
+    ["buffered_bytes", stats.bufferedBytes],
+    ["over_budget_connections", stats.overBudget],
     ["limit_maxbytes", ctx.config.maxBody],
     ["sync", ctx.config.sync],
   ];

@@ -29,6 +29,10 @@ export interface Config {
   expiry: boolean;
   /** An open message not closed within this many ms goes back to its queue; 0 = never (--open-timeout). */
   openTimeoutMs: number;
+  /** Queues at most; a set that would create one more is refused (--max-queues). */
+  maxQueues: number;
+  /** Bytes buffered across all connections (input and output) before the largest pause (--max-conn-memory, MB). */
+  maxConnMemory: number;
   /** Open messages one connection may hold (--max-open). */
   maxOpen: number;
   /** Close a connection silent this many seconds (not one waiting in a blocking get); 0 = never. */
@@ -71,6 +75,8 @@ export const DEFAULTS: Config = {
   expiry: false,
   openTimeoutMs: 0,
   maxOpen: 100,
+  maxQueues: 100_000,
+  maxConnMemory: 1024 * 1024 * 1024,
   idleTimeoutS: 0,
   maxUnsent: 4 * 1024 * 1024,
   maintainMs: 200,

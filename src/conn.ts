@@ -39,6 +39,10 @@ export interface Conn {
   unsent: Chunk[];
   unsentBytes: number;
   paused: boolean;
+  /** Bytes it buffers (input not yet run, output not yet sent), as counted in the server's total. */
+  buffered: number;
+  /** Not read because the server's total is over --max-conn-memory and it holds more than its share. */
+  overBudget: boolean;
   /** When the client last sent anything (for --idle-timeout). */
   lastActive: number;
 }
@@ -47,7 +51,18 @@ export interface Conn {
 const COALESCE_BYTES = 256 * 1024;
 
 export function createConn(socket: Socket<Conn>, session: Session, framer: Framer, now: number): Conn {
-  return { socket, session, framer, state: "reading", unsent: [], unsentBytes: 0, paused: false, lastActive: now };
+  return {
+    socket,
+    session,
+    framer,
+    state: "reading",
+    unsent: [],
+    unsentBytes: 0,
+    paused: false,
+    buffered: 0,
+    overBudget: false,
+    lastActive: now,
+  };
 }
 
 /** Bytes of the replies held for the next commit. */
@@ -60,7 +75,7 @@ export function heldBytes(conn: Conn): number {
 /** Pauses or resumes reading from the socket: input is bounded by `inputLimit` bytes. */
 export function updateReading(conn: Conn, inputLimit: number): void {
   if (conn.state === "closed") return;
-  const pause = conn.state === "output-full" || conn.framer.pending() > inputLimit;
+  const pause = conn.state === "output-full" || conn.overBudget || conn.framer.pending() > inputLimit;
   if (pause === conn.paused) return;
   conn.paused = pause;
   if (pause) conn.socket.pause();

@@ -15,6 +15,10 @@ export interface Stats {
   bytesWritten: number;
   commits: number;
   storeErrors: number;
+  /** Bytes buffered by all connections now (input not yet run, output not yet sent). */
+  bufferedBytes: number;
+  /** Connections not read now because the server is over --max-conn-memory. */
+  overBudget: number;
   /** Commit (and fsync) durations: counts per COMMIT_BUCKETS upper bound, then +Inf. */
   commitBuckets: number[];
   commitSeconds: number;
@@ -36,6 +40,8 @@ export function createStats(): Stats {
     currConnections: 0,
     totalConnections: 0,
     rejectedConnections: 0,
+    bufferedBytes: 0,
+    overBudget: 0,
     getCmds: 0,
     getHits: 0,
     getMisses: 0,
@@ -52,6 +58,7 @@ export function createStats(): Stats {
 
 /** `stats reset`: zeroes the counters that count events; gauges (current connections) stay. */
 export function resetStats(stats: Stats): void {
-  const { currConnections } = stats;
-  Object.assign(stats, createStats(), { currConnections });
+  // Gauges are the state of the server now, not counters: they survive a reset.
+  const { currConnections, bufferedBytes, overBudget } = stats;
+  Object.assign(stats, createStats(), { currConnections, bufferedBytes, overBudget });
 }

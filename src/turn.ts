@@ -45,6 +45,37 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   let committing = false;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
+  /** Connections holding buffered bytes, and those not read for the budget (--max-conn-memory). */
+  const holding = new Set<Conn>();
+  const overBudget = new Set<Conn>();
+
+  /**
+   * Counts what the connection buffers and decides whether it is read. Past the server's budget,
+   * a connection holding more than the average of those holding anything waits until it no
+   * longer does: the one holding least is always read, so some request always completes.
+   */
+  function account(conn: Conn): void {
+    if (conn.state !== "closed") {
+      const now = conn.framer.pending() + conn.unsentBytes;
+      stats.bufferedBytes += now - conn.buffered;
+      conn.buffered = now;
+      if (now > 0) holding.add(conn);
+      else holding.delete(conn);
+    }
+    const over = stats.bufferedBytes > config.maxConnMemory;
+    // Under the budget (the common case) only those paused before need a look.
+    for (const c of over ? holding : overBudget) {
+      const paused = over && c.buffered > stats.bufferedBytes / holding.size;
+      if (paused) overBudget.add(c);
+      else overBudget.delete(c);
+      if (paused !== c.overBudget) {
+        c.overBudget = paused;
+        updateReading(c, inputLimit);
+      }
+    }
+    if (conn.state !== "closed") updateReading(conn, inputLimit);
+    stats.overBudget = overBudget.size;
+  }
 
   function schedule(): void {
     if (scheduled || committing) return;
@@ -59,7 +90,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     touched.add(conn);
     if ((s.job !== null && !s.job()) || (s.get !== null && !continueGet(ctx, s))) {
       conn.state = "waiting";
-      updateReading(conn, inputLimit);
+      account(conn);
       return;
     }
     conn.state = "reading";
@@ -79,7 +110,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
       if (outcome === "wait") conn.state = "waiting";
       if (outcome !== "next") break;
     }
-    updateReading(conn, inputLimit);
+    account(conn);
   }
 
   function turn(): void {
@@ -112,10 +143,8 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     for (const conn of release) {
       if (conn.state === "closed") continue;
       flushHeld(conn);
-      if (conn.unsentBytes >= outputLimit && conn.state !== "closing") {
-        conn.state = "output-full";
-        updateReading(conn, inputLimit);
-      }
+      if (conn.unsentBytes >= outputLimit && conn.state !== "closing") conn.state = "output-full";
+      account(conn);
       if (conn.state === "closing" && conn.session.held.length === 0 && conn.unsent.length === 0) conn.socket.end();
     }
     if (turns.afterCommit !== null && !store.dirty()) turns.afterCommit();
@@ -149,6 +178,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     run(conn) {
       if (committing || current !== null) resume(conn);
       else runConn(conn);
+      account(conn);
       schedule();
     },
     resume,
@@ -157,17 +187,24 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
       schedule();
     },
     drained(conn) {
-      if (!drainUnsent(conn)) return;
+      const all = drainUnsent(conn);
+      account(conn);
+      if (!all) return;
       if (conn.state === "closing" && conn.session.held.length === 0) conn.socket.end();
       else if (conn.state === "output-full") {
-        conn.state = conn.session.get !== null ? "waiting" : "reading";
-        updateReading(conn, inputLimit);
+        conn.state = conn.session.get !== null || conn.session.job !== null ? "waiting" : "reading";
+        account(conn);
         resume(conn);
       }
     },
     closed(conn) {
       const lost = undelivered(conn, batch.markOf);
       conn.state = "closed";
+      stats.bufferedBytes -= conn.buffered;
+      conn.buffered = 0;
+      holding.delete(conn);
+      overBudget.delete(conn);
+      account(conn);
       runnable.delete(conn);
       touched.delete(conn);
       try {

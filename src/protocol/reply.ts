@@ -13,6 +13,7 @@ export const REPLY = {
   TOO_LARGE: "SERVER_ERROR object too large for cache\r\n",
   ALREADY_OPEN: "CLIENT_ERROR this connection already has an open message on that queue\r\n",
   TOO_MANY_OPEN: "CLIENT_ERROR too many open messages on this connection\r\n",
+  TOO_MANY_QUEUES: "SERVER_ERROR too many queues\r\n",
   LEASE_EXPIRED: "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n",
 } as const;
 

@@ -128,6 +128,7 @@ export function createMemoryStore(): SyncQueueStore {
       change();
       for (const q of queues.values()) q.entries = [];
     },
+    has: (name) => queues.has(name),
     list(): QueueCounters[] {
       return [...queues.keys()].sort().map((name) => {
         const q = queues.get(name)!;

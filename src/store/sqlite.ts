@@ -307,6 +307,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       }),
 
     list: listing.list,
+    has: (name) => queues.has(name),
 
     summaries: listing.summaries,
 

@@ -82,6 +82,8 @@ export interface QueueStore {
   flushAll(): void;
   /** Every queue with its counters, sorted by name in byte order. */
   list(): QueueCounters[];
+  /** Whether the queue exists (a set would not create it). */
+  has(queue: string): boolean;
   /**
    * Every queue's counters, in no set order, read from memory. The iterator is live, so a caller
    * may spread it over event-loop turns: a queue created or dropped meanwhile may or may not appear.

@@ -180,3 +180,32 @@ describe("memory per connection is bounded in bytes", () => {
     expect(peak - before).toBeLessThan(100 * MB);
   }, 60_000);
 });
+
+describe("limits across connections", () => {
+  test("--max-queues: a set that would create one more queue is refused, and nothing else is", async () => {
+    const s = await startServer(["--max-queues", "2"]);
+    const c = await s.connect();
+    expect(await c.call(set("q1", "a") + set("q2", "b") + set("q3", "c") + set("q1", "d"))).toBe(
+      "STORED\r\nSTORED\r\nSERVER_ERROR too many queues\r\nSTORED\r\n",
+    );
+    expect(await c.call("stats queue\r\n")).toBe("STAT q1 2/0\r\nSTAT q2 1/0\r\nEND\r\n");
+    expect(await c.call("delete q2\r\n" + set("q3", "c"))).toBe("DELETED\r\nSTORED\r\n");
+  });
+
+  test("--max-conn-memory: past it, the connection holding most is not read until it no longer does", async () => {
+    const s = await startServer(["--max-conn-memory", "1", "-B", String(4 * MB)]);
+    const [a, b, c] = [await s.connect(), await s.connect(), await s.connect()];
+    const body = "a".repeat(3 * MB);
+    const head = `set big 0 0 ${body.length}\r\n`;
+    a.write(head + body.slice(0, 2 * MB));
+    await statsShow(c, "stats\r\n", `STAT buffered_bytes ${head.length + 2 * MB}\r\n`);
+    b.write(`set small 0 0 ${200 * 1024}\r\n` + "b".repeat(100 * 1024));
+    // a holds 2 MB of the 2.1 MB buffered, over the 1 MB budget: a is not read; b is.
+    await statsShow(c, "stats\r\n", "STAT over_budget_connections 1\r\n");
+    a.write(body.slice(2 * MB) + "\r\n");
+    expect(await b.call("b".repeat(100 * 1024) + "\r\n")).toBe("STORED\r\n");
+    // b holds nothing now: a alone holds bytes, so it is read again and its set completes.
+    expect(await a.call("")).toBe("STORED\r\n");
+    expect(await c.call("stats\r\n")).toContain("STAT buffered_bytes 0\r\nSTAT over_budget_connections 0\r\n");
+  });
+});
