@@ -1,43 +1,58 @@
 /**
  * Group commit and the one failure path. Every change made since the last commit, by any
- * connection or by housekeeping, belongs to one store transaction (the batch); replies are held
- * until it commits, so STORED and VALUE never leave before the change behind them is durable.
+ * connection or by housekeeping, belongs to one store transaction: the open batch. Its replies
+ * are held until it is durable, so STORED and VALUE never leave before the change behind them.
  *
  * Whatever changes state registers how to undo it (onUndo), and every reply that reports a
- * change is marked where the batch began in it (depends). If the store fails, fail() is the
+ * change is marked where each batch began in it (depends). If the store fails, fail() is the
  * only way out: the store rolls back, the undos run newest first, and each marked reply is cut
  * back to its mark and ended there (session.ts settle): one reply per request, always.
+ *
+ * Batches in flight: a store whose commit completes later lets the next batch run meanwhile.
+ * They become durable in order; a batch that fails takes every later one with it, since those
+ * were built on its changes. A synchronous store (SQLite) never has one in flight.
  */
 import type { Mark, Reply } from "./session";
 import { settle } from "./session";
 import { StoreError, type QueueStore } from "./store/store";
 
 export interface Batch {
-  /** Marks a reply as reporting changes of this batch (once per batch). */
+  /** Marks a reply as reporting changes of the open batch (once per batch). */
   depends(reply: Reply): void;
-  /** Registers how to revert a change outside the store if the batch is undone. */
+  /** Registers how to revert a change outside the store if the open batch is undone. */
   onUndo(fn: () => void): void;
-  /** Where this batch began in the reply, or null if the batch has not touched it. */
+  /** The open batch's number: a take issued now belongs to it (see fail). */
+  epoch(): number;
+  /** Where the first batch not yet durable began in the reply, or null if it is all durable. */
   markOf(reply: Reply): Mark | null;
-  /** Undoes the batch after a failure. */
-  fail(error: unknown): void;
-  /** Commits; a failure undoes the batch instead. Resolves when replies may be released. */
+  /** Whether everything the reply reports is durable: it may be sent. */
+  durable(reply: Reply): boolean;
+  /** Undoes the batch `epoch` (default: the open one) and every later one, after a failure. */
+  fail(error: unknown, epoch?: number): void;
+  /** Commits the open batch; a failure undoes it instead. Resolves once it is durable or undone. */
   commit(): void | Promise<void>;
+  /** Batches committing now. */
+  inFlight(): number;
+}
+
+interface Open {
+  epoch: number;
+  replies: Reply[];
+  undo: (() => void)[];
 }
 
 export function createBatch(store: QueueStore, onFailure: (error: StoreError) => void): Batch {
-  let marks: Reply[] = [];
-  let undo: (() => void)[] = [];
-  /** Numbers the batches, so a mark left from an earlier one is known as stale. */
-  let epoch = 1;
+  let open: Open = { epoch: 1, replies: [], undo: [] };
+  const flying: Open[] = [];
+  /** Every batch up to this number is durable. */
+  let durable = 0;
+  /** The last commit in flight: the next one becomes durable only after it. */
+  let chain: Promise<void> = Promise.resolve();
 
-  function clear(): void {
-    marks = [];
-    undo = [];
-    epoch++;
-  }
+  const next = () => (open = { epoch: open.epoch + 1, replies: [], undo: [] });
+  const live = (reply: Reply) => reply.marks.filter((m) => m.epoch > durable);
 
-  function fail(e: unknown): void {
+  function fail(e: unknown, from = open.epoch): void {
     const error = e instanceof StoreError ? e : new StoreError(String(e));
     onFailure(error);
     try {
@@ -45,36 +60,70 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
     } catch (e2) {
       onFailure(e2 instanceof StoreError ? e2 : new StoreError(String(e2)));
     }
-    const [replies, undos, failed] = [marks, undo, epoch];
-    clear();
-    for (let i = undos.length - 1; i >= 0; i--) undos[i]!();
-    for (const reply of replies) if (reply.mark?.epoch === failed) settle(reply, reply.mark, error.message);
+    from = Math.max(from, durable + 1); // a batch that is durable cannot be undone
+    const undone = [...flying.filter((b) => b.epoch >= from), open];
+    while (flying.length > 0 && flying[flying.length - 1]!.epoch >= from) flying.pop();
+    next();
+    for (let i = undone.length - 1; i >= 0; i--) {
+      const undos = undone[i]!.undo;
+      for (let j = undos.length - 1; j >= 0; j--) undos[j]!();
+    }
+    for (const b of undone) {
+      for (const reply of b.replies) {
+        const mark = reply.marks.find((m) => m.epoch >= from);
+        if (mark !== undefined && mark.epoch === b.epoch) settle(reply, mark, error.message);
+      }
+    }
   }
 
   function commit(): void | Promise<void> {
-    if (!store.dirty()) {
-      clear();
+    const b = open;
+    let done: void | Promise<void> = undefined;
+    try {
+      if (store.dirty()) done = store.commit();
+    } catch (e) {
+      fail(e, b.epoch);
       return;
     }
-    try {
-      const done = store.commit();
-      if (done instanceof Promise) return done.then(clear, fail);
-      clear();
-    } catch (e) {
-      fail(e);
+    next();
+    if (!(done instanceof Promise) && flying.length === 0) {
+      durable = b.epoch;
+      return;
     }
+    flying.push(b);
+    const mine = Promise.all([chain, done]).then(
+      () => {
+        if (flying[0] !== b) return; // undone by an earlier batch's failure
+        flying.shift();
+        durable = b.epoch;
+      },
+      (e) => {
+        if (flying.includes(b)) fail(e, b.epoch);
+      },
+    );
+    chain = mine.then(
+      () => {},
+      () => {},
+    );
+    return mine;
   }
 
   return {
     depends(reply) {
-      if (reply.mark !== null && reply.mark.epoch === epoch) return;
+      const last = reply.marks[reply.marks.length - 1];
+      if (last !== undefined && last.epoch === open.epoch) return;
       const taken = reply.taken === null ? 0 : reply.taken.length;
-      reply.mark = { epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken };
-      marks.push(reply);
+      const mark = { epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken };
+      if (last !== undefined && last.epoch <= durable) reply.marks = [mark];
+      else reply.marks.push(mark);
+      open.replies.push(reply);
     },
-    onUndo: (fn) => void undo.push(fn),
-    markOf: (reply) => (reply.mark !== null && reply.mark.epoch === epoch ? reply.mark : null),
+    onUndo: (fn) => void open.undo.push(fn),
+    epoch: () => open.epoch,
+    markOf: (reply) => live(reply)[0] ?? null,
+    durable: (reply) => reply.marks.length === 0 || reply.marks[reply.marks.length - 1]!.epoch <= durable,
     fail,
     commit,
+    inFlight: () => flying.length,
   };
 }

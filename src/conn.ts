@@ -83,15 +83,15 @@ export function updateReading(conn: Conn, inputLimit: number): void {
 }
 
 /**
- * Writes the complete replies at the front of the held list (their batch has committed).
+ * Writes the complete replies at the front of the held list whose batches are durable.
  * Returns the bytes handed to the socket or kept unsent.
  */
-export function flushHeld(conn: Conn): number {
+export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): number {
   const s = conn.session;
   let count = 0;
   let size = 0;
   for (const reply of s.held) {
-    if (!reply.complete) break;
+    if (!reply.complete || !durable(reply)) break;
     size += reply.size;
     count++;
   }

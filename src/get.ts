@@ -72,6 +72,7 @@ export function continueGet(ctx: Context, s: Session): boolean {
 /** A take the store completes later: the get goes on from its outcome, or ends on a failure. */
 function later(ctx: Context, s: Session, g: PendingGet, result: Promise<boolean>): void {
   g.state = "fetching";
+  const epoch = ctx.batch.epoch(); // the take belongs to the batch open now
   result.then(
     (served) => {
       if (s.get !== g) return; // its connection closed meanwhile
@@ -79,7 +80,7 @@ function later(ctx: Context, s: Session, g: PendingGet, result: Promise<boolean>
       ctx.resume(s);
     },
     (e) => {
-      ctx.batch.fail(e);
+      ctx.batch.fail(e, epoch);
       if (s.get === g && !g.reply.complete) settle(g.reply, null, e instanceof Error ? e.message : String(e));
     },
   );

@@ -41,18 +41,19 @@ export interface Reply {
   values: number;
   /** Messages plain gets took for this reply. */
   taken: Taken[] | null;
-  mark: Mark | null;
+  /** Where each batch not yet durable began in it, oldest first (batch.ts). */
+  marks: Mark[];
   /** Called after a failure has settled the reply (a waiting get stops waiting). */
   onSettle: (() => void) | null;
 }
 
 export function newReply(get: boolean): Reply {
-  return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, mark: null, onSettle: null };
+  return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, marks: [], onSettle: null };
 }
 
 /** A complete reply of one line. */
 export function lineReply(text: string): Reply {
-  return { pieces: [text], size: text.length, complete: true, get: false, values: 0, taken: null, mark: null, onSettle: null };
+  return { pieces: [text], size: text.length, complete: true, get: false, values: 0, taken: null, marks: [], onSettle: null };
 }
 
 export function put(reply: Reply, piece: string | Uint8Array): void {
@@ -79,7 +80,7 @@ export function settle(reply: Reply, mark: Mark | null, reason: string): void {
     reply.taken = null;
   }
   reply.complete = true;
-  reply.mark = null;
+  reply.marks = [];
   const onSettle = reply.onSettle;
   reply.onSettle = null;
   onSettle?.();

@@ -15,6 +15,11 @@ import { observeCommit } from "./stats";
 
 /** Requests one connection may run per turn before others get theirs. */
 const REQUESTS_PER_TURN = 1024;
+/**
+ * Batches committing at once (DECISIONS.md): while one waits on a networked store, the next
+ * runs. A synchronous store (SQLite) is durable before its turn ends and never has one in flight.
+ */
+const MAX_IN_FLIGHT = 2;
 
 export interface Turns {
   /** Runs what the connection has read (from its data event) or queues it for the turn. */
@@ -42,7 +47,6 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   let touched = new Set<Conn>(); // connections with replies to release after the commit
   let tasks: (() => void)[] = [];
   let scheduled = false;
-  let committing = false;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
   /** Connections holding buffered bytes, and those not read for the budget (--max-conn-memory). */
@@ -78,7 +82,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   }
 
   function schedule(): void {
-    if (scheduled || committing) return;
+    if (scheduled) return;
     scheduled = true;
     setImmediate(turn);
   }
@@ -115,7 +119,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
 
   function turn(): void {
     scheduled = false;
-    if (committing) return;
+    if (batch.inFlight() >= MAX_IN_FLIGHT) return; // the next landing schedules the turn again
     runTasks();
     const run = runnable;
     runnable = new Set();
@@ -129,10 +133,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     const done = batch.commit();
     if (started >= 0) observeCommit(stats, (performance.now() - started) / 1000);
     if (done instanceof Promise) {
-      // One batch in flight: the next turn starts when this one is durable.
-      committing = true;
       void done.then(() => {
-        committing = false;
         finish(release);
         schedule();
       });
@@ -142,7 +143,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   function finish(release: Set<Conn>): void {
     for (const conn of release) {
       if (conn.state === "closed") continue;
-      flushHeld(conn);
+      flushHeld(conn, batch.durable);
       if (conn.unsentBytes >= outputLimit && conn.state !== "closing") conn.state = "output-full";
       account(conn);
       if (conn.state === "closing" && conn.session.held.length === 0 && conn.unsent.length === 0) conn.socket.end();
@@ -176,7 +177,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
 
   const turns: Turns = {
     run(conn) {
-      if (committing || current !== null) resume(conn);
+      if (current !== null) resume(conn);
       else runConn(conn);
       account(conn);
       schedule();

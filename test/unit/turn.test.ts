@@ -207,3 +207,66 @@ describe("a store that answers takes and commits later", () => {
     expect(gone.sent()).toBe("");
   });
 });
+
+describe("two batches in flight", () => {
+  /** A memory store whose commits land when the test says: `landings` resolves or rejects them in order. */
+  function deferred() {
+    const store = createMemoryStore();
+    const pending: { ok: () => void; fail: (e: Error) => void }[] = [];
+    const wrapped: QueueStore = {
+      ...store,
+      commit: () =>
+        new Promise<void>((ok, fail) => pending.push({ ok: () => ok(store.commit()), fail })),
+    };
+    return { store: wrapped, pending };
+  }
+  const settleTurns = async (turns: { turnNow(): void }) => {
+    for (let i = 0; i < 5; i++) {
+      turns.turnNow();
+      await Bun.sleep(1);
+    }
+  };
+
+  test("the next batch runs while one commits; replies leave in order, each once its batch is durable", async () => {
+    const d = deferred();
+    const { turns, connect, ctx } = setup(() => d.store);
+    const c = connect();
+    c.send("set q 0 0 1\r\na\r\n");
+    turns.turnNow();
+    expect(ctx.batch.inFlight()).toBe(1);
+    c.send("get q\r\n"); // runs now, in the next batch, while the first commits
+    turns.turnNow();
+    expect(ctx.batch.inFlight()).toBe(2);
+    c.send("set q 0 0 1\r\nb\r\n");
+    turns.turnNow(); // a third batch waits: two are in flight
+    expect(d.pending.length).toBe(2);
+    d.pending[1]!.ok(); // the second lands first: it is durable only after the first
+    await settleTurns(turns);
+    expect(c.sent()).toBe("");
+    d.pending[0]!.ok();
+    await settleTurns(turns);
+    // The third batch ran once one landed (this fake's first commit saved its set too).
+    d.pending[2]?.ok();
+    await settleTurns(turns);
+    expect(c.sent()).toBe("STORED\r\nVALUE q 0 1\r\na\r\nEND\r\nSTORED\r\n");
+  });
+
+  test("a batch that fails takes the later one with it: one SERVER_ERROR each, nothing taken", async () => {
+    const d = deferred();
+    const { store, turns, connect } = setup(() => d.store);
+    const c = connect();
+    c.send("set q 0 0 1\r\na\r\n");
+    turns.turnNow();
+    d.pending[0]!.ok();
+    await settleTurns(turns);
+    expect(c.sent()).toBe("STORED\r\n");
+    c.send("set q 0 0 1\r\nb\r\n");
+    turns.turnNow();
+    c.send("get q\r\n");
+    turns.turnNow();
+    d.pending[1]!.fail(new StoreError("connection lost"));
+    await settleTurns(turns);
+    expect(c.sent()).toBe("STORED\r\nSERVER_ERROR connection lost\r\nSERVER_ERROR connection lost\r\n");
+    expect(store.detail("q", 0)).toMatchObject({ items: 1, total: 1, fetched: 0 });
+  });
+});
