@@ -50,7 +50,7 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
   let chain: Promise<void> = Promise.resolve();
 
   const next = () => (open = { epoch: open.epoch + 1, replies: [], undo: [] });
-  const live = (reply: Reply) => reply.marks.filter((m) => m.epoch > durable);
+
 
   function fail(e: unknown, from = open.epoch): void {
     const error = e instanceof StoreError ? e : new StoreError(String(e));
@@ -70,8 +70,10 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
     }
     for (const b of undone) {
       for (const reply of b.replies) {
-        const mark = reply.marks.find((m) => m.epoch >= from);
-        if (mark !== undefined && mark.epoch === b.epoch) settle(reply, mark, error.message);
+        if (reply.epoch < from) continue; // settled already, by an earlier batch's turn here
+        // A get is cut back to where the first failing batch began in it; a line is replaced.
+        const mark = reply.marks?.find((m) => m.epoch >= from) ?? null;
+        if (mark === null || mark.epoch === b.epoch) settle(reply, mark, error.message);
       }
     }
   }
@@ -110,18 +112,20 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
 
   return {
     depends(reply) {
-      const last = reply.marks[reply.marks.length - 1];
-      if (last !== undefined && last.epoch === open.epoch) return;
+      if (reply.epoch === open.epoch) return;
+      const before = reply.epoch;
+      reply.epoch = open.epoch;
+      open.replies.push(reply);
+      if (!reply.get) return; // a one-line reply is replaced whole on a failure: no mark needed
       const taken = reply.taken === null ? 0 : reply.taken.length;
       const mark = { epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken };
-      if (last !== undefined && last.epoch <= durable) reply.marks = [mark];
+      if (reply.marks === null || before <= durable) reply.marks = [mark];
       else reply.marks.push(mark);
-      open.replies.push(reply);
     },
     onUndo: (fn) => void open.undo.push(fn),
     epoch: () => open.epoch,
-    markOf: (reply) => live(reply)[0] ?? null,
-    durable: (reply) => reply.marks.length === 0 || reply.marks[reply.marks.length - 1]!.epoch <= durable,
+    markOf: (reply) => (reply.epoch > durable ? reply.marks?.find((m) => m.epoch > durable) ?? null : null),
+    durable: (reply) => reply.epoch <= durable,
     fail,
     commit,
     inFlight: () => flying.length,

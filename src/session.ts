@@ -41,19 +41,31 @@ export interface Reply {
   values: number;
   /** Messages plain gets took for this reply. */
   taken: Taken[] | null;
-  /** Where each batch not yet durable began in it, oldest first (batch.ts). */
-  marks: Mark[];
+  /** The last batch that changed what it reports (0: none); it leaves once that one is durable. */
+  epoch: number;
+  /** A get's: where each batch not yet durable began in it, oldest first (batch.ts). */
+  marks: Mark[] | null;
   /** Called after a failure has settled the reply (a waiting get stops waiting). */
   onSettle: (() => void) | null;
 }
 
 export function newReply(get: boolean): Reply {
-  return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, marks: [], onSettle: null };
+  return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, epoch: 0, marks: null, onSettle: null };
 }
 
 /** A complete reply of one line. */
 export function lineReply(text: string): Reply {
-  return { pieces: [text], size: text.length, complete: true, get: false, values: 0, taken: null, marks: [], onSettle: null };
+  return {
+    pieces: [text],
+    size: text.length,
+    complete: true,
+    get: false,
+    values: 0,
+    taken: null,
+    epoch: 0,
+    marks: null,
+    onSettle: null,
+  };
 }
 
 export function put(reply: Reply, piece: string | Uint8Array): void {
@@ -80,7 +92,8 @@ export function settle(reply: Reply, mark: Mark | null, reason: string): void {
     reply.taken = null;
   }
   reply.complete = true;
-  reply.marks = [];
+  reply.epoch = 0;
+  reply.marks = null;
   const onSettle = reply.onSettle;
   reply.onSettle = null;
   onSettle?.();
