@@ -35,6 +35,9 @@ export interface Batch {
   inFlight(): number;
 }
 
+/** The mark of a get that was empty when the batch began: a failure cuts it back to nothing. */
+const NOTHING: Mark = { epoch: 0, pieces: 0, size: 0, values: 0, taken: 0 };
+
 interface Open {
   epoch: number;
   replies: Reply[];
@@ -72,8 +75,8 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
       for (const reply of b.replies) {
         if (reply.epoch < from) continue; // settled already, by an earlier batch's turn here
         // A get is cut back to where the first failing batch began in it; a line is replaced.
-        const mark = reply.marks?.find((m) => m.epoch >= from) ?? null;
-        if (mark === null || mark.epoch === b.epoch) settle(reply, mark, error.message);
+        const mark = reply.marks?.find((m) => m.epoch >= from) ?? (reply.get ? NOTHING : null);
+        if (mark === null || mark === NOTHING || mark.epoch === b.epoch) settle(reply, mark, error.message);
       }
     }
   }
@@ -117,14 +120,17 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
       reply.epoch = open.epoch;
       open.replies.push(reply);
       if (!reply.get) return; // a one-line reply is replaced whole on a failure: no mark needed
+      if (before <= durable) reply.marks = null; // its older marks are durable: forget them
+      // A get with nothing in it yet needs no mark: without one, a failure cuts it to nothing.
+      if (reply.size === 0 && reply.marks === null) return;
+      // It was touched while empty by a batch not yet durable: that batch's mark is "nothing".
+      if (reply.marks === null && before > durable) reply.marks = [{ ...NOTHING, epoch: before }];
       const taken = reply.taken === null ? 0 : reply.taken.length;
-      const mark = { epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken };
-      if (reply.marks === null || before <= durable) reply.marks = [mark];
-      else reply.marks.push(mark);
+      (reply.marks ??= []).push({ epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken });
     },
     onUndo: (fn) => void open.undo.push(fn),
     epoch: () => open.epoch,
-    markOf: (reply) => (reply.epoch > durable ? reply.marks?.find((m) => m.epoch > durable) ?? null : null),
+    markOf: (reply) => (reply.epoch > durable ? reply.marks?.find((m) => m.epoch > durable) ?? NOTHING : null),
     durable: (reply) => reply.epoch <= durable,
     fail,
     commit,

@@ -97,8 +97,12 @@ export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): numbe
   }
   if (count === 0) return 0;
   const replies = s.held.splice(0, count);
-  if (size <= COALESCE_BYTES) write(conn, coalesce(replies, size));
-  else {
+  if (size <= COALESCE_BYTES) {
+    const bytes = coalesce(replies, size);
+    // Where the messages end is worked out only if the socket did not take everything.
+    const n = conn.unsent.length === 0 ? Math.max(conn.socket.write(bytes), 0) : 0;
+    if (n < bytes.length) keep(conn, advance({ bytes, messages: inFlight(replies) }, n));
+  } else {
     // Large bodies are written as they are, not copied into one more buffer.
     for (const reply of replies) {
       reply.pieces.forEach((piece, i) => {
@@ -117,6 +121,10 @@ function write(conn: Conn, chunk: Chunk): void {
     if (n === chunk.bytes.length) return;
     chunk = advance(chunk, n);
   }
+  keep(conn, chunk);
+}
+
+function keep(conn: Conn, chunk: Chunk): void {
   conn.unsent.push(chunk);
   conn.unsentBytes += chunk.bytes.length;
 }
@@ -162,26 +170,36 @@ export function undelivered(conn: Conn, markOf: (reply: Reply) => { taken: numbe
   return out;
 }
 
-/** The replies' pieces in one chunk of `size` bytes, with where each taken message ends. */
-function coalesce(replies: Reply[], size: number): Chunk {
+/** The replies' pieces in one buffer of `size` bytes (reply strings are ASCII). */
+function coalesce(replies: Reply[], size: number): Buffer {
   const bytes = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const reply of replies) {
+    for (const piece of reply.pieces) {
+      if (typeof piece === "string") at += bytes.write(piece, at, "latin1");
+      else {
+        bytes.set(piece, at);
+        at += piece.length;
+      }
+    }
+  }
+  return bytes;
+}
+
+/** The messages plain gets took in these replies, with where each ends in their coalesced bytes. */
+function inFlight(replies: Reply[]): InFlight[] | null {
   let messages: InFlight[] | null = null;
   let at = 0;
   for (const reply of replies) {
     let next = 0;
     const taken = reply.taken;
     for (let i = 0; i < reply.pieces.length; i++) {
-      const piece = reply.pieces[i]!;
-      if (typeof piece === "string") at += bytes.write(piece, at, "latin1");
-      else {
-        bytes.set(piece, at);
-        at += piece.length;
-      }
+      at += reply.pieces[i]!.length; // strings are ASCII: one byte per char
       if (taken !== null && next < taken.length && taken[next]!.piece === i) {
         const t = taken[next++]!;
         (messages ??= []).push({ queue: t.queue, message: t.message, end: at });
       }
     }
   }
-  return { bytes, messages };
+  return messages;
 }

@@ -29,7 +29,7 @@ export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind:
   const g: PendingGet = { req, index: 0, reply, state: "running", timer: null, deadline: -1 };
   s.get = g;
   // A failure settles the reply (session.ts): the get is over, whatever state it was in.
-  reply.onSettle = () => endWait(ctx, s, "settled");
+  reply.onSettle = s.onGetSettled ??= () => endWait(ctx, s, "settled");
   return continueGet(ctx, s);
 }
 

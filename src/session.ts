@@ -128,6 +128,8 @@ export interface Session {
   get: PendingGet | null;
   /** A reply built over several turns (a long listing): runs a slice, true once complete. */
   job: (() => boolean) | null;
+  /** Ends the session's get when a failure settles its reply (one function per session). */
+  onGetSettled: (() => void) | null;
   /** The connection is gone: nothing more is sent. */
   closed: boolean;
 }
@@ -135,7 +137,7 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, onGetSettled: null, closed: false };
 }
 
 /** Appends a complete one-line reply. */

@@ -61,6 +61,10 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   function account(conn: Conn): void {
     if (conn.state !== "closed") {
       const now = conn.framer.pending() + conn.unsentBytes;
+      if (now === conn.buffered && overBudget.size === 0) {
+        updateReading(conn, inputLimit); // the common case: nothing to count
+        return;
+      }
       stats.bufferedBytes += now - conn.buffered;
       conn.buffered = now;
       if (now > 0) holding.add(conn);
