@@ -5,10 +5,10 @@
  * depends on that commit.
  */
 import type { Context } from "./context";
-import { startGet, serveWaiters } from "./get";
+import { continueGet, startGet, serveWaiters } from "./get";
 import { REPLY, serverError, statLine } from "./protocol/reply";
 import type { Request } from "./protocol/types";
-import { newReply, put, say, settle, type Session } from "./session";
+import { newReply, put, say, settle, type Reply, type Session } from "./session";
 import { resetStats } from "./stats";
 import { StoreError, StoreRefused } from "./store/store";
 
@@ -23,27 +23,50 @@ export function execute(ctx: Context, s: Session, req: Request): Outcome {
   try {
     return run(ctx, s, req);
   } catch (e) {
-    if (e instanceof StoreRefused) {
-      // The store turned this request down having changed nothing: it fails alone.
-      if (!("noreply" in req && req.noreply)) say(s, serverError(e.message));
-      else ctx.log.warn(`noreply ${req.kind} refused: ${e.message}`);
-      return "next";
-    }
-    // The batch so far is undone (batch.ts), which ends every reply it touched. After a store
-    // failure the connection goes on; after a bug of ours it is closed, as its state is unknown.
-    const bug = !(e instanceof StoreError);
-    if (bug) ctx.log.error(`internal error on ${req.kind}: ${(e as Error).stack ?? e}`);
-    const error = bug ? new StoreError("internal error") : e;
-    ctx.batch.fail(error);
-    const own = s.held.length > held ? s.held[s.held.length - 1]! : null;
-    // This command's reply, if the batch had not touched it yet, ends here too: one reply.
-    if (own !== null && !own.complete) settle(own, null, error.message);
-    else if (own === null) {
-      if (bug || !("noreply" in req && req.noreply)) say(s, serverError(error.message));
-      else ctx.log.warn(`noreply ${req.kind} failed: ${error.message}`);
-    }
-    return bug ? "close" : "next";
+    return failed(ctx, s, req, s.held.length > held ? s.held[s.held.length - 1]! : null, e);
   }
+}
+
+/**
+ * Goes on with what the session started in an earlier turn (a get after its wait, a listing),
+ * through the same failure path as a request's first run.
+ */
+export function resumeSession(ctx: Context, s: Session): Outcome {
+  const own = s.get?.reply ?? (s.job !== null ? s.held[s.held.length - 1]! : null);
+  try {
+    if (s.job !== null && !s.job()) return "wait";
+    return s.get !== null && !continueGet(ctx, s) ? "wait" : "next";
+  } catch (e) {
+    return failed(ctx, s, null, own, e);
+  }
+}
+
+/**
+ * The one way a failure inside a request ends: the batch is undone (batch.ts), which ends every
+ * reply it touched, and the request whose run failed (`req`, null when resumed) gets one reply:
+ * its own, ended here if the batch had not touched it, or one SERVER_ERROR line.
+ */
+function failed(ctx: Context, s: Session, req: Request | null, own: Reply | null, e: unknown): Outcome {
+  if (req !== null && e instanceof StoreRefused) {
+    // The store turned this request down having changed nothing: it fails alone.
+    if (!("noreply" in req && req.noreply)) say(s, serverError(e.message));
+    else ctx.log.warn(`noreply ${req.kind} refused: ${e.message}`);
+    return "next";
+  }
+  // After a store failure the connection goes on; after a bug of ours it is closed, as its
+  // state is unknown.
+  const bug = !(e instanceof StoreError);
+  if (bug) ctx.log.error(`internal error on ${req?.kind ?? "a resumed request"}: ${(e as Error).stack ?? e}`);
+  const error = bug ? new StoreError("internal error") : e;
+  ctx.batch.fail(error);
+  s.job = null;
+  if (own !== null && !own.complete) settle(own, null, error.message);
+  else if (own === null) {
+    const noreply = req !== null && "noreply" in req && req.noreply;
+    if (bug || !noreply) say(s, serverError(error.message));
+    else ctx.log.warn(`noreply ${req!.kind} failed: ${error.message}`);
+  }
+  return bug ? "close" : "next";
 }
 
 function run(ctx: Context, s: Session, req: Request): Outcome {

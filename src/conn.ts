@@ -41,7 +41,7 @@ export interface Conn {
   paused: boolean;
   /** Bytes it buffers (input not yet run, output not yet sent), as counted in the server's total. */
   buffered: number;
-  /** Not read because the server's total is over --max-conn-memory and it holds more than its share. */
+  /** Neither read nor run: the server is over --max-conn-memory and this one has output unsent. */
   overBudget: boolean;
   /** When the client last sent anything (for --idle-timeout). */
   lastActive: number;

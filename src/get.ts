@@ -121,7 +121,8 @@ export function serveWaiters(ctx: Context, queue: string): void {
     const s = ctx.waiters.first(queue);
     if (s === undefined) return;
     const g = s.get!;
-    // If the store fails here, the waiter was given nothing and keeps waiting.
+    // If the store fails here, the waiter was given nothing and keeps waiting. (If the batch
+    // fails later, after it was served, its reply is cut back: it ends with SERVER_ERROR.)
     const result = fetch(ctx, s, g.req.keys[g.index]!, g);
     if (result instanceof Promise) {
       // A store that answers later: this waiter tries, and waits again (at the back) on a miss.

@@ -38,10 +38,13 @@ export function startHousekeeping(ctx: Context, turns: Turns, conns: Set<Conn>, 
     turns.task(() => {}); // a turn runs, and after its commit the upkeep
   }
 
-  /** Closes connections silent since `before`, unless they wait in a blocking get. */
+  /**
+   * Closes connections silent since `before`, unless a blocking get of theirs waits: one that does
+   * not read its replies is silent too (what it was never sent goes back to its queues).
+   */
   function closeIdle(before: number): void {
     for (const conn of conns) {
-      if (conn.lastActive >= before || conn.state !== "reading" || conn.session.get !== null) continue;
+      if (conn.lastActive >= before || conn.state === "waiting" || conn.state === "closed") continue;
       log.debug(`closing connection ${conn.session.id}: idle for ${config.idleTimeoutS} s`);
       conn.socket.end();
     }

@@ -135,14 +135,25 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       if ([...conns].every(turns.idle) || performance.now() > deadline) break;
       await Bun.sleep(1);
     }
-    // Open messages (and any reply that could not be sent) go back to their queues.
+    // Open messages (and any reply that could not be sent) go back to their queues; give-backs a
+    // failed batch left to redo are tried again, a few times, before the store closes.
     for (const conn of [...conns]) {
       conns.delete(conn);
       ctx.sessions.delete(conn.session);
       turns.closed(conn);
       conn.socket.end();
     }
-    turns.turnNow();
+    for (let i = 0; i < 3; i++) {
+      const redo = retries;
+      retries = [];
+      redo.forEach((task) => turns.task(task));
+      turns.turnNow();
+      if (retries.length === 0) break;
+    }
+    if (retries.length > 0) {
+      log.error(`stopping with ${retries.length} give-backs not done (the store kept failing): open messages ` +
+        "return at the next start; a message whose reply was never sent stays consumed");
+    }
     store.close();
   }
 

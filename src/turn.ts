@@ -5,11 +5,11 @@
  * and each connection's committed replies leave in one write. Any failure, in a request or in
  * housekeeping, goes through batch.fail(): the one failure path.
  */
-import { execute } from "./commands";
+import { execute, resumeSession } from "./commands";
 import { connBytes } from "./config";
 import { drainUnsent, flushHeld, heldBytes, undelivered, updateReading, type Conn } from "./conn";
 import type { Context } from "./context";
-import { continueGet, endSession } from "./get";
+import { endSession } from "./get";
 import type { Request } from "./protocol/types";
 import { observeCommit } from "./stats";
 
@@ -49,37 +49,40 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   let scheduled = false;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
-  /** Connections holding buffered bytes, and those not read for the budget (--max-conn-memory). */
-  const holding = new Set<Conn>();
+  /** Connections with output not yet sent, and those held back for the budget (--max-conn-memory). */
+  const sending = new Set<Conn>();
   const overBudget = new Set<Conn>();
 
   /**
-   * Counts what the connection buffers and decides whether it is read. Past the server's budget,
-   * a connection holding more than the average of those holding anything waits until it no
-   * longer does: the one holding least is always read, so some request always completes.
+   * Counts what the connection buffers, and holds connections back while the server is over its
+   * budget. Only output can be held back: it grows by running requests, and shrinks as clients
+   * read. Input is never held back for the budget (a partial request only completes by being
+   * read, and one request is all a connection may buffer); so while over the budget, every
+   * connection with output still unsent is neither read nor run, and the others go on.
    */
   function account(conn: Conn): void {
     if (conn.state !== "closed") {
       const now = conn.framer.pending() + conn.unsentBytes;
-      if (now === conn.buffered && overBudget.size === 0) {
+      if (now === conn.buffered && overBudget.size === 0 && stats.bufferedBytes <= config.maxConnMemory) {
         updateReading(conn, inputLimit); // the common case: nothing to count
         return;
       }
       stats.bufferedBytes += now - conn.buffered;
       conn.buffered = now;
-      if (now > 0) holding.add(conn);
-      else holding.delete(conn);
+      if (conn.unsentBytes > 0) sending.add(conn);
+      else sending.delete(conn);
     }
     const over = stats.bufferedBytes > config.maxConnMemory;
-    // Under the budget (the common case) only those paused before need a look.
-    for (const c of over ? holding : overBudget) {
-      const paused = over && c.buffered > stats.bufferedBytes / holding.size;
-      if (paused) overBudget.add(c);
-      else overBudget.delete(c);
-      if (paused !== c.overBudget) {
-        c.overBudget = paused;
-        updateReading(c, inputLimit);
+    for (const c of over ? sending : overBudget) {
+      const hold = over && c.unsentBytes > 0;
+      if (hold === c.overBudget) continue;
+      c.overBudget = hold;
+      if (hold) overBudget.add(c);
+      else {
+        overBudget.delete(c);
+        resume(c); // it may run its requests again
       }
+      updateReading(c, inputLimit);
     }
     if (conn.state !== "closed") updateReading(conn, inputLimit);
     stats.overBudget = overBudget.size;
@@ -93,18 +96,22 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
 
   /** Runs the connection's buffered requests until it waits, closes, or has had its share. */
   function runConn(conn: Conn): void {
-    if (conn.state !== "reading" && conn.state !== "waiting") return;
+    if ((conn.state !== "reading" && conn.state !== "waiting") || conn.overBudget) return;
     const s = conn.session;
     touched.add(conn);
-    if ((s.job !== null && !s.job()) || (s.get !== null && !continueGet(ctx, s))) {
-      conn.state = "waiting";
-      account(conn);
-      return;
+    if (s.job !== null || s.get !== null) {
+      const outcome = resumeSession(ctx, s);
+      if (outcome !== "next") {
+        conn.state = outcome === "close" ? "closing" : "waiting";
+        account(conn);
+        return;
+      }
     }
     conn.state = "reading";
     let out = conn.unsentBytes + heldBytes(conn);
     for (let n = 0; ; n++) {
-      if (n === REQUESTS_PER_TURN || out >= outputLimit) {
+      // Its share of the turn, its own output bound, or (past the server's budget) one reply.
+      if (n === REQUESTS_PER_TURN || out >= outputLimit || (out > 0 && stats.bufferedBytes + out > config.maxConnMemory)) {
         runnable.add(conn);
         break;
       }
@@ -147,7 +154,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
   function finish(release: Set<Conn>): void {
     for (const conn of release) {
       if (conn.state === "closed") continue;
-      flushHeld(conn, batch.durable);
+      stats.bytesWritten += flushHeld(conn, batch.durable);
       if (conn.unsentBytes >= outputLimit && conn.state !== "closing") conn.state = "output-full";
       account(conn);
       if (conn.state === "closing" && conn.session.held.length === 0 && conn.unsent.length === 0) conn.socket.end();
@@ -207,7 +214,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
       conn.state = "closed";
       stats.bufferedBytes -= conn.buffered;
       conn.buffered = 0;
-      holding.delete(conn);
+      sending.delete(conn);
       overBudget.delete(conn);
       account(conn);
       runnable.delete(conn);

@@ -87,6 +87,21 @@ describe("a failed batch ends each reply once", () => {
     expect(await a.call("get ab/abort\r\nget ab\r\n")).toBe("END\r\n" + value("ab", "job") + "END\r\n");
   });
 
+  test("a get that fails after its wait (release, dequeue) answers one SERVER_ERROR; the server goes on", async () => {
+    const s = await faulty("release=1");
+    const a = await s.connect();
+    expect(await a.call(set("rq", "m") + "get rq/open\r\n")).toBe("STORED\r\n" + value("rq/open", "m") + "END\r\n");
+    expect(await a.call("get rx/t=200 rq/abort\r\n")).toBe("SERVER_ERROR injected failure\r\n");
+    expect(await a.call("stats queue rq\r\n")).toContain("STAT open 1\r\n");
+    // seed 8192: the first take (dx, empty) goes through, the second (dq2, after the wait) fails.
+    const d = await faulty("dequeue=0.5,seed=8192");
+    const b = await d.connect();
+    expect(await b.call(set("dq2", "m"))).toBe("STORED\r\n");
+    expect(await b.call("get dx/t=200 dq2\r\n")).toBe("SERVER_ERROR injected failure\r\n");
+    expect(await b.call("get dq2\r\n")).toBe(value("dq2", "m") + "END\r\n");
+    expect([s.proc.exitCode, d.proc.exitCode]).toEqual([null, null]);
+  });
+
   test("a disconnect whose give-back fails returns the message later", async () => {
     // seed 32: the first release fails, the second succeeds.
     const s = await faulty("release=0.5,seed=32");
@@ -109,6 +124,15 @@ describe("a failed batch ends each reply once", () => {
     expect(await b.call("get lq\r\n")).toBe(value("lq", "job") + "END\r\n");
     expect(await a.call("get lq/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n");
   });
+});
+
+test("bytes_written counts every reply byte handed to a socket", async () => {
+  const s = await startServer();
+  const a = await s.connect();
+  expect(await a.call(set("bw", "x") + "get bw\r\n")).toBe("STORED\r\n" + value("bw", "x") + "END\r\n");
+  // STORED, the VALUE reply, and the VERSION line call() adds.
+  const sent = "STORED\r\n".length + (value("bw", "x") + "END\r\n").length + "VERSION 1.0.0\r\n".length;
+  expect(await a.call("stats\r\n")).toContain(`STAT bytes_written ${sent}\r\n`);
 });
 
 describe("leases: one reply, and a new open starts afresh", () => {
@@ -192,20 +216,39 @@ describe("limits across connections", () => {
     expect(await c.call("delete q2\r\n" + set("q3", "c"))).toBe("DELETED\r\nSTORED\r\n");
   });
 
-  test("--max-conn-memory: past it, the connection holding most is not read until it no longer does", async () => {
+  test("--max-conn-memory: a partial request elsewhere never holds back one that can complete", async () => {
     const s = await startServer(["--max-conn-memory", "1", "-B", String(4 * MB)]);
-    const [a, b, c] = [await s.connect(), await s.connect(), await s.connect()];
-    const body = "a".repeat(3 * MB);
-    const head = `set big 0 0 ${body.length}\r\n`;
-    a.write(head + body.slice(0, 2 * MB));
-    await statsShow(c, "stats\r\n", `STAT buffered_bytes ${head.length + 2 * MB}\r\n`);
-    b.write(`set small 0 0 ${200 * 1024}\r\n` + "b".repeat(100 * 1024));
-    // a holds 2 MB of the 2.1 MB buffered, over the 1 MB budget: a is not read; b is.
-    await statsShow(c, "stats\r\n", "STAT over_budget_connections 1\r\n");
-    a.write(body.slice(2 * MB) + "\r\n");
-    expect(await b.call("b".repeat(100 * 1024) + "\r\n")).toBe("STORED\r\n");
-    // b holds nothing now: a alone holds bytes, so it is read again and its set completes.
-    expect(await a.call("")).toBe("STORED\r\n");
-    expect(await c.call("stats\r\n")).toContain("STAT buffered_bytes 0\r\nSTAT over_budget_connections 0\r\n");
+    const [idle, a, c] = [await s.connect(), await s.connect(), await s.connect()];
+    idle.write("g"); // a stray byte, and then silence
+    await statsShow(c, "stats\r\n", "STAT buffered_bytes 1\r\n");
+    const body = "a".repeat(2 * MB);
+    expect(await a.call(`set big 0 0 ${body.length}\r\n${body}\r\n`)).toBe("STORED\r\n");
+    expect(await c.call("stats\r\n")).toContain("STAT buffered_bytes 1\r\nSTAT over_budget_connections 0\r\n");
+  });
+
+  test("--max-conn-memory: past it, connections with output unsent run no more; the others go on", async () => {
+    const s = await startServer(["--max-conn-memory", "4"]);
+    const [good, c] = [await s.connect(), await s.connect()];
+    expect(await good.call(set("pk", "p".repeat(MB - 100)))).toBe("STORED\r\n");
+    const slow = await Promise.all(Array.from({ length: 8 }, () => s.connect()));
+    for (const r of slow) {
+      r.socket.pause(); // they never read
+      r.write("get pk/peek\r\n".repeat(20));
+    }
+    // Once it settles: over the budget by at most one reply per connection and one turn's output.
+    let last = -1;
+    let now = 0;
+    for (let i = 0; i < 200 && now !== last; i++) {
+      last = now;
+      await Bun.sleep(50);
+      now = Number(/STAT buffered_bytes (\d+)/.exec(await c.call("stats\r\n"))![1]);
+    }
+    expect(now).toBeGreaterThan(4 * MB);
+    expect(now).toBeLessThanOrEqual(4 * MB + 8 * (MB + 1024) + 4 * MB);
+    expect(await c.call("stats\r\n")).toContain("STAT over_budget_connections 8\r\n");
+    // A client that reads its replies is served all the while.
+    expect(await good.call(set("other", "x") + "get other\r\n")).toBe("STORED\r\n" + value("other", "x") + "END\r\n");
+    slow.forEach((r) => r.close());
+    await statsShow(c, "stats\r\n", "STAT buffered_bytes 0\r\nSTAT over_budget_connections 0\r\n");
   });
 });
