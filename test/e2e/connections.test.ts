@@ -80,6 +80,22 @@ test("--idle-timeout closes silent connections, not one waiting in a blocking ge
   expect(await waiting).toBe("END\r\n");
 }, 30_000);
 
+test("--idle-timeout closes a client that stopped reading, and what it was never sent goes back", async () => {
+  const s = await startServer(["--idle-timeout", "1"]);
+  const [slow, other] = [await s.connect(), await s.connect()];
+  const big = "b".repeat(1024 * 1024 - 100);
+  expect(await other.call(set("gone", big) + set("gone", "second"))).toBe("STORED\r\nSTORED\r\n");
+  slow.socket.pause();
+  slow.write("get gone/peek\r\n".repeat(40) + "get gone\r\n"); // never read: its output fills
+  // Its socket is paused, so the client sees no close until it reads: watch the server's count.
+  for (let i = 0; !(await other.call("stats\r\n")).includes("STAT curr_connections 1\r\n"); i++) {
+    expect(i).toBeLessThan(400);
+    await Bun.sleep(25);
+  }
+  // Its plain get's reply, if it was ever run, never reached the socket: the message is back.
+  expect(await other.call("get gone\r\nget gone\r\n")).toBe(value("gone", big) + "END\r\n" + value("gone", "second") + "END\r\n");
+}, 30_000);
+
 test("SIGTERM with 1000 connected clients exits 0 within 5 s, answering what was read", async () => {
   const s = await startServer(["-c", "2000"]);
   const clients = await Promise.all(Array.from({ length: 1000 }, () => Client.connect(s.port)));
