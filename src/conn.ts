@@ -43,6 +43,8 @@ export interface Conn {
   buffered: number;
   /** Neither read nor run: the server is over --max-conn-memory and this one has output unsent. */
   overBudget: boolean;
+  /** A write found the socket closed: it is ended as if its close event had come. */
+  gone: boolean;
   /** When the client last sent anything (for --idle-timeout). */
   lastActive: number;
 }
@@ -61,6 +63,7 @@ export function createConn(socket: Socket<Conn>, session: Session, framer: Frame
     paused: false,
     buffered: 0,
     overBudget: false,
+    gone: false,
     lastActive: now,
   };
 }
@@ -100,7 +103,7 @@ export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): numbe
   if (size <= COALESCE_BYTES) {
     const bytes = coalesce(replies, size);
     // Where the messages end is worked out only if the socket did not take everything.
-    const n = conn.unsent.length === 0 ? Math.max(conn.socket.write(bytes), 0) : 0;
+    const n = conn.unsent.length === 0 ? sent(conn, conn.socket.write(bytes)) : 0;
     if (n < bytes.length) keep(conn, advance({ bytes, messages: inFlight(replies) }, n));
   } else {
     // Large bodies are written as they are, not copied into one more buffer.
@@ -117,11 +120,20 @@ export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): numbe
 
 function write(conn: Conn, chunk: Chunk): void {
   if (conn.unsent.length === 0) {
-    const n = Math.max(conn.socket.write(chunk.bytes), 0);
+    const n = sent(conn, conn.socket.write(chunk.bytes));
     if (n === chunk.bytes.length) return;
     chunk = advance(chunk, n);
   }
   keep(conn, chunk);
+}
+
+/**
+ * Bytes a write took. -1 means the socket is closed: a client that vanished while its reading
+ * was paused gets no close event, so this is how the server learns it is gone.
+ */
+function sent(conn: Conn, n: number): number {
+  if (n < 0) conn.gone = true;
+  return Math.max(n, 0);
 }
 
 function keep(conn: Conn, chunk: Chunk): void {
@@ -139,7 +151,7 @@ function advance(chunk: Chunk, n: number): Chunk {
 export function drainUnsent(conn: Conn): boolean {
   while (conn.unsent.length > 0) {
     const chunk = conn.unsent[0]!;
-    const n = Math.max(conn.socket.write(chunk.bytes), 0);
+    const n = sent(conn, conn.socket.write(chunk.bytes));
     conn.unsentBytes -= n;
     if (n < chunk.bytes.length) {
       conn.unsent[0] = advance(chunk, n);

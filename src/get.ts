@@ -19,13 +19,18 @@ const CRLF = "\r\n";
 
 /** Runs a get; false if it now waits for a message (ctx.resume() says when to go on). */
 export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind: "get" }>): boolean {
+  // A reply that rests on what earlier requests of this batch did to the session (an open, an
+  // abort) is only true if that batch commits: it depends on it too.
+  const rests = s.changedIn === ctx.batch.epoch();
   const refusal = refuse(ctx, s, req.keys);
   if (refusal !== null) {
-    say(s, refusal);
+    const line = say(s, refusal);
+    if (rests) ctx.batch.depends(line);
     return true;
   }
   const reply = newReply(true);
   s.held.push(reply);
+  if (rests) ctx.batch.depends(reply);
   const g: PendingGet = { req, index: 0, reply, state: "running", timer: null, deadline: -1 };
   s.get = g;
   // A failure settles the reply (session.ts): the get is over, whatever state it was in.
@@ -142,6 +147,8 @@ export function endAllWaits(ctx: Context): void {
 
 /** A reason to refuse the whole get before any key is served, or null. */
 function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
+  // The common get, one plain key, has nothing to refuse: no need to look.
+  if (keys.length === 1 && !keys[0]!.open && !keys[0]!.close) return null;
   const opening = new Set<string>();
   let after = s.opens.size;
   let expired = false;
@@ -156,7 +163,8 @@ function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   if (expired) {
     // The lease ran out and the message went back: confirming now would confirm nothing. The
     // error alone is the reply, and it is said once.
-    for (const key of keys) if (key.close) s.expired.delete(key.queue);
+    const said = keys.filter((key) => key.close && s.expired.delete(key.queue));
+    changeSession(ctx, s, () => said.forEach((key) => s.expired.add(key.queue)));
     return REPLY.LEASE_EXPIRED;
   }
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
@@ -186,7 +194,7 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     s.leases.delete(key.queue);
     if (open !== undefined) {
       s.opens.delete(key.queue);
-      batch.onUndo(() => {
+      changeSession(ctx, s, () => {
         s.opens.set(key.queue, open);
         if (lease !== undefined) s.leases.set(key.queue, lease);
       });
@@ -225,11 +233,12 @@ function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: M
   if (message === null) return false;
   if (key.open) {
     s.opens.set(key.queue, message.id);
-    s.expired.delete(key.queue); // a new open starts afresh
+    const wasExpired = s.expired.delete(key.queue); // a new open starts afresh
     if (ctx.config.openTimeoutMs > 0) s.leases.set(key.queue, now + ctx.config.openTimeoutMs);
-    ctx.batch.onUndo(() => {
+    changeSession(ctx, s, () => {
       s.opens.delete(key.queue);
       s.leases.delete(key.queue);
+      if (wasExpired) s.expired.add(key.queue);
     });
   }
   ctx.stats.getHits++;
@@ -264,17 +273,27 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
   const lease = s.leases.get(queue);
   s.opens.delete(queue);
   s.leases.delete(queue);
+  const wasExpired = s.expired.has(queue);
   if (why === "expired") s.expired.add(queue);
-  ctx.batch.onUndo(() => {
+  changeSession(ctx, s, () => {
     if (why === "gone") {
       ctx.retry(() => releaseOrphan(ctx, queue, id));
       return;
     }
     s.opens.set(queue, id);
     if (lease !== undefined) s.leases.set(queue, lease);
-    if (why === "expired") s.expired.delete(queue);
+    if (why === "expired" && !wasExpired) s.expired.delete(queue);
   });
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/**
+ * The session's state changes in the open batch: `undo` puts it back if the batch fails, and the
+ * session's later replies in the batch depend on it (see startGet).
+ */
+function changeSession(ctx: Context, s: Session, undo: () => void): void {
+  ctx.batch.onUndo(undo);
+  s.changedIn = ctx.batch.epoch();
 }
 
 function releaseOrphan(ctx: Context, queue: string, id: number): void {

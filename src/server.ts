@@ -68,7 +68,19 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     retry: (task) => void retries.push(task),
     stopping: false,
   };
-  const turns = createTurns(ctx, describe);
+  const turns = createTurns(ctx, describe, (conn) => {
+    // A write found it closed (no close event comes while reading is paused): end it here.
+    drop(conn);
+    conn.socket.terminate();
+  });
+
+  /** The connection is gone: its session ends inside the batch (turn.ts closed). */
+  function drop(conn: Conn): void {
+    if (!conns.delete(conn)) return;
+    stats.currConnections--;
+    ctx.sessions.delete(conn.session);
+    turns.closed(conn);
+  }
   const limits = { maxLine: config.maxLine, maxBody: config.maxBody };
 
   const handlers = {
@@ -103,11 +115,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       if (conn !== undefined && conn.state !== "closed") turns.drained(conn);
     },
     close(socket: Socket<Conn>) {
-      const conn = socket.data;
-      if (conn === undefined || !conns.delete(conn)) return;
-      stats.currConnections--;
-      ctx.sessions.delete(conn.session);
-      turns.closed(conn);
+      if (socket.data !== undefined) drop(socket.data);
     },
     error(_socket: Socket<Conn>, error: Error) {
       log.debug(`connection error: ${error.message}`);
@@ -138,9 +146,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     // Open messages (and any reply that could not be sent) go back to their queues; give-backs a
     // failed batch left to redo are tried again, a few times, before the store closes.
     for (const conn of [...conns]) {
-      conns.delete(conn);
-      ctx.sessions.delete(conn.session);
-      turns.closed(conn);
+      drop(conn);
       conn.socket.end();
     }
     for (let i = 0; i < 3; i++) {

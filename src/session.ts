@@ -53,10 +53,16 @@ export function newReply(get: boolean): Reply {
   return { pieces: [], size: 0, complete: false, get, values: 0, taken: null, epoch: 0, marks: null, onSettle: null };
 }
 
+/**
+ * The pieces of the fixed one-line replies, shared: a line reply's pieces are never changed in
+ * place (settle() replaces them), so STORED costs no array of its own.
+ */
+const SHARED = new Map<string, string[]>(Object.values(REPLY).map((text) => [text, Object.freeze([text]) as string[]]));
+
 /** A complete reply of one line. */
 export function lineReply(text: string): Reply {
   return {
-    pieces: [text],
+    pieces: SHARED.get(text) ?? [text],
     size: text.length,
     complete: true,
     get: false,
@@ -128,6 +134,8 @@ export interface Session {
   get: PendingGet | null;
   /** A reply built over several turns (a long listing): runs a slice, true once complete. */
   job: (() => boolean) | null;
+  /** The batch that last changed its opens, leases or lease notes (batch epoch; 0 never). */
+  changedIn: number;
   /** Ends the session's get when a failure settles its reply (one function per session). */
   onGetSettled: (() => void) | null;
   /** The connection is gone: nothing more is sent. */
@@ -137,7 +145,7 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, onGetSettled: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, changedIn: 0, onGetSettled: null, closed: false };
 }
 
 /** Appends a complete one-line reply. */

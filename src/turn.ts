@@ -40,7 +40,7 @@ export interface Turns {
   afterCommit: (() => void) | null;
 }
 
-export function createTurns(ctx: Context, describe: (req: Request) => string): Turns {
+export function createTurns(ctx: Context, describe: (req: Request) => string, lost: (conn: Conn) => void): Turns {
   const { store, stats, config, log, batch } = ctx;
   let runnable = new Set<Conn>();
   let current: Set<Conn> | null = null; // the connections of the turn in progress
@@ -155,6 +155,10 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     for (const conn of release) {
       if (conn.state === "closed") continue;
       stats.bytesWritten += flushHeld(conn, batch.durable);
+      if (conn.gone) {
+        lost(conn);
+        continue;
+      }
       if (conn.unsentBytes >= outputLimit && conn.state !== "closing") conn.state = "output-full";
       account(conn);
       if (conn.state === "closing" && conn.session.held.length === 0 && conn.unsent.length === 0) conn.socket.end();
@@ -200,6 +204,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string): T
     },
     drained(conn) {
       const all = drainUnsent(conn);
+      if (conn.gone) return lost(conn);
       account(conn);
       if (!all) return;
       if (conn.state === "closing" && conn.session.held.length === 0) conn.socket.end();

@@ -71,7 +71,7 @@ function setup(make: () => QueueStore = sqlite) {
     retry: () => {},
     stopping: false,
   };
-  const turns = createTurns(ctx, () => "");
+  const turns = createTurns(ctx, () => "", (conn) => turns.closed(conn));
   const conns: Conn[] = [];
   /** A connection whose socket takes at most `budget.left` bytes; `sent` is what it took. */
   function connect(budget = { left: Infinity }) {
