@@ -31,7 +31,17 @@ export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind:
   const reply = newReply(true);
   s.held.push(reply);
   if (rests) ctx.batch.depends(reply);
-  const g: PendingGet = { req, index: 0, reply, state: "running", timer: null, deadline: -1 };
+  // The session's last get is reused when nothing outlived it (a take answered later keeps it).
+  let g = s.spareGet;
+  if (g === null) g = { req, index: 0, reply, state: "running", timer: null, deadline: -1, escaped: false };
+  else {
+    s.spareGet = null;
+    g.req = req;
+    g.index = 0;
+    g.reply = reply;
+    g.state = "running";
+    g.deadline = -1;
+  }
   s.get = g;
   // A failure settles the reply (session.ts): the get is over, whatever state it was in.
   reply.onSettle = s.onGetSettled ??= () => endWait(ctx, s, "settled");
@@ -71,12 +81,14 @@ export function continueGet(ctx: Context, s: Session): boolean {
   g.reply.complete = true;
   g.reply.onSettle = null;
   s.get = null;
+  if (!g.escaped) s.spareGet = g;
   return true;
 }
 
 /** A take the store completes later: the get goes on from its outcome, or ends on a failure. */
 function later(ctx: Context, s: Session, g: PendingGet, result: Promise<boolean>): void {
   g.state = "fetching";
+  g.escaped = true; // the promise below holds it: never reuse it
   const epoch = ctx.batch.epoch(); // the take belongs to the batch open now
   result.then(
     (served) => {

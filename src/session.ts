@@ -118,6 +118,8 @@ export interface PendingGet {
   timer: ReturnType<typeof setTimeout> | null;
   /** When the wait of key `index` ends (ms), once it first parked; -1 before. */
   deadline: number;
+  /** A callback of a take answered later holds it, so it is not reused for the next get. */
+  escaped: boolean;
 }
 
 export interface Session {
@@ -134,6 +136,8 @@ export interface Session {
   get: PendingGet | null;
   /** A reply built over several turns (a long listing): runs a slice, true once complete. */
   job: (() => boolean) | null;
+  /** The last get's state, reused by the next one (saves an allocation per get). */
+  spareGet: PendingGet | null;
   /** The batch that last changed its opens, leases or lease notes (batch epoch; 0 never). */
   changedIn: number;
   /** Ends the session's get when a failure settles its reply (one function per session). */
@@ -145,7 +149,7 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, changedIn: 0, onGetSettled: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, spareGet: null, changedIn: 0, onGetSettled: null, closed: false };
 }
 
 /** Appends a complete one-line reply. */

@@ -51,6 +51,8 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
   /** Connections with output not yet sent, and those held back for the budget (--max-conn-memory). */
   const sending = new Set<Conn>();
+  /** Reply bytes made since the last release, not yet in anyone's unsent count. */
+  let heldOut = 0;
   const overBudget = new Set<Conn>();
 
   /**
@@ -94,9 +96,12 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     setImmediate(turn);
   }
 
-  /** Runs the connection's buffered requests until it waits, closes, or has had its share. */
-  function runConn(conn: Conn): void {
-    if ((conn.state !== "reading" && conn.state !== "waiting") || conn.overBudget) return;
+  /**
+   * Runs the connection's buffered requests until it waits, closes, or has had its share; true
+   * if it ran (and counted its bytes).
+   */
+  function runConn(conn: Conn): boolean {
+    if ((conn.state !== "reading" && conn.state !== "waiting") || conn.overBudget) return false;
     const s = conn.session;
     touched.add(conn);
     if (s.job !== null || s.get !== null) {
@@ -104,14 +109,15 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       if (outcome !== "next") {
         conn.state = outcome === "close" ? "closing" : "waiting";
         account(conn);
-        return;
+        return true;
       }
     }
     conn.state = "reading";
     let out = conn.unsentBytes + heldBytes(conn);
     for (let n = 0; ; n++) {
       // Its share of the turn, its own output bound, or (past the server's budget) one reply.
-      if (n === REQUESTS_PER_TURN || out >= outputLimit || (out > 0 && stats.bufferedBytes + out > config.maxConnMemory)) {
+      const over = out > 0 && stats.bufferedBytes + heldOut > config.maxConnMemory;
+      if (n === REQUESTS_PER_TURN || out >= outputLimit || over) {
         runnable.add(conn);
         break;
       }
@@ -120,12 +126,16 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       const before = s.held.length;
       const outcome = execute(ctx, s, req);
-      for (let i = before; i < s.held.length; i++) out += s.held[i]!.size;
+      for (let i = before; i < s.held.length; i++) {
+        out += s.held[i]!.size;
+        heldOut += s.held[i]!.size;
+      }
       if (outcome === "close") conn.state = "closing";
       if (outcome === "wait") conn.state = "waiting";
       if (outcome !== "next") break;
     }
     account(conn);
+    return true;
   }
 
   function turn(): void {
@@ -152,6 +162,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   }
 
   function finish(release: Set<Conn>): void {
+    heldOut = 0; // written out now, or counted as unsent
     for (const conn of release) {
       if (conn.state === "closed") continue;
       stats.bytesWritten += flushHeld(conn, batch.durable);
@@ -167,6 +178,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   }
 
   function runTasks(): void {
+    if (tasks.length === 0) return;
     const list = tasks;
     tasks = [];
     for (const task of list) {
@@ -193,7 +205,10 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   const turns: Turns = {
     run(conn) {
       if (current !== null) resume(conn);
-      else runConn(conn);
+      else if (runConn(conn)) {
+        schedule();
+        return;
+      }
       account(conn);
       schedule();
     },
