@@ -13,7 +13,7 @@
  * were built on its changes. A synchronous store (SQLite) never has one in flight.
  */
 import type { Mark, Reply } from "./session";
-import { settle } from "./session";
+import { settle, takenCount } from "./session";
 import { StoreError, type QueueStore } from "./store/store";
 
 export interface Batch {
@@ -125,7 +125,7 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
       if (reply.size === 0 && reply.marks === null) return;
       // It was touched while empty by a batch not yet durable: that batch's mark is "nothing".
       if (reply.marks === null && before > durable) reply.marks = [{ ...NOTHING, epoch: before }];
-      const taken = reply.taken === null ? 0 : reply.taken.length;
+      const taken = takenCount(reply);
       (reply.marks ??= []).push({ epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken });
     },
     onUndo: (fn) => void open.undo.push(fn),

@@ -14,7 +14,7 @@
 import type { Socket } from "bun";
 import type { Undelivered } from "./get";
 import type { Framer } from "./protocol/framer";
-import type { Reply, Session } from "./session";
+import { takenAt, takenCount, type Reply, type Session, type Taken } from "./session";
 
 export type ConnState = "reading" | "waiting" | "output-full" | "closing" | "closed";
 
@@ -110,7 +110,7 @@ export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): numbe
     for (const reply of replies) {
       reply.pieces.forEach((piece, i) => {
         const bytes = typeof piece === "string" ? Buffer.from(piece, "latin1") : piece;
-        const t = reply.taken?.find((x) => x.piece === i);
+        const t = takenList(reply).find((x) => x.piece === i);
         write(conn, { bytes, messages: t === undefined ? null : [{ queue: t.queue, message: t.message, end: bytes.length }] });
       });
     }
@@ -170,8 +170,8 @@ export function undelivered(conn: Conn, markOf: (reply: Reply) => { taken: numbe
   const out: Undelivered[] = [];
   for (const reply of conn.session.held) {
     if (reply.taken === null) continue;
-    const committed = markOf(reply)?.taken ?? reply.taken.length;
-    reply.taken.forEach((t, i) => out.push({ queue: t.queue, message: t.message, committed: i < committed }));
+    const committed = markOf(reply)?.taken ?? takenCount(reply);
+    takenList(reply).forEach((t, i) => out.push({ queue: t.queue, message: t.message, committed: i < committed }));
   }
   for (const chunk of conn.unsent) {
     for (const m of chunk.messages ?? []) out.push({ queue: m.queue, message: m.message, committed: true });
@@ -198,16 +198,18 @@ function coalesce(replies: Reply[], size: number): Buffer {
   return bytes;
 }
 
+const takenList = (reply: Reply): Taken[] => Array.from({ length: takenCount(reply) }, (_, i) => takenAt(reply, i));
+
 /** The messages plain gets took in these replies, with where each ends in their coalesced bytes. */
 function inFlight(replies: Reply[]): InFlight[] | null {
   let messages: InFlight[] | null = null;
   let at = 0;
   for (const reply of replies) {
     let next = 0;
-    const taken = reply.taken;
+    const taken = takenList(reply);
     for (let i = 0; i < reply.pieces.length; i++) {
       at += reply.pieces[i]!.length; // strings are ASCII: one byte per char
-      if (taken !== null && next < taken.length && taken[next]!.piece === i) {
+      if (next < taken.length && taken[next]!.piece === i) {
         const t = taken[next++]!;
         (messages ??= []).push({ queue: t.queue, message: t.message, end: at });
       }

@@ -261,7 +261,7 @@ function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: M
   put(reply, message.body);
   put(reply, CRLF);
   reply.values++;
-  if (!key.open && !key.peek) (reply.taken ??= []).push({ queue: key.queue, message, piece: reply.pieces.length - 1 });
+  if (!key.open && !key.peek) (reply.taken ??= []).push(key.queue, message, reply.pieces.length - 1);
   return true;
 }
 

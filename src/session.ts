@@ -19,6 +19,21 @@ export interface Taken {
   piece: number;
 }
 
+/**
+ * The taken messages of a reply, kept flat as [queue, message, piece, …]: one array per reply
+ * and no object per message on the hot path. Read back with takenAt() on the rare paths.
+ */
+export type TakenList = (string | Message | number)[];
+
+export function takenCount(reply: Reply): number {
+  return reply.taken === null ? 0 : reply.taken.length / 3;
+}
+
+export function takenAt(reply: Reply, i: number): Taken {
+  const t = reply.taken!;
+  return { queue: t[3 * i] as string, message: t[3 * i + 1] as Message, piece: t[3 * i + 2] as number };
+}
+
 /** Where a reply stood when the current batch first touched it (see batch.ts). */
 export interface Mark {
   epoch: number;
@@ -40,7 +55,7 @@ export interface Reply {
   /** VALUEs so far. */
   values: number;
   /** Messages plain gets took for this reply. */
-  taken: Taken[] | null;
+  taken: TakenList | null;
   /** The last batch that changed what it reports (0: none); it leaves once that one is durable. */
   epoch: number;
   /** A get's: where each batch not yet durable began in it, oldest first (batch.ts). */
@@ -88,7 +103,7 @@ export function settle(reply: Reply, mark: Mark | null, reason: string): void {
     reply.pieces.length = mark.pieces;
     reply.size = mark.size;
     reply.values = mark.values;
-    if (reply.taken !== null) reply.taken.length = mark.taken;
+    if (reply.taken !== null) reply.taken.length = 3 * mark.taken;
   }
   if (reply.get && reply.values > 0) put(reply, REPLY.END);
   else {
