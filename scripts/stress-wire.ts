@@ -70,27 +70,24 @@ export interface StressConn {
   until(done: () => boolean, ms: number, what: string): Promise<void>;
 }
 
+type OnReply = (conn: StressConn, req: Req, reply: Reply) => void;
+type OnViolation = (conn: StressConn, req: Req | null, what: string) => void;
+
+/** What the reader keeps besides the connection: unparsed bytes and who waits for news. */
+interface ReadState {
+  buf: Buffer;
+  lastReplyAt: number;
+  wake: (() => void)[];
+  broken: boolean;
+}
+
 /**
  * Connects and starts reading. `onReply` gets each reply in order; `onViolation` the first thing
  * that breaks the wire contract (the connection stops being read after it).
  */
-export async function openConn(
-  port: number,
-  id: number,
-  onReply: (conn: StressConn, req: Req, reply: Reply) => void,
-  onViolation: (conn: StressConn, req: Req | null, what: string) => void,
-): Promise<StressConn> {
+export async function openConn(port: number, id: number, onReply: OnReply, onViolation: OnViolation): Promise<StressConn> {
   const client = await Client.connect(port);
-  let buf: Buffer = Buffer.alloc(0);
-  let lastReplyAt = 0;
-  let wake: (() => void)[] = [];
-  let broken = false;
-  const notify = () => {
-    const list = wake;
-    wake = [];
-    for (const fn of list) fn();
-  };
-
+  const rs: ReadState = { buf: Buffer.alloc(0), lastReplyAt: 0, wake: [], broken: false };
   const conn: StressConn = {
     id,
     client,
@@ -119,10 +116,10 @@ export async function openConn(
       const deadline = Date.now() + ms;
       while (!done()) {
         const left = deadline - Date.now();
-        if (left <= 0 || broken) throw new Error(`${what}: ${broken ? "the connection broke" : `not within ${ms} ms`}`);
+        if (left <= 0 || rs.broken) throw new Error(`${what}: ${rs.broken ? "the connection broke" : `not within ${ms} ms`}`);
         await new Promise<void>((ok) => {
           const timer = setTimeout(ok, left);
-          wake.push(() => {
+          rs.wake.push(() => {
             clearTimeout(timer);
             ok();
           });
@@ -130,48 +127,53 @@ export async function openConn(
       }
     },
   };
-
-  function violation(req: Req | null, what: string): void {
-    broken = true;
+  void pump(conn, rs, onReply, (req, what) => {
+    rs.broken = true;
     onViolation(conn, req, what);
-  }
-
-  function feed(chunk: Buffer): void {
-    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
-    while (buf.length > 0 && !broken) {
-      const req = conn.pending[0];
-      if (req === undefined) return violation(null, `bytes with no request in flight: ${show(buf)}`);
-      const parsed = parse(buf, req.expect);
-      if (parsed === null) return;
-      if ("error" in parsed) return violation(req, `${parsed.error}: ${show(buf)}`);
-      buf = buf.subarray(parsed.used);
-      conn.pending.shift();
-      req.receivedAt = Date.now();
-      req.startAt = Math.max(req.sentAt, lastReplyAt);
-      lastReplyAt = req.receivedAt;
-      req.reply = parsed.reply;
-      if (conn.log.push(`step ${req.step} ${JSON.stringify(req.text)} sent ${req.sentAt} read ${req.receivedAt}: ${showReply(parsed.reply)}`) > 12) conn.log.shift();
-      onReply(conn, req, parsed.reply);
-    }
-  }
-
-  void (async () => {
-    // Client.until hands over and clears what arrived, so nothing is copied twice.
-    for (;;) {
-      const chunk = await client.until((b) => b.length > 0, DAY_MS);
-      if (chunk.length > 0) feed(chunk);
-      notify();
-      if (client.closed && chunk.length === 0) break;
-    }
-    conn.closed = true;
-    if (broken) return notify();
-    if (conn.leaving === null) violation(conn.pending[0] ?? null, "the server closed the connection");
-    else if (conn.leaving === "quit" && conn.pending.length > 0) {
-      violation(conn.pending[0]!, `the server closed the connection with ${conn.pending.length} requests unanswered`);
-    }
-    notify();
-  })();
+  });
   return conn;
+}
+
+/** Reads until the connection closes; a close we did not ask for, or too early, is a violation. */
+async function pump(conn: StressConn, rs: ReadState, onReply: OnReply, violation: (req: Req | null, what: string) => void) {
+  const notify = () => {
+    const list = rs.wake;
+    rs.wake = [];
+    for (const fn of list) fn();
+  };
+  // Client.until hands over and clears what arrived, so nothing is copied twice.
+  for (;;) {
+    const chunk = await conn.client.until((b) => b.length > 0, DAY_MS);
+    if (chunk.length > 0) feed(conn, rs, chunk, onReply, violation);
+    notify();
+    if (conn.client.closed && chunk.length === 0) break;
+  }
+  conn.closed = true;
+  if (!rs.broken && conn.leaving === null) violation(conn.pending[0] ?? null, "the server closed the connection");
+  else if (!rs.broken && conn.leaving === "quit" && conn.pending.length > 0) {
+    violation(conn.pending[0]!, `the server closed the connection with ${conn.pending.length} requests unanswered`);
+  }
+  notify();
+}
+
+/** Parses what arrived into replies, each for the oldest request in flight. */
+function feed(conn: StressConn, rs: ReadState, chunk: Buffer, onReply: OnReply, violation: (req: Req | null, what: string) => void): void {
+  rs.buf = rs.buf.length === 0 ? chunk : Buffer.concat([rs.buf, chunk]);
+  while (rs.buf.length > 0 && !rs.broken) {
+    const req = conn.pending[0];
+    if (req === undefined) return violation(null, `bytes with no request in flight: ${show(rs.buf)}`);
+    const parsed = parse(rs.buf, req.expect);
+    if (parsed === null) return;
+    if ("error" in parsed) return violation(req, `${parsed.error}: ${show(rs.buf)}`);
+    rs.buf = rs.buf.subarray(parsed.used);
+    conn.pending.shift();
+    req.receivedAt = Date.now();
+    req.startAt = Math.max(req.sentAt, rs.lastReplyAt);
+    rs.lastReplyAt = req.receivedAt;
+    req.reply = parsed.reply;
+    if (conn.log.push(`step ${req.step} ${JSON.stringify(req.text)} sent ${req.sentAt} read ${req.receivedAt}: ${showReply(parsed.reply)}`) > 12) conn.log.shift();
+    onReply(conn, req, parsed.reply);
+  }
 }
 
 /** Requests whose reply may be lost with the connection without changing what is stored. */

@@ -13,6 +13,9 @@
  *      never noticed: the write in the drain handler returns -1, which conn.ts treats as "nothing
  *      written yet", and with reading paused Bun reports no close. The connection stays counted
  *      and its open messages are never given back.
+ * 5.   After a lease ran out, an open whose batch fails still clears the "lease expired" note
+ *      (get.ts fetch: s.expired.delete has no undo), so the next close answers END as if it had
+ *      confirmed the message another consumer got meanwhile.
  */
 import { afterAll, expect, test } from "bun:test";
 import { join } from "node:path";
@@ -80,6 +83,19 @@ test("stress finding 4: clients that vanish while their output is full are notic
   // Seen: curr_connections stays at 7 to 9 for good, and the open messages stay open.
   await until(b, "stats\r\n", "STAT curr_connections 1\r\n");
   for (let i = 0; i < 8; i++) expect(await b.call(`get f4-${i}\r\n`)).toBe(value(`f4-${i}`, "m") + "END\r\n");
+});
+
+test("stress finding 5: after a lease ran out, an open undone with its batch does not erase the lease error the next close owes", async () => {
+  const s = await startServer(["--open-timeout", "100"], join(tempDir(), "data"), serverCommand(), { MCQ_FAULTS: "poison=fail-" });
+  const [a, b] = [await s.connect(), await s.connect()];
+  expect(await a.call(set("f5", "m1") + "get f5/open\r\n")).toBe("STORED\r\n" + value("f5/open", "m1") + "END\r\n");
+  await until(b, "stats queue f5\r\n", "STAT open 0\r\n"); // the lease ran out: m1 is back
+  expect(await b.call("get f5\r\n")).toBe(value("f5", "m1") + "END\r\n"); // and someone else took it
+  expect(await a.call(set("f5", "m2"))).toBe("STORED\r\n");
+  expect(await a.call("get f5/open\r\n" + set("fail-x", "x"))).toBe(FAILED.repeat(2));
+  // Nothing changed for a since the lease ran out. Seen: END, and get f5/close/open would have
+  // "confirmed" m1 for a client that never learns another consumer had it.
+  expect(await a.call("get f5/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n");
 });
 
 /** Polls `command` until its reply contains `line` (5 s at most). */
