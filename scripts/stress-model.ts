@@ -65,6 +65,8 @@ export interface Counts {
   leaseExpired: number;
   alreadyOpen: number;
   serverErrors: number;
+  /** Gets that only take or peek, answered SERVER_ERROR. */
+  failedReads: number;
 }
 
 export class Violation extends Error {}
@@ -73,6 +75,7 @@ export class Violation extends Error {}
 interface State {
   lease: number;
   reasons: Set<string>;
+
   releasing: (conn: number, queue: string) => boolean;
   msgs: Map<number, Msg>;
   conns: Map<number, ConnModel>;
@@ -178,8 +181,11 @@ function hold(st: State, c: ConnModel, connId: number, m: Msg, req: Req): void {
 
 /** A reply that is one error line: what it may mean, given what this connection holds. */
 function onGetError(st: State, c: ConnModel, connId: number, req: Req, line: string): void {
-  if (serverError(st, line)) return; // the batch was undone: nothing changed
   const keys = req.keys!;
+  if (serverError(st, line)) {
+    if (keys.every((k) => k.mode === "plain" || k.mode === "peek")) st.counts.failedReads++;
+    return; // the batch was undone: nothing changed
+  }
   if (line === ALREADY_OPEN) {
     if (!keys.some((k) => k.mode === "open" && c.holds.has(k.queue))) fail(`${line}, with nothing open on those queues`);
     st.counts.alreadyOpen++;
@@ -270,8 +276,8 @@ function onDrained(st: State, v: Value, queue: string): void {
 function lost(st: State): string[] {
   const out: string[] = [];
   for (const m of st.msgs.values()) {
-    if (m.state === "sent") out.push(`m${m.id} (set at step ${m.step}) was never answered`);
-    else if (m.state === "stored" && m.consumed === 0 && !st.drainedIds.has(m.id)) out.push(`m${m.id} on ${m.queue} is lost; its history: ${m.history.join("; ")}`);
+    // A set never answered (the server stopped first) stored nothing, or the drain says otherwise.
+    if (m.state === "stored" && m.consumed === 0 && !st.drainedIds.has(m.id)) out.push(`m${m.id} on ${m.queue} is lost; its history: ${m.history.join("; ")}`);
   }
   return out;
 }
@@ -288,12 +294,15 @@ function expected(st: State, queue: string): string {
  * `releasing(conn, queue)`: whether that connection may be giving back what it holds on the
  * queue right now (an abort or close in flight, or a quit or disconnect under way).
  */
-export function createModel(lease: number, reasons: Set<string>, releasing: (conn: number, queue: string) => boolean) {
+export function createModel(
+  { lease, reasons }: { lease: number; reasons: string[] },
+  releasing: (conn: number, queue: string) => boolean,
+) {
   const counts: Counts = {
-    stored: 0, refused: 0, consumed: 0, confirmed: 0, opened: 0, redelivered: 0, peeked: 0, leaseExpired: 0, alreadyOpen: 0, serverErrors: 0,
+    stored: 0, refused: 0, consumed: 0, confirmed: 0, opened: 0, redelivered: 0, peeked: 0, leaseExpired: 0, alreadyOpen: 0, serverErrors: 0, failedReads: 0,
   };
   const st: State = {
-    lease, reasons, releasing, msgs: new Map(), conns: new Map(), queues: new Map(), counts, drainedIds: new Set(), drainOrder: new Map(), nextId: 0,
+    lease, reasons: new Set(reasons), releasing, msgs: new Map(), conns: new Map(), queues: new Map(), counts, drainedIds: new Set(), drainOrder: new Map(), nextId: 0,
   };
   return {
     counts,

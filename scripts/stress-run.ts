@@ -62,6 +62,8 @@ export interface Run {
   /** Every connection not yet replaced, the control connection included. */
   live: StressConn[];
   server: Running | null;
+  /** The phase's first server, the one the workload ran against (its log outlives it). */
+  first: Running | null;
   control: StressConn | null;
   checkpoints: number;
   drained: number;
@@ -83,11 +85,12 @@ export function createRun(name: PhaseName, seed: number, phase: Phase, command: 
     const gives = (k: KeySpec) => k.queue === queue && (k.mode === "abort" || k.mode === "close" || k.mode === "closeopen");
     return c === undefined || c.leaving !== null || c.pending.some((r) => r.keys?.some(gives));
   };
-  const model = createModel(phase.lease, new Set(phase.reasons), releasing);
+  const model = createModel({ lease: phase.lease, reasons: phase.reasons }, releasing);
   const run: Run = {
     name, phase, report, home, command, rnd, model, live,
     ctx: undefined as unknown as Ctx,
     server: null,
+    first: null,
     control: null,
     checkpoints: 0,
     drained: 0,
@@ -152,7 +155,7 @@ export async function start(run: Run): Promise<void> {
   const args = run.phase.lease > 0 ? ["--open-timeout", String(run.phase.lease)] : [];
   const seed = Math.floor(run.rnd() * 2 ** 31) || 1;
   const env: Record<string, string> = run.phase.faults === null ? {} : { MCQ_FAULTS: `${run.phase.faults},seed=${seed}` };
-  run.server = await startServer(args, run.home, run.command, env);
+  run.server = run.first = await startServer(args, run.home, run.command, env);
   const control = (run.control = await run.connect(true));
   for (let i = 0; i < CONNS; i++) run.ctx.conns.push(await run.connect(true));
   // The big message slow readers peek at; injected failures may refuse it a few times.
@@ -225,6 +228,12 @@ export async function serverView(run: Run): Promise<[string, number]> {
   const field = (f: string) => general.find((l) => l.startsWith(`STAT ${f} `))?.slice(6 + f.length) ?? "?";
   const view = ALL_QUEUES.map((q, i) => `${q}: ${statsLine(lines(items[i]![0]))}`).join("; ");
   return [`${view}; waiters ${field("waiters")}; curr_connections ${field("curr_connections")}`, items[0]![0].receivedAt];
+}
+
+/** The server's errors, but the failures the phase causes on purpose (for a failure message). */
+export function serverErrors(run: Run): string[] {
+  const lines = (run.first?.stderr() ?? "").split("\n");
+  return lines.filter((l) => / (ERROR|WARN) /.test(l) && !l.includes(INJECTED) && !l.includes("out of space")).slice(0, 6);
 }
 
 export function result(run: Run): Omit<PhaseReport, "ms"> {

@@ -74,7 +74,11 @@ type Action = (ctx: Ctx, c: StressConn, i: number) => void | Promise<void>;
 
 export const ACTIONS: Record<string, Action> = {
   set(ctx, c) {
-    send(c, Array.from({ length: int(ctx, 1, 6) }, () => setOf(ctx, c, ctx.rnd() < 0.15 ? WAITQ : pick(ctx, QUEUES), ctx.bodySize())));
+    // Sometimes a burst into one queue: several sets in one batch serve its waiters in one go.
+    // WAITQ gets few, so that it is mostly empty and gets on it really wait.
+    const burst = ctx.rnd() < 0.3 ? pick(ctx, QUEUES) : null;
+    const queue = () => burst ?? (ctx.rnd() < 0.04 ? WAITQ : pick(ctx, QUEUES));
+    send(c, Array.from({ length: int(ctx, 1, 6) }, () => setOf(ctx, c, queue(), ctx.bodySize())));
   },
   get(ctx, c) {
     const t = wait(ctx);
@@ -117,13 +121,18 @@ export const ACTIONS: Record<string, Action> = {
   /** A client that stops reading: megabytes of peeks pile up, then maybe a blocking get. */
   slow(ctx, c) {
     c.pause();
-    const items = Array.from({ length: int(ctx, 8, 40) }, () => getOf(ctx, [keySpec(BIG, "peek")]));
-    if (ctx.rnd() < 0.7) items.push(getOf(ctx, [keySpec(WAITQ, "plain", int(ctx, 200, 1500))]));
+    // 6 to 12 MB: past the server's 4 MB of unsent output and the socket buffers, so the server
+    // stops reading this client while its get waits, and takes it up again once it reads.
+    const items = Array.from({ length: int(ctx, 24, 48) }, () => getOf(ctx, [keySpec(BIG, "peek")]));
+    if (ctx.rnd() < 0.7) items.push(getOf(ctx, [keySpec(WAITQ, "plain", int(ctx, 300, 2000))]));
     send(c, items);
   },
-  resume(ctx) {
-    const c = ctx.conns.find((x) => x.paused);
-    if (c !== undefined) c.resume();
+  /** A slow reader catches up while its get may still wait, and a burst of sets arrives for it. */
+  resume(ctx, c) {
+    const slow = ctx.conns.find((x) => x.paused);
+    if (slow === undefined) return;
+    slow.resume();
+    if (c !== slow && ctx.rnd() < 0.5) send(c, Array.from({ length: int(ctx, 2, 4) }, () => setOf(ctx, c, WAITQ, int(ctx, 1, 100))));
   },
   async wait(ctx, c) {
     c.resume();

@@ -22,7 +22,7 @@ import { INJECTED } from "../src/store/faults";
 import { serverCommand, tempDir } from "../test/e2e/harness";
 import { drain, recovers, stop } from "./stress-end";
 import { createModel } from "./stress-model";
-import { createRun, result, runSteps, start, type Phase, type PhaseName, type PhaseReport, type StressReport } from "./stress-run";
+import { createRun, result, runSteps, serverErrors, start, type Phase, type PhaseName, type PhaseReport, type StressReport } from "./stress-run";
 import { DEFAULT_MIX } from "./stress-workload";
 
 export type { PhaseName, PhaseReport, StressReport };
@@ -104,6 +104,8 @@ async function runPhase(name: PhaseName, seed: number, steps: number, command: s
     run.fail(null, null, (e as Error).message);
   } finally {
     await stop(run);
+    const errors = serverErrors(run);
+    if (report.failure !== null && errors.length > 0) report.failure += `\n  the server logged:\n    ${errors.join("\n    ")}`;
     if (mount !== null) Bun.spawnSync(["umount", "-l", mount]);
     rmSync(mount ?? join(home, ".."), { recursive: true, force: true });
   }
@@ -111,7 +113,7 @@ async function runPhase(name: PhaseName, seed: number, steps: number, command: s
 }
 
 function emptyReport(phase: PhaseName, skipped: string): PhaseReport {
-  const counts = createModel(0, new Set(), () => false).counts;
+  const counts = createModel({ lease: 0, reasons: [] }, () => false).counts;
   return { ...counts, phase, steps: 0, ms: 0, actions: {}, checkpoints: 0, drained: 0, skipped };
 }
 

@@ -16,12 +16,25 @@
  * 5.   After a lease ran out, an open whose batch fails still clears the "lease expired" note
  *      (get.ts fetch: s.expired.delete has no undo), so the next close answers END as if it had
  *      confirmed the message another consumer got meanwhile.
+ * 6.   On a full disk, a set refused for space (before it changed anything) still fails its whole
+ *      batch, so a get that ran before it in the batch fails too (issue 9, item 5: "the gets in it
+ *      fail too"), and so do give-backs and lease expiries that share the batch.
  */
 import { afterAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { serverCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
-afterAll(stopAll);
+const mountPoint = mkdtempSync(join(tmpdir(), "mcq-findings-"));
+const mounted = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mountPoint]).exitCode === 0;
+if (!mounted) console.warn(`stress finding 6 skipped: cannot mount a tmpfs at ${mountPoint} (needs root)`);
+
+afterAll(async () => {
+  await stopAll();
+  if (mounted) Bun.spawnSync(["umount", mountPoint]);
+  rmSync(mountPoint, { recursive: true, force: true });
+});
 
 /** A set into fail-* poisons the commit of the batch it is in (src/store/faults.ts). */
 const poisoned = () => startServer([], join(tempDir(), "data"), serverCommand(), { MCQ_FAULTS: "poison=fail-" });
@@ -96,6 +109,19 @@ test("stress finding 5: after a lease ran out, an open undone with its batch doe
   // Nothing changed for a since the lease ran out. Seen: END, and get f5/close/open would have
   // "confirmed" m1 for a client that never learns another consumer had it.
   expect(await a.call("get f5/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n");
+});
+
+// Under CI a full disk is never skipped: not being able to mount is a failure there.
+test.skipIf(!mounted && process.env.CI !== "true")("stress finding 6: on a full disk, a get is not failed by a set refused after it", async () => {
+  expect(mounted).toBe(true);
+  const s = await startServer([], join(mountPoint, "data"));
+  const a = await s.connect();
+  const body = "x".repeat(64 * 1024);
+  let reply = "";
+  for (let i = 0; i < 1000 && (reply = await a.call(set("f6", body))) === "STORED\r\n"; i++);
+  expect(reply).toBe("SERVER_ERROR out of space\r\n");
+  // One write, one batch. Seen: "SERVER_ERROR out of space" twice, the get undone with the set.
+  expect(await a.call("get f6\r\n" + set("f6", "y"))).toBe(value("f6", body) + "END\r\nSERVER_ERROR out of space\r\n");
 });
 
 /** Polls `command` until its reply contains `line` (5 s at most). */
