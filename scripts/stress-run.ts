@@ -135,6 +135,7 @@ function createCtx(run: Run): Ctx {
       c.resume(); // a client that does not read gets no replies
       try {
         await c.until(() => c.pending.every(keep), ms, "replies");
+        if (c.pending.length === 0) c.unsettled = 0;
       } catch {
         const waiting = c.pending.slice(0, 8).map((r) => `${JSON.stringify(r.text)} (step ${r.step})`).join(", ");
         run.fail(c, c.pending[0] ?? null, `no reply within ${ms} ms; ${c.pending.length} requests unanswered: ${waiting}${c.closed ? "; the connection is closed" : ""}`);
@@ -178,7 +179,7 @@ export async function runSteps(run: Run, n: number): Promise<void> {
     ctx.tally(action);
     if (action === "checkpoint") await checkpoint(run);
     else {
-      if (c.pending.length > 2500) await ctx.settle(c);
+      if (c.unsettled > 2500) await ctx.settle(c); // bounds what is in flight, the same way for a seed
       await ACTIONS[action]!(ctx, c, i);
     }
     run.stepsDone = step;

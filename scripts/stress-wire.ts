@@ -57,6 +57,8 @@ export interface StressConn {
   client: Client;
   pending: Req[];
   paused: boolean;
+  /** Requests sent since everything was last answered (counted by sending, so the seed decides). */
+  unsettled: number;
   /** We ended it: a close is no violation (after a quit, only once every request is answered). */
   leaving: "quit" | "destroy" | null;
   closed: boolean;
@@ -93,10 +95,12 @@ export async function openConn(port: number, id: number, onReply: OnReply, onVio
     client,
     pending: [],
     paused: false,
+    unsettled: 0,
     leaving: null,
     closed: false,
     log: [],
     send(reqs, bytes) {
+      conn.unsettled += reqs.length;
       for (const req of reqs) {
         req.paused = conn.paused;
         conn.pending.push(req);
