@@ -26,6 +26,12 @@ export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind:
   if (refusal !== null) {
     const line = say(s, refusal);
     if (rests) ctx.batch.depends(line);
+    if (refusal === REPLY.LEASE_EXPIRED) {
+      // The error is said once. It stands whatever the batch does, unless the reply depends on
+      // the batch: then a failure turns it into SERVER_ERROR, and the error is still owed.
+      const said = req.keys.filter((key) => key.close && s.expired.delete(key.queue));
+      if (rests) changeSession(ctx, s, () => said.forEach((key) => s.expired.add(key.queue)));
+    }
     return true;
   }
   const reply = newReply(true);
@@ -172,13 +178,9 @@ function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
     opening.add(key.queue);
     after++;
   }
-  if (expired) {
-    // The lease ran out and the message went back: confirming now would confirm nothing. The
-    // error alone is the reply, and it is said once.
-    const said = keys.filter((key) => key.close && s.expired.delete(key.queue));
-    changeSession(ctx, s, () => said.forEach((key) => s.expired.add(key.queue)));
-    return REPLY.LEASE_EXPIRED;
-  }
+  // The lease ran out and the message went back: confirming now would confirm nothing. The
+  // error alone is the reply.
+  if (expired) return REPLY.LEASE_EXPIRED;
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 
