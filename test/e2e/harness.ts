@@ -198,3 +198,13 @@ export class Client {
 
 export const set = (q: string, body: string, flags = 0) => `set ${q} ${flags} 0 ${Buffer.byteLength(body, "latin1")}\r\n${body}\r\n`;
 export const value = (q: string, body: string, flags = 0) => `VALUE ${q} ${flags} ${Buffer.byteLength(body, "latin1")}\r\n${body}\r\n`;
+
+/** The base URL of --http, from the server's "metrics on …" log line. */
+export async function metricsUrl(stderr: () => string): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const m = /metrics on (http:\/\/\S+)\/metrics/.exec(stderr());
+    if (m) return m[1]!;
+    await Bun.sleep(10);
+  }
+  throw new Error(`no metrics line in: ${stderr()}`);
+}

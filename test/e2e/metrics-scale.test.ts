@@ -4,7 +4,7 @@
  * served during it, and only the --metrics-queues deepest queues get series of their own.
  */
 import { afterAll, expect, test } from "bun:test";
-import { set, startServer, stopAll, type Client } from "./harness";
+import { metricsUrl, set, startServer, stopAll, type Client } from "./harness";
 
 afterAll(stopAll);
 
@@ -97,15 +97,6 @@ test("issue 9.11: a /metrics scrape over 50,000 queues stalls no client; --metri
   expect(stats!.queues.map((q) => q.name)).toEqual(own.map(([, q]) => q!));
   expect(stats!.otherQueues).toMatchObject({ count: QUEUES + 2, depth: QUEUES + 5 });
 }, 120_000);
-
-async function metricsUrl(stderr: () => string): Promise<string> {
-  for (let i = 0; i < 200; i++) {
-    const m = /metrics on (http:\/\/\S+)\/metrics/.exec(stderr());
-    if (m) return m[1]!;
-    await Bun.sleep(10);
-  }
-  throw new Error(`no metrics line in: ${stderr()}`);
-}
 
 test("issue 9.11: `stats queue` over 50,000 queues is built in slices: exact, sorted, and others are served meanwhile", async () => {
   const server = await startServer();

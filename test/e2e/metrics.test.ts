@@ -1,20 +1,11 @@
 /** --http: /metrics in Prometheus text (checked by promtool), /stats.json, /healthz. */
 import { afterAll, expect, test } from "bun:test";
-import { set, startServer, stopAll } from "./harness";
+import { metricsUrl, set, startServer, stopAll } from "./harness";
 
 afterAll(stopAll);
 
 const hasPromtool = Bun.which("promtool") !== null;
 if (!hasPromtool && process.env.CI) throw new Error("promtool is missing in CI: apt-get install prometheus");
-
-async function metricsUrl(stderr: () => string): Promise<string> {
-  for (let i = 0; i < 200; i++) {
-    const m = /metrics on (http:\/\/\S+)\/metrics/.exec(stderr());
-    if (m) return m[1]!;
-    await Bun.sleep(10);
-  }
-  throw new Error(`no metrics line in: ${stderr()}`);
-}
 
 test("/metrics, /stats.json and /healthz show the same numbers", async () => {
   const s = await startServer(["--http", "127.0.0.1:0"]);
