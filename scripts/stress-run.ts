@@ -33,6 +33,8 @@ export interface PhaseReport extends Counts {
   actions: Record<string, number>;
   checkpoints: number;
   drained: number;
+  /** Store failures the server logged as injected (MCQ_FAULTS): the failure paths really ran. */
+  injected: number;
   skipped?: string;
 }
 
@@ -239,5 +241,6 @@ export function serverErrors(run: Run): string[] {
 
 export function result(run: Run): Omit<PhaseReport, "ms"> {
   const { name, stepsDone, actions, checkpoints, drained } = run;
-  return { phase: name, steps: stepsDone, ...run.model.counts, actions, checkpoints, drained };
+  const injected = (run.first?.stderr() ?? "").split("\n").filter((l) => l.includes(`batch undone: ${INJECTED}`)).length;
+  return { phase: name, steps: stepsDone, ...run.model.counts, actions, checkpoints, drained, injected };
 }

@@ -114,7 +114,7 @@ async function runPhase(name: PhaseName, seed: number, steps: number, command: s
 
 function emptyReport(phase: PhaseName, skipped: string): PhaseReport {
   const counts = createModel({ lease: 0, reasons: [] }, () => false).counts;
-  return { ...counts, phase, steps: 0, ms: 0, actions: {}, checkpoints: 0, drained: 0, skipped };
+  return { ...counts, phase, steps: 0, ms: 0, actions: {}, checkpoints: 0, drained: 0, injected: 0, skipped };
 }
 
 function mountTmpfs(): string | null {
