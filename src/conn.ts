@@ -108,9 +108,10 @@ export function flushHeld(conn: Conn, durable: (reply: Reply) => boolean): numbe
   } else {
     // Large bodies are written as they are, not copied into one more buffer.
     for (const reply of replies) {
+      const taken = takenList(reply);
       reply.pieces.forEach((piece, i) => {
         const bytes = typeof piece === "string" ? Buffer.from(piece, "latin1") : piece;
-        const t = takenList(reply).find((x) => x.piece === i);
+        const t = taken.find((x) => x.piece === i);
         write(conn, { bytes, messages: t === undefined ? null : [{ queue: t.queue, message: t.message, end: bytes.length }] });
       });
     }
