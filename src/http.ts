@@ -1,12 +1,18 @@
 /**
- * --http <addr:port>: metrics and health over HTTP, with Bun.serve (off by default).
+ * --http <addr:port>: metrics, health and a live dashboard over HTTP, with Bun.serve (off by default).
+ *   GET /            the dashboard: one page (dashboard.html) that polls /stats.json each second
  *   GET /metrics     Prometheus text exposition
  *   GET /stats.json  the same numbers as JSON
  *   GET /healthz     200 when a message could be stored now, 503 otherwise
  */
 import type { Context } from "./context";
+// With type "text" Bun imports the file's contents, and `bun build --compile` embeds them in the
+// binary; bun-types types every .html import as an HTMLBundle (Bun's full-stack bundling), hence the cast.
+import dashboardPage from "./dashboard.html" with { type: "text" };
 import { json, prometheus, snapshot } from "./metrics";
 import { turnClock } from "./slices";
+
+const DASHBOARD = dashboardPage as unknown as string;
 
 export interface HttpServer {
   url: string;
@@ -28,6 +34,7 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
       const path = new URL(request.url).pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
       // Both are built across event-loop turns, so a scrape never holds the clients up for long.
+      if (path === "/") return new Response(DASHBOARD, { headers: { "content-type": "text/html; charset=utf-8" } });
       if (path === "/metrics") {
         const clock = turnClock();
         const body = await prometheus(await snapshot(ctx, clock), clock);
@@ -42,7 +49,7 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
         const ok = ctx.store.writable(ctx.now());
         return new Response(ok ? "ok\n" : "store not writable\n", { status: ok ? 200 : 503 });
       }
-      return new Response("not found: try /metrics, /stats.json or /healthz\n", { status: 404 });
+      return new Response("not found: try /, /metrics, /stats.json or /healthz\n", { status: 404 });
     },
   });
   return { url: `http://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };

@@ -38,14 +38,14 @@ const everyStep = (): TurnClock => ({ over: () => true, next: () => new Promise(
 test("the deepest queues are listed, ties by name, and the others are summed", async () => {
   const s = await snapshot(context(2));
   expect(s.queues).toEqual([
-    { name: "a", depth: 3, bytes: 12, total: 3, fetched: 0, open: 0, oldestAgeSeconds: 1, waiters: 1 },
-    { name: "b", depth: 3, bytes: 12, total: 3, fetched: 0, open: 0, oldestAgeSeconds: 2, waiters: 0 },
+    { name: "a", depth: 3, bytes: 12, total: 3, fetched: 0, open: 0, delayed: 0, deadLettered: 0, oldestAgeSeconds: 1, waiters: 1 },
+    { name: "b", depth: 3, bytes: 12, total: 3, fetched: 0, open: 0, delayed: 0, deadLettered: 0, oldestAgeSeconds: 2, waiters: 0 },
   ]);
   // c, d and e; the waiter on a queue that does not exist yet counts among them too.
-  expect(s.otherQueues).toEqual({ count: 3, depth: 3, bytes: 12, total: 4, fetched: 1, open: 1, waiters: 2 });
+  expect(s.otherQueues).toEqual({ count: 3, depth: 3, bytes: 12, total: 4, fetched: 1, open: 1, delayed: 0, deadLettered: 0, waiters: 2 });
   expect(s.queueCount).toBe(5);
   const none = await snapshot(context(0));
-  expect([none.queues, none.otherQueues]).toEqual([[], { count: 5, depth: 9, bytes: 36, total: 10, fetched: 1, open: 1, waiters: 3 }]);
+  expect([none.queues, none.otherQueues]).toEqual([[], { count: 5, depth: 9, bytes: 36, total: 10, fetched: 1, open: 1, delayed: 0, deadLettered: 0, waiters: 3 }]);
 });
 
 test("/metrics: a series per listed queue, one for the rest, the same text in one turn or many", async () => {
