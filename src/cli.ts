@@ -110,7 +110,7 @@ function program(version: string, notes: string[] = []): Command {
       DEFAULTS.maxQueues),
     opt("--max-conn-memory <mb>", "MB buffered across all connections before the largest stop being read",
       integer(1, 1_048_576), DEFAULTS.maxConnMemory / 1024 / 1024),
-    opt("--http <addr:port>", "serve /metrics, /stats.json and /healthz here", httpAddress),
+    opt("--http <addr:port>", "serve the dashboard (/), /metrics, /stats.json and /healthz here", httpAddress),
     opt("--metrics-queues <num>", "queues with their own series in /metrics, the deepest first; the rest are summed",
       integer(0, 1_000_000), DEFAULTS.metricsQueues),
     opt("--log-format <format>", "log lines as text or json").choices(["text", "json"]).default(DEFAULTS.logFormat),

@@ -41,7 +41,7 @@ export interface Config {
   maxUnsent: number;
   /** Period of the housekeeping step (give disk space back, checkpoint, sweep expired). */
   maintainMs: number;
-  /** Serve /metrics, /stats.json and /healthz on this address (--http host:port); null = off. */
+  /** Serve the dashboard (/), /metrics, /stats.json and /healthz on this address (--http host:port); null = off. */
   http: { hostname: string; port: number } | null;
   /** Queues with series of their own in /metrics, the deepest first; the rest are summed (--metrics-queues). */
   metricsQueues: number;

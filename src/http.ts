@@ -4,6 +4,10 @@
  *   GET /metrics     Prometheus text exposition
  *   GET /stats.json  the same numbers as JSON
  *   GET /healthz     200 when a message could be stored now, 503 otherwise
+ * The dashboard's bound is /stats.json's: it lists the --metrics-queues deepest queues (default
+ * 1000) and sums the rest in one row, so a refresh sends at most that many rows (about 135 KB for
+ * 1000), whatever the number of queues. Each refresh still makes one pass over every queue's
+ * counters in memory, in slices: measured with 100,000 queues, 67 ms of CPU per refresh.
  */
 import type { Context } from "./context";
 // With type "text" Bun imports the file's contents, and `bun build --compile` embeds them in the

@@ -58,6 +58,7 @@ test.skipIf(chromium === null)("issue 13: the dashboard shows each queue's depth
       ["(other queues)", "(2 other queues)", "2", "0", "0", "0", "0"],
     ]);
     expect(await tab.evaluate(`document.getElementById("queue-count").textContent`)).toBe("5");
+    expect(await tab.evaluate(`document.getElementById("shown").textContent`)).toBe("the 3 deepest of 5 queues; the rest are summed in the last row");
 
     // Refreshes by itself: new sets and gets show in depth and in the rate sparklines.
     await c.call(set("beta", "2").repeat(4) + "get alpha\r\n");
