@@ -9,8 +9,8 @@
  *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
  *   bun run bench --large              p99 of small gets while one client moves 1 MB messages
  *
- * With mcbench (../shared/tools/mcbench.c and cc) it also measures the loads of the performance
- * targets (README) with mcbench itself, the C generator those targets are defined with.
+ * With mcbench (scripts/bench/mcbench.c, built with cc) it also measures the loads of the performance
+ * targets (docs/performance.md) with mcbench itself, the C generator those targets are defined with.
  *
  * Peers are used when found on PATH: memcached (-t 2), redis-server (appendonly yes, with
  * appendfsync always and everysec, driven with LPUSH/RPOP) and beanstalkd (-f 50, put/reserve/
@@ -125,9 +125,9 @@ async function load(server: Server, l: Load, secs = SECS, prefix = `b${Math.rand
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
 
-/** ../shared/tools/mcbench.c compiled once, or null where there is no source or no C compiler. */
+/** scripts/bench/mcbench.c compiled once, or null where there is no C compiler. */
 function mcbench(): string | null {
-  const source = resolve(ROOT, "../shared/tools/mcbench.c");
+  const source = resolve(ROOT, "scripts/bench/mcbench.c");
   if (!existsSync(source) || Bun.which("cc") === null) return null;
   const bin = join(tmpdir(), "mcq-mcbench");
   if (Bun.spawnSync(["cc", "-O2", "-o", bin, source, "-lpthread"]).exitCode !== 0) return null;

@@ -19,7 +19,7 @@ export interface Config {
   home: string;
   /** Largest message body in bytes (-B). */
   maxBody: number;
-  /** Longest command line in bytes, without its end (SPEC.md: 8192). */
+  /** Longest command line in bytes, without its end (docs/protocol.md: 8192). */
   maxLine: number;
   /** full: fsync before STORED; normal: survives kill -9, not power loss; off: tests only (-N = normal). */
   sync: SyncMode;
@@ -54,7 +54,7 @@ export interface Config {
 }
 
 /**
- * What one connection may hold, input buffered plus output not yet sent (DECISIONS.md): at
+ * What one connection may hold, input buffered plus output not yet sent (docs/protocol.md): at
  * least 64 MB, and room for two of the largest messages.
  */
 export function connBytes(config: Config): number {

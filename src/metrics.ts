@@ -197,7 +197,7 @@ const label = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').repla
 
 /**
  * The label of the series that sum the queues not listed. It holds a space, which no queue name
- * does (SPEC: printable ASCII without spaces), so it can never clash with a real queue.
+ * does (docs/protocol.md: printable ASCII, no spaces), so it can never clash with a real queue.
  */
 export const OTHER_QUEUES = "(other queues)";
 

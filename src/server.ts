@@ -18,7 +18,7 @@ import { createStats } from "./stats";
 import type { QueueStore } from "./store/store";
 import { createTurns } from "./turn";
 
-/** Longest time a stop spends answering what was read and flushing it (DECISIONS.md). */
+/** Longest time a stop spends answering what was read and flushing it (docs/protocol.md). */
 const STOP_FLUSH_MS = 5000;
 
 export interface Server {

@@ -1,6 +1,6 @@
 /**
  * Long listings (metrics, stats) built in slices: no event-loop turn spends more than a few ms
- * on them, so the clients' requests keep being served in between (DECISIONS: about 5 ms at most).
+ * on them, so the clients' requests keep being served in between (about 5 ms at most).
  */
 
 /** Work done in one turn before the loop is given back. */

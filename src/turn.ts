@@ -16,7 +16,7 @@ import { observeCommit } from "./stats";
 /** Requests one connection may run per turn before others get theirs. */
 const REQUESTS_PER_TURN = 1024;
 /**
- * Batches committing at once (DECISIONS.md): while one waits on a networked store, the next
+ * Batches committing at once (docs/design.md): while one waits on a networked store, the next
  * runs. A synchronous store (SQLite) is durable before its turn ends and never has one in flight.
  */
 const MAX_IN_FLIGHT = 2;

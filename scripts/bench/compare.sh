@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 old=$(cd "$1" && pwd); new=$(cd "${2:-$here}" && pwd); rounds=${3:-3}; secs=${4:-3}
 bun="$here/node_modules/.bin/bun"
 mcbench=/tmp/mcbench
-[ -x $mcbench ] || cc -O2 -o $mcbench "$here/../shared/tools/mcbench.c" -lpthread
+[ -x $mcbench ] || cc -O2 -o $mcbench "$here/scripts/bench/mcbench.c" -lpthread
 command -v memcached >/dev/null || { echo "memcached is not installed (apt-get install memcached)"; exit 1; }
 out=$(mktemp -d)
 

@@ -1,6 +1,6 @@
 /**
  * A pure parser for one request of the memcache text protocol as mcq speaks it
- * (../shared/SPEC.md). It reads bytes from `buf[start..end)` and never touches
+ * (docs/protocol.md). It reads bytes from `buf[start..end)` and never touches
  * sockets, the store or the clock, so any split of the input gives the same result.
  *
  * Grammar (tokens are separated by one or more spaces; a line ends at "\n", and
@@ -19,7 +19,7 @@
  *   <flags>   0..4294967295          <exptime>  a signed 32-bit integer
  *   <bytes>   0..2147483647 (digits only)
  *
- * Errors follow SPEC.md: an unknown command or a wrong word count is ERROR; bad input is
+ * Errors follow docs/protocol.md: an unknown command or a wrong word count is ERROR; bad input is
  * CLIENT_ERROR. After a `set` line whose <bytes> is valid, the data block is always
  * skipped on error ("swallowed"); with an invalid <bytes> its length is unknown, so it
  * is not.

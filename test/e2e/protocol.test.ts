@@ -1,6 +1,6 @@
 /**
  * The wire contract over real TCP against a spawned server: exact bytes, pipelining,
- * every error row of SPEC.md, and the admin commands.
+ * every error row of docs/protocol.md, and the admin commands.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Client, set, startServer, stopAll, value, type Running } from "./harness";

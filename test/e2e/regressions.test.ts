@@ -1,5 +1,5 @@
 /**
- * Every input that once broke MemcacheQ (../shared/reference/memcacheq.md §6, numbered B1…),
+ * Every input that once broke MemcacheQ 0.2.1 (its known bugs, numbered B1…),
  * replayed against mcq. Each test is named after the bug it guards against.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
