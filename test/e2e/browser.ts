@@ -28,6 +28,8 @@ export interface Page {
   evaluate<T>(expression: string): Promise<T>;
   /** Writes a PNG of the viewport to `path`. */
   screenshot(path: string): Promise<void>;
+  /** Every uncaught exception of the page's scripts so far. */
+  exceptions: string[];
 }
 
 export interface Browser {
@@ -100,9 +102,17 @@ export async function launchChromium(chromium: string, dir: string): Promise<Bro
     async page() {
       const { targetId } = await send<{ targetId: string }>("Target.createTarget", { url: "about:blank" });
       const { sessionId } = await send<{ sessionId: string }>("Target.attachToTarget", { targetId, flatten: true });
+      const exceptions: string[] = [];
+      listeners.add((m) => {
+        if (m.method !== "Runtime.exceptionThrown" || m.sessionId !== sessionId) return;
+        const { exceptionDetails: d } = m.params as { exceptionDetails: { text: string; exception?: { description?: string } } };
+        exceptions.push(d.exception?.description ?? d.text);
+      });
+      await send("Runtime.enable", {}, sessionId);
       await send("Page.enable", {}, sessionId);
       await send("Emulation.setDeviceMetricsOverride", { ...VIEWPORT, deviceScaleFactor: 1, mobile: false }, sessionId);
       return {
+        exceptions,
         async goto(url) {
           const loaded = event("Page.loadEventFired", sessionId);
           const { errorText } = await send<{ errorText?: string }>("Page.navigate", { url }, sessionId);

@@ -90,6 +90,7 @@ test.skipIf(chromium === null)("issue 13: the dashboard shows each queue's depth
     })`;
     expect(await tab.evaluate(down)).toStartWith("cannot reach the server");
     expect((await tab.evaluate<string[][]>(rowsWhen("true")))[0]!.slice(0, 3)).toEqual(["beta", "beta", "6"]);
+    expect(tab.exceptions).toEqual([]);
   } finally {
     await browser.close();
   }
