@@ -44,6 +44,8 @@ export interface OtherQueues {
 
 export interface Snapshot {
   version: string;
+  /** When the snapshot was taken (ms since the epoch): a reader's rates divide by its steps. */
+  time: number;
   uptimeSeconds: number;
   connections: number;
   connectionsTotal: number;
@@ -74,6 +76,7 @@ export async function snapshot(ctx: Context, clock = turnClock()): Promise<Snaps
   const buckets = COMMIT_BUCKETS.map((le, i): [number, number] => [le, (cumulative += stats.commitBuckets[i]!)]);
   return {
     version: ctx.version,
+    time: now,
     uptimeSeconds: Math.floor((now - ctx.startedAt) / 1000),
     connections: stats.currConnections,
     connectionsTotal: stats.totalConnections,

@@ -45,6 +45,13 @@ test.skipIf(chromium === null)("issue 13: the dashboard shows each queue's depth
   expect(html).not.toMatch(/<(script|link|img|iframe)\b[^>]*\b(src|href)=/i);
   expect(html).not.toMatch(/https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
 
+  // What the page reads: a snapshot shared by every dashboard for a moment, with the time it was taken.
+  const before = Date.now();
+  const stats = (await (await fetch(`${url}/stats.json?shared`)).json()) as { time: number; queues: { name: string }[] };
+  expect(stats.time).toBeGreaterThanOrEqual(before);
+  expect(stats.time).toBeLessThanOrEqual(Date.now());
+  expect(stats.queues.map((q) => q.name)).toEqual(["alpha", "<b>&amp;", "beta"]);
+
   const dir = tempDir("mcq-dashboard-");
   const browser = await launchChromium(chromium!, dir);
   try {
@@ -94,4 +101,4 @@ test.skipIf(chromium === null)("issue 13: the dashboard shows each queue's depth
   } finally {
     await browser.close();
   }
-}, 60_000);
+}, 120_000);
