@@ -54,7 +54,18 @@ export async function launchChromium(chromium: string, dir: string): Promise<Bro
     "--disable-dev-shm-usage", "--hide-scrollbars",
     `--user-data-dir=${join(dir, "profile")}`, "--remote-debugging-port=0", "about:blank",
   ], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
-  const line = await readLine(proc.stderr, (l) => l.startsWith("DevTools listening on "));
+  try {
+    return await connect(proc);
+  } catch (e) {
+    // Nothing else would end it: a browser left behind keeps running after the tests.
+    proc.kill("SIGKILL");
+    await proc.exited;
+    throw e;
+  }
+}
+
+async function connect(proc: Subprocess<"ignore", "ignore", "pipe">): Promise<Browser> {
+  const line = await within("DevTools' listening line", readLine(proc.stderr, (l) => l.startsWith("DevTools listening on ")));
   if (line === null) throw new Error(`chromium exited (${await proc.exited}) before it listened for DevTools`);
   // The rest of stderr is Chromium's own chatter; it must be read, or a full pipe would block it.
   const rest = proc.stderr.getReader();
