@@ -64,8 +64,8 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
       const url = new URL(request.url);
       const path = url.pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
-      // Both are built across event-loop turns, so a scrape never holds the clients up for long.
       if (path === "/") return new Response(DASHBOARD, { headers: { "content-type": "text/html; charset=utf-8" } });
+      // Both are built across event-loop turns, so a scrape never holds the clients up for long.
       if (path === "/metrics") {
         const clock = turnClock();
         const body = await prometheus(await snapshot(ctx, clock), clock);
