@@ -21,8 +21,9 @@ import { createSpace } from "./space";
 import { createListing } from "./sqlite-listing";
 import { prepareStatements } from "./sqlite-statements";
 import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
-import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, WAL_LIMIT_BYTES, type SqliteOptions } from "./sqlite-file";
-import { StoreError, StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
+import { createSnapshots } from "./sqlite-snapshot";
+import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
+import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
 export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
@@ -109,12 +110,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       begin.run();
       inTx = true;
     }
-  }
-
-  /** Ends a snapshot's hold (Snapshots): checkpoints as before. */
-  function release(): void {
-    space.holdCheckpoints(false);
-    if (!fatal.failed()) db.run(`PRAGMA wal_autocheckpoint = ${WAL_LIMIT_BYTES / 4096}`);
   }
 
   const heads = createHeads(st, tx, changed, sums, () => void expired++);
@@ -397,28 +392,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         });
       }),
 
-    snapshots: {
-      hold: () =>
-        guard(() => {
-          if (inTx) throw new StoreError("a batch is open; hold the file between batches");
-          // Commits past this point go to the WAL only, and stay there until release().
-          db.run("PRAGMA wal_autocheckpoint = 0");
-          space.holdCheckpoints(true);
-          try {
-            let done = false;
-            fatal.syncing(() => {
-              const [busy, log, copied] = db.query("PRAGMA wal_checkpoint(TRUNCATE)").values()[0] as number[];
-              done = busy === 0 && log === copied;
-            });
-            if (!done) throw new StoreError("the WAL could not be wholly checkpointed");
-          } catch (e) {
-            release();
-            throw e;
-          }
-          return file;
-        }),
-      release,
-    },
+    snapshots: createSnapshots(db, file, space, fatal, () => inTx, guard),
 
     close: () => {
       // After a fatal error the file is left as a crash would leave it (closing would checkpoint).
