@@ -148,7 +148,7 @@ describe("mcq backup", () => {
     for (let i = 0; i < 200 && !s.stderr().includes("hold ended"); i++) await Bun.sleep(10);
     expect(s.stderr()).toContain("backup: hold ended: the server is stopping");
     expect(() => statSync(join(s.home, "backup.sock"))).toThrow();
-  });
+  }, 30_000);
 
   test("with no server running, the snapshot is made directly and restores", async () => {
     const s = await startServer();
@@ -163,7 +163,7 @@ describe("mcq backup", () => {
     const d = await t.connect();
     expect(await d.call("stats queue\r\nget off\r\n")).toBe("STAT off 2/1\r\nEND\r\nVALUE off 0 3\r\ntwo\r\nEND\r\n");
     await t.kill();
-  });
+  }, 30_000);
 
   test("errors: one line and exit 1 (a missing data directory, a file that exists, a target that cannot be written); 2 for bad usage", async () => {
     const s = await startServer();
@@ -182,5 +182,5 @@ describe("mcq backup", () => {
     for (const [args, code, stderr] of cases) expect(await runCommand(args)).toEqual({ code, stdout: "", stderr });
     expect(readFileSync(exists, "utf8")).toBe("keep me");
     await s.kill();
-  });
+  }, 30_000);
 });
