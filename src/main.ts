@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 /**
  * Entry point: command line → store → server; signals and exit codes. The only file that
- * reads process.argv or calls process.exit. `mcq check|dump|load|stats` are in tools/.
+ * reads process.argv or calls process.exit. `mcq backup|check|dump|load|stats` are in tools/.
  *   0  clean stop (SIGTERM, SIGINT), --help, --version
  *   1  cannot start: data directory in use or unreadable, port in use, bad environment;
  *      or, running, the store failed for good (an fsync error: FatalStoreError)

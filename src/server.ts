@@ -14,6 +14,7 @@ import type { Logger } from "./log";
 import { createFramer } from "./protocol/framer";
 import type { Request } from "./protocol/types";
 import { createSession, type Session } from "./session";
+import { startSnapshotSocket } from "./snapshot-socket";
 import { createStats } from "./stats";
 import type { QueueStore } from "./store/store";
 import { createTurns } from "./turn";
@@ -128,11 +129,14 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     retries = [];
     return list;
   });
+  // After housekeeping: it chains onto the turn's afterCommit, which housekeeping sets.
+  const snapshotSocket = store.snapshots === undefined ? null : startSnapshotSocket(config.home, store.snapshots, turns, log);
 
   async function stop(): Promise<void> {
     if (ctx.stopping) return;
     ctx.stopping = true;
     housekeeping.stop();
+    snapshotSocket?.stop(); // a copy in progress is told that its snapshot did not last
     listener.stop(false); // stop accepting; the open connections are answered first
     // Answer what was already read: waiting gets end as if their time ran out.
     endAllWaits(ctx);

@@ -59,6 +59,8 @@ export interface Space {
   full(): void;
   /** maintain()'s step, between batches: look again, give free pages back, checkpoint. */
   housekeep(): void;
+  /** While a backup copies the data file (Snapshots), no checkpoint may write into it. */
+  holdCheckpoints(hold: boolean): void;
 }
 
 /** `sql` prepares a statement that the store finalizes at close. */
@@ -88,6 +90,8 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
   let walRestarts = false;
   /** The reserve was just given back: checkpoint into its room at the rollback. */
   let released = false;
+  /** A backup is copying the data file: checkpoints wait (the WAL grows meanwhile). */
+  let holding = false;
 
   function look(): void {
     room = diskRoom();
@@ -147,6 +151,7 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
   }
 
   function checkpoint(mode: keyof typeof checkpoints): void {
+    if (holding) return;
     const [busy, log, done] = checkpoints[mode].values()[0] as number[];
     walRestarts = busy === 0 && log === done;
   }
@@ -209,12 +214,16 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
     housekeep() {
       look();
       if (low) checkpoint("PASSIVE"); // after the fold's commit, so the vacuum restarts the WAL
-      const pages = vacuumPages();
+      const pages = holding ? 0 : vacuumPages(); // pages moved now could not reach the file
       if (pages > 0) db.run(`PRAGMA incremental_vacuum(${pages})`);
       // Copy the WAL into the file (which shrinks if pages were vacuumed). With room to spare
       // the WAL is cut to nothing, since between batches no writer would restart it; low on
       // room it is kept, as the room the next batches write into.
       if (pages > 0 || walSize(file) > WAL_LIMIT_BYTES) checkpoint(low ? "RESTART" : "TRUNCATE");
+    },
+
+    holdCheckpoints(hold) {
+      holding = hold;
     },
   };
 }

@@ -21,6 +21,7 @@ import { createSpace } from "./space";
 import { createListing } from "./sqlite-listing";
 import { prepareStatements } from "./sqlite-statements";
 import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
+import { createSnapshots } from "./sqlite-snapshot";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
@@ -390,6 +391,8 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           space.housekeep();
         });
       }),
+
+    snapshots: createSnapshots(db, file, space, fatal, () => inTx, guard),
 
     close: () => {
       // After a fatal error the file is left as a crash would leave it (closing would checkpoint).

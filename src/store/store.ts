@@ -108,6 +108,22 @@ export interface QueueStore {
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   close(): void;
+  /** Only a store kept in one file has it: what `mcq backup` copies while the server serves. */
+  snapshots?: Snapshots;
+}
+
+/**
+ * A consistent copy of the data file, made by another process while the server serves
+ * (snapshot-socket.ts, tools/backup.ts). Between hold() and release() the file does not change.
+ */
+export interface Snapshots {
+  /**
+   * Call between batches. Moves everything committed into the data file and stops anything
+   * else from being written into it (commits go on, into the WAL); returns the file's path.
+   */
+  hold(): string;
+  /** The copy is done: the file may take checkpoints again. */
+  release(): void;
 }
 
 /** A store that answers every take at once (SQLite, memory). */

@@ -1,17 +1,18 @@
 /**
- * The subcommands: `mcq check`, `mcq dump`, `mcq load`, `mcq stats`. Each parses its own flags
+ * The subcommands: `mcq backup`, `mcq check`, `mcq dump`, `mcq load`, `mcq stats`. Each parses its own flags
  * with commander and returns an exit code: 0 done, 1 failed, 2 bad usage.
  */
 import { Command, CommanderError } from "commander";
 import { DEFAULTS } from "../config";
 import { parseHttpAddress } from "../http";
+import { backup } from "./backup";
 import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
 import { load } from "./load";
 import { queueTable } from "./stats";
 
-export const TOOLS = ["check", "dump", "load", "stats"];
+export const TOOLS = ["backup", "check", "dump", "load", "stats"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
@@ -21,6 +22,14 @@ export async function runTool(name: string, argv: string[]): Promise<number> {
   const out = (line: string) => process.stdout.write(line + "\n");
   const err = (line: string) => process.stderr.write(line + "\n");
   try {
+    if (name === "backup") {
+      const cmd = command("backup", "write a consistent snapshot of the data file, while its server serves or not")
+        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+        .argument("<file>", "the snapshot to write (must not exist); restore: copy it to <new dir>/mcq.db, start with -H")
+        .parse(argv, { from: "user" });
+      out(await backup(cmd.opts<{ home: string }>().home, cmd.args[0]!));
+      return 0;
+    }
     if (name === "check") {
       const o = command("check", "verify a data directory offline (stop the server first)")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)

@@ -154,7 +154,7 @@ describe("file modes", () => {
     const c = await s.connect();
     expect(await c.call(set("m", "secret"))).toBe("STORED\r\n");
     const modes = Object.fromEntries(readdirSync(s.home).map((f) => [f, (statSync(join(s.home, f)).mode & 0o777).toString(8)]));
-    expect(modes).toEqual({ "mcq.db": "600", "mcq.db-wal": "600", "mcq.reserve": "600" });
+    expect(modes).toEqual({ "backup.sock": "600", "mcq.db": "600", "mcq.db-wal": "600", "mcq.reserve": "600" });
     expect((statSync(s.home).mode & 0o777).toString(8)).toBe("700");
     expect(await s.kill()).toBe(0);
   });
