@@ -2,8 +2,6 @@
  * Every setting of the server, with its default, in one table. The CLI (cli.ts) fills a
  * Config from the command line; tests build one with `{ ...DEFAULTS, ...overrides }`.
  */
-import type { SyncMode } from "./store/sqlite";
-
 export interface Config {
   /** Interface to listen on (-l). */
   host: string;
@@ -21,8 +19,11 @@ export interface Config {
   maxBody: number;
   /** Longest command line in bytes, without its end (docs/protocol.md: 8192). */
   maxLine: number;
-  /** full: fsync before STORED; normal: survives kill -9, not power loss; off: tests only (-N = normal). */
-  sync: SyncMode;
+  /**
+   * full: fsync before STORED; normal: survives kill -9, not power loss; off: tests only (-N = normal).
+   * The store's SyncMode, spelled out so that the package's types (fixture.ts) need no other file.
+   */
+  sync: "full" | "normal" | "off";
   /** SQLite page cache in MB (-m). */
   cacheMb: number;
   /** Honour exptime (--expiry); without it exptime is ignored, as in MemcacheQ. */

@@ -167,7 +167,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     store.close();
   }
 
-  return { address, port: "port" in listener ? listener.port : 0, context: ctx, stop };
+  // A unix-socket listener has a port property too, undefined.
+  const port = "port" in listener && listener.port !== undefined ? listener.port : 0;
+  return { address, port, context: ctx, stop };
 }
 
 /** Opens the listening socket: TCP, or a unix socket with its mode. */
