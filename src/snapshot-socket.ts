@@ -1,7 +1,7 @@
 /**
  * The backup socket: `<data dir>/backup.sock`, through which `mcq backup` (tools/backup.ts) asks
  * the running server for a consistent snapshot of its data file. The server keeps its exclusive
- * lock on the file (DECISIONS.md): it only checkpoints everything into the file and holds further
+ * lock on the file (a second process never opens it): it only checkpoints everything into the file and holds further
  * checkpoints while the tool, another process, copies it. So the event loop stalls for one
  * checkpoint at most (the WAL is kept near 2 MB), however large the file is.
  *
