@@ -81,6 +81,8 @@ export async function startServer(options: StartOptions = {}): Promise<Mcq> {
   let server: Server | null = null;
   try {
     store = openStore(choice, dir, config, log);
+    // The server keeps files of its own beside the store's (backup.sock): in its directory, not ./data.
+    if (dir !== null) config.home = dir;
     if (config.unixSocket !== null) await prepareUnixSocket(config.unixSocket);
     server = startCore(config, { store, log, version: pkg.version });
     const http = config.http === null ? null : startHttp(server.context, config.http);
