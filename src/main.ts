@@ -7,15 +7,19 @@
  *      or, running, the store failed for good (an fsync error: FatalStoreError)
  *   2  bad flag or value
  */
-import { chmodSync, chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import pkg from "../package.json";
 import { runTool, TOOLS } from "./tools/run";
-import { parseCommandLine } from "./cli";
+import { parseCommandLine, versionLine } from "./cli";
 import type { Config } from "./config";
-import { daemonize } from "./daemon";
+import type { Context } from "./context";
+import { daemonize, isDaemonChild } from "./daemon";
+import { reason } from "./errors";
 import { startHttp, type HttpServer } from "./http";
-import { createLogger, type Logger } from "./log";
+import { createLogger, formatLine, openLogFile, type LogFile, type Logger } from "./log";
+import { handleSignals, onReload } from "./signals";
+import { suggest } from "./suggest";
 import { ListenError, startServer } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
@@ -25,8 +29,13 @@ import { lookupUser, switchUser, type Account } from "./user";
 
 const version: string = pkg.version;
 
+/** Where start errors and log lines go: set once the command line is read. */
+const output: { format: "text" | "json"; file: LogFile | null } = { format: "text", file: null };
+
+/** A start failure: one line on stderr (a JSON object with --log-format json), and in the log file. */
 function fail(message: string, code: number): never {
-  process.stderr.write(`mcq: ${message}\n`);
+  process.stderr.write(output.format === "json" ? formatLine("json", "ERROR", message) : `mcq: ${message}\n`);
+  output.file?.write(formatLine(output.format, "ERROR", message));
   process.exit(code);
 }
 
@@ -36,23 +45,32 @@ async function main(): Promise<void> {
   // (-a) and the pid file get their modes explicitly.
   process.umask(0o077);
   const argv = process.argv.slice(2);
-  if (TOOLS.includes(argv[0] ?? "")) process.exit(await runTool(argv[0]!, argv.slice(1)));
-  const cli = parseCommandLine(argv, version);
+  const word = subcommand(argv);
+  if (word !== null) process.exit(await runTool(word, argv.slice(1), () => printHelp()));
+  const cli = parseCommandLine(argv, versionLine(version));
   if (cli.kind === "exit") {
     if (cli.message !== undefined) (cli.code === 0 ? process.stdout : process.stderr).write(cli.message + "\n");
     process.exit(cli.code);
   }
   const { config } = cli;
-  if (cli.daemon) process.exit(await daemonize(argv, config));
+  output.format = config.logFormat;
+  const daemonChild = isDaemonChild();
+  if (cli.daemon && !daemonChild) process.exit(await daemonize(argv));
+  // Paths as the operator will look for them: the log and every error name them whole.
+  config.home = resolve(config.home);
+  if (config.pidFile !== null) config.pidFile = resolve(config.pidFile);
+  const logFile = cli.logFile === null ? null : openLog(resolve(cli.logFile));
+  let toStderr = logFile === null;
+  const log = createLogger(config.verbose, (line) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line)), config.logFormat);
   const account = cli.user === null ? null : accountToBecome(cli.user);
   makeHome(config.home, account);
   if (account !== null) dropPrivileges(account);
 
-  const log = createLogger(config.verbose, undefined, config.logFormat);
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
   for (const note of cli.notes) log.info(note);
 
-  const store = openStore(config, log);
+  let returned = 0;
+  const store = openStore(config, log, (n) => (returned = n));
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
@@ -82,9 +100,10 @@ async function main(): Promise<void> {
       chmodSync(config.pidFile, 0o644); // public information, past the umask
     } catch (e) {
       await server.stop();
-      fail(`cannot write the pid file ${config.pidFile}: ${(e as Error).message}`, 1);
+      fail(`cannot write the pid file ${config.pidFile}: ${reason(e)}`, 1);
     }
   }
+  const running = server;
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -92,7 +111,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`);
     try {
       http?.stop();
-      await server.stop();
+      await running.stop();
     } catch (e) {
       log.error(`stop: ${(e as Error).message}`);
       process.exit(1);
@@ -104,27 +123,86 @@ async function main(): Promise<void> {
         // Already gone.
       }
     }
+    log.info(stopLine(running.context));
     process.exit(0);
   };
-  // Before the listening line: whoever reads it may signal at once, and must get a clean stop.
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
-  log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
+  handleSignals(log, (signal) => void stop(signal));
+  const totals = store.totals();
+  log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
+    `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  if (daemonChild) {
+    // The parent stops reading at the listening line: from then on the log goes only to the
+    // --log-file, and a write to the closed pipes must not end the server.
+    toStderr = false;
+    process.stdout.on("error", () => {});
+    process.stderr.on("error", () => {});
+  }
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
 }
 
-/** The store in the data directory, or exit 1 saying why it cannot be opened. */
-function openStore(config: Config, log: Logger): QueueStore {
+/** The first argument, when it is a subcommand (or a misspelt one): the tools, or help. */
+function subcommand(argv: string[]): string | null {
+  const first = argv[0];
+  if (first === undefined || first.startsWith("-")) return null;
+  if (TOOLS.includes(first) || first === "help") return first;
+  fail(`unknown command '${first}'${suggest(first, [...TOOLS, "help"]) || " (see mcq --help)"}`, 2);
+}
+
+function printHelp(): void {
+  parseCommandLine(["--help"], versionLine(version));
+}
+
+/** What the log says at a clean stop: how long the server ran and what it did. */
+function stopLine(ctx: Context): string {
+  const { stats, store } = ctx;
+  const seconds = ((ctx.now() - ctx.startedAt) / 1000).toFixed(1);
+  const totals = store.totals();
+  return `stopped after ${seconds} s: ${stats.totalConnections} connections, ${stats.setCmds} sets, ${stats.getCmds} gets ` +
+    `(${stats.getHits} hits); ${totals.queues} queues, ${totals.items} messages left`;
+}
+
+function openLog(path: string): LogFile {
   try {
-    const store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
+    return (output.file = openLogFile(path));
+  } catch (e) {
+    fail(`cannot open the log file ${path}: ${reason(e)}`, 1);
+  }
+}
+
+/** The store in the data directory, or exit 1 saying why it cannot be opened. */
+function openStore(config: Config, log: Logger, onReturned: (count: number) => void): QueueStore {
+  checkHome(config.home);
+  try {
+    const store = openSqliteStore(config.home, {
+      sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log), onReturned,
+    });
     const faults = process.env.MCQ_FAULTS;
     if (!faults) return store;
     log.warn(`MCQ_FAULTS=${faults}: store failures are injected (a test seam; never in production)`);
     return withFaults(store, faults);
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
-    if (e instanceof StoreError) fail(e.message, 1);
+    if (e instanceof StoreError) fail(e.message.includes(config.home) ? e.message : `cannot open the data in ${config.home}: ${e.message}`, 1);
     throw e;
+  }
+}
+
+/**
+ * Before SQLite opens it: the data directory and its file must be writable by this user. SQLite
+ * would say only "disk I/O error (SQLITE_IOERR_LOCK)", without a path or a user.
+ */
+function checkHome(home: string): void {
+  // An id without a passwd entry (a container's --user 1234) is named by its number.
+  const uid = String(process.getuid?.() ?? "");
+  const user = lookupUser(uid)?.name ?? `uid ${uid}`;
+  for (const [path, mode] of [[home, constants.W_OK | constants.X_OK], [join(home, "mcq.db"), constants.R_OK | constants.W_OK]] as const) {
+    if (path !== home && !existsSync(path)) continue;
+    try {
+      accessSync(path, mode);
+    } catch (e) {
+      fail(`cannot use ${path === home ? "the data directory" : "the data file"} ${path}: ${reason(e)} (mcq runs as user ${user}, who needs to write there)`, 1);
+    }
   }
 }
 
@@ -139,13 +217,17 @@ function stopOnFatal(error: FatalStoreError, log: Logger): void {
   setImmediate(() => process.exit(1));
 }
 
-/** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null). */
+/**
+ * -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null).
+ * A user that does not exist is an error either way: the same flags would fail as root.
+ */
 function accountToBecome(user: string): Account | null {
+  const account = lookupUser(user) ?? fail(`-u ${user}: no such user (not in /etc/passwd, nor known to getent)`, 1);
   if (process.getuid?.() !== 0) return null;
   if (typeof process.setgroups !== "function" || typeof process.setgid !== "function" || typeof process.setuid !== "function") {
     fail(`-u ${user}: switching users is not supported on this platform; start mcq as ${user} instead`, 1);
   }
-  return lookupUser(user) ?? fail(`no such user '${user}'`, 1);
+  return account;
 }
 
 /**
@@ -154,6 +236,7 @@ function accountToBecome(user: string): Account | null {
  * /var/lib); a directory that already exists keeps its owner.
  */
 function makeHome(home: string, owner: Account | null): void {
+  if (existsSync(home) && !statSync(home).isDirectory()) fail(`-H ${home}: not a directory (it is a file)`, 1);
   try {
     const first = mkdirSync(home, { recursive: true, mode: 0o700 });
     if (owner === null || first === undefined) return;
@@ -163,7 +246,7 @@ function makeHome(home: string, owner: Account | null): void {
       if (dir === top || dir === dirname(dir)) break;
     }
   } catch (e) {
-    fail(`cannot create the data directory ${home}: ${(e as Error).message}`, 1);
+    fail(`cannot create the data directory ${home}: ${reason(e)}`, 1);
   }
 }
 
@@ -171,7 +254,7 @@ function dropPrivileges(account: Account): void {
   try {
     switchUser(account);
   } catch (e) {
-    fail(`can't switch to user ${account.name}: ${(e as Error).message}`, 1);
+    fail(`-u ${account.name}: cannot switch to this user: ${reason(e)}`, 1);
   }
 }
 
