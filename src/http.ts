@@ -3,8 +3,13 @@
  *   GET /metrics     Prometheus text exposition
  *   GET /stats.json  the same numbers as JSON
  *   GET /healthz     200 when a message could be stored now, 503 otherwise
+ * With -Y, /metrics and /stats.json need HTTP basic auth by a user of the authfile who may read
+ * every queue (they name them all); /healthz stays open, for load balancers. With -Z it is HTTPS,
+ * with the certificate as it was at start (refresh_certs moves only the memcache listeners).
  */
+import type { TlsSettings } from "./config";
 import type { Context } from "./context";
+import { loadTls } from "./tls";
 import { json, prometheus, snapshot } from "./metrics";
 import { turnClock } from "./slices";
 
@@ -20,13 +25,17 @@ export function parseHttpAddress(value: string): { hostname: string; port: numbe
   return { hostname: m[1]!.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1", port: Number(m[2]) };
 }
 
-export function startHttp(ctx: Context, address: { hostname: string; port: number }): HttpServer {
+export function startHttp(ctx: Context, address: { hostname: string; port: number }, tls: TlsSettings | null = null): HttpServer {
   const server = Bun.serve({
     hostname: address.hostname,
     port: address.port,
+    tls: tls === null ? undefined : loadTls(tls),
     async fetch(request) {
       const path = new URL(request.url).pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+      if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization")))) {
+        return new Response("authentication required\n", { status: 401, headers: { "www-authenticate": 'Basic realm="mcq"' } });
+      }
       // Both are built across event-loop turns, so a scrape never holds the clients up for long.
       if (path === "/metrics") {
         const clock = turnClock();
@@ -45,5 +54,17 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
       return new Response("not found: try /metrics, /stats.json or /healthz\n", { status: 404 });
     },
   });
-  return { url: `http://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+  return { url: `${tls === null ? "http" : "https"}://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+}
+
+/** `Authorization: Basic base64(user:password)`, checked against the authfile. */
+async function authorized(ctx: Context, header: string | null): Promise<boolean> {
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header ?? "");
+  if (m === null) return false;
+  const pair = Buffer.from(m[1]!, "base64").toString("utf8");
+  const colon = pair.indexOf(":");
+  if (colon <= 0) return false;
+  const ok = await ctx.auth!.verify(pair.slice(0, colon), pair.slice(colon + 1));
+  if (!ok) ctx.log.warn(`HTTP authentication failure for user ${pair.slice(0, colon)}`);
+  return ok;
 }

@@ -20,7 +20,9 @@ import { startHttp, type HttpServer } from "./http";
 import { createLogger, formatLine, openLogFile, type LogFile, type Logger } from "./log";
 import { handleSignals, onReload } from "./signals";
 import { suggest } from "./suggest";
+import { AuthFileError } from "./auth";
 import { ListenError, startServer } from "./server";
+import { TlsError } from "./tls";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
 import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
@@ -82,13 +84,13 @@ async function main(): Promise<void> {
     server = startServer(config, { store, log, version });
   } catch (e) {
     store.close();
-    if (e instanceof ListenError) fail(e.message, 1);
+    if (e instanceof ListenError || e instanceof TlsError || e instanceof AuthFileError) fail(e.message, 1);
     throw e;
   }
   let http: HttpServer | null = null;
   if (config.http !== null) {
     try {
-      http = startHttp(server.context, config.http);
+      http = startHttp(server.context, config.http, config.tls);
     } catch (e) {
       fail(`cannot serve --http on ${config.http.hostname}:${config.http.port}: ${(e as Error).message}`, 1);
     }
@@ -127,6 +129,7 @@ async function main(): Promise<void> {
     process.exit(0);
   };
   if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
+  watchSecurity(running, config, log);
   handleSignals(log, (signal) => void stop(signal));
   const totals = store.totals();
   log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
@@ -138,7 +141,21 @@ async function main(): Promise<void> {
     process.stdout.on("error", () => {});
     process.stderr.on("error", () => {});
   }
-  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
+  // One line per listener, the main one first (DECISIONS.md): tools read the first.
+  for (const l of server.listening) process.stdout.write(`mcq ${version} listening on ${l.address}\n`);
+}
+
+/** -Y and -Z join SIGHUP; a server others can reach with neither gets one warning. */
+function watchSecurity(server: { listening: { address: string; tls: boolean }[]; context: Context }, config: Config, log: Logger): void {
+  const { auth, refreshCerts } = server.context;
+  if (auth !== undefined) onReload(`the authfile ${auth.path}`, () => auth.reload());
+  if (refreshCerts !== undefined) onReload(`the TLS certificate ${config.tls!.cert}`, () => log.info(`TLS certificate now: ${refreshCerts()}`));
+  if (auth !== undefined || config.unixSocket !== null) return;
+  const loopback = (address: string) => /^(127\.|\[::1\]:|localhost:)/.test(address);
+  const exposed = server.listening.filter((l) => !l.tls && !loopback(l.address)).map((l) => l.address);
+  if (exposed.length > 0) {
+    log.warn(`listening on ${exposed.join(", ")} with neither -Y nor TLS: anyone who can connect may read and delete every queue`);
+  }
 }
 
 /** The first argument, when it is a subcommand (or a misspelt one): the tools, or help. */
