@@ -12,9 +12,10 @@ import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
 import { load } from "./load";
+import { passwd } from "./passwd";
 import { queueTable, type Target } from "./stats";
 
-export const TOOLS = ["check", "dump", "load", "stats"];
+export const TOOLS = ["check", "dump", "load", "stats", "passwd"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
@@ -60,6 +61,15 @@ export async function runTool(name: string, argv: string[], mainHelp: () => void
       for (const note of result.notes) err(`mcq load: note: ${note}`);
       err(`loaded ${result.messages} messages`);
       return 0;
+    }
+    if (name === "passwd") {
+      const cmd = command("passwd", "print an authfile line (-Y) with a hashed password read from the terminal or stdin")
+        .option("--bcrypt", "bcrypt instead of argon2id")
+        .option("--rights <rights>", "a third field, e.g. read=jobs.*,write=jobs.*")
+        .argument("<user>", "the user name")
+        .parse(argv, { from: "user" });
+      const o = cmd.opts<{ bcrypt?: boolean; rights?: string }>();
+      return await passwd(cmd.args[0]!, { algorithm: o.bcrypt ? "bcrypt" : "argon2id", rights: o.rights }, out);
     }
     const o = command("stats", "print the queues of a running server as a table")
       .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)

@@ -71,7 +71,8 @@ export async function startListeners(args: string[], count: number): Promise<Mul
     rest += new TextDecoder().decode(value);
     const lines = rest.split("\n");
     rest = lines.pop()!;
-    for (const l of lines) if (l.includes(" listening on ")) ports.push(Number(/:(\d+)$/.exec(l)![1]));
+    // A unix socket's line names a path: port 0.
+    for (const l of lines) if (l.includes(" listening on ")) ports.push(Number(/:(\d+)$/.exec(l)?.[1] ?? 0));
   }
   reader.releaseLock();
   return {
