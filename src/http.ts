@@ -30,10 +30,10 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
     hostname: address.hostname,
     port: address.port,
     tls: tls === null ? undefined : loadTls(tls),
-    async fetch(request) {
+    async fetch(request, server) {
       const path = new URL(request.url).pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
-      if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization")))) {
+      if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization"), server.requestIP(request)?.address))) {
         return new Response("authentication required\n", { status: 401, headers: { "www-authenticate": 'Basic realm="mcq"' } });
       }
       // Both are built across event-loop turns, so a scrape never holds the clients up for long.
@@ -58,13 +58,13 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
 }
 
 /** `Authorization: Basic base64(user:password)`, checked against the authfile. */
-async function authorized(ctx: Context, header: string | null): Promise<boolean> {
+async function authorized(ctx: Context, header: string | null, peer = "unknown"): Promise<boolean> {
   const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header ?? "");
   if (m === null) return false;
   const pair = Buffer.from(m[1]!, "base64").toString("utf8");
   const colon = pair.indexOf(":");
   if (colon <= 0) return false;
   const ok = await ctx.auth!.verify(pair.slice(0, colon), pair.slice(colon + 1));
-  if (!ok) ctx.log.warn(`HTTP authentication failure for user ${pair.slice(0, colon)}`);
+  if (!ok) ctx.log.warn(`HTTP authentication failure from ${peer} for user ${pair.slice(0, colon)}`);
   return ok;
 }

@@ -38,7 +38,8 @@ export function parseListen(value: string): Listen | null {
   const plain = value.startsWith("notls:");
   const rest = plain ? value.slice("notls:".length) : value;
   const m = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(rest) ?? /^([^:[\]]+)(?::(\d{1,5}))?$/.exec(rest);
-  if (m === null) return rest.includes(":") && !rest.includes("[") ? { host: rest, port: null, plain } : null;
+  // A bare IPv6 address (two colons at least) has no port: memcached's -l ::1 too.
+  if (m === null) return /^[0-9a-fA-F.]*:[0-9a-fA-F.]*:[0-9a-fA-F:.]*$/.test(rest) ? { host: rest, port: null, plain } : null;
   const port = m[2] === undefined ? null : Number(m[2]);
   if (port !== null && port > 65535) return null;
   return { host: m[1]!, port, plain };

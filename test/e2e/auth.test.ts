@@ -92,6 +92,12 @@ describe("login", () => {
     expect(await line(c, login("carol", "hashed nope"))).toBe(FAILED);
     expect(await c.call(login("carol", "hashed pass") + set("hq", "h") + "get hq\r\n")).toBe("STORED\r\nSTORED\r\nVALUE hq 0 1\r\nh\r\nEND\r\n");
     c.close();
+    // Three failed hashed logins close the connection too (the check ends as the session's job).
+    const e = await server.connect();
+    expect(await line(e, login("carol", "x 1"))).toBe(FAILED);
+    expect(await line(e, login("carol", "x 2"))).toBe(FAILED);
+    e.write(login("carol", "x 3"));
+    expect(await e.closedBy()).toBe(FAILED);
     const d = await as("dave", "bpass");
     expect(await d.call("get jobs.none\r\n")).toBe("END\r\n");
     d.close();

@@ -89,7 +89,7 @@ test("mcq passwd prints a line the server takes; the password never appears", as
   const c = await s.connect();
   expect(await c.call(set("a", "zed zed's pass") + set("q", "1") + "delete q\r\n")).toBe("STORED\r\nSTORED\r\nCLIENT_ERROR permission denied\r\n");
   c.close();
-});
+}, 30_000); // argon2id at Bun's defaults (64 MB) twice, on a loaded machine
 
 describe("the warning for a server others can reach", () => {
   const WARN = "with neither -Y nor TLS: anyone who can connect may read and delete every queue";
@@ -153,6 +153,6 @@ describe("HTTP with -Y and -Z", () => {
       expect(ok.status).toBe(200);
       expect(await ok.text()).toStartWith(start);
     }
-    await logged(s, "HTTP authentication failure for user root");
+    await logged(s, "HTTP authentication failure from 127.0.0.1 for user root");
   });
 });
