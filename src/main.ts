@@ -131,6 +131,7 @@ async function main(): Promise<void> {
   const totals = store.totals();
   log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
     `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  if (daemonChild && logFile === null) log.warn("-d without --log-file: from the listening line on, the log is discarded");
   if (daemonChild) {
     // The parent stops reading at the listening line: from then on the log goes only to the
     // --log-file, and a write to the closed pipes must not end the server.
