@@ -20,7 +20,7 @@ import { startHttp, type HttpServer } from "./http";
 import { createLogger, formatLine, openLogFile, type LogFile, type Logger } from "./log";
 import { handleSignals, onReload } from "./signals";
 import { suggest } from "./suggest";
-import { ListenError, startServer } from "./server";
+import { ListenError, startServer, type Server } from "./server";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
 import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
@@ -59,9 +59,7 @@ async function main(): Promise<void> {
   // Paths as the operator will look for them: the log and every error name them whole.
   config.home = resolve(config.home);
   if (config.pidFile !== null) config.pidFile = resolve(config.pidFile);
-  const logFile = cli.logFile === null ? null : openLog(resolve(cli.logFile));
-  let toStderr = logFile === null;
-  const log = createLogger(config.verbose, (line) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line)), config.logFormat);
+  const { log, logFile, detach } = setUpLog(config, cli.logFile);
   const account = cli.user === null ? null : accountToBecome(cli.user);
   makeHome(config.home, account);
   if (account !== null) dropPrivileges(account);
@@ -103,43 +101,58 @@ async function main(): Promise<void> {
       fail(`cannot write the pid file ${config.pidFile}: ${reason(e)}`, 1);
     }
   }
-  const running = server;
+  if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
+  handleSignals(log, stopper(server, http, config.pidFile, log));
+  const totals = store.totals();
+  log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
+    `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  if (daemonChild) detach();
+  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
+}
+
+/**
+ * The log: to --log-file, or to stderr. detach() is for the daemon's copy, at its listening line,
+ * where the parent stops reading: from then on the log goes only to the --log-file, and a write
+ * to the closed pipes must not end the server.
+ */
+function setUpLog(config: Config, file: string | null) {
+  const logFile = file === null ? null : openLog(resolve(file));
+  let toStderr = logFile === null;
+  const write = (line: string) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line));
+  const log = createLogger(config.verbose, write, config.logFormat);
+  const detach = () => {
+    if (logFile === null) log.warn("-d without --log-file: from the listening line on, the log is discarded");
+    toStderr = false;
+    process.stdout.on("error", () => {});
+    process.stderr.on("error", () => {});
+  };
+  return { log, logFile, detach };
+}
+
+/** What SIGTERM and SIGINT do: a clean stop, once, then the stop line and exit 0. */
+function stopper(server: Server, http: HttpServer | null, pidFile: string | null, log: Logger): (signal: string) => void {
   let stopping = false;
-  const stop = async (signal: string) => {
+  return async (signal) => {
     if (stopping) return;
     stopping = true;
     log.info(`${signal}: stopping`);
     try {
       http?.stop();
-      await running.stop();
+      await server.stop();
     } catch (e) {
       log.error(`stop: ${(e as Error).message}`);
       process.exit(1);
     }
-    if (config.pidFile !== null) {
+    if (pidFile !== null) {
       try {
-        unlinkSync(config.pidFile);
+        unlinkSync(pidFile);
       } catch {
         // Already gone.
       }
     }
-    log.info(stopLine(running.context));
+    log.info(stopLine(server.context));
     process.exit(0);
   };
-  if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
-  handleSignals(log, (signal) => void stop(signal));
-  const totals = store.totals();
-  log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
-    `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
-  if (daemonChild && logFile === null) log.warn("-d without --log-file: from the listening line on, the log is discarded");
-  if (daemonChild) {
-    // The parent stops reading at the listening line: from then on the log goes only to the
-    // --log-file, and a write to the closed pipes must not end the server.
-    toStderr = false;
-    process.stdout.on("error", () => {});
-    process.stderr.on("error", () => {});
-  }
-  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
 }
 
 /** The first argument, when it is a subcommand (or a misspelt one): the tools, or help. */
