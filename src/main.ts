@@ -21,7 +21,7 @@ import { createLogger, formatLine, openLogFile, type LogFile, type Logger } from
 import { handleSignals, onReload } from "./signals";
 import { suggest } from "./suggest";
 import { AuthFileError } from "./auth";
-import { ListenError, startServer } from "./server";
+import { ListenError, startServer, type Server } from "./server";
 import { TlsError } from "./tls";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
@@ -61,9 +61,7 @@ async function main(): Promise<void> {
   // Paths as the operator will look for them: the log and every error name them whole.
   config.home = resolve(config.home);
   if (config.pidFile !== null) config.pidFile = resolve(config.pidFile);
-  const logFile = cli.logFile === null ? null : openLog(resolve(cli.logFile));
-  let toStderr = logFile === null;
-  const log = createLogger(config.verbose, (line) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line)), config.logFormat);
+  const { log, logFile, detach } = setUpLog(config, cli.logFile);
   const account = cli.user === null ? null : accountToBecome(cli.user);
   makeHome(config.home, account);
   if (account !== null) dropPrivileges(account);
@@ -105,48 +103,19 @@ async function main(): Promise<void> {
       fail(`cannot write the pid file ${config.pidFile}: ${reason(e)}`, 1);
     }
   }
-  const running = server;
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info(`${signal}: stopping`);
-    try {
-      http?.stop();
-      await running.stop();
-    } catch (e) {
-      log.error(`stop: ${(e as Error).message}`);
-      process.exit(1);
-    }
-    if (config.pidFile !== null) {
-      try {
-        unlinkSync(config.pidFile);
-      } catch {
-        // Already gone.
-      }
-    }
-    log.info(stopLine(running.context));
-    process.exit(0);
-  };
   if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
-  watchSecurity(running, config, log);
-  handleSignals(log, (signal) => void stop(signal));
+  watchSecurity(server, config, log);
+  handleSignals(log, stopper(server, http, config.pidFile, log));
   const totals = store.totals();
   log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
     `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
-  if (daemonChild) {
-    // The parent stops reading at the listening line: from then on the log goes only to the
-    // --log-file, and a write to the closed pipes must not end the server.
-    toStderr = false;
-    process.stdout.on("error", () => {});
-    process.stderr.on("error", () => {});
-  }
+  if (daemonChild) detach();
   // One line per listener, the main one first (DECISIONS.md): tools read the first.
   for (const l of server.listening) process.stdout.write(`mcq ${version} listening on ${l.address}\n`);
 }
 
 /** -Y and -Z join SIGHUP; a server others can reach with neither gets one warning. */
-function watchSecurity(server: { listening: { address: string; tls: boolean }[]; context: Context }, config: Config, log: Logger): void {
+function watchSecurity(server: Server, config: Config, log: Logger): void {
   const { auth, refreshCerts } = server.context;
   if (auth !== undefined) onReload(`the authfile ${auth.path}`, () => auth.reload());
   if (refreshCerts !== undefined) onReload(`the TLS certificate ${config.tls!.cert}`, () => log.info(`TLS certificate now: ${refreshCerts()}`));
@@ -156,6 +125,51 @@ function watchSecurity(server: { listening: { address: string; tls: boolean }[];
   if (exposed.length > 0) {
     log.warn(`listening on ${exposed.join(", ")} with neither -Y nor TLS: anyone who can connect may read and delete every queue`);
   }
+}
+
+/**
+ * The log: to --log-file, or to stderr. detach() is for the daemon's copy, at its listening line,
+ * where the parent stops reading: from then on the log goes only to the --log-file, and a write
+ * to the closed pipes must not end the server.
+ */
+function setUpLog(config: Config, file: string | null) {
+  const logFile = file === null ? null : openLog(resolve(file));
+  let toStderr = logFile === null;
+  const write = (line: string) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line));
+  const log = createLogger(config.verbose, write, config.logFormat);
+  const detach = () => {
+    if (logFile === null) log.warn("-d without --log-file: from the listening line on, the log is discarded");
+    toStderr = false;
+    process.stdout.on("error", () => {});
+    process.stderr.on("error", () => {});
+  };
+  return { log, logFile, detach };
+}
+
+/** What SIGTERM and SIGINT do: a clean stop, once, then the stop line and exit 0. */
+function stopper(server: Server, http: HttpServer | null, pidFile: string | null, log: Logger): (signal: string) => void {
+  let stopping = false;
+  return async (signal) => {
+    if (stopping) return;
+    stopping = true;
+    log.info(`${signal}: stopping`);
+    try {
+      http?.stop();
+      await server.stop();
+    } catch (e) {
+      log.error(`stop: ${(e as Error).message}`);
+      process.exit(1);
+    }
+    if (pidFile !== null) {
+      try {
+        unlinkSync(pidFile);
+      } catch {
+        // Already gone.
+      }
+    }
+    log.info(stopLine(server.context));
+    process.exit(0);
+  };
 }
 
 /** The first argument, when it is a subcommand (or a misspelt one): the tools, or help. */

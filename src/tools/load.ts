@@ -114,6 +114,7 @@ export async function load(home: string, input: AsyncIterable<Uint8Array>, appen
       q[2] += body.length;
       shown.count(++count);
     }
+    if (n === 0) throw new ToolError("mcq load: the input is empty: not a dump");
     if (header !== null && !ended) throw new ToolError(`mcq load: the dump ends at line ${n} without its end line (cut short?); nothing loaded`);
     for (const [id, items, bytes] of known.values()) st.addItems.run(items, bytes, id);
     st.saveLastId.run(next - 1);
@@ -123,7 +124,11 @@ export async function load(home: string, input: AsyncIterable<Uint8Array>, appen
     return { messages: count, notes };
   } catch (e) {
     shown.done();
-    db.run("ROLLBACK");
+    try {
+      db.run("ROLLBACK");
+    } catch {
+      // SQLite rolled back already (a full disk can do that): the error that did it is what counts.
+    }
     throw e;
   } finally {
     db.close();

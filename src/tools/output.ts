@@ -38,8 +38,12 @@ export function lineWriter(fd: number): { line(text: string): void; flush(): voi
 }
 
 /** "dumped 120000 messages…" rewritten in place at most every 200 ms, on a terminal only. */
-export function progress(verb: string, isTTY = process.stderr.isTTY === true): { count(n: number): void; done(): void } {
-  let last = 0;
+export function progress(
+  verb: string,
+  isTTY = process.stderr.isTTY === true,
+  write: (text: string) => void = (text) => process.stderr.write(text),
+): { count(n: number): void; done(): void } {
+  let last = -Infinity; // the first count shows at once
   let shown = false;
   return {
     count(n) {
@@ -48,10 +52,10 @@ export function progress(verb: string, isTTY = process.stderr.isTTY === true): {
       if (now - last < 200) return;
       last = now;
       shown = true;
-      process.stderr.write(`\r${verb} ${n} messages…`);
+      write(`\r${verb} ${n} messages…`);
     },
     done() {
-      if (shown) process.stderr.write("\r\x1b[K"); // the final line replaces it
+      if (shown) write("\r\x1b[K"); // the final line replaces it
     },
   };
 }

@@ -83,6 +83,9 @@ describe("dump and load", () => {
     await Bun.write(file, [...lines.slice(0, 4), lines[4]!.replace('"queue":"a"', '"queue":"a/b"'), ...lines.slice(5)].join("\n"));
     const bad = await runCommand(["load", "-H", home, file]);
     expect([bad.code, bad.stderr]).toEqual([1, "mcq load: line 5: bad queue name\n"]);
+    // A dump that failed before its first line (mcq dump … | mcq load -): an error, not "loaded 0".
+    await Bun.write(file, "");
+    expect(await runCommand(["load", "-H", home, file])).toEqual({ code: 1, stdout: "", stderr: "mcq load: the input is empty: not a dump\n" });
     expect((await runCommand(["check", "-H", home])).stdout).toEndWith(": 0 queues, 0 messages, 0 bytes\n");
   });
 
