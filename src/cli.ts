@@ -4,12 +4,17 @@
  * Config, or what to do instead (print and exit with a code).
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { Database } from "bun:sqlite";
 import { readFileSync } from "node:fs";
+import license from "../LICENSE" with { type: "text" };
 import { DEFAULTS, type Config } from "./config";
 import { parseHttpAddress } from "./http";
+import { parseListen } from "./listeners";
+import { extendedOptions, TlsError, tlsSettings } from "./tls";
+import { suggest } from "./suggest";
 
 export type CommandLine =
-  | { kind: "run"; config: Config; daemon: boolean; user: string | null; ignored: string[]; notes: string[] }
+  | { kind: "run"; config: Config; daemon: boolean; user: string | null; logFile: string | null; ignored: string[]; notes: string[] }
   | { kind: "exit"; code: number; message?: string };
 
 /** MemcacheQ flags that mean nothing with this store: accepted and named once in the log. */
@@ -28,7 +33,23 @@ const IGNORED_FLAGS: [flags: string, description: string, hasValue: boolean][] =
   ["-R", "remove BerkeleyDB log files (mcq always does)", false],
 ];
 
-const LICENSE = "mcq is released under the MIT License; see the LICENSE file.";
+/** The subcommands main.ts runs before this parser, for the help text and suggestions. */
+export const SUBCOMMANDS: [name: string, description: string][] = [
+  ["check", "verify a data directory offline"],
+  ["dump", "write a data directory's queues as a versioned dump"],
+  ["load", "add a dump's queues to a data directory (once per dump)"],
+  ["stats", "print the queues of a running server as a table"],
+  ["passwd", "mcq passwd <user>: an authfile line with a hashed password (-Y)"],
+  ["help", "mcq help <command>: that command's flags"],
+];
+
+/** -V: the versions a bug report needs. */
+export function versionLine(version: string): string {
+  const db = new Database(":memory:");
+  const sqlite = db.query("SELECT sqlite_version()").values()[0]![0] as string;
+  db.close();
+  return `mcq ${version} (bun ${Bun.version}, sqlite ${sqlite})`;
+}
 
 function integer(min: number, max: number) {
   return (value: string): number => {
@@ -48,6 +69,21 @@ function httpAddress(value: string) {
   const address = parseHttpAddress(value);
   if (address === null) throw new InvalidArgumentError("not an address such as 127.0.0.1:9200");
   return address;
+}
+
+/** -l, repeatable: each value is added to the list (the default is a plain string). */
+function listenAddress(value: string, previous: unknown): Config["listen"] {
+  const listen = parseListen(value);
+  if (listen === null) throw new InvalidArgumentError("not an address such as 127.0.0.1, 0.0.0.0:22201 or notls:127.0.0.1:22202");
+  return [...(Array.isArray(previous) ? previous : []), listen];
+}
+
+function extended(value: string, previous: unknown): Record<string, string> {
+  try {
+    return extendedOptions(value, previous as Record<string, string> | undefined);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 function nonEmpty(value: string): string {
@@ -92,12 +128,14 @@ function program(version: string, notes: string[] = []): Command {
     .helpOption("-h, --help", "print this help and exit");
   const options = [
     opt("-p, --port <num>", "TCP port to listen on (0: any free port)", integer(0, 65535), DEFAULTS.port),
-    opt("-l, --listen <addr>", "interface to listen on", nonEmpty, DEFAULTS.host),
+    opt("-l, --listen <addr>", "interface to listen on, [notls:]host[:port]; repeat for more listeners, the first is the main one",
+      listenAddress, DEFAULTS.host),
     opt("-s, --unix-socket <path>", "listen on this unix socket instead of TCP", nonEmpty),
     opt("-a, --socket-mode <mask>", "access mask of the unix socket, in octal", octal).default(DEFAULTS.socketMode, "0700"),
     opt("-c, --max-conns <num>", "max simultaneous connections", integer(1, 1_000_000), DEFAULTS.maxConns),
     opt("-H, --home <dir>", "data directory, created if missing", nonEmpty, DEFAULTS.home),
-    opt("-B, --max-body <num>", "largest message body in bytes", integer(0, 2147483647), DEFAULTS.maxBody),
+    // At most SQLite's longest value (SQLITE_MAX_LENGTH); a limit of 0 would refuse every message.
+    opt("-B, --max-body <num>", "largest message body in bytes", integer(1, 1_000_000_000), DEFAULTS.maxBody),
     opt("-m, --cache-mb <num>", "page cache size of the store in MB", integer(1, 1_048_576), DEFAULTS.cacheMb),
     new Option("-N", "same as --sync normal: survives kill -9, not power loss"),
     opt("--sync <mode>", "full: fsync before STORED; normal: survives kill -9; off: tests only").choices(["full", "normal", "off"]),
@@ -114,6 +152,15 @@ function program(version: string, notes: string[] = []): Command {
     opt("--metrics-queues <num>", "queues with their own series in /metrics, the deepest first; the rest are summed",
       integer(0, 1_000_000), DEFAULTS.metricsQueues),
     opt("--log-format <format>", "log lines as text or json").choices(["text", "json"]).default(DEFAULTS.logFormat),
+    opt("--log-file <file>", "log here instead of stderr; SIGHUP reopens it (for logrotate)", nonEmpty),
+    opt("-Z, --enable-ssl", "TLS on every TCP listener not marked notls: (see --tls-cert)"),
+    opt("-o, --extended <opts>", "memcached's TLS options: ssl_chain_cert=,ssl_key=,ssl_ca_cert=,ssl_verify_mode=0-3", extended),
+    opt("--tls-cert <pem>", "TLS certificate chain (with -Z)", nonEmpty),
+    opt("--tls-key <pem>", "TLS private key (with -Z)", nonEmpty),
+    opt("--tls-ca <pem>", "CA certificates that sign client certificates (with -Z)", nonEmpty),
+    opt("--tls-verify <mode>", "client certificates: none, request or require").choices(["none", "request", "require"]),
+    opt("-Y, --auth-file <file>", "users, passwords and queue rights: clients log in first (README: Security)", nonEmpty),
+    opt("--auth-timeout <s>", "close a connection not logged in within this many seconds", integer(1, 86400), DEFAULTS.authTimeoutS),
     opt("--config <file>", "read settings from this TOML file (keys are the long flag names)", nonEmpty),
     opt("-d, --daemon", "run as a daemon"),
     opt("-P, --pid-file <file>", "write the process id to this file", nonEmpty),
@@ -129,9 +176,11 @@ function program(version: string, notes: string[] = []): Command {
     cmd.addOption(option);
   }
   return cmd
-    .addHelpText("after", "\nDefaults: -l 127.0.0.1 -p 22201 -H ./data -B 1048576 -c 1024 --sync full\n" +
+    .addHelpText("after", "\nCommands (mcq help <command> for their flags):\n" +
+      SUBCOMMANDS.map(([name, description]) => `  ${name.padEnd(8)}${description}`).join("\n") + "\n" +
+      "\nDefaults: -l 127.0.0.1 -p 22201 -H ./data -B 1048576 -c 1024 --sync full\n" +
       "Settings come from flags, then MCQ_* environment variables (MCQ_MAX_BODY for --max-body), then --config, then defaults.")
-    .allowExcessArguments(false)
+    .allowExcessArguments(true) // refused below, naming the word
     .exitOverride()
     .configureOutput({ writeErr: () => {} });
 }
@@ -176,6 +225,17 @@ function applyConfigFile(cmd: Command, file: string): void {
   }
 }
 
+/**
+ * Commander's error as one line: "error: unknown option '--prot'\n(Did you mean --port?)" becomes
+ * "unknown option '--prot' (did you mean --port?)"; without a suggestion, a pointer
+ * to the help.
+ */
+export function oneLine(message: string): string {
+  const [first, ...rest] = message.replace(/^error: /, "").split("\n");
+  const hint = rest.map((l) => l.trim()).find((l) => l.startsWith("(Did you mean"));
+  return hint === undefined ? `${first} (see mcq --help)` : `${first} ${hint.replace("(Did", "(did")}`;
+}
+
 export function parseCommandLine(argv: string[], version: string): CommandLine {
   const notes: string[] = [];
   const cmd = program(version, notes);
@@ -190,13 +250,27 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     if (e instanceof ConfigFileError) return { kind: "exit", code: 2, message: `mcq: ${e.message}` };
     if (!(e instanceof CommanderError)) throw e;
     if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return { kind: "exit", code: 0 };
-    return { kind: "exit", code: 2, message: `mcq: ${e.message.replace(/^error: /, "").split("\n")[0]} (see mcq --help)` };
+    return { kind: "exit", code: 2, message: `mcq: ${oneLine(e.message)}` };
   }
-  if (o.i) return { kind: "exit", code: 0, message: LICENSE };
+  const extra = cmd.args[0];
+  if (extra !== undefined) {
+    const hint = suggest(extra, SUBCOMMANDS.map(([name]) => name));
+    return { kind: "exit", code: 2, message: `mcq: unexpected argument '${extra}'${hint || " (see mcq --help)"}` };
+  }
+  if (o.i) return { kind: "exit", code: 0, message: license.trimEnd() };
+  let tls: Config["tls"];
+  try {
+    tls = tlsSettings({ enable: o.enableSsl === true, cert: o.tlsCert as string | undefined, key: o.tlsKey as string | undefined,
+      ca: o.tlsCa as string | undefined, verify: o.tlsVerify as string | undefined, extended: o.extended as Record<string, string> | undefined });
+  } catch (e) {
+    if (e instanceof TlsError) return { kind: "exit", code: 2, message: `mcq: ${e.message}` };
+    throw e;
+  }
+  const listen = Array.isArray(o.listen) ? (o.listen as Config["listen"]) : [];
   const ignored = IGNORED_FLAGS.map(([flags]) => flags.split(" ")[0]!).filter((flag) => o[flag.slice(1)] !== undefined);
   const config: Config = {
     ...DEFAULTS,
-    host: o.listen as string,
+    host: listen[0]?.host ?? (o.listen as string),
     port: o.port as number,
     unixSocket: (o.unixSocket as string | undefined) ?? null,
     socketMode: o.socketMode as number,
@@ -216,6 +290,11 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     pidFile: (o.pidFile as string | undefined) ?? null,
     verbose: o.verbose as number,
     logFormat: o.logFormat as Config["logFormat"],
+    listen,
+    tls,
+    authFile: (o.authFile as string | undefined) ?? null,
+    authTimeoutS: o.authTimeout as number,
   };
-  return { kind: "run", config, daemon: o.daemon === true, user: (o.user as string | undefined) ?? null, ignored, notes };
+  return { kind: "run", config, daemon: o.daemon === true, user: (o.user as string | undefined) ?? null,
+    logFile: (o.logFile as string | undefined) ?? null, ignored, notes };
 }

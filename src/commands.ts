@@ -21,6 +21,8 @@ const RELATIVE_LIMIT_S = 60 * 60 * 24 * 30;
 export function execute(ctx: Context, s: Session, req: Request): Outcome {
   const held = s.held.length;
   try {
+    const refused = ctx.auth?.guard(ctx, s, req) ?? null; // -Y: login, rights (auth.ts)
+    if (refused !== null) return refused;
     return run(ctx, s, req);
   } catch (e) {
     return failed(ctx, s, req, s.held.length > held ? s.held[s.held.length - 1]! : null, e);
@@ -34,7 +36,8 @@ export function execute(ctx: Context, s: Session, req: Request): Outcome {
 export function resumeSession(ctx: Context, s: Session): Outcome {
   const own = s.get?.reply ?? (s.job !== null ? s.held[s.held.length - 1]! : null);
   try {
-    if (s.job !== null && !s.job()) return "wait";
+    const done = s.job === null ? true : s.job();
+    if (done !== true) return done === "close" ? "close" : "wait";
     return s.get !== null && !continueGet(ctx, s) ? "wait" : "next";
   } catch (e) {
     return failed(ctx, s, null, own, e);
@@ -130,6 +133,8 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       return "next";
     case "quit":
       return "close";
+    case "refresh_certs":
+      return refreshCerts(ctx, s);
     case "error":
       say(s, req.reply);
       return req.close ? "close" : "next";
@@ -144,7 +149,8 @@ const LIST_SLICE = 2000;
  * turns as it takes (the session's job) so the other clients are served in between.
  */
 function listQueues(ctx: Context, s: Session): Outcome {
-  const queues = ctx.store.list();
+  const auth = ctx.auth;
+  const queues = auth == null ? ctx.store.list() : ctx.store.list().filter((q) => auth.mayRead(s, q.name));
   const reply = newReply(false);
   s.held.push(reply);
   let i = 0;
@@ -165,6 +171,22 @@ function listQueues(ctx: Context, s: Session): Outcome {
   };
   s.job = job;
   return job() ? "next" : "wait";
+}
+
+/** memcached's refresh_certs: OK, or why the old certificate stays (one line). */
+function refreshCerts(ctx: Context, s: Session): Outcome {
+  if (ctx.refreshCerts === undefined) {
+    say(s, "CLIENT_ERROR TLS is not on (-Z)\r\n");
+    return "next";
+  }
+  try {
+    ctx.log.info(`refresh_certs: reloaded the TLS certificate: ${ctx.refreshCerts()}`);
+    say(s, REPLY.OK);
+  } catch (e) {
+    ctx.log.error(`refresh_certs: cannot reload the TLS certificate: ${(e as Error).message}; keeping the old one`);
+    say(s, serverError(`cannot reload the TLS certificate: ${(e as Error).message}`));
+  }
+  return "next";
 }
 
 /** When a message set now with `exptime` expires (ms since the epoch), 0 for never. */

@@ -52,6 +52,30 @@ export interface Config {
   verbose: number;
   /** One line per event on stderr: "<time> <LEVEL> <message>" or a JSON object. */
   logFormat: "text" | "json";
+  /** Every TCP listener (-l, repeatable); empty: one on host and port. See listeners.ts. */
+  listen: Listen[];
+  /** TLS on the TCP listeners not marked notls: (-Z); null = off. The unix socket stays plain. */
+  tls: TlsSettings | null;
+  /** Users, passwords and queue rights (-Y); null = no authentication (auth.ts). */
+  authFile: string | null;
+  /** A connection not logged in this many seconds after it opened is closed (--auth-timeout). */
+  authTimeoutS: number;
+}
+
+/** One -l value: `[notls:]host[:port]`; without a port, -p's. */
+export interface Listen {
+  host: string;
+  port: number | null;
+  /** `notls:`: plain even with -Z. */
+  plain: boolean;
+}
+
+/** -Z with its certificate files (PEM); verify is what is asked of clients' certificates. */
+export interface TlsSettings {
+  cert: string;
+  key: string;
+  ca: string | null;
+  verify: "none" | "request" | "require";
 }
 
 /**
@@ -86,4 +110,8 @@ export const DEFAULTS: Config = {
   pidFile: null,
   verbose: 0,
   logFormat: "text",
+  listen: [],
+  tls: null,
+  authFile: null,
+  authTimeoutS: 10,
 };

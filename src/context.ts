@@ -3,6 +3,7 @@
  * settings, the batch it joins, the clock, and the waiting gets. server.ts builds one;
  * tests build one over the memory store with a frozen clock.
  */
+import type { Auth } from "./auth";
 import type { Batch } from "./batch";
 import type { Config } from "./config";
 import type { Logger } from "./log";
@@ -40,6 +41,10 @@ export interface Context {
   retry(task: () => void): void;
   /** The server is stopping: gets no longer wait. */
   stopping: boolean;
+  /** -Y: logins and queue rights; absent without it. */
+  auth?: Auth;
+  /** -Z: loads the certificate files again; returns what was loaded, throws keeping the old. */
+  refreshCerts?: () => string;
 }
 
 export function createWaiters(): Waiters {

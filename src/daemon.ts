@@ -1,11 +1,19 @@
 /**
- * -d: Bun cannot fork, so the daemon is a detached copy of this process started without -d.
- * The parent waits for the child's listening line, prints it, writes the pid file (-P) with
- * the child's pid, and exits 0; if the child fails to start, the parent exits with its code.
+ * -d: Bun cannot fork, so the daemon is a detached copy of this process, in a session of its
+ * own, given the same arguments and told by MCQ_DAEMON_CHILD that it is the copy (rewriting the
+ * arguments to drop -d cannot be done right: in `-Hmydata` the d is a value, in `-dv` a flag).
+ * The parent waits for the child's listening line and prints it, passing on whatever the child
+ * logs until then; if the child exits first, the parent has passed on its error and exits 1.
+ * The child writes the pid file (-P) itself, before its listening line.
  */
 import { spawn } from "node:child_process";
-import { chmodSync, writeFileSync } from "node:fs";
-import type { Config } from "./config";
+
+const CHILD = "MCQ_DAEMON_CHILD";
+
+/** Whether this process is the detached copy: it runs in the foreground of its own session. */
+export function isDaemonChild(): boolean {
+  return process.env[CHILD] === "1";
+}
 
 /** The command that runs this program again: the compiled binary alone, or bun + script. */
 function self(): string[] {
@@ -14,36 +22,42 @@ function self(): string[] {
   return compiled ? [process.execPath] : [process.execPath, script];
 }
 
-function withoutDaemonFlag(argv: string[]): string[] {
-  // -d takes no value, but it may be combined with other short flags such as -dv.
-  return argv.flatMap((a) => {
-    if (a === "-d") return [];
-    if (/^-[a-zA-Z]+$/.test(a) && a.includes("d") && !a.startsWith("--")) return ["-" + a.slice(1).replaceAll("d", "")];
-    return [a];
-  }).filter((a) => a !== "-");
-}
-
-export function daemonize(argv: string[], config: Config): Promise<number> {
+/** Starts the daemon; resolves to the exit code of this (the parent) process. */
+export function daemonize(argv: string[]): Promise<number> {
   const [command, ...prefix] = self();
-  const child = spawn(command!, [...prefix, ...withoutDaemonFlag(argv)], {
-    detached: true,
-    stdio: ["ignore", "pipe", config.verbose > 0 ? "inherit" : "ignore"],
-  });
+  const env: Record<string, string | undefined> = { ...process.env, [CHILD]: "1" };
+  delete env.MCQ_DAEMON; // --daemon's variable: the copy must not start a copy in turn
+  const child = spawn(command!, [...prefix, ...argv], { detached: true, stdio: ["ignore", "pipe", "pipe"], env });
   return new Promise((resolve) => {
+    let ready = false;
     let out = "";
+    child.stderr!.on("data", (chunk: Buffer) => {
+      if (!ready) process.stderr.write(chunk);
+    });
     child.stdout!.on("data", (chunk: Buffer) => {
       out += chunk.toString();
       const line = out.split("\n").find((l) => l.includes(" listening on "));
-      if (line === undefined) return;
+      if (line === undefined || ready) return;
+      ready = true;
       process.stdout.write(line + "\n");
-      if (config.pidFile !== null) {
-        writeFileSync(config.pidFile, `${child.pid}\n`);
-        chmodSync(config.pidFile, 0o644); // public information, past main's umask
-      }
+      // The child logs to its --log-file, or nowhere, from its listening line on: these close.
       child.stdout!.destroy();
+      child.stderr!.destroy();
       child.unref();
       resolve(0);
     });
-    child.on("exit", (code) => resolve(code ?? 1));
+    // "close", not "exit": by then everything the child wrote to stderr has been passed on.
+    child.on("close", (code, signal) => {
+      if (ready) return;
+      if (code === null || code === 0) {
+        const how = code === null ? `was killed by ${signal}` : "exited";
+        process.stderr.write(`mcq: the daemon ${how} before it listened\n`);
+      }
+      resolve(code === null || code === 0 ? 1 : code);
+    });
+    child.on("error", (e) => {
+      process.stderr.write(`mcq: cannot start the daemon (${command}): ${e.message}\n`);
+      resolve(1);
+    });
   });
 }

@@ -9,11 +9,16 @@
  * 1000), whatever the number of queues. Building one is a pass over every queue's counters in
  * memory, in slices (67 ms of CPU with 100,000 queues), so the page asks for ?shared: every open
  * dashboard together costs at most one snapshot per SHARE_MS.
+ * With -Y, /metrics and /stats.json need HTTP basic auth by a user of the authfile who may read
+ * every queue (they name them all); /healthz stays open, for load balancers. With -Z it is HTTPS,
+ * with the certificate as it was at start (refresh_certs moves only the memcache listeners).
  */
+import type { TlsSettings } from "./config";
 import type { Context } from "./context";
 // With type "text" Bun imports the file's contents, and `bun build --compile` embeds them in the
 // binary; bun-types types every .html import as an HTMLBundle (Bun's full-stack bundling), hence the cast.
 import dashboardPage from "./dashboard.html" with { type: "text" };
+import { loadTls } from "./tls";
 import { json, prometheus, snapshot } from "./metrics";
 import { turnClock } from "./slices";
 
@@ -52,7 +57,7 @@ export function parseHttpAddress(value: string): { hostname: string; port: numbe
   return { hostname: m[1]!.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1", port: Number(m[2]) };
 }
 
-export function startHttp(ctx: Context, address: { hostname: string; port: number }): HttpServer {
+export function startHttp(ctx: Context, address: { hostname: string; port: number }, tls: TlsSettings | null = null): HttpServer {
   const shared = recent(SHARE_MS, async () => {
     const clock = turnClock();
     return new Response(await json(await snapshot(ctx, clock), clock)).text();
@@ -60,10 +65,15 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
   const server = Bun.serve({
     hostname: address.hostname,
     port: address.port,
-    async fetch(request) {
+    tls: tls === null ? undefined : loadTls(tls),
+    async fetch(request, server) {
       const url = new URL(request.url);
       const path = url.pathname;
       if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+      // With -Y the dashboard asks too: the browser then sends the same login with its polls.
+      if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization"), server.requestIP(request)?.address))) {
+        return new Response("authentication required\n", { status: 401, headers: { "www-authenticate": 'Basic realm="mcq"' } });
+      }
       if (path === "/") return new Response(DASHBOARD, { headers: { "content-type": "text/html; charset=utf-8" } });
       // Both are built across event-loop turns, so a scrape never holds the clients up for long.
       if (path === "/metrics") {
@@ -86,5 +96,17 @@ export function startHttp(ctx: Context, address: { hostname: string; port: numbe
       return new Response("not found: try /, /metrics, /stats.json or /healthz\n", { status: 404 });
     },
   });
-  return { url: `http://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+  return { url: `${tls === null ? "http" : "https"}://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+}
+
+/** `Authorization: Basic base64(user:password)`, checked against the authfile. */
+async function authorized(ctx: Context, header: string | null, peer = "unknown"): Promise<boolean> {
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header ?? "");
+  if (m === null) return false;
+  const pair = Buffer.from(m[1]!, "base64").toString("utf8");
+  const colon = pair.indexOf(":");
+  if (colon <= 0) return false;
+  const ok = await ctx.auth!.verify(pair.slice(0, colon), pair.slice(colon + 1));
+  if (!ok) ctx.log.warn(`HTTP authentication failure from ${peer} for user ${pair.slice(0, colon)}`);
+  return ok;
 }

@@ -7,16 +7,22 @@
  *      or, running, the store failed for good (an fsync error: FatalStoreError)
  *   2  bad flag or value
  */
-import { chmodSync, chownSync, mkdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import pkg from "../package.json";
 import { runTool, TOOLS } from "./tools/run";
-import { parseCommandLine } from "./cli";
+import { parseCommandLine, versionLine } from "./cli";
 import type { Config } from "./config";
-import { daemonize } from "./daemon";
+import type { Context } from "./context";
+import { daemonize, isDaemonChild } from "./daemon";
+import { reason } from "./errors";
 import { startHttp, type HttpServer } from "./http";
-import { createLogger, type Logger } from "./log";
-import { ListenError, startServer } from "./server";
+import { createLogger, formatLine, openLogFile, type LogFile, type Logger } from "./log";
+import { handleSignals, onReload } from "./signals";
+import { suggest } from "./suggest";
+import { AuthFileError } from "./auth";
+import { ListenError, startServer, type Server } from "./server";
+import { TlsError } from "./tls";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
 import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
@@ -25,8 +31,13 @@ import { lookupUser, switchUser, type Account } from "./user";
 
 const version: string = pkg.version;
 
+/** Where start errors and log lines go: set once the command line is read. */
+const output: { format: "text" | "json"; file: LogFile | null } = { format: "text", file: null };
+
+/** A start failure: one line on stderr (a JSON object with --log-format json), and in the log file. */
 function fail(message: string, code: number): never {
-  process.stderr.write(`mcq: ${message}\n`);
+  process.stderr.write(output.format === "json" ? formatLine("json", "ERROR", message) : `mcq: ${message}\n`);
+  output.file?.write(formatLine(output.format, "ERROR", message));
   process.exit(code);
 }
 
@@ -36,23 +47,30 @@ async function main(): Promise<void> {
   // (-a) and the pid file get their modes explicitly.
   process.umask(0o077);
   const argv = process.argv.slice(2);
-  if (TOOLS.includes(argv[0] ?? "")) process.exit(await runTool(argv[0]!, argv.slice(1)));
-  const cli = parseCommandLine(argv, version);
+  const word = subcommand(argv);
+  if (word !== null) process.exit(await runTool(word, argv.slice(1), () => printHelp()));
+  const cli = parseCommandLine(argv, versionLine(version));
   if (cli.kind === "exit") {
     if (cli.message !== undefined) (cli.code === 0 ? process.stdout : process.stderr).write(cli.message + "\n");
     process.exit(cli.code);
   }
   const { config } = cli;
-  if (cli.daemon) process.exit(await daemonize(argv, config));
+  output.format = config.logFormat;
+  const daemonChild = isDaemonChild();
+  if (cli.daemon && !daemonChild) process.exit(await daemonize(argv));
+  // Paths as the operator will look for them: the log and every error name them whole.
+  config.home = resolve(config.home);
+  if (config.pidFile !== null) config.pidFile = resolve(config.pidFile);
+  const { log, logFile, detach } = setUpLog(config, cli.logFile);
   const account = cli.user === null ? null : accountToBecome(cli.user);
   makeHome(config.home, account);
   if (account !== null) dropPrivileges(account);
 
-  const log = createLogger(config.verbose, undefined, config.logFormat);
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
   for (const note of cli.notes) log.info(note);
 
-  const store = openStore(config, log);
+  let returned = 0;
+  const store = openStore(config, log, (n) => (returned = n));
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
@@ -64,13 +82,13 @@ async function main(): Promise<void> {
     server = startServer(config, { store, log, version });
   } catch (e) {
     store.close();
-    if (e instanceof ListenError) fail(e.message, 1);
+    if (e instanceof ListenError || e instanceof TlsError || e instanceof AuthFileError) fail(e.message, 1);
     throw e;
   }
   let http: HttpServer | null = null;
   if (config.http !== null) {
     try {
-      http = startHttp(server.context, config.http);
+      http = startHttp(server.context, config.http, config.tls);
     } catch (e) {
       fail(`cannot serve --http on ${config.http.hostname}:${config.http.port}: ${(e as Error).message}`, 1);
     }
@@ -82,11 +100,56 @@ async function main(): Promise<void> {
       chmodSync(config.pidFile, 0o644); // public information, past the umask
     } catch (e) {
       await server.stop();
-      fail(`cannot write the pid file ${config.pidFile}: ${(e as Error).message}`, 1);
+      fail(`cannot write the pid file ${config.pidFile}: ${reason(e)}`, 1);
     }
   }
+  if (logFile !== null) onReload(`the log file ${logFile.path}`, () => logFile.reopen());
+  watchSecurity(server, config, log);
+  handleSignals(log, stopper(server, http, config.pidFile, log));
+  const totals = store.totals();
+  log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
+    `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  if (daemonChild) detach();
+  // One line per listener, the main one first: tools read the first.
+  for (const l of server.listening) process.stdout.write(`mcq ${version} listening on ${l.address}\n`);
+}
+
+/** -Y and -Z join SIGHUP; a server others can reach with neither gets one warning. */
+function watchSecurity(server: Server, config: Config, log: Logger): void {
+  const { auth, refreshCerts } = server.context;
+  if (auth !== undefined) onReload(`the authfile ${auth.path}`, () => auth.reload());
+  if (refreshCerts !== undefined) onReload(`the TLS certificate ${config.tls!.cert}`, () => log.info(`TLS certificate now: ${refreshCerts()}`));
+  if (auth !== undefined || config.unixSocket !== null) return;
+  const loopback = (address: string) => /^(127\.|\[::1\]:|localhost:)/.test(address);
+  const exposed = server.listening.filter((l) => !l.tls && !loopback(l.address)).map((l) => l.address);
+  if (exposed.length > 0) {
+    log.warn(`listening on ${exposed.join(", ")} with neither -Y nor TLS: anyone who can connect may read and delete every queue`);
+  }
+}
+
+/**
+ * The log: to --log-file, or to stderr. detach() is for the daemon's copy, at its listening line,
+ * where the parent stops reading: from then on the log goes only to the --log-file, and a write
+ * to the closed pipes must not end the server.
+ */
+function setUpLog(config: Config, file: string | null) {
+  const logFile = file === null ? null : openLog(resolve(file));
+  let toStderr = logFile === null;
+  const write = (line: string) => (logFile !== null ? logFile.write(line) : toStderr && process.stderr.write(line));
+  const log = createLogger(config.verbose, write, config.logFormat);
+  const detach = () => {
+    if (logFile === null) log.warn("-d without --log-file: from the listening line on, the log is discarded");
+    toStderr = false;
+    process.stdout.on("error", () => {});
+    process.stderr.on("error", () => {});
+  };
+  return { log, logFile, detach };
+}
+
+/** What SIGTERM and SIGINT do: a clean stop, once, then the stop line and exit 0. */
+function stopper(server: Server, http: HttpServer | null, pidFile: string | null, log: Logger): (signal: string) => void {
   let stopping = false;
-  const stop = async (signal: string) => {
+  return async (signal) => {
     if (stopping) return;
     stopping = true;
     log.info(`${signal}: stopping`);
@@ -97,34 +160,80 @@ async function main(): Promise<void> {
       log.error(`stop: ${(e as Error).message}`);
       process.exit(1);
     }
-    if (config.pidFile !== null) {
+    if (pidFile !== null) {
       try {
-        unlinkSync(config.pidFile);
+        unlinkSync(pidFile);
       } catch {
         // Already gone.
       }
     }
+    log.info(stopLine(server.context));
     process.exit(0);
   };
-  // Before the listening line: whoever reads it may signal at once, and must get a clean stop.
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
-  log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
-  process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
+}
+
+/** The first argument, when it is a subcommand (or a misspelt one): the tools, or help. */
+function subcommand(argv: string[]): string | null {
+  const first = argv[0];
+  if (first === undefined || first.startsWith("-")) return null;
+  if (TOOLS.includes(first) || first === "help") return first;
+  fail(`unknown command '${first}'${suggest(first, [...TOOLS, "help"]) || " (see mcq --help)"}`, 2);
+}
+
+function printHelp(): void {
+  parseCommandLine(["--help"], versionLine(version));
+}
+
+/** What the log says at a clean stop: how long the server ran and what it did. */
+function stopLine(ctx: Context): string {
+  const { stats, store } = ctx;
+  const seconds = ((ctx.now() - ctx.startedAt) / 1000).toFixed(1);
+  const totals = store.totals();
+  return `stopped after ${seconds} s: ${stats.totalConnections} connections, ${stats.setCmds} sets, ${stats.getCmds} gets ` +
+    `(${stats.getHits} hits); ${totals.queues} queues, ${totals.items} messages left`;
+}
+
+function openLog(path: string): LogFile {
+  try {
+    return (output.file = openLogFile(path));
+  } catch (e) {
+    fail(`cannot open the log file ${path}: ${reason(e)}`, 1);
+  }
 }
 
 /** The store in the data directory, or exit 1 saying why it cannot be opened. */
-function openStore(config: Config, log: Logger): QueueStore {
+function openStore(config: Config, log: Logger, onReturned: (count: number) => void): QueueStore {
+  checkHome(config.home);
   try {
-    const store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
+    const store = openSqliteStore(config.home, {
+      sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log), onReturned,
+    });
     const faults = process.env.MCQ_FAULTS;
     if (!faults) return store;
     log.warn(`MCQ_FAULTS=${faults}: store failures are injected (a test seam; never in production)`);
     return withFaults(store, faults);
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
-    if (e instanceof StoreError) fail(e.message, 1);
+    if (e instanceof StoreError) fail(e.message.includes(config.home) ? e.message : `cannot open the data in ${config.home}: ${e.message}`, 1);
     throw e;
+  }
+}
+
+/**
+ * Before SQLite opens it: the data directory and its file must be writable by this user. SQLite
+ * would say only "disk I/O error (SQLITE_IOERR_LOCK)", without a path or a user.
+ */
+function checkHome(home: string): void {
+  // An id without a passwd entry (a container's --user 1234) is named by its number.
+  const uid = String(process.getuid?.() ?? "");
+  const user = lookupUser(uid)?.name ?? `uid ${uid}`;
+  for (const [path, mode] of [[home, constants.W_OK | constants.X_OK], [join(home, "mcq.db"), constants.R_OK | constants.W_OK]] as const) {
+    if (path !== home && !existsSync(path)) continue;
+    try {
+      accessSync(path, mode);
+    } catch (e) {
+      fail(`cannot use ${path === home ? "the data directory" : "the data file"} ${path}: ${reason(e)} (mcq runs as user ${user}, who needs to write there)`, 1);
+    }
   }
 }
 
@@ -139,13 +248,17 @@ function stopOnFatal(error: FatalStoreError, log: Logger): void {
   setImmediate(() => process.exit(1));
 }
 
-/** -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null). */
+/**
+ * -u: only root can switch users; anyone else keeps running as themselves, as MemcacheQ (null).
+ * A user that does not exist is an error either way: the same flags would fail as root.
+ */
 function accountToBecome(user: string): Account | null {
+  const account = lookupUser(user) ?? fail(`-u ${user}: no such user (not in /etc/passwd, nor known to getent)`, 1);
   if (process.getuid?.() !== 0) return null;
   if (typeof process.setgroups !== "function" || typeof process.setgid !== "function" || typeof process.setuid !== "function") {
     fail(`-u ${user}: switching users is not supported on this platform; start mcq as ${user} instead`, 1);
   }
-  return lookupUser(user) ?? fail(`no such user '${user}'`, 1);
+  return account;
 }
 
 /**
@@ -154,6 +267,7 @@ function accountToBecome(user: string): Account | null {
  * /var/lib); a directory that already exists keeps its owner.
  */
 function makeHome(home: string, owner: Account | null): void {
+  if (existsSync(home) && !statSync(home).isDirectory()) fail(`-H ${home}: not a directory (it is a file)`, 1);
   try {
     const first = mkdirSync(home, { recursive: true, mode: 0o700 });
     if (owner === null || first === undefined) return;
@@ -163,7 +277,7 @@ function makeHome(home: string, owner: Account | null): void {
       if (dir === top || dir === dirname(dir)) break;
     }
   } catch (e) {
-    fail(`cannot create the data directory ${home}: ${(e as Error).message}`, 1);
+    fail(`cannot create the data directory ${home}: ${reason(e)}`, 1);
   }
 }
 
@@ -171,7 +285,7 @@ function dropPrivileges(account: Account): void {
   try {
     switchUser(account);
   } catch (e) {
-    fail(`can't switch to user ${account.name}: ${(e as Error).message}`, 1);
+    fail(`-u ${account.name}: cannot switch to this user: ${reason(e)}`, 1);
   }
 }
 

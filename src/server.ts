@@ -2,8 +2,8 @@
  * Socket wiring: Bun.listen and the socket events, handed to the connection (conn.ts) and the
  * group-commit turn (turn.ts); housekeeping.ts runs the periodic work inside turns.
  */
-import type { Socket, SocketHandler } from "bun";
-import { chmodSync } from "node:fs";
+import type { Socket } from "bun";
+import { createAuth } from "./auth";
 import { createBatch } from "./batch";
 import type { Config } from "./config";
 import { createConn, type Conn } from "./conn";
@@ -11,6 +11,7 @@ import { createWaiters, type Context } from "./context";
 import { endAllWaits } from "./get";
 import { startHousekeeping } from "./housekeeping";
 import type { Logger } from "./log";
+import { openListeners, type Listening } from "./listeners";
 import { createFramer } from "./protocol/framer";
 import type { Request } from "./protocol/types";
 import { createSession, type Session } from "./session";
@@ -26,6 +27,8 @@ export interface Server {
   /** `host:port` or the unix socket path, as the listening line shows it. */
   address: string;
   port: number;
+  /** Every listener, the main one first (one listening line each). */
+  listening: Listening[];
   context: Context;
   /** Stops accepting, answers what was already read, commits, closes the store. */
   stop(): Promise<void>;
@@ -38,7 +41,7 @@ export interface ServerDeps {
   now?: () => number;
 }
 
-export class ListenError extends Error {}
+export { ListenError } from "./listeners";
 
 export function startServer(config: Config, deps: ServerDeps): Server {
   const { store, log } = deps;
@@ -69,6 +72,8 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     retry: (task) => void retries.push(task),
     stopping: false,
   };
+  if (config.authFile !== null) ctx.auth = createAuth(config.authFile, config.authTimeoutS, log);
+  if (config.tls !== null) ctx.refreshCerts = () => listeners.refreshCerts();
   const turns = createTurns(ctx, describe, (conn) => {
     // A write found it closed (no close event comes while reading is paused): end it here.
     drop(conn);
@@ -78,6 +83,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   /** The connection is gone: its session ends inside the batch (turn.ts closed). */
   function drop(conn: Conn): void {
     if (!conns.delete(conn)) return;
+    ctx.auth?.closed(conn.session);
     stats.currConnections--;
     ctx.sessions.delete(conn.session);
     turns.closed(conn);
@@ -100,6 +106,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       conns.add(conn);
       bySession.set(session, conn);
       ctx.sessions.add(session);
+      ctx.auth?.opened(session, socket.remoteAddress ?? "unknown", () => socket.end());
       stats.currConnections++;
       stats.totalConnections++;
     },
@@ -123,7 +130,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     },
   };
 
-  const { listener, address } = listen(config, handlers);
+  const listeners = openListeners(config, handlers, log);
   const housekeeping = startHousekeeping(ctx, turns, conns, () => {
     const list = retries;
     retries = [];
@@ -137,7 +144,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     ctx.stopping = true;
     housekeeping.stop();
     snapshotSocket?.stop(); // a copy in progress is told that its snapshot did not last
-    listener.stop(false); // stop accepting; the open connections are answered first
+    listeners.stop(); // stop accepting; the open connections are answered first
     // Answer what was already read: waiting gets end as if their time ran out.
     endAllWaits(ctx);
     for (const conn of conns) turns.resume(conn);
@@ -167,26 +174,8 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     store.close();
   }
 
-  // A unix-socket listener has a port property too, undefined.
-  const port = "port" in listener && listener.port !== undefined ? listener.port : 0;
-  return { address, port, context: ctx, stop };
-}
-
-/** Opens the listening socket: TCP, or a unix socket with its mode. */
-function listen(config: Config, handlers: SocketHandler<Conn>) {
-  try {
-    if (config.unixSocket !== null) {
-      const listener = Bun.listen<Conn>({ unix: config.unixSocket, socket: handlers });
-      chmodSync(config.unixSocket, config.socketMode);
-      return { listener, address: config.unixSocket };
-    }
-    const listener = Bun.listen<Conn>({ hostname: config.host, port: config.port, socket: handlers });
-    return { listener, address: `${config.host}:${listener.port}` };
-  } catch (e) {
-    const where = config.unixSocket ?? `${config.host}:${config.port}`;
-    const code = (e as { code?: string }).code;
-    throw new ListenError(`cannot listen on ${where}: ${code === "EADDRINUSE" ? "address already in use" : (e as Error).message}`);
-  }
+  const main = listeners.list[0]!;
+  return { address: main.address, port: main.port, listening: listeners.list, context: ctx, stop };
 }
 
 /** A request as one log line for -vv (bodies are not logged, only their size). */

@@ -149,8 +149,8 @@ export interface Session {
   held: Reply[];
   /** The get in progress: no further request is taken until it ends. */
   get: PendingGet | null;
-  /** A reply built over several turns (a long listing): runs a slice, true once complete. */
-  job: (() => boolean) | null;
+  /** A reply built over several turns (a long listing, a hashed login): true once complete; "close" ends the connection. */
+  job: (() => boolean | "close") | null;
   /** The last get's state, reused by the next one (saves an allocation per get). */
   spareGet: PendingGet | null;
   /** The batch that last changed its opens, leases or lease notes (batch epoch; 0 never). */

@@ -3,8 +3,10 @@
  * so a restart after kill -9 works, but a socket that a live server answers on is not taken
  * from it (unlinking it would leave that server running and unreachable).
  */
-import { lstatSync, unlinkSync } from "node:fs";
+import { accessSync, constants, lstatSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
+import { dirname } from "node:path";
+import { reason } from "./errors";
 
 /** Whether a server accepts connections at `path`: yes, no (stale), or the error that prevents knowing. */
 function probe(path: string): Promise<"live" | "stale" | Error> {
@@ -30,6 +32,14 @@ function probe(path: string): Promise<"live" | "stale" | Error> {
  * kind of file alone, so that the listen fails and names it.
  */
 export async function prepareUnixSocket(path: string): Promise<void> {
+  // Bun.listen would say only "Failed to listen at <path>", for any reason.
+  const dir = dirname(path);
+  try {
+    if (!lstatSync(dir).isDirectory()) throw new Error("not a directory");
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    throw new Error(`cannot listen on ${path}: the directory ${dir}: ${reason(e)}`);
+  }
   try {
     if (!lstatSync(path).isSocket()) return;
   } catch {

@@ -13,7 +13,7 @@
  *   flush <q> [noreply]
  *   flush_all [<delay>] [noreply]
  *   stats | stats queue | stats queue <q> | stats reset
- *   version | verbosity <n> [noreply] | quit
+ *   version | verbosity <n> [noreply] | quit | refresh_certs
  *
  *   <q>       1..250 bytes of 0x21..0x7e without "/"
  *   <flags>   0..4294967295          <exptime>  a signed 32-bit integer
@@ -135,6 +135,8 @@ export function parseRequest(buf: Buffer, start: number, end: number, limits: Li
     }
     case "quit":
       return words === 1 ? request({ kind: "quit" }, next) : reply(REPLY.ERROR, next);
+    case "refresh_certs":
+      return words === 1 ? request({ kind: "refresh_certs" }, next) : reply(REPLY.ERROR, next);
     default:
       return reply(REPLY.ERROR, next);
   }

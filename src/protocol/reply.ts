@@ -15,6 +15,10 @@ export const REPLY = {
   TOO_MANY_OPEN: "CLIENT_ERROR too many open messages on this connection\r\n",
   TOO_MANY_QUEUES: "SERVER_ERROR too many queues\r\n",
   LEASE_EXPIRED: "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n",
+  UNAUTHENTICATED: "CLIENT_ERROR unauthenticated\r\n",
+  AUTH_FAILED: "CLIENT_ERROR authentication failure\r\n",
+  AUTH_BAD_TOKEN: "CLIENT_ERROR bad authentication token format\r\n",
+  PERMISSION_DENIED: "CLIENT_ERROR permission denied\r\n",
 } as const;
 
 export function serverError(reason: string): string {

@@ -28,5 +28,7 @@ export type Request =
   | { kind: "version" }
   | { kind: "verbosity"; level: number; noreply: boolean }
   | { kind: "quit" }
+  /** memcached's: load the TLS certificate files again (listeners.ts). */
+  | { kind: "refresh_certs" }
   /** Input the parser refused: the reply is sent as is; `close` ends the connection after it. */
   | { kind: "error"; reply: string; close: boolean };

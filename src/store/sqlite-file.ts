@@ -35,6 +35,8 @@ export interface SqliteOptions {
   cacheMb: number;
   /** Called once, when the store fails for good (FatalStoreError), before that error is thrown. */
   onFatal?: (error: FatalStoreError) => void;
+  /** Told, once opened, how many messages were open at the last stop and are back in their queues. */
+  onReturned?: (count: number) => void;
   /**
    * Test seam: runs just before each COMMIT, and what it throws is taken as what COMMIT threw.
    * SQLite cannot be made to fail an fsync on demand (no PRAGMA does it), and this can.

@@ -150,6 +150,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     db.transaction(() => {
       for (const q of queues.values()) if (q.open > 0) releaseAll.run(q.id);
     })();
+    options.onReturned?.(sums.open);
     for (const q of queues.values()) q.open = 0;
     sums.open = 0;
   });

@@ -1,28 +1,40 @@
 /**
- * `mcq dump -H <dir> [--queue <q>]`: writes the queues as JSON Lines on stdout, a backup that
- * `mcq load` reads back exactly. First one line per queue with its counters, then every message
- * in order:
- *   {"type":"queue","name":"jobs","total":12,"fetched":4}
- *   {"type":"message","queue":"jobs","flags":0,"created":1764000000000,"expires":0,"body":"<base64>"}
- * Open messages are dumped as waiting ones: a restart would put them back too.
+ * `mcq dump -H <dir> [--queue <q>]`: writes the queues as a dump (format.ts) on stdout, which
+ * `mcq load` reads back exactly. Messages are read one row at a time and written through a
+ * 64 KB buffer, so memory does not grow with the data. Open messages are dumped as waiting
+ * ones: a restart would put them back too.
  */
-import { openDataDir } from "./datadir";
+import { randomUUID } from "node:crypto";
+import { ToolError, openDataDir } from "./datadir";
+import { FORMAT } from "./format";
+import { lineWriter, progress } from "./output";
 
-export function dump(home: string, only: string | null, write: (line: string) => void): number {
+export function dump(home: string, only: string | null, version: string, fd = 1): number {
   const db = openDataDir("dump", home, false);
   try {
-    const queues = (db.query("SELECT id, name, total, fetched FROM queues ORDER BY name").values() as [number, string, number, number][])
-      .filter(([, name]) => only === null || name === only);
-    for (const [, name, total, fetched] of queues) write(JSON.stringify({ type: "queue", name, total, fetched }));
-    const messages = db.query("SELECT flags, created, expires, body FROM messages WHERE qid = ? ORDER BY id");
+    const queues = only === null
+      ? db.query("SELECT id, name, total, fetched FROM queues ORDER BY name").values() as [number, string, number, number][]
+      : db.query("SELECT id, name, total, fetched FROM queues WHERE name = ?").values(only) as [number, string, number, number][];
+    if (only !== null && queues.length === 0) throw new ToolError(`mcq dump: no queue ${only} in ${home}`);
+    const out = lineWriter(fd);
+    const shown = progress("dumped");
+    const lastId = db.query("SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0))")
+      .values()[0]![0] as number;
+    out.line(JSON.stringify({ type: "dump", format: FORMAT, id: randomUUID(), created: Date.now(), mcq: version, lastId }));
+    for (const [, name, total, fetched] of queues) out.line(JSON.stringify({ type: "queue", name, total, fetched }));
+    const messages = db.query("SELECT id, flags, created, expires, body FROM messages WHERE qid = ? ORDER BY id");
     let count = 0;
     for (const [qid, name] of queues) {
-      for (const row of messages.iterate(qid) as IterableIterator<{ flags: number; created: number; expires: number; body: Uint8Array }>) {
+      type Row = { id: number; flags: number; created: number; expires: number; body: Uint8Array };
+      for (const row of messages.iterate(qid) as IterableIterator<Row>) {
         const body = Buffer.from(row.body).toString("base64");
-        write(JSON.stringify({ type: "message", queue: name, flags: row.flags, created: row.created, expires: row.expires, body }));
-        count++;
+        out.line(JSON.stringify({ type: "message", queue: name, id: row.id, flags: row.flags, created: row.created, expires: row.expires, body }));
+        shown.count(++count);
       }
     }
+    out.line(JSON.stringify({ type: "end", queues: queues.length, messages: count }));
+    out.flush();
+    shown.done();
     return count;
   } finally {
     db.close();

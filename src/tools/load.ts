@@ -1,90 +1,135 @@
 /**
- * `mcq load -H <dir> <file>` (or - for stdin): reads what `mcq dump` wrote. Messages are added
- * after any already in their queue, in the order of the file, and the dumped counters are added
- * to the queue's own; everything is one transaction, so a bad line loads nothing.
+ * `mcq load -H <dir> [--append] <file>` (or - for stdin): reads a dump (format.ts) line by line.
+ * Messages are added after any already in their queue, in the order of the file, and the dumped
+ * counters are added to the queue's own. Everything is one transaction, so a bad line, or a dump
+ * cut short (no end line), loads nothing. The dump's id is recorded in the data directory (table
+ * `loads`), and a dump already loaded there is refused unless --append says to add it again.
  */
-import { openDataDir, ToolError } from "./datadir";
+import type { Database } from "bun:sqlite";
+import { ToolError, openDataDir } from "./datadir";
+import { lines, parseLine, type Header } from "./format";
+import { progress } from "./output";
 
-interface QueueLine {
-  type: "queue";
-  name: string;
-  total: number;
-  fetched: number;
-}
-interface MessageLine {
-  type: "message";
-  queue: string;
-  flags: number;
-  created: number;
-  expires: number;
-  body: string;
+export interface LoadResult {
+  messages: number;
+  /** Said on stderr: e.g. that a dump without an id cannot be told from one loaded before. */
+  notes: string[];
 }
 
-const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
-
-function check(line: unknown, n: number): QueueLine | MessageLine {
-  const bad = (why: string) => new ToolError(`mcq load: line ${n}: ${why}`);
-  if (typeof line !== "object" || line === null) throw bad("not a JSON object");
-  const l = line as Record<string, unknown>;
-  const whole = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
-  if (l.type === "queue") {
-    if (typeof l.name !== "string" || !NAME.test(l.name)) throw bad("bad queue name");
-    if (!whole(l.total) || !whole(l.fetched)) throw bad("bad counters");
-    return l as unknown as QueueLine;
-  }
-  if (l.type === "message") {
-    if (typeof l.queue !== "string" || !NAME.test(l.queue)) throw bad("bad queue name");
-    if (!whole(l.flags) || (l.flags as number) > 4294967295 || !whole(l.created) || !whole(l.expires)) throw bad("bad numbers");
-    if (typeof l.body !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(l.body)) throw bad("body is not base64");
-    return l as unknown as MessageLine;
-  }
-  throw bad(`unknown type ${JSON.stringify(l.type)}`);
+/** Prepared statements of one load. */
+function statements(db: Database) {
+  db.run("CREATE TABLE IF NOT EXISTS loads(dump_id TEXT PRIMARY KEY, loaded_at INTEGER NOT NULL, messages INTEGER NOT NULL)");
+  return {
+    queueId: db.query("SELECT id FROM queues WHERE name = ?"),
+    createQueue: db.query("INSERT INTO queues(name) VALUES (?) RETURNING id"),
+    addCounters: db.query("UPDATE queues SET total = total + ?, fetched = fetched + ? WHERE id = ?"),
+    addMessage: db.query("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)"),
+    addItems: db.query("UPDATE queues SET items = items + ?, bytes = bytes + ? WHERE id = ?"),
+    lastId: db.query("SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0))"),
+    saveLastId: db.query("UPDATE queues SET last_id = ?"),
+    loadedAt: db.query("SELECT loaded_at FROM loads WHERE dump_id = ?"),
+    recordLoad: db.query("INSERT OR REPLACE INTO loads(dump_id, loaded_at, messages) VALUES (?, ?, ?)"),
+  };
 }
 
-export function load(home: string, text: string): number {
-  const lines = text.split("\n").filter((l) => l.trim() !== "");
-  const parsed = lines.map((l, i) => {
-    try {
-      return check(JSON.parse(l), i + 1);
-    } catch (e) {
-      throw e instanceof ToolError ? e : new ToolError(`mcq load: line ${i + 1}: not JSON`);
-    }
-  });
+export async function load(home: string, input: AsyncIterable<Uint8Array>, append: boolean): Promise<LoadResult> {
   const db = openDataDir("load", home, true);
+  const st = statements(db);
+  const notes: string[] = [];
+  const shown = progress("loaded");
+  db.run("BEGIN IMMEDIATE");
   try {
-    const queueId = db.query("SELECT id FROM queues WHERE name = ?");
-    const createQueue = db.query("INSERT INTO queues(name) VALUES (?) RETURNING id");
-    const addCounters = db.query("UPDATE queues SET total = total + ?, fetched = fetched + ? WHERE id = ?");
-    const addMessage = db.query("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)");
-    const addItems = db.query("UPDATE queues SET items = items + 1, bytes = bytes + ? WHERE id = ?");
-    const lastId = db.query(
-      "SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0))",
-    );
-    const saveLastId = db.query("UPDATE queues SET last_id = ?");
+    let header: Header | null = null;
+    let legacy = false;
+    let ended = false;
+    let queues = 0;
     let count = 0;
-    db.transaction(() => {
-      const ids = new Map<string, number>();
-      const idOf = (name: string) => {
-        let id = ids.get(name) ?? (queueId.values(name)[0]?.[0] as number | undefined);
-        if (id === undefined) id = createQueue.values(name)[0]![0] as number;
-        ids.set(name, id);
-        return id;
-      };
-      let next = (lastId.values()[0]![0] as number) + 1;
-      for (const line of parsed) {
-        if (line.type === "queue") {
-          addCounters.run(line.total, line.fetched, idOf(line.name));
+    const last = st.lastId.values()[0]![0] as number;
+    let next = last + 1;
+    /** A restore into a data directory that never held a message keeps the dumped ids (gets shows them). */
+    let keepIds = false;
+    /** Queue name → [id, messages added, bytes added]: the items counters are written once, at the end. */
+    const known = new Map<string, [number, number, number]>();
+    const counted = new Set<string>();
+    const queue = (name: string) => {
+      let q = known.get(name);
+      if (q !== undefined) return q;
+      const id = (st.queueId.values(name)[0]?.[0] as number | undefined) ?? (st.createQueue.values(name)[0]![0] as number);
+      known.set(name, (q = [id, 0, 0]));
+      return q;
+    };
+    let n = 0;
+    for await (const text of lines(input)) {
+      n++;
+      if (text.trim() === "") continue;
+      const line = parseLine(text, n);
+      if (ended) throw new ToolError(`mcq load: line ${n}: a line after the end line`);
+      if (header === null && !legacy) {
+        if (line.type === "dump") {
+          header = line;
+          const at = st.loadedAt.values(header.id)[0]?.[0] as number | undefined;
+          if (at !== undefined && !append) {
+            throw new ToolError(`mcq load: dump ${header.id} was loaded into ${home} on ${new Date(at).toISOString()}; ` +
+              "nothing loaded (--append loads it again)");
+          }
+          keepIds = last === 0;
+          if (keepIds) next = Math.max(next, header.lastId + 1);
           continue;
         }
-        const qid = idOf(line.queue);
-        const body = Buffer.from(line.body, "base64");
-        addMessage.run(next++, qid, line.flags, line.created, line.expires, body);
-        addItems.run(body.length, qid);
-        count++;
+        legacy = true;
+        notes.push("this dump has no id (written by mcq 1.0.0): loading it twice would add its messages twice");
       }
-      saveLastId.run(next - 1);
-    })();
-    return count;
+      if (line.type === "dump") throw new ToolError(`mcq load: line ${n}: a second header`);
+      if (line.type === "end") {
+        if (line.queues !== queues || line.messages !== count) {
+          throw new ToolError(`mcq load: line ${n}: the end line counts ${line.queues} queues and ${line.messages} messages; ` +
+            `the dump holds ${queues} and ${count}`);
+        }
+        ended = true;
+        continue;
+      }
+      if (line.type === "queue") {
+        if (counted.has(line.name)) throw new ToolError(`mcq load: line ${n}: queue ${line.name} a second time`);
+        counted.add(line.name);
+        st.addCounters.run(line.total, line.fetched, queue(line.name)[0]);
+        queues++;
+        continue;
+      }
+      const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
+      const body = Buffer.from(line.body, "base64");
+      let id = next++;
+      if (keepIds) {
+        if (line.id === undefined) throw new ToolError(`mcq load: line ${n}: a message without its id`);
+        id = line.id;
+        next = Math.max(next - 1, id + 1);
+      }
+      try {
+        st.addMessage.run(id, q[0], line.flags, line.created, line.expires, body);
+      } catch (e) {
+        // A dump holds each id once: only a file edited by hand can repeat one.
+        if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;
+        throw new ToolError(`mcq load: line ${n}: message id ${id} a second time`);
+      }
+      q[1]++;
+      q[2] += body.length;
+      shown.count(++count);
+    }
+    if (n === 0) throw new ToolError("mcq load: the input is empty: not a dump");
+    if (header !== null && !ended) throw new ToolError(`mcq load: the dump ends at line ${n} without its end line (cut short?); nothing loaded`);
+    for (const [id, items, bytes] of known.values()) st.addItems.run(items, bytes, id);
+    st.saveLastId.run(next - 1);
+    if (header !== null) st.recordLoad.run(header.id, Date.now(), count);
+    db.run("COMMIT");
+    shown.done();
+    return { messages: count, notes };
+  } catch (e) {
+    shown.done();
+    try {
+      db.run("ROLLBACK");
+    } catch {
+      // SQLite rolled back already (a full disk can do that): the error that did it is what counts.
+    }
+    throw e;
   } finally {
     db.close();
   }

@@ -1,27 +1,38 @@
 /**
- * The subcommands: `mcq backup`, `mcq check`, `mcq dump`, `mcq load`, `mcq stats`. Each parses its own flags
- * with commander and returns an exit code: 0 done, 1 failed, 2 bad usage.
+ * The subcommands: `mcq backup`, `mcq check`, `mcq dump`, `mcq load`, `mcq stats`, `mcq passwd`,
+ * `mcq help`. Each parses its own flags with commander and returns an exit code: 0 done, 1 failed,
+ * 2 bad usage.
  */
 import { Command, CommanderError } from "commander";
+import pkg from "../../package.json";
+import { oneLine } from "../cli";
 import { DEFAULTS } from "../config";
 import { parseHttpAddress } from "../http";
 import { backup } from "./backup";
+import { suggest } from "../suggest";
 import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
 import { load } from "./load";
-import { queueTable } from "./stats";
+import { passwd } from "./passwd";
+import { queueTable, type Target } from "./stats";
 
-export const TOOLS = ["backup", "check", "dump", "load", "stats"];
+export const TOOLS = ["backup", "check", "dump", "load", "stats", "passwd"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
 }
 
-export async function runTool(name: string, argv: string[]): Promise<number> {
+function stdinStream(): AsyncIterable<Uint8Array> {
+  return Bun.stdin.stream() as unknown as AsyncIterable<Uint8Array>;
+}
+
+/** Runs one tool; `mainHelp` prints mcq's own help (for a bare `mcq help`). */
+export async function runTool(name: string, argv: string[], mainHelp: () => void): Promise<number> {
   const out = (line: string) => process.stdout.write(line + "\n");
   const err = (line: string) => process.stderr.write(line + "\n");
   try {
+    if (name === "help") return help(argv, mainHelp);
     if (name === "backup") {
       const cmd = command("backup", "write a consistent snapshot of the data file, while its server serves or not")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)
@@ -38,37 +49,52 @@ export async function runTool(name: string, argv: string[]): Promise<number> {
       return check(o.home, out);
     }
     if (name === "dump") {
-      const o = command("dump", "write the queues of a data directory as JSON Lines (stop the server first)")
+      const o = command("dump", "write the queues of a data directory as a versioned dump in JSON Lines (stop the server first)")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)
         .option("--queue <name>", "only this queue")
         .parse(argv, { from: "user" })
         .opts<{ home: string; queue?: string }>();
-      const n = dump(o.home, o.queue ?? null, out);
-      err(`dumped ${n} messages`);
+      err(`dumped ${dump(o.home, o.queue ?? null, pkg.version)} messages`);
       return 0;
     }
     if (name === "load") {
-      const cmd = command("load", "add the queues of a `mcq dump` file to a data directory (stop the server first)")
+      const cmd = command("load", "add the queues of a `mcq dump` file to a data directory, once (stop the server first)")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+        .option("--append", "load a dump again that was loaded before (its messages are added twice)")
         .argument("<file>", "the dump, or - for stdin")
         .parse(argv, { from: "user" });
       const file = cmd.args[0]!;
-      const text = file === "-" ? await Bun.stdin.text() : await Bun.file(file).text();
-      err(`loaded ${load(cmd.opts<{ home: string }>().home, text)} messages`);
+      const o = cmd.opts<{ home: string; append?: boolean }>();
+      if (file !== "-" && !(await Bun.file(file).exists())) throw new ToolError(`mcq load: cannot read ${file}: no such file`);
+      const input = file === "-" ? stdinStream() : (Bun.file(file).stream() as unknown as AsyncIterable<Uint8Array>);
+      const result = await load(o.home, input, o.append === true);
+      for (const note of result.notes) err(`mcq load: note: ${note}`);
+      err(`loaded ${result.messages} messages`);
       return 0;
+    }
+    if (name === "passwd") {
+      const cmd = command("passwd", "print an authfile line (-Y) with a hashed password read from the terminal or stdin")
+        .option("--bcrypt", "bcrypt instead of argon2id")
+        .option("--rights <rights>", "a third field, e.g. read=jobs.*,write=jobs.*")
+        .argument("<user>", "the user name")
+        .parse(argv, { from: "user" });
+      const o = cmd.opts<{ bcrypt?: boolean; rights?: string }>();
+      return await passwd(cmd.args[0]!, { algorithm: o.bcrypt ? "bcrypt" : "argon2id", rights: o.rights }, out);
     }
     const o = command("stats", "print the queues of a running server as a table")
       .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)
+      .option("-s, --unix-socket <path>", "the server's unix socket, instead of --addr")
       .parse(argv, { from: "user" })
-      .opts<{ addr: string }>();
-    const address = parseHttpAddress(o.addr);
-    if (address === null) throw new ToolError(`mcq stats: --addr wants host:port, not ${o.addr}`);
-    process.stdout.write(await queueTable(address.hostname, address.port));
+      .opts<{ addr: string; unixSocket?: string }>();
+    const address = o.unixSocket === undefined ? parseHttpAddress(o.addr) : null;
+    if (o.unixSocket === undefined && address === null) throw new ToolError(`mcq stats: --addr wants host:port, not ${o.addr}`);
+    const target: Target = o.unixSocket !== undefined ? { unix: o.unixSocket } : address!;
+    process.stdout.write(await queueTable(target));
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === "commander.helpDisplayed") return 0;
-      err(`mcq ${name}: ${e.message.replace(/^error: /, "")}`);
+      err(`mcq ${name}: ${oneLine(e.message).replace(" (see mcq --help)", ` (see mcq help ${name})`)}`);
       return 2;
     }
     if (e instanceof ToolError) {
@@ -78,4 +104,22 @@ export async function runTool(name: string, argv: string[]): Promise<number> {
     err(`mcq ${name}: ${(e as Error).message}`);
     return 1;
   }
+}
+
+/** `mcq help [command]`: mcq's help, or a tool's. */
+async function help(argv: string[], mainHelp: () => void): Promise<number> {
+  const [topic, ...rest] = argv;
+  if (rest.length > 0) {
+    process.stderr.write(`mcq help: one command at most, not ${argv.length}\n`);
+    return 2;
+  }
+  if (topic === undefined) {
+    mainHelp();
+    return 0;
+  }
+  if (!TOOLS.includes(topic)) {
+    process.stderr.write(`mcq help: unknown command '${topic}'${suggest(topic, TOOLS) || ` (one of ${TOOLS.join(", ")})`}\n`);
+    return 2;
+  }
+  return runTool(topic, ["--help"], mainHelp);
 }

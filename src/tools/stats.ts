@@ -1,24 +1,37 @@
 /**
- * `mcq stats --addr host:port`: asks a running server for `stats queue` and each queue's detail,
- * and prints them as a table.
+ * `mcq stats [--addr host:port | -s <socket>]`: asks a running server for `stats queue` and each
+ * queue's detail, and prints them as a table.
  */
-export async function queueTable(host: string, port: number): Promise<string> {
+import type { SocketHandler } from "bun";
+import { reason } from "../errors";
+import { ToolError } from "./datadir";
+
+export type Target = { hostname: string; port: number } | { unix: string };
+
+export const describeTarget = (t: Target) => ("unix" in t ? t.unix : `${t.hostname}:${t.port}`);
+
+export async function queueTable(target: Target): Promise<string> {
   let received = "";
   let wake: () => void = () => {};
   let failure: Error | null = null;
-  const socket = await Bun.connect({
-    hostname: host,
-    port,
-    socket: {
-      data(_s, chunk) {
-        received += chunk.toString("latin1");
-        wake();
-      },
-      error(_s, e) {
-        failure = e;
-        wake();
-      },
+  const where = describeTarget(target);
+  const handlers: SocketHandler = {
+    data(_s, chunk) {
+      received += chunk.toString("latin1");
+      wake();
     },
+    error(_s, e) {
+      failure = e;
+      wake();
+    },
+    close() {
+      failure ??= new Error("the server closed the connection");
+      wake();
+    },
+  };
+  const connecting = "unix" in target ? Bun.connect({ unix: target.unix, socket: handlers }) : Bun.connect({ ...target, socket: handlers });
+  const socket = await connecting.catch((e) => {
+    throw new ToolError(`mcq stats: cannot connect to ${where}: ${reason(e)}`);
   });
   async function ask(command: string): Promise<string[]> {
     received = "";
@@ -26,7 +39,7 @@ export async function queueTable(host: string, port: number): Promise<string> {
     while (!received.endsWith("END\r\n") && !received.endsWith("ERROR\r\n") && failure === null) {
       await new Promise<void>((ok) => (wake = ok));
     }
-    if (failure !== null) throw failure;
+    if (failure !== null) throw new ToolError(`mcq stats: ${where}: ${reason(failure)}`);
     return received.split("\r\n").filter((l) => l.startsWith("STAT "));
   }
   try {

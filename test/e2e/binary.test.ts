@@ -20,7 +20,9 @@ afterAll(stopAll);
 
 describe("dist/mcq", () => {
   test("prints its embedded version", async () => {
-    expect(await runCommand(["--version"], 20_000, [BIN])).toEqual({ stdout: `${pkg.version}\n`, stderr: "", code: 0 });
+    const r = await runCommand(["--version"], 20_000, [BIN]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(r.stdout).toStartWith(`mcq ${pkg.version} (bun ${Bun.version}, sqlite 3.`);
   });
 
   test("serves, survives kill -9, and stops on SIGTERM with exit 0", async () => {

@@ -30,7 +30,7 @@ describe("mcq check", () => {
     expect(await s.kill("SIGKILL")).not.toBe(0);
     const r = await runCommand(["check", "-H", s.home]);
     expect([r.code, r.stdout]).toEqual([0, `ok: ${join(s.home, "mcq.db")}: 3 queues, 28 messages, 76 bytes\n`]);
-    const dump = (await runCommand(["dump", "-H", s.home])).stdout.split("\n").slice(0, 3).map((l) => JSON.parse(l));
+    const dump = (await runCommand(["dump", "-H", s.home])).stdout.split("\n").slice(1, 4).map((l) => JSON.parse(l));
     expect(dump).toEqual([
       { type: "queue", name: "k0", total: 10, fetched: 1 },
       { type: "queue", name: "k1", total: 10, fetched: 1 },

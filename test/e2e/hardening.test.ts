@@ -41,7 +41,7 @@ describe("-u", () => {
 
   test.skipIf(!root)("issue 9: -u with an unknown user is one line naming it, exit 1", async () => {
     const r = await runCommand(["-p", "0", "-H", join(tempDir(), "data"), "-u", "no-such-user-mcq"]);
-    expect([r.code, r.stderr]).toEqual([1, "mcq: no such user 'no-such-user-mcq'\n"]);
+    expect([r.code, r.stderr]).toEqual([1, "mcq: -u no-such-user-mcq: no such user (not in /etc/passwd, nor known to getent)\n"]);
   });
 });
 

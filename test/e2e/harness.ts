@@ -131,6 +131,11 @@ export class Client {
     socket.on("error", () => {});
   }
 
+  /** A client over a socket made elsewhere (a TLS one: tls-harness.ts). */
+  static over(socket: Socket): Client {
+    return new Client(socket);
+  }
+
   static connect(port: number, host = "127.0.0.1"): Promise<Client> {
     return new Promise((ok, fail) => {
       const socket = connect({ port, host, noDelay: true }, () => ok(new Client(socket)));

@@ -1,0 +1,103 @@
+/**
+ * The dump format (one versioned format for dump, load and backups), JSON Lines:
+ *   {"type":"dump","format":1,"id":"<uuid>","created":1764000000000,"mcq":"1.0.0","lastId":9}
+ *   {"type":"queue","name":"jobs","total":12,"fetched":4}          one per queue, first
+ *   {"type":"message","queue":"jobs","id":9,"flags":0,"created":…,"expires":0,"body":"<base64>"}
+ *   {"type":"end","queues":1,"messages":8}
+ * The id in the header makes load idempotent: load records it, and refuses a dump it has already
+ * loaded (a message's id is only unique within its queue and its data directory, so it cannot).
+ * A restore into a data directory that never held a message keeps every message's id; a load
+ * into one that did numbers them after its own. The end line tells a whole dump from one cut short. A file from mcq 1.0.0 has neither (format
+ * 0: no header, no id, no end); load reads it, and says that it cannot tell it was loaded before.
+ */
+import { ToolError } from "./datadir";
+
+export const FORMAT = 1;
+
+export interface Header {
+  type: "dump";
+  format: number;
+  id: string;
+  created: number;
+  mcq: string;
+  /** The highest message id the data directory ever gave: a restore gives none of them again. */
+  lastId: number;
+}
+export interface QueueLine {
+  type: "queue";
+  name: string;
+  total: number;
+  fetched: number;
+}
+export interface MessageLine {
+  type: "message";
+  queue: string;
+  id?: number;
+  flags: number;
+  created: number;
+  expires: number;
+  body: string;
+}
+export interface EndLine {
+  type: "end";
+  queues: number;
+  messages: number;
+}
+export type Line = Header | QueueLine | MessageLine | EndLine;
+
+const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const whole = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/** One line of a dump, checked; a ToolError names the line and what is wrong with it. */
+export function parseLine(text: string, n: number): Line {
+  const bad = (why: string) => new ToolError(`mcq load: line ${n}: ${why}`);
+  let line: unknown;
+  try {
+    line = JSON.parse(text);
+  } catch {
+    throw bad("not JSON");
+  }
+  if (typeof line !== "object" || line === null) throw bad("not a JSON object");
+  const l = line as Record<string, unknown>;
+  switch (l.type) {
+    case "dump":
+      if (!whole(l.format)) throw bad("bad format number");
+      if (l.format !== FORMAT) throw bad(`dump format ${l.format}; this mcq reads format ${FORMAT}`);
+      if (typeof l.id !== "string" || l.id === "") throw bad("bad dump id");
+      if (!whole(l.lastId)) throw bad("bad lastId");
+      return l as unknown as Header;
+    case "queue":
+      if (typeof l.name !== "string" || !NAME.test(l.name)) throw bad("bad queue name");
+      if (!whole(l.total) || !whole(l.fetched)) throw bad("bad counters");
+      return l as unknown as QueueLine;
+    case "message":
+      if (typeof l.queue !== "string" || !NAME.test(l.queue)) throw bad("bad queue name");
+      if (!whole(l.flags) || (l.flags as number) > 4294967295 || !whole(l.created) || !whole(l.expires)) throw bad("bad numbers");
+      if (l.id !== undefined && !whole(l.id)) throw bad("bad message id");
+      if (typeof l.body !== "string" || !BASE64.test(l.body)) throw bad("body is not base64");
+      return l as unknown as MessageLine;
+    case "end":
+      if (!whole(l.queues) || !whole(l.messages)) throw bad("bad counts");
+      return l as unknown as EndLine;
+    default:
+      throw bad(`unknown type ${JSON.stringify(l.type)}`);
+  }
+}
+
+/** The lines of a byte stream, without holding more of it than one line and one chunk. */
+export async function* lines(stream: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let rest = "";
+  for await (const chunk of stream) {
+    rest += decoder.decode(chunk, { stream: true });
+    let start = 0;
+    for (let end = rest.indexOf("\n"); end >= 0; end = rest.indexOf("\n", start)) {
+      yield rest.slice(start, end);
+      start = end + 1;
+    }
+    rest = rest.slice(start);
+  }
+  rest += decoder.decode();
+  if (rest !== "") yield rest;
+}

@@ -1,0 +1,57 @@
+/**
+ * dump and load stream: their memory does not depend on the dump's size. A dump of 1M messages
+ * (100-byte bodies, a 220 MB file) is loaded, then dumped, each under 150 MB of peak RSS (measured
+ * on mcq 1.0.0's load, which read the whole file: about 5.7x its size).
+ */
+import { expect, test } from "bun:test";
+import { closeSync, openSync, statSync } from "node:fs";
+import { join } from "node:path";
+import pkg from "../../package.json";
+import { cleanup, serverCommand, tempDir } from "./harness";
+
+const MESSAGES = 1_000_000;
+const LIMIT = 150 * 1024 * 1024;
+
+/** Writes the dump without holding it: one buffered writer. */
+async function writeDump(file: string): Promise<void> {
+  const w = Bun.file(file).writer({ highWaterMark: 1 << 20 });
+  w.write(JSON.stringify({ type: "dump", format: 1, id: crypto.randomUUID(), created: Date.now(), mcq: "test", lastId: MESSAGES }) + "\n");
+  for (const q of ["a", "b"]) w.write(JSON.stringify({ type: "queue", name: q, total: MESSAGES / 2, fetched: 0 }) + "\n");
+  const body = Buffer.alloc(100, 120).toString("base64");
+  for (let i = 1; i <= MESSAGES; i++) {
+    w.write(`{"type":"message","queue":"${i <= MESSAGES / 2 ? "a" : "b"}","id":${i},"flags":0,"created":1,"expires":0,"body":"${body}"}\n`);
+  }
+  w.write(JSON.stringify({ type: "end", queues: 2, messages: MESSAGES }) + "\n");
+  await w.end();
+}
+
+/** Runs a tool with stdout to a file; returns its exit code, stderr and peak RSS in bytes. */
+async function run(args: string[], stdoutFile: string) {
+  const fd = openSync(stdoutFile, "w");
+  const proc = Bun.spawn([...serverCommand(), ...args], { stdin: "ignore", stdout: fd, stderr: "pipe" });
+  const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+  closeSync(fd);
+  return { code, stderr, maxRSS: proc.resourceUsage()!.maxRSS };
+}
+
+test("loading and dumping 1M messages each stay under 150 MB of RSS", async () => {
+  const dir = tempDir();
+  try {
+    const file = join(dir, "big.jsonl");
+    await writeDump(file);
+    const loaded = await run(["load", "-H", join(dir, "data"), file], join(dir, "load.out"));
+    expect([loaded.code, loaded.stderr]).toEqual([0, `loaded ${MESSAGES} messages\n`]);
+    expect(loaded.maxRSS).toBeLessThan(LIMIT);
+    const dumped = await run(["dump", "-H", join(dir, "data")], join(dir, "again.jsonl"));
+    expect([dumped.code, dumped.stderr]).toEqual([0, `dumped ${MESSAGES} messages\n`]);
+    expect(dumped.maxRSS).toBeLessThan(LIMIT);
+    // The same lines, message ids included: only the header differs (the dump id, the time, the version).
+    const size = statSync(join(dir, "again.jsonl")).size;
+    expect(size).toBe(statSync(file).size - "test".length + pkg.version.length);
+    const tail = await Bun.file(join(dir, "again.jsonl")).slice(size - 200, size).text();
+    expect(tail.split("\n").slice(-2)).toEqual([`{"type":"end","queues":2,"messages":${MESSAGES}}`, ""]);
+    console.log(`1M messages: load peak RSS ${(loaded.maxRSS / 2 ** 20).toFixed(0)} MB, dump ${(dumped.maxRSS / 2 ** 20).toFixed(0)} MB`);
+  } finally {
+    cleanup(dir);
+  }
+}, 300_000);

@@ -1,0 +1,60 @@
+/** The pieces of the tools that need no process: suggestions, the line splitter, progress. */
+import { expect, test } from "bun:test";
+import { suggest } from "../../src/suggest";
+import { lines, parseLine } from "../../src/tools/format";
+import { progress } from "../../src/tools/output";
+
+test("suggest: the closest word within a third of its letters, or nothing", () => {
+  const words = ["check", "dump", "load", "stats", "help"];
+  expect(suggest("chek", words)).toBe(" (did you mean check?)");
+  expect(suggest("dupm", words)).toBe(" (did you mean dump?)"); // a swap is one edit
+  expect(suggest("stat", words)).toBe(" (did you mean stats?)");
+  expect(suggest("frobnicate", words)).toBe("");
+  expect(suggest("x", words)).toBe("");
+});
+
+test("lines: split across chunks, a character cut between two chunks, no final newline", async () => {
+  const text = "a\né\n\nlast";
+  const bytes = new TextEncoder().encode(text);
+  for (let cut = 0; cut <= bytes.length; cut++) {
+    async function* chunks() {
+      yield bytes.subarray(0, cut);
+      yield bytes.subarray(cut);
+    }
+    const got: string[] = [];
+    for await (const line of lines(chunks())) got.push(line);
+    expect(got).toEqual(["a", "é", "", "last"]);
+  }
+});
+
+test("parseLine: each kind of line, and a reason naming the line for a bad one", () => {
+  expect(parseLine('{"type":"end","queues":1,"messages":2}', 9)).toEqual({ type: "end", queues: 1, messages: 2 });
+  const bad = (text: string) => {
+    try {
+      parseLine(text, 7);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return "accepted";
+  };
+  expect(bad('{"type":"dump","format":2,"id":"x","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: dump format 2; this mcq reads format 1");
+  expect(bad('{"type":"dump","format":1,"id":"","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: bad dump id");
+  expect(bad('{"type":"message","queue":"q","id":-1,"flags":0,"created":1,"expires":0,"body":""}')).toBe("mcq load: line 7: bad message id");
+  expect(bad('{"type":"message","queue":"q","flags":0,"created":1,"expires":0,"body":"!!"}')).toBe("mcq load: line 7: body is not base64");
+  expect(bad("[1]")).toBe('mcq load: line 7: unknown type undefined');
+  expect(bad("{")).toBe("mcq load: line 7: not JSON");
+});
+
+test("progress: rewritten in place on a terminal, cleared at the end; nothing elsewhere", () => {
+  const tty: string[] = [];
+  const shown = progress("loaded", true, (t) => tty.push(t));
+  shown.count(1);
+  shown.count(2); // within 200 ms of the first: not shown
+  shown.done();
+  expect(tty).toEqual(["\rloaded 1 messages…", "\r\x1b[K"]);
+  const piped: string[] = [];
+  const quiet = progress("loaded", false, (t) => piped.push(t));
+  quiet.count(1);
+  quiet.done();
+  expect(piped).toEqual([]);
+});
