@@ -1,5 +1,5 @@
 /**
- * The subcommands: `mcq check`, `mcq dump`, `mcq load`, `mcq stats`. Each parses its own flags
+ * The subcommands: `mcq check`, `mcq dump`, `mcq load`, `mcq stats`, `mcq health` (health.ts). Each parses its own flags
  * with commander and returns an exit code: 0 done, 1 failed, 2 bad usage.
  */
 import { Command, CommanderError } from "commander";
@@ -8,10 +8,11 @@ import { parseHttpAddress } from "../http";
 import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
+import { checkHealth, healthCommand, target } from "./health";
 import { load } from "./load";
 import { queueTable } from "./stats";
 
-export const TOOLS = ["check", "dump", "load", "stats"];
+export const TOOLS = ["check", "dump", "load", "stats", "health"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
@@ -47,6 +48,11 @@ export async function runTool(name: string, argv: string[]): Promise<number> {
       const text = file === "-" ? await Bun.stdin.text() : await Bun.file(file).text();
       err(`loaded ${load(cmd.opts<{ home: string }>().home, text)} messages`);
       return 0;
+    }
+    if (name === "health") {
+      const result = await checkHealth(target(healthCommand().parse(argv, { from: "user" }).opts()));
+      (result.ok ? out : err)(result.line);
+      return result.ok ? 0 : 1;
     }
     const o = command("stats", "print the queues of a running server as a table")
       .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)
