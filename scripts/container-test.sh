@@ -51,7 +51,7 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
   done
   if ! "$DOCKER" info >/dev/null 2>&1; then
     tail -n 20 "$work/dockerd.log"
-    denied=$(grep -iEm1 'permission denied|operation not permitted|must be run as root|EPERM' "$work/dockerd.log")
+    denied=$(grep -iEm1 'permission denied|operation not permitted|root privileges|EPERM' "$work/dockerd.log")
     if [ "$(id -u)" != 0 ] || [ -n "$denied" ]; then
       started=""
       echo "skipped: the Docker engine cannot start here without privileges (uid $(id -u)): ${denied:-not root}"

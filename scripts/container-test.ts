@@ -7,11 +7,13 @@
  * event or an exit.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pkg from "../package.json";
 import { Client, readLine, set, value } from "../test/e2e/harness";
 
+const ROOT = join(import.meta.dir, "..");
 const DOCKER = process.env.DOCKER ?? "docker";
 const IMAGE = `${process.env.MCQ_IMAGE ?? "mcq"}:latest`;
 const RUN = `mcq-ct-${process.pid}`; // label and name prefix of everything made here
@@ -83,6 +85,19 @@ test("the image: user 65532, /data volume, MCQ_* defaults instead of a CMD, SIGT
   expect(config.Healthcheck.Test).toEqual(["CMD", "/mcq", "health"]);
 });
 
+test("the image holds the released binary: its hash is the mcq-linux-x64 line of dist/SHA256SUMS (the README's check)", async () => {
+  const version = await ok("run", "--rm", "--network", "none", "--label", RUN, IMAGE, "--version");
+  expect(version).toContain(pkg.version);
+  const id = await ok("create", "--network", "none", "--label", RUN, IMAGE);
+  const tar = Bun.spawn([DOCKER, "cp", `${id}:/mcq`, "-"], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+  const untar = Bun.spawn(["tar", "-xO"], { stdin: tar.stdout, stdout: "pipe" });
+  const hasher = new Bun.CryptoHasher("sha256");
+  hasher.update(await new Response(untar.stdout).bytes());
+  expect(await untar.exited).toBe(0);
+  const sums = await Bun.file(join(ROOT, "dist/SHA256SUMS")).text();
+  expect(sums).toContain(`${hasher.digest("hex")}  mcq-linux-x64\n`);
+});
+
 test("extra docker run arguments add to the defaults: all interfaces, /data, as 65532, on a fresh named volume", async () => {
   const c = await run(["-v", `${await volume()}:/data`], ["-v", "--max-open", "5"]);
   expect(c.listening).toEndWith(` listening on 0.0.0.0:${c.port}`);
@@ -141,7 +156,7 @@ test("docker stop: exit 0 well within its timeout, the stop line in docker logs,
   d.close();
 });
 
-test("a bind mount works once owned by 65532; a root-owned one stops the start with exit 1 naming /data", async () => {
+test("a bind mount works once owned by 65532, or run as its owner with --user; a root-owned one stops the start with exit 1 naming /data", async () => {
   const dir = mkdtempSync(join(tmpdir(), "mcq-bind-"));
   chmodSync(dir, 0o755);
   try {
@@ -155,6 +170,11 @@ test("a bind mount works once owned by 65532; a root-owned one stops the start w
     client.close();
     await ok("stop", c.id);
     expect(await Bun.file(join(dir, "mcq.db")).exists()).toBe(true);
+    for (const f of ["", ...readdirSync(dir)]) chownSync(join(dir, f), 1234, 1234); // a directory whose files are 1234's
+    const owner = await run(["--user", "1234:1234", "-v", `${dir}:/data`]); // the README's --user "$(stat -c %u:%g dir)"
+    const d = await Client.connect(owner.port);
+    expect(await d.call("get bind\r\n")).toBe(value("bind", "x") + "END\r\n");
+    d.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
