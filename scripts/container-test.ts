@@ -69,7 +69,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   const ids = (await docker("ps", "-aq", "--filter", `label=${RUN}`)).stdout.split("\n").filter(Boolean);
-  if (ids.length > 0) await docker("rm", "-f", ...ids);
+  if (ids.length > 0) await docker("rm", "-f", "-v", ...ids); // -v: their anonymous /data volumes too
   const vols = (await docker("volume", "ls", "-q", "--filter", `label=${RUN}`)).stdout.split("\n").filter(Boolean);
   if (vols.length > 0) await docker("volume", "rm", "-f", ...vols);
 });
