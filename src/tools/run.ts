@@ -1,7 +1,7 @@
 /**
  * The subcommands: `mcq backup`, `mcq check`, `mcq dump`, `mcq load`, `mcq stats`, `mcq passwd`,
- * `mcq help`. Each parses its own flags with commander and returns an exit code: 0 done, 1 failed,
- * 2 bad usage.
+ * `mcq health` (health.ts), `mcq help`. Each parses its own flags with commander and returns an
+ * exit code: 0 done, 1 failed, 2 bad usage.
  */
 import { Command, CommanderError } from "commander";
 import pkg from "../../package.json";
@@ -13,11 +13,12 @@ import { suggest } from "../suggest";
 import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
+import { checkHealth, healthCommand, target as healthTarget } from "./health";
 import { load } from "./load";
 import { passwd } from "./passwd";
 import { queueTable, type Target } from "./stats";
 
-export const TOOLS = ["backup", "check", "dump", "load", "stats", "passwd"];
+export const TOOLS = ["backup", "check", "dump", "load", "stats", "passwd", "health"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
@@ -80,6 +81,11 @@ export async function runTool(name: string, argv: string[], mainHelp: () => void
         .parse(argv, { from: "user" });
       const o = cmd.opts<{ bcrypt?: boolean; rights?: string }>();
       return await passwd(cmd.args[0]!, { algorithm: o.bcrypt ? "bcrypt" : "argon2id", rights: o.rights }, out);
+    }
+    if (name === "health") {
+      const result = await checkHealth(healthTarget(healthCommand().parse(argv, { from: "user" }).opts()));
+      (result.ok ? out : err)(result.line);
+      return result.ok ? 0 : 1;
     }
     const o = command("stats", "print the queues of a running server as a table")
       .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)
