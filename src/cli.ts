@@ -35,10 +35,12 @@ const IGNORED_FLAGS: [flags: string, description: string, hasValue: boolean][] =
 
 /** The subcommands main.ts runs before this parser, for the help text and suggestions. */
 export const SUBCOMMANDS: [name: string, description: string][] = [
+  ["backup", "mcq backup <file>: a consistent snapshot of the data file, while its server serves"],
   ["check", "verify a data directory offline"],
   ["dump", "write a data directory's queues as a versioned dump"],
   ["load", "add a dump's queues to a data directory (once per dump)"],
   ["stats", "print the queues of a running server as a table"],
+  ["health", "exit 0 if a running server answers, 1 (saying why) if not"],
   ["passwd", "mcq passwd <user>: an authfile line with a hashed password (-Y)"],
   ["help", "mcq help <command>: that command's flags"],
 ];
