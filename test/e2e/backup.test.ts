@@ -177,7 +177,7 @@ describe("mcq backup", () => {
       [["backup", "-H", s.home, exists], 1, `mcq backup: ${exists} exists; remove it or choose another name\n`],
       [["backup", "-H", s.home, join(dir, "no", "such", "dir.db")], 1, `mcq backup: cannot write ${join(dir, "no", "such", "dir.db")}: its directory does not exist\n`],
       [["backup", "-H", s.home, join(notDir, "x.db")], 1, `mcq backup: cannot write ${join(notDir, "x.db")}: a part of its path is not a directory\n`],
-      [["backup", "-H", s.home], 2, "mcq backup: missing required argument 'file'\n"],
+      [["backup", "-H", s.home], 2, "mcq backup: missing required argument 'file' (see mcq help backup)\n"],
     ];
     for (const [args, code, stderr] of cases) expect(await runCommand(args)).toEqual({ code, stdout: "", stderr });
     expect(readFileSync(exists, "utf8")).toBe("keep me");

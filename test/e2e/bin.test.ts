@@ -11,6 +11,8 @@ import pkg from "../../package.json";
 import { cleanup, Client, readLine, set, tempDir, value } from "./harness";
 
 const BIN = resolve(import.meta.dir, "../../bin/mcq.js");
+/** What --version prints: the version, and the Bun and SQLite a bug report needs. */
+const VERSION_LINE = expect.stringMatching(new RegExp(`^mcq ${pkg.version.replace(/\./g, "\\.")} \\(bun [^,]+, sqlite [^)]+\\)\n$`));
 const node = Bun.which("node");
 
 /** A PATH holding node, and bun too when asked: nothing else of this machine's. */
@@ -49,7 +51,7 @@ describe.skipIf(node === null)("under Node (npx)", () => {
 
   test("with bun on PATH: the server's output and exit codes", async () => {
     const path = pathWith(true);
-    expect(await run([node!, BIN, "--version"], env(path))).toEqual({ stdout: `${pkg.version}\n`, stderr: "", code: 0 });
+    expect(await run([node!, BIN, "--version"], env(path))).toEqual({ stdout: VERSION_LINE, stderr: "", code: 0 });
     const bad = await run([node!, BIN, "--max-body", "x"], env(path));
     expect([bad.code, bad.stdout]).toEqual([2, ""]);
     expect(bad.stderr).toStartWith("mcq: option '-B, --max-body <num>' argument 'x' is invalid.");
@@ -57,7 +59,7 @@ describe.skipIf(node === null)("under Node (npx)", () => {
 
   test("under bunx, which names itself in the environment instead of PATH, that Bun runs the server", async () => {
     const environment = { ...env(pathWith(false)), npm_config_user_agent: `bun/${Bun.version} npm/? node/v20`, npm_execpath: process.execPath };
-    expect(await run([node!, BIN, "--version"], environment)).toEqual({ stdout: `${pkg.version}\n`, stderr: "", code: 0 });
+    expect(await run([node!, BIN, "--version"], environment)).toEqual({ stdout: VERSION_LINE, stderr: "", code: 0 });
   });
 
   test("SIGTERM to it stops the server cleanly: exit 0, and what was stored is there at the next start", async () => {
@@ -84,5 +86,5 @@ describe.skipIf(node === null)("under Node (npx)", () => {
 
 test("under Bun (bunx): the server runs in the same process", async () => {
   const got = await run([process.execPath, BIN, "--version"], env(pathWith(false)));
-  expect(got).toEqual({ stdout: `${pkg.version}\n`, stderr: "", code: 0 });
+  expect(got).toEqual({ stdout: VERSION_LINE, stderr: "", code: 0 });
 });

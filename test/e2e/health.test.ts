@@ -89,7 +89,7 @@ test("bad flags exit 2 with one line", async () => {
   expect(await run(["health", "-p", "0"])).toEqual({
     code: 2,
     stdout: "",
-    stderr: "mcq health: option '-p, --port <num>' argument '0' is invalid. not a port from 1 to 65535\n",
+    stderr: "mcq health: option '-p, --port <num>' argument '0' is invalid. not a port from 1 to 65535 (see mcq help health)\n",
   });
   expect((await run(["health", "--timeout", "soon"])).code).toBe(2);
   expect((await run(["health", "extra"])).code).toBe(2);
