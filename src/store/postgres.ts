@@ -1,0 +1,533 @@
+/**
+ * The QueueStore on Postgres (`--store postgres://…`): many mcq nodes on one database, none of
+ * them holding queue state that another could not serve.
+ *
+ * Group commit: a batch is one Postgres transaction. Its operations are kept in order and sent
+ * in groups of like ones (postgres-sql.ts): every set of the batch is one multi-row INSERT, every
+ * plain get one `DELETE … FOR UPDATE SKIP LOCKED … RETURNING`, and so on; the counters this node
+ * changed are one upsert of its own rows, then COMMIT. STORED leaves only after COMMIT succeeded.
+ * Takes are sent as soon as they are asked for (a microtask later, so a turn's takes go
+ * together), and answer before the commit; the get's reply then waits for the next batch, which
+ * commits after this one.
+ *
+ * One connection carries every batch, in order: a batch's BEGIN is sent only once the previous
+ * one's COMMIT was, so the node sees its own writes in order and a get never misses a message
+ * this node stored before it. While one batch commits, the next runs its requests (two batches
+ * in flight, turn.ts) and queues its statements behind. No transaction stays open across turns.
+ *
+ * Failure: any statement that fails, and any batch that takes longer than `timeoutMs`, fails the
+ * batch (StoreError "Postgres: <reason>", which clients see as SERVER_ERROR) and every later one,
+ * and the connection is replaced: the next batch walks the host list again (postgres-hosts.ts),
+ * so a node finds the new primary after a failover without a restart.
+ *
+ * Counters (postgres-view.ts): summed over nodes when read; this node's own changes count at once.
+ * Nodes (postgres-nodes.ts): heartbeats, and the open messages of dead nodes returned.
+ */
+import { SQL } from "bun";
+import { connectPrimary, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { migrate } from "./postgres-schema";
+import { statements, zero, type Delta, type Removed, type Row, type Statements } from "./postgres-sql";
+import { createView, type Changes } from "./postgres-view";
+import { StoreError, type Message, type QueueStore } from "./store";
+
+export interface PostgresOptions {
+  /** A node silent this long (s) is dead: others return its open messages. */
+  leaseS: number;
+  /** A batch not committed within this many ms fails (SERVER_ERROR), and the connection is replaced. */
+  timeoutMs: number;
+  log: (level: "info" | "warn", message: string) => void;
+}
+
+export interface PostgresStore extends QueueStore {
+  /** Called when messages may be available in `queue` (null: in any), from any node. */
+  onAvailable: ((queue: string | null) => void) | null;
+  /** Reads every node's counters again; resolves once the view holds them. */
+  refresh(): Promise<void>;
+  /** The URL without its password, and the host in use. */
+  describe(): string;
+  /** This node's id in mcq_nodes. */
+  readonly node: number;
+}
+
+type Mode = "dequeue" | "open" | "peek";
+interface Take {
+  mode: Mode;
+  queue: string;
+  now: number;
+  ok: (m: Message | null) => void;
+  fail: (e: unknown) => void;
+}
+type Op =
+  | { k: "insert"; queue: string; flags: number; created: number; expires: number; body: Uint8Array }
+  | { k: "restore"; queue: string; m: Message; created: number }
+  | { k: "take"; t: Take }
+  | { k: "confirm" | "release"; queue: string; id: number; bytes: number }
+  | { k: "drop"; queue: string }
+  | { k: "flush"; queue: string | null }
+  | { k: "sweep"; now: number; limit: number };
+
+interface Tx extends Changes {
+  ops: Op[];
+  /** The statements sent so far, in order; rejects with the first failure. */
+  chain: Promise<void> | null;
+  failed: StoreError | null;
+  /** Undone by rollback(): its statements stop, it never commits, its changes are forgotten. */
+  undone: boolean;
+  /** Queues whose messages may have become available: notified at commit. */
+  wake: Set<string>;
+  /** Resolves once the connection may carry the next transaction (COMMIT or ROLLBACK sent). */
+  handOff: Promise<void>;
+  handedOff: () => void;
+  /** Settles with the commit's outcome. */
+  outcome: Promise<void>;
+  timer: ReturnType<typeof setTimeout> | null;
+  /** A flush is due at the end of this microtask run (takes asked for). */
+  flushing: boolean;
+}
+
+/** How often (ms) an idle node reads every node's counters again. */
+const REFRESH_MS = 1000;
+
+const reason = (e: unknown) =>
+  e instanceof StoreError ? e : new StoreError(`Postgres: ${(e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ")}`, { cause: e });
+
+export async function openPostgresStore(urlText: string, options: PostgresOptions): Promise<PostgresStore> {
+  const url: StoreUrl = parseStoreUrl(urlText);
+  const st: Statements = statements(url.schema);
+  const channel = `mcq_${url.schema}`;
+  let { sql, host, url: hostUrl } = await connectPrimary(url);
+  let client: SQL | null = sql;
+  await migrate(sql, url.schema);
+  const node = await st.register(sql);
+  const view = createView();
+  /** Open messages this node holds: id → queue and size. */
+  const held = new Map<number, { queue: string; bytes: number }>();
+  let lastSums = await st.totals(sql);
+  /** Batches since the last refresh read the sums: a refresh replays their changes. */
+  let recent: Tx[] = [];
+  view.reset(lastSums, []);
+
+  /** The connection's sequence: the next transaction starts once this resolves. */
+  let gate: Promise<void> = Promise.resolve();
+  let lastOutcome: Promise<void> = Promise.resolve();
+  let cur = newTx();
+  let commitFailed = false;
+  let lastBeat = Date.now();
+  let lastRefresh = Date.now();
+  let closed = false;
+
+  function newTx(): Tx {
+    let handedOff!: () => void;
+    const handOff = new Promise<void>((r) => (handedOff = r));
+    const tx: Tx = {
+      ops: [], chain: null, failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
+      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false,
+    };
+    recent.push(tx);
+    return tx;
+  }
+
+  /** The connection, walking the host list again if the last one was dropped. */
+  async function connection(): Promise<SQL> {
+    if (client !== null) return client;
+    const found = await connectPrimary(url);
+    client = found.sql;
+    if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
+    host = found.host;
+    hostUrl = found.url;
+    listener.restart();
+    store.onAvailable?.(null); // a notification may have been missed meanwhile
+    return client;
+  }
+
+  /** Drops the connection after a failure: whatever it was doing is abandoned. */
+  function replaceConnection(): void {
+    const old = client;
+    client = null;
+    if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
+  }
+
+  function change(tx: Tx, queue: string, d: Partial<Delta>, created = 0): void {
+    const full = { ...zero(), ...d };
+    view.add(queue, full, created);
+    let sum = tx.deltas.get(queue);
+    if (sum === undefined) tx.deltas.set(queue, (sum = zero()));
+    for (const k of Object.keys(full) as (keyof Delta)[]) sum[k] += full[k];
+  }
+
+  /** Sends the batch's ops not yet sent, after what it sent before (and BEGIN, the first time). */
+  function flush(tx: Tx): void {
+    tx.flushing = false;
+    if (tx.ops.length === 0 || tx.undone) return;
+    const ops = tx.ops;
+    tx.ops = [];
+    const first = tx.chain === null;
+    if (first) startTimer(tx);
+    const before = first ? gate.then(async () => void (await (await connection()).unsafe("BEGIN"))) : tx.chain!;
+    tx.chain = before.then(() => {
+      if (tx.failed !== null) throw tx.failed;
+      return send(tx, ops);
+    });
+    tx.chain.catch((e) => failTx(tx, e));
+  }
+
+  /** A batch must be done within the timeout: a Postgres that stopped answering is not waited for. */
+  function startTimer(tx: Tx): void {
+    tx.timer = setTimeout(() => {
+      failTx(tx, new StoreError(`Postgres: no answer within ${options.timeoutMs} ms`));
+      replaceConnection();
+      tx.handedOff();
+    }, options.timeoutMs);
+  }
+
+  function failTx(tx: Tx, e: unknown): void {
+    if (tx.failed !== null) return;
+    tx.failed = reason(e);
+    for (const op of tx.ops) if (op.k === "take") op.t.fail(tx.failed);
+    tx.ops = [];
+  }
+
+  const by = <T, K>(items: T[], key: (t: T) => K) => {
+    const m = new Map<K, T[]>();
+    for (const i of items) (m.get(key(i)) ?? m.set(key(i), []).get(key(i))!).push(i);
+    return m;
+  };
+
+  /** Sends ops as statements, one per run of like ops, all pipelined; resolves when all answered. */
+  async function send(tx: Tx, ops: Op[]): Promise<void> {
+    const c = client!;
+    const pending: Promise<unknown>[] = [];
+    for (let i = 0; i < ops.length; ) {
+      let j = i + 1;
+      const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k);
+      while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && ops[i]!.k !== "flush" && ops[i]!.k !== "sweep") j++;
+      pending.push(statement(tx, c, ops.slice(i, j)));
+      i = j;
+    }
+    const results = await Promise.allSettled(pending);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
+  }
+
+  function statement(tx: Tx, c: SQL, ops: Op[]): Promise<unknown> {
+    const op = ops[0]!;
+    const col = <T>(f: (o: any) => T) => ops.map(f);
+    switch (op.k) {
+      case "insert":
+        return st.insert(c, col((o) => o.queue), col((o) => o.flags), col((o) => o.created), col((o) => o.expires), col((o) => o.body));
+      case "restore":
+        return st.restore(c, col((o) => o.m.id), col((o) => o.queue), col((o) => o.m.flags), col((o) => o.created), col((o) => o.m.expires), col((o) => o.m.body));
+      case "take":
+        return takes(tx, c, ops.map((o) => (o as { t: Take }).t));
+      case "confirm":
+      case "release": {
+        const run = op.k === "confirm" ? st.confirm(c, col((o) => o.id), node) : st.release(c, col((o) => o.id), node);
+        return run.then((found) => {
+          // Not found: a flush or drop elsewhere deleted it; undo what was counted for it.
+          const ids = new Set(found.map((r) => r.id));
+          for (const o of ops as Extract<Op, { k: "confirm" | "release" }>[]) {
+            if (ids.has(o.id) || tx.undone || !view.has(o.queue)) continue;
+            if (o.k === "confirm") change(tx, o.queue, { items: 1, bytes: o.bytes, open: 1, fetched: -1 });
+            else change(tx, o.queue, { open: 1 });
+          }
+        });
+      }
+      case "drop":
+        return st.drop(c, col((o) => o.queue));
+      case "flush":
+        return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
+      case "sweep":
+        return st.sweep(c, op.now, op.limit).then((rows) => settleRemoved(tx, rows, true));
+    }
+  }
+
+  /** Counts what a flush or sweep removed (a flush counted its queues as emptied already). */
+  function settleRemoved(tx: Tx, rows: Removed[], expired: boolean): void {
+    if (tx.undone) return;
+    for (const r of rows) {
+      if (!view.has(r.queue)) continue;
+      if (expired) change(tx, r.queue, { items: -r.n, bytes: -r.bytes, open: -r.open, expired: r.n });
+    }
+  }
+
+  async function takes(tx: Tx, c: SQL, list: Take[]): Promise<void> {
+    const mode = list[0]!.mode;
+    const now = list[0]!.now;
+    const groups = by(list, (t) => t.queue);
+    const queues = [...groups.keys()];
+    let rows: Row[];
+    try {
+      if (mode === "peek") rows = await st.peek(c, queues, now);
+      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), now, node);
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), now);
+    } catch (e) {
+      for (const t of list) t.fail(reason(e));
+      throw e;
+    }
+    if (tx.undone) {
+      for (const t of list) t.fail(tx.failed ?? new StoreError("Postgres: batch undone"));
+      return;
+    }
+    const got = by(rows.sort((a, b) => a.id - b.id), (r) => r.queue);
+    for (const [queue, waiting] of groups) {
+      const found = got.get(queue) ?? [];
+      waiting.forEach((t, i) => {
+        const r = mode === "peek" ? found[0] : found[i];
+        if (r === undefined) return t.ok(null);
+        const m: Message = { id: r.id, flags: r.flags, expires: r.expires, body: r.body };
+        if (mode === "dequeue") change(tx, queue, { items: -1, bytes: -r.body.length, fetched: 1 });
+        if (mode === "open") {
+          change(tx, queue, { open: 1 });
+          held.set(r.id, { queue, bytes: r.body.length });
+        }
+        t.ok(m);
+      });
+    }
+  }
+
+  function take(mode: Mode, queue: string, now: number): Promise<Message | null> {
+    const tx = cur;
+    return new Promise<Message | null>((ok, fail) => {
+      if (!tx.flushing) {
+        tx.flushing = true;
+        queueMicrotask(() => flush(tx));
+      }
+      tx.ops.push({ k: "take", t: { mode, queue, now, ok, fail } });
+    });
+  }
+
+  function op(o: Op): void {
+    if (closed) throw new StoreError("Postgres: store closed");
+    cur.ops.push(o);
+  }
+
+  /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
+  function background(fn: (c: SQL) => Promise<void>): void {
+    const run = gate.then(async () => fn(await connection()));
+    gate = run.then(
+      () => {},
+      (e) => {
+        options.log("warn", `Postgres: ${reason(e).message}`);
+        replaceConnection();
+      },
+    );
+  }
+
+  /** Reads the sums again (between batches, in the connection's order) and replays later changes. */
+  async function refresh(): Promise<void> {
+    if (cur.chain !== null) return; // the open batch is being sent: its statements come first
+    const mark = recent.indexOf(cur);
+    const after = gate.then(async () => st.totals(await connection()));
+    gate = after.then(() => {}, () => {});
+    const rows = await after;
+    lastSums = rows;
+    recent = recent.slice(Math.max(0, mark));
+    view.reset(lastSums, recent.filter((t) => !t.undone));
+  }
+
+  const listener = createListener();
+  function createListener() {
+    let sub: { unlisten(): Promise<void> } | null = null;
+    let lsql: SQL | null = null;
+    const start = () => {
+      lsql = new SQL(hostUrl, { max: 1 });
+      void lsql
+        .listen(channel, (queue) => store.onAvailable?.(queue), () => store.onAvailable?.(null))
+        .then((s) => (sub = s))
+        .catch((e: Error) => options.log("warn", `Postgres LISTEN: ${e.message}`));
+    };
+    return {
+      start,
+      restart() {
+        const old = lsql;
+        sub = null;
+        if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
+        start();
+      },
+      async stop() {
+        await sub?.unlisten().catch(() => {});
+        await lsql?.close({ timeout: 0 }).catch(() => {});
+      },
+    };
+  }
+
+  const store: PostgresStore = {
+    node,
+    onAvailable: null,
+    describe: () => `${url.safe} (writing to ${host}, node ${node})`,
+    refresh,
+
+    enqueue(queue, flags, body, expiresAt, now) {
+      op({ k: "insert", queue, flags, created: now, expires: expiresAt, body: Buffer.from(body) });
+      change(cur, queue, { total: 1, items: 1, bytes: body.length }, now);
+      cur.wake.add(queue);
+      return 0; // Postgres numbers it when the batch is sent: FIFO is the order of insertion
+    },
+    dequeue: (queue, now) => take("dequeue", queue, now),
+    peek: (queue, now) => take("peek", queue, now),
+    open: (queue, now) => take("open", queue, now),
+    confirm(queue, id) {
+      const h = held.get(id);
+      if (h === undefined || h.queue !== queue) return false;
+      held.delete(id);
+      op({ k: "confirm", queue, id, bytes: h.bytes });
+      change(cur, queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1 });
+      return true;
+    },
+    release(queue, id) {
+      const h = held.get(id);
+      if (h === undefined || h.queue !== queue) return false;
+      held.delete(id);
+      op({ k: "release", queue, id, bytes: h.bytes });
+      change(cur, queue, { open: -1 });
+      cur.wake.add(queue);
+      return true;
+    },
+    restore(queue, m, now) {
+      const fresh = !view.has(queue);
+      op({ k: "restore", queue, m: { ...m, body: Buffer.from(m.body) }, created: now });
+      change(cur, queue, fresh ? { total: 1, fetched: 1, items: 1, bytes: m.body.length } : { items: 1, bytes: m.body.length }, now);
+      change(cur, queue, { fetched: -1 });
+      cur.wake.add(queue);
+    },
+    drop(queue) {
+      const existed = view.drop(queue);
+      op({ k: "drop", queue });
+      cur.deltas.delete(queue); // its rows are deleted: only what follows the drop counts
+      cur.dropped.add(queue);
+      for (const [id, h] of held) if (h.queue === queue) held.delete(id);
+      return existed;
+    },
+    flush(queue) {
+      const q = view.get(queue);
+      if (q === undefined) return;
+      op({ k: "flush", queue });
+      change(cur, queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
+      for (const [id, h] of held) if (h.queue === queue) held.delete(id);
+    },
+    flushAll() {
+      op({ k: "flush", queue: null });
+      for (const { name } of view.list()) {
+        const q = view.get(name)!;
+        change(cur, name, { items: -q.items, bytes: -q.bytes, open: -q.open });
+      }
+      held.clear();
+    },
+    list: () => view.list(),
+    has: (queue) => view.has(queue),
+    summaries: () => view.summaries(),
+    detail: (queue, now) => view.detail(queue, now),
+    totals: () => view.totals(),
+    sweepExpired(now, limit) {
+      op({ k: "sweep", now, limit });
+      return 0; // counted when Postgres answers
+    },
+
+    commit() {
+      const tx = cur;
+      flush(tx);
+      cur = newTx();
+      const previous = lastOutcome;
+      if (tx.chain === null) {
+        // Only counter changes that need no statement (none today): nothing to send.
+        tx.handedOff();
+        return;
+      }
+      gate = tx.handOff;
+      const done = tx.chain
+        .then(async () => {
+          await previous; // a batch is durable only after every earlier one
+          if (tx.failed !== null) throw tx.failed;
+          const c = client;
+          if (c === null) throw new StoreError("Postgres: connection lost");
+          const parts: Promise<unknown>[] = [];
+          if (tx.deltas.size > 0) parts.push(st.count(c, node, tx.deltas));
+          if (tx.wake.size > 0) parts.push(st.notify(c, channel, [...tx.wake]));
+          const commit = c.unsafe("COMMIT").execute();
+          tx.handedOff();
+          await Promise.all(parts);
+          const r = await commit;
+          if (r.command !== "COMMIT") throw new StoreError(`Postgres: the transaction was rolled back`);
+          if (tx.failed !== null) throw tx.failed; // timed out meanwhile: already reported as failed
+        })
+        .then(
+          () => {
+            if (tx.timer !== null) clearTimeout(tx.timer);
+            commitFailed = false;
+          },
+          (e) => {
+            if (tx.timer !== null) clearTimeout(tx.timer);
+            failTx(tx, e);
+            commitFailed = true;
+            replaceConnection(); // its transaction is aborted or its state unknown: start afresh
+            tx.handedOff();
+            throw tx.failed;
+          },
+        );
+      lastOutcome = done; // the next batch fails if this one does
+      return done;
+    },
+
+    rollback() {
+      // The open batch, and every one in flight that failed or follows one that failed.
+      let undo = false;
+      for (const tx of recent) {
+        if (tx.failed !== null && !tx.undone) undo = true;
+        if (undo || tx === cur) {
+          if (!tx.undone && tx.failed === null) failTx(tx, new StoreError("Postgres: batch undone"));
+          tx.undone = true;
+        }
+      }
+      const open = cur;
+      if (open.chain !== null) {
+        // The open batch had begun: roll its transaction back before the next one begins.
+        gate = open.handOff;
+        void open.chain
+          .catch(() => {})
+          .then(async () => {
+            if (client !== null) await client.unsafe("ROLLBACK").execute().catch(replaceConnection);
+          })
+          .finally(() => {
+            if (open.timer !== null) clearTimeout(open.timer);
+            open.handedOff();
+          });
+      }
+      cur = newTx();
+      view.reset(lastSums, recent.filter((t) => !t.undone));
+      held.clear();
+    },
+    dirty: () => cur.ops.length > 0 || cur.chain !== null || cur.deltas.size > 0 || cur.dropped.size > 0,
+    writable: () => !commitFailed && !closed,
+    maintain() {
+      if (closed || cur.chain !== null) return;
+      const now = Date.now();
+      if (now - lastBeat >= (options.leaseS * 1000) / 3) {
+        lastBeat = now;
+        background(async (c) => {
+          await st.heartbeat(c, node);
+          const back = await st.reap(c, options.leaseS);
+          if (back > 0) {
+            options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
+            store.onAvailable?.(null);
+          }
+        });
+      }
+      if (now - lastRefresh >= REFRESH_MS) {
+        lastRefresh = now;
+        void refresh().catch((e) => options.log("warn", `Postgres: reading counters: ${reason(e).message}`));
+      }
+    },
+    close() {
+      closed = true;
+      void (async () => {
+        await gate;
+        const c = client;
+        if (c === null) return;
+        await st.leave(c, node).catch(() => {});
+        await listener.stop();
+        await c.close({ timeout: 1 }).catch(() => {});
+      })();
+    },
+  };
+  listener.start();
+  return store;
+}
