@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from "commander
 import { readFileSync } from "node:fs";
 import { DEFAULTS, type Config } from "./config";
 import { parseHttpAddress } from "./http";
+import { parseStoreUrl } from "./store/postgres-hosts";
 
 export type CommandLine =
   | { kind: "run"; config: Config; daemon: boolean; user: string | null; ignored: string[]; notes: string[] }
@@ -48,6 +49,15 @@ function httpAddress(value: string) {
   const address = parseHttpAddress(value);
   if (address === null) throw new InvalidArgumentError("not an address such as 127.0.0.1:9200");
   return address;
+}
+
+function storeUrl(value: string): string {
+  try {
+    parseStoreUrl(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message.replace(/^--store: /, ""));
+  }
+  return value;
 }
 
 function nonEmpty(value: string): string {
@@ -97,6 +107,9 @@ function program(version: string, notes: string[] = []): Command {
     opt("-a, --socket-mode <mask>", "access mask of the unix socket, in octal", octal).default(DEFAULTS.socketMode, "0700"),
     opt("-c, --max-conns <num>", "max simultaneous connections", integer(1, 1_000_000), DEFAULTS.maxConns),
     opt("-H, --home <dir>", "data directory, created if missing", nonEmpty, DEFAULTS.home),
+    opt("--store <url>", "keep the queues in Postgres: postgres://user:pass@host:port[,host2:port…]/db", storeUrl),
+    opt("--node-timeout <s>", "with --store: a node silent this long is dead, its open messages go back",
+      integer(1, 86400), DEFAULTS.nodeTimeoutS),
     opt("-B, --max-body <num>", "largest message body in bytes", integer(0, 2147483647), DEFAULTS.maxBody),
     opt("-m, --cache-mb <num>", "page cache size of the store in MB", integer(1, 1_048_576), DEFAULTS.cacheMb),
     new Option("-N", "same as --sync normal: survives kill -9, not power loss"),
@@ -202,6 +215,8 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     socketMode: o.socketMode as number,
     maxConns: o.maxConns as number,
     home: o.home as string,
+    store: (o.store as string | undefined) ?? null,
+    nodeTimeoutS: o.nodeTimeout as number,
     maxBody: o.maxBody as number,
     cacheMb: o.cacheMb as number,
     sync: (o.sync as Config["sync"] | undefined) ?? (o.N ? "normal" : "full"),

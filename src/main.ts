@@ -17,6 +17,8 @@ import { daemonize } from "./daemon";
 import { startHttp, type HttpServer } from "./http";
 import { createLogger, type Logger } from "./log";
 import { ListenError, startServer } from "./server";
+import { openPostgresStore } from "./store/postgres";
+import { parseStoreUrl } from "./store/postgres-hosts";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
 import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
@@ -52,7 +54,7 @@ async function main(): Promise<void> {
   if (cli.ignored.length > 0) log.info(`accepted for MemcacheQ compatibility, no effect here: ${cli.ignored.join(" ")}`);
   for (const note of cli.notes) log.info(note);
 
-  const store = openStore(config, log);
+  const store = await openStore(config, log);
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
@@ -109,14 +111,26 @@ async function main(): Promise<void> {
   // Before the listening line: whoever reads it may signal at once, and must get a clean stop.
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
-  log.info(`data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+  const where = config.store === null ? `data in ${config.home}, sync ${config.sync}` : `queues in Postgres ${parseStoreUrl(config.store).safe}`;
+  log.info(`${where}, max body ${config.maxBody} bytes`);
   process.stdout.write(`mcq ${version} listening on ${server.address}\n`);
 }
 
-/** The store in the data directory, or exit 1 saying why it cannot be opened. */
-function openStore(config: Config, log: Logger): QueueStore {
+/** Milliseconds a Postgres batch may take before it fails with SERVER_ERROR (never a hang). */
+const POSTGRES_TIMEOUT_MS = 5000;
+
+/** The store (Postgres with --store, else SQLite in the data directory), or exit 1 saying why not. */
+async function openStore(config: Config, log: Logger): Promise<QueueStore> {
   try {
-    const store = openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) });
+    const store =
+      config.store === null
+        ? openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log) })
+        : await openPostgresStore(config.store, {
+            leaseS: config.nodeTimeoutS,
+            timeoutMs: POSTGRES_TIMEOUT_MS,
+            log: (level, message) => log[level](message),
+            home: config.home,
+          });
     const faults = process.env.MCQ_FAULTS;
     if (!faults) return store;
     log.warn(`MCQ_FAULTS=${faults}: store failures are injected (a test seam; never in production)`);
@@ -124,6 +138,7 @@ function openStore(config: Config, log: Logger): QueueStore {
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
     if (e instanceof StoreError) fail(e.message, 1);
+    if (config.store !== null) fail(`cannot open the Postgres store ${parseStoreUrl(config.store).safe}: ${(e as Error).message}`, 1);
     throw e;
   }
 }

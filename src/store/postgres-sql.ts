@@ -61,14 +61,33 @@ export function statements(schema: string) {
     ).execute();
 
   return {
-    insert: (sql: SQL, queues: string[], flags: number[], created: number[], expires: number[], bodies: Uint8Array[]) =>
-      sql.unsafe(
-        `INSERT INTO ${M} (queue, flags, created, expires, body)
-         SELECT queue, flags, created, expires, body
-         FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::bytea[]) WITH ORDINALITY AS r(queue, flags, created, expires, body, i)
-         ORDER BY i`,
-        [queues, flags, created, expires, bodies],
-      ).execute(),
+    /**
+     * Small bodies travel as one bytea cut up by offsets in Postgres: Bun encodes a bytea[]
+     * parameter element by element, many times slower (measured: 1000 x 100 B, 35 ms vs 13 ms).
+     */
+    insert: (sql: SQL, queues: string[], flags: number[], created: number[], expires: number[], bodies: Uint8Array[]) => {
+      const offsets: number[] = [];
+      const lengths: number[] = [];
+      let at = 1;
+      for (const b of bodies) {
+        offsets.push(at);
+        lengths.push(b.length);
+        at += b.length;
+      }
+      return sql
+        .unsafe(
+          `INSERT INTO ${M} (queue, flags, created, expires, body)
+           SELECT queue, flags, created, expires, substring($6::bytea FROM off FOR len)
+           FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int[], $7::int[])
+             WITH ORDINALITY AS r(queue, flags, created, expires, off, len, i)
+           ORDER BY i`,
+          [queues, flags, created, expires, offsets, Buffer.concat(bodies), lengths],
+        )
+        .execute();
+    },
+    /** A large body alone: no copy into a joined buffer, no substring over it. */
+    insertOne: (sql: SQL, queue: string, flags: number, created: number, expires: number, body: Uint8Array) =>
+      sql.unsafe(`INSERT INTO ${M} (queue, flags, created, expires, body) VALUES ($1, $2, $3, $4, $5)`, [queue, flags, created, expires, body]).execute(),
     /** Puts messages back under their own ids (a reply that never reached its client). */
     restore: (sql: SQL, ids: number[], queues: string[], flags: number[], created: number[], expires: number[], bodies: Uint8Array[]) =>
       sql.unsafe(
@@ -161,10 +180,12 @@ export function statements(schema: string) {
      * Nodes silent for `leaseS` seconds are dead: their open messages go back to their queues, and
      * their counter rows are folded into node 0's (minus those opens), so rows do not pile up.
      */
-    reap: async (sql: SQL, leaseS: number) => {
+    reap: async (sql: SQL, leaseS: number, only: number | null = null) => {
       const dead = ((await sql.unsafe(
-        `DELETE FROM ${N} WHERE heartbeat < now() - make_interval(secs => $1) RETURNING id`,
-        [leaseS],
+        only === null
+          ? `DELETE FROM ${N} WHERE heartbeat < now() - make_interval(secs => $1) RETURNING id`
+          : `DELETE FROM ${N} WHERE id = $1 RETURNING id`,
+        [only ?? leaseS],
       ).execute()) as { id: number }[]).map((r) => r.id);
       if (dead.length === 0) return 0;
       const released = (await sql.unsafe(

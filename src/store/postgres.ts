@@ -25,6 +25,7 @@
  */
 import { SQL } from "bun";
 import { connectPrimary, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { claimHome } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Removed, type Row, type Statements } from "./postgres-sql";
 import { createView, type Changes } from "./postgres-view";
@@ -36,6 +37,8 @@ export interface PostgresOptions {
   /** A batch not committed within this many ms fails (SERVER_ERROR), and the connection is replaced. */
   timeoutMs: number;
   log: (level: "info" | "warn", message: string) => void;
+  /** The data directory naming this node (postgres-home.ts), or null. */
+  home: string | null;
 }
 
 export interface PostgresStore extends QueueStore {
@@ -83,7 +86,12 @@ interface Tx extends Changes {
   timer: ReturnType<typeof setTimeout> | null;
   /** A flush is due at the end of this microtask run (takes asked for). */
   flushing: boolean;
+  /** Waiting for the counters read after this batch's COMMIT. */
+  refreshers: (() => void)[];
 }
+
+/** Bodies larger than this are inserted one per statement (see postgres-sql.ts insert). */
+const LARGE_BODY = 64 * 1024;
 
 /** How often (ms) an idle node reads every node's counters again. */
 const REFRESH_MS = 1000;
@@ -98,7 +106,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   let { sql, host, url: hostUrl } = await connectPrimary(url);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
+  const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
+  if (claim?.previous != null) {
+    // This directory's last server is gone (killed): its open messages go back now.
+    const back = await st.reap(sql, options.leaseS, claim.previous);
+    if (back > 0) options.log("info", `Postgres: ${back} open messages of this directory's previous node returned`);
+  }
+  claim?.write(node);
   const view = createView();
   /** Open messages this node holds: id → queue and size. */
   const held = new Map<number, { queue: string; bytes: number }>();
@@ -121,7 +136,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     const handOff = new Promise<void>((r) => (handedOff = r));
     const tx: Tx = {
       ops: [], chain: null, failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
-      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false,
+      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false, refreshers: [],
     };
     recent.push(tx);
     return tx;
@@ -183,6 +198,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   function failTx(tx: Tx, e: unknown): void {
     if (tx.failed !== null) return;
     tx.failed = reason(e);
+    tx.refreshers.splice(0).forEach((ok) => ok());
     for (const op of tx.ops) if (op.k === "take") op.t.fail(tx.failed);
     tx.ops = [];
   }
@@ -200,7 +216,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     for (let i = 0; i < ops.length; ) {
       let j = i + 1;
       const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k);
-      while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && ops[i]!.k !== "flush" && ops[i]!.k !== "sweep") j++;
+      const alone = (o: Op) => o.k === "flush" || o.k === "sweep" || (o.k === "insert" && o.body.length > LARGE_BODY);
+      while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && !alone(ops[i]!) && !alone(ops[j]!)) j++;
       pending.push(statement(tx, c, ops.slice(i, j)));
       i = j;
     }
@@ -213,6 +230,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     const col = <T>(f: (o: any) => T) => ops.map(f);
     switch (op.k) {
       case "insert":
+        if (ops.length === 1 && op.body.length > LARGE_BODY) return st.insertOne(c, op.queue, op.flags, op.created, op.expires, op.body);
         return st.insert(c, col((o) => o.queue), col((o) => o.flags), col((o) => o.created), col((o) => o.expires), col((o) => o.body));
       case "restore":
         return st.restore(c, col((o) => o.m.id), col((o) => o.queue), col((o) => o.m.flags), col((o) => o.created), col((o) => o.m.expires), col((o) => o.m.body));
@@ -314,13 +332,20 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   /** Reads the sums again (between batches, in the connection's order) and replays later changes. */
   async function refresh(): Promise<void> {
-    if (cur.chain !== null) return; // the open batch is being sent: its statements come first
-    const mark = recent.indexOf(cur);
+    if (cur.chain !== null || cur.ops.length > 0) {
+      // The open batch has work: the sums are read right after its COMMIT (see commit()).
+      return new Promise<void>((ok) => cur.refreshers.push(ok));
+    }
+    const before = cur; // not begun: it begins after this read, which then does not include it
     const after = gate.then(async () => st.totals(await connection()));
     gate = after.then(() => {}, () => {});
-    const rows = await after;
+    applySums(await after, before);
+  }
+
+  /** The view becomes `rows` plus the changes of `first` and every batch after it. */
+  function applySums(rows: Awaited<ReturnType<Statements["totals"]>>, first: Tx): void {
     lastSums = rows;
-    recent = recent.slice(Math.max(0, mark));
+    recent = recent.slice(Math.max(0, recent.indexOf(first)));
     view.reset(lastSums, recent.filter((t) => !t.undone));
   }
 
@@ -443,11 +468,20 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
           if (tx.deltas.size > 0) parts.push(st.count(c, node, tx.deltas));
           if (tx.wake.size > 0) parts.push(st.notify(c, channel, [...tx.wake]));
           const commit = c.unsafe("COMMIT").execute();
+          // Counters read right after this COMMIT, before the next batch begins, include it.
+          const sums = tx.refreshers.length > 0 ? st.totals(c) : null;
+          sums?.catch(() => {});
           tx.handedOff();
           await Promise.all(parts);
           const r = await commit;
           if (r.command !== "COMMIT") throw new StoreError(`Postgres: the transaction was rolled back`);
           if (tx.failed !== null) throw tx.failed; // timed out meanwhile: already reported as failed
+          if (sums !== null) {
+            const next = recent[recent.indexOf(tx) + 1];
+            const rows = await sums.catch(() => null);
+            if (rows !== null && next !== undefined) applySums(rows, next);
+          }
+          tx.refreshers.splice(0).forEach((ok) => ok());
         })
         .then(
           () => {
@@ -457,6 +491,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
           (e) => {
             if (tx.timer !== null) clearTimeout(tx.timer);
             failTx(tx, e);
+            tx.refreshers.splice(0).forEach((ok) => ok());
             commitFailed = true;
             replaceConnection(); // its transaction is aborted or its state unknown: start afresh
             tx.handedOff();
@@ -516,16 +551,16 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         void refresh().catch((e) => options.log("warn", `Postgres: reading counters: ${reason(e).message}`));
       }
     },
-    close() {
+    async close() {
       closed = true;
-      void (async () => {
-        await gate;
-        const c = client;
-        if (c === null) return;
-        await st.leave(c, node).catch(() => {});
-        await listener.stop();
-        await c.close({ timeout: 1 }).catch(() => {});
-      })();
+      await lastOutcome.catch(() => {}); // the last batch is committed (or failed) first
+      await gate;
+      const c = client;
+      await listener.stop();
+      if (c === null) return;
+      await st.leave(c, node).catch(() => {});
+      claim?.release();
+      await c.close({ timeout: 1 }).catch(() => {});
     },
   };
   listener.start();

@@ -105,9 +105,21 @@ export interface QueueStore {
   dirty(): boolean;
   /** Whether a new message could be stored now (false while the disk is full or commits fail). */
   writable(now: number): boolean;
+  /**
+   * Set by the server on a store shared by several nodes (Postgres): called when messages may
+   * have become available in `queue` (null: in any queue) through another node, so that gets
+   * waiting here look again.
+   */
+  onAvailable?: ((queue: string | null) => void) | null;
+  /**
+   * A store shared by nodes: reads every node's counters again, so that the counters it reports
+   * next include all that was committed before the call. Stats wait for it.
+   */
+  refresh?(): Promise<void>;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
-  close(): void;
+  /** Closes the store; a networked store resolves once its last batch has committed. */
+  close(): void | Promise<void>;
 }
 
 /** A store that answers every take at once (SQLite, memory). */

@@ -6,7 +6,7 @@ import { storeContract } from "./store.contract";
 
 const schemas: string[] = [];
 const stores: PostgresStore[] = [];
-const options = { leaseS: 30, timeoutMs: 5000, log: () => {} };
+const options = { leaseS: 30, timeoutMs: 5000, log: () => {}, home: null };
 
 async function open(schema = freshSchema("store")): Promise<PostgresStore> {
   if (!schemas.includes(schema)) schemas.push(schema);
