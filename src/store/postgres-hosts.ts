@@ -71,5 +71,5 @@ export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: s
       await sql.close().catch(() => {});
     }
   }
-  throw new StoreError(`no writable Postgres (${reasons.join("; ")})`);
+  throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
 }

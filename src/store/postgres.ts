@@ -88,6 +88,13 @@ interface Tx extends Changes {
   flushing: boolean;
   /** Waiting for the counters read after this batch's COMMIT. */
   refreshers: (() => void)[];
+  /** Undoes this batch's changes to `held`, newest last. */
+  heldUndo: (() => void)[];
+  /** Takes sent and not answered yet: failed with the batch. */
+  asked: Take[];
+  /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
+  broken: Promise<never>;
+  breakNow: (e: StoreError) => void;
 }
 
 /** Bodies larger than this are inserted one per statement (see postgres-sql.ts insert). */
@@ -129,14 +136,18 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   let commitFailed = false;
   let lastBeat = Date.now();
   let lastRefresh = Date.now();
+  let quiet = false;
   let closed = false;
 
   function newTx(): Tx {
     let handedOff!: () => void;
     const handOff = new Promise<void>((r) => (handedOff = r));
+    let breakNow!: (e: StoreError) => void;
+    const broken = new Promise<never>((_, fail) => (breakNow = fail));
+    broken.catch(() => {});
     const tx: Tx = {
       ops: [], chain: null, failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
-      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false, refreshers: [],
+      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false, refreshers: [], asked: [], heldUndo: [], broken, breakNow,
     };
     recent.push(tx);
     return tx;
@@ -155,11 +166,25 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     return client;
   }
 
-  /** Drops the connection after a failure: whatever it was doing is abandoned. */
+  /**
+   * Drops the connection after a failure: whatever it was doing is abandoned. The LISTEN
+   * connection goes too, until the next connection succeeds: in Bun 1.4.5 a LISTEN retrying
+   * against a Postgres that is down keeps every new connection of the process from succeeding,
+   * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts).
+   */
   function replaceConnection(): void {
     const old = client;
     client = null;
+    listener.pause();
     if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
+  }
+
+  /** Changes what this node holds open, undone with the batch. */
+  function hold(tx: Tx, id: number, h: { queue: string; bytes: number } | null): void {
+    const before = held.get(id);
+    if (h === null) held.delete(id);
+    else held.set(id, h);
+    tx.heldUndo.push(() => (before === undefined ? held.delete(id) : held.set(id, before)));
   }
 
   function change(tx: Tx, queue: string, d: Partial<Delta>, created = 0): void {
@@ -176,6 +201,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     if (tx.ops.length === 0 || tx.undone) return;
     const ops = tx.ops;
     tx.ops = [];
+    for (const o of ops) if (o.k === "take") tx.asked.push(o.t); // failed with the batch, from here on
     const first = tx.chain === null;
     if (first) startTimer(tx);
     const before = first ? gate.then(async () => void (await (await connection()).unsafe("BEGIN"))) : tx.chain!;
@@ -198,7 +224,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   function failTx(tx: Tx, e: unknown): void {
     if (tx.failed !== null) return;
     tx.failed = reason(e);
+    tx.breakNow(tx.failed);
     tx.refreshers.splice(0).forEach((ok) => ok());
+    for (const t of tx.asked.splice(0)) t.fail(tx.failed);
     for (const op of tx.ops) if (op.k === "take") op.t.fail(tx.failed);
     tx.ops = [];
   }
@@ -295,7 +323,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         if (mode === "dequeue") change(tx, queue, { items: -1, bytes: -r.body.length, fetched: 1 });
         if (mode === "open") {
           change(tx, queue, { open: 1 });
-          held.set(r.id, { queue, bytes: r.body.length });
+          hold(tx, r.id, { queue, bytes: r.body.length });
         }
         t.ok(m);
       });
@@ -363,10 +391,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     return {
       start,
       restart() {
+        this.pause();
+        start();
+      },
+      pause() {
         const old = lsql;
+        lsql = null;
         sub = null;
         if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
-        start();
       },
       async stop() {
         await sub?.unlisten().catch(() => {});
@@ -393,7 +425,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     confirm(queue, id) {
       const h = held.get(id);
       if (h === undefined || h.queue !== queue) return false;
-      held.delete(id);
+      hold(cur, id, null);
       op({ k: "confirm", queue, id, bytes: h.bytes });
       change(cur, queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1 });
       return true;
@@ -401,7 +433,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     release(queue, id) {
       const h = held.get(id);
       if (h === undefined || h.queue !== queue) return false;
-      held.delete(id);
+      hold(cur, id, null);
       op({ k: "release", queue, id, bytes: h.bytes });
       change(cur, queue, { open: -1 });
       cur.wake.add(queue);
@@ -419,7 +451,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       op({ k: "drop", queue });
       cur.deltas.delete(queue); // its rows are deleted: only what follows the drop counts
       cur.dropped.add(queue);
-      for (const [id, h] of held) if (h.queue === queue) held.delete(id);
+      for (const [id, h] of held) if (h.queue === queue) hold(cur, id, null);
       return existed;
     },
     flush(queue) {
@@ -427,7 +459,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (q === undefined) return;
       op({ k: "flush", queue });
       change(cur, queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
-      for (const [id, h] of held) if (h.queue === queue) held.delete(id);
+      for (const [id, h] of held) if (h.queue === queue) hold(cur, id, null);
     },
     flushAll() {
       op({ k: "flush", queue: null });
@@ -435,7 +467,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         const q = view.get(name)!;
         change(cur, name, { items: -q.items, bytes: -q.bytes, open: -q.open });
       }
-      held.clear();
+      for (const id of [...held.keys()]) hold(cur, id, null);
     },
     list: () => view.list(),
     has: (queue) => view.has(queue),
@@ -458,8 +490,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         return;
       }
       gate = tx.handOff;
-      const done = tx.chain
-        .then(async () => {
+      const done = Promise.race([
+        tx.broken,
+        tx.chain.then(async () => {
           await previous; // a batch is durable only after every earlier one
           if (tx.failed !== null) throw tx.failed;
           const c = client;
@@ -482,8 +515,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
             if (rows !== null && next !== undefined) applySums(rows, next);
           }
           tx.refreshers.splice(0).forEach((ok) => ok());
-        })
-        .then(
+        }),
+      ]).then(
           () => {
             if (tx.timer !== null) clearTimeout(tx.timer);
             commitFailed = false;
@@ -505,13 +538,16 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     rollback() {
       // The open batch, and every one in flight that failed or follows one that failed.
       let undo = false;
+      const undone: Tx[] = [];
       for (const tx of recent) {
         if (tx.failed !== null && !tx.undone) undo = true;
-        if (undo || tx === cur) {
-          if (!tx.undone && tx.failed === null) failTx(tx, new StoreError("Postgres: batch undone"));
+        if ((undo || tx === cur) && !tx.undone) {
+          if (tx.failed === null) failTx(tx, new StoreError("Postgres: batch undone"));
           tx.undone = true;
+          undone.push(tx);
         }
       }
+      for (const tx of undone.reverse()) for (const fn of tx.heldUndo.splice(0).reverse()) fn();
       const open = cur;
       if (open.chain !== null) {
         // The open batch had begun: roll its transaction back before the next one begins.
@@ -527,8 +563,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
           });
       }
       cur = newTx();
+      // Batches from here on do not inherit the failure: those it concerned are undone.
+      lastOutcome = Promise.resolve();
       view.reset(lastSums, recent.filter((t) => !t.undone));
-      held.clear();
     },
     dirty: () => cur.ops.length > 0 || cur.chain !== null || cur.deltas.size > 0 || cur.dropped.size > 0,
     writable: () => !commitFailed && !closed,
@@ -548,7 +585,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       }
       if (now - lastRefresh >= REFRESH_MS) {
         lastRefresh = now;
-        void refresh().catch((e) => options.log("warn", `Postgres: reading counters: ${reason(e).message}`));
+        // Said once per outage, not every second.
+        void refresh().then(
+          () => (quiet = false),
+          (e) => {
+            if (!quiet) options.log("warn", `Postgres: reading counters: ${reason(e).message}`);
+            quiet = true;
+          },
+        );
       }
     },
     async close() {

@@ -76,7 +76,7 @@ if (havePostgres("e2e postgres")) {
       for (const c of clients) expect(await c.call("stats queue jobs\r\n")).toBe(
         "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 300\r\nSTAT fetched 300\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
       );
-    });
+    }, 30_000);
 
     test("a set on node A wakes a blocking get on node B within 100 ms (LISTEN/NOTIFY)", async () => {
       const [a, b] = await nodes(2);
@@ -96,7 +96,7 @@ if (havePostgres("e2e postgres")) {
       delays.sort((x, y) => x - y);
       console.log(`wake-up across nodes after STORED, ms: ${delays.map((d) => d.toFixed(1)).join(" ")}`);
       expect(delays[delays.length - 1]!).toBeLessThan(100);
-    });
+    }, 30_000);
 
     test("an open message: the client's disconnect returns it at once, to a get on another node", async () => {
       const [a, b] = await nodes(2);
@@ -111,7 +111,7 @@ if (havePostgres("e2e postgres")) {
       await parked(b!, 1);
       opener.close();
       expect((await other.until((buf) => buf.toString().endsWith("END\r\n"))).toString()).toBe(value("rel/t=5000", "one") + "END\r\n");
-    });
+    }, 30_000);
 
     test("kill -9 of a node: its open message comes back within --node-timeout, on another node", async () => {
       const [a, b] = await nodes(2, ["--node-timeout", "2"]);
@@ -130,7 +130,7 @@ if (havePostgres("e2e postgres")) {
       expect(await other.call("stats queue dead\r\n")).toBe(
         "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
       );
-    });
+    }, 30_000);
 
     test("stats are exact across nodes: curr_items, queues and stats queue count every node's work", async () => {
       const [a, b] = await nodes(2);
