@@ -43,7 +43,7 @@ export interface Tx extends Changes {
   /** Settles with the commit's outcome. */
   outcome: Promise<void>;
   timer: ReturnType<typeof setTimeout> | null;
-  /** A flush is due at the end of this microtask run (takes asked for). */
+  /** A flush is due once this event-loop iteration ends (takes were asked for). */
   flushing: boolean;
   /** Waiting for the counters read after this batch's COMMIT. */
   refreshers: (() => void)[];

@@ -160,12 +160,16 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     for (const o of ops) if (o.k === "take") tx.asked.push(o.t); // failed with the batch, from here on
     const first = tx.chain === null;
     if (first) startTimer(tx);
-    const before = first ? gate.then(async () => void (await (await connection()).unsafe("BEGIN"))) : tx.chain!;
-    tx.chain = before.then(() => {
+    const sendAfter = async (begin: boolean) => {
       if (tx.failed !== null) throw tx.failed;
-      if (client === null) throw new StoreError("Postgres: connection lost");
-      return send(tx, client, ops);
-    });
+      const c = begin ? await connection() : client;
+      if (c === null) throw new StoreError("Postgres: connection lost");
+      // BEGIN goes in the same round trip as the statements: a failed BEGIN fails them too.
+      const started = begin ? c.unsafe("BEGIN").execute() : Promise.resolve();
+      const results = await Promise.allSettled([started, send(tx, c, ops)]);
+      for (const r of results) if (r.status === "rejected") throw r.reason;
+    };
+    tx.chain = first ? gate.then(() => sendAfter(true)) : tx.chain!.then(() => sendAfter(false));
     tx.chain.catch((e) => failTx(tx, e));
   }
 
@@ -193,7 +197,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     return new Promise<Message | null>((ok, fail) => {
       if (!tx.flushing) {
         tx.flushing = true;
-        queueMicrotask(() => flush(tx));
+        // After every socket event of this loop iteration: one flush carries them all.
+        setImmediate(() => flush(tx));
       }
       tx.ops.push({ k: "take", t: { mode, queue, now, ok, fail } });
     });
@@ -240,6 +245,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const store: PostgresStore = {
     node,
     onAvailable: null,
+    maxInFlight: Number(process.env.MCQ_PG_IN_FLIGHT ?? 1),
     describe: () => `${url.safe} (writing to ${host}, node ${node})`,
     refresh,
 

@@ -116,6 +116,12 @@ export interface QueueStore {
    * next include all that was committed before the call. Stats wait for it.
    */
   refresh?(): Promise<void>;
+  /**
+   * Batches this store lets commit at once (default 2, turn.ts). A store that sends one batch
+   * only once the last one's COMMIT was sent says 1: the open batch then gathers every request
+   * that arrives meanwhile, instead of one batch per connection following each other.
+   */
+  maxInFlight?: number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   /** Closes the store; a networked store resolves once its last batch has committed. */
