@@ -12,6 +12,7 @@ import { parseHttpAddress } from "./http";
 import { parseListen } from "./listeners";
 import { extendedOptions, TlsError, tlsSettings } from "./tls";
 import { suggest } from "./suggest";
+import { parseStoreUrl } from "./store/postgres-hosts";
 
 export type CommandLine =
   | { kind: "run"; config: Config; daemon: boolean; user: string | null; logFile: string | null; ignored: string[]; notes: string[] }
@@ -88,6 +89,15 @@ function extended(value: string, previous: unknown): Record<string, string> {
   }
 }
 
+function storeUrl(value: string): string {
+  try {
+    parseStoreUrl(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message.replace(/^--store: /, ""));
+  }
+  return value;
+}
+
 function nonEmpty(value: string): string {
   if (value === "") throw new InvalidArgumentError("empty");
   return value;
@@ -138,6 +148,9 @@ function program(version: string, notes: string[] = []): Command {
     opt("-H, --home <dir>", "data directory, created if missing", nonEmpty, DEFAULTS.home),
     // At most SQLite's longest value (SQLITE_MAX_LENGTH); a limit of 0 would refuse every message.
     opt("-B, --max-body <num>", "largest message body in bytes", integer(1, 1_000_000_000), DEFAULTS.maxBody),
+    opt("--store <url>", "keep the queues in Postgres: postgres://user:pass@host:port[,host2:port…]/db", storeUrl),
+    opt("--node-timeout <s>", "with --store: a node silent this long is dead, its open messages go back",
+      integer(1, 86400), DEFAULTS.nodeTimeoutS),
     opt("-m, --cache-mb <num>", "page cache size of the store in MB", integer(1, 1_048_576), DEFAULTS.cacheMb),
     new Option("-N", "same as --sync normal: survives kill -9, not power loss"),
     opt("--sync <mode>", "full: fsync before STORED; normal: survives kill -9; off: tests only").choices(["full", "normal", "off"]),
@@ -278,6 +291,8 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     socketMode: o.socketMode as number,
     maxConns: o.maxConns as number,
     home: o.home as string,
+    store: (o.store as string | undefined) ?? null,
+    nodeTimeoutS: o.nodeTimeout as number,
     maxBody: o.maxBody as number,
     cacheMb: o.cacheMb as number,
     sync: (o.sync as Config["sync"] | undefined) ?? (o.N ? "normal" : "full"),

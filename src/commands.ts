@@ -103,6 +103,31 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       if (!req.noreply) batch.depends(say(s, REPLY.OK));
       return "next";
     case "stats":
+    case "stats_queue":
+      // On a store shared by nodes the counters are read again first (afterRefresh).
+      if (store.refresh !== undefined && !(req.kind === "stats" && req.section === "reset")) return afterRefresh(ctx, s, req);
+      return statsReply(ctx, s, req);
+    case "version":
+      say(s, `VERSION ${ctx.version}\r\n`);
+      return "next";
+    case "verbosity":
+      if (!req.noreply) say(s, REPLY.OK);
+      return "next";
+    case "quit":
+      return "close";
+    case "refresh_certs":
+      return refreshCerts(ctx, s);
+    case "error":
+      say(s, req.reply);
+      return req.close ? "close" : "next";
+  }
+}
+
+/** `stats`, `stats reset`, `stats queue` and `stats queue <q>`. */
+function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "stats" | "stats_queue" }>): Outcome {
+  const { store, stats } = ctx;
+  switch (req.kind) {
+    case "stats":
       if (req.section === "reset") {
         resetStats(stats);
         say(s, REPLY.RESET);
@@ -125,20 +150,28 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       say(s, lines.join("") + REPLY.END);
       return "next";
     }
-    case "version":
-      say(s, `VERSION ${ctx.version}\r\n`);
-      return "next";
-    case "verbosity":
-      if (!req.noreply) say(s, REPLY.OK);
-      return "next";
-    case "quit":
-      return "close";
-    case "refresh_certs":
-      return refreshCerts(ctx, s);
-    case "error":
-      say(s, req.reply);
-      return req.close ? "close" : "next";
   }
+}
+
+/**
+ * A store shared by nodes (Postgres) counts what every node did: the stats request waits for it
+ * to read the counters again (a round trip, no more), then runs as on a store of its own.
+ */
+function afterRefresh(ctx: Context, s: Session, req: Extract<Request, { kind: "stats" | "stats_queue" }>): Outcome {
+  let ready = false;
+  s.job = () => {
+    if (!ready) return false;
+    s.job = null;
+    // A listing goes on as its own job over later turns.
+    return statsReply(ctx, s, req) !== "wait";
+  };
+  void ctx.store.refresh!()
+    .catch((e: Error) => ctx.log.warn(`reading the counters of every node: ${e.message}`))
+    .finally(() => {
+      ready = true;
+      ctx.resume(s);
+    });
+  return "wait";
 }
 
 /** Queues listed per turn by `stats queue`: with 100,000 queues no turn spends over ~2 ms on it. */

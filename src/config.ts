@@ -15,6 +15,10 @@ export interface Config {
   maxConns: number;
   /** Data directory (-H), created if missing. */
   home: string;
+  /** postgres://… (--store, MCQ_STORE): keep the queues in Postgres instead of SQLite in `home`. */
+  store: string | null;
+  /** With --store: a node silent this many seconds is dead, and its open messages go back (--node-timeout). */
+  nodeTimeoutS: number;
   /** Largest message body in bytes (-B). */
   maxBody: number;
   /** Longest command line in bytes, without its end (docs/protocol.md: 8192). */
@@ -93,6 +97,8 @@ export const DEFAULTS: Config = {
   socketMode: 0o700,
   maxConns: 1024,
   home: "./data",
+  store: null,
+  nodeTimeoutS: 30,
   maxBody: 1048576,
   maxLine: 8192,
   sync: "full",

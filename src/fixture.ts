@@ -14,6 +14,8 @@ import { startHttp, type HttpServer } from "./http";
 import { createLogger, type Logger } from "./log";
 import { startServer as startCore, type Server } from "./server";
 import { createMemoryStore } from "./store/memory";
+import { openPostgresStore } from "./store/postgres";
+import { parseStoreUrl } from "./store/postgres-hosts";
 import { openSqliteStore } from "./store/sqlite";
 import type { QueueStore } from "./store/store";
 import { prepareUnixSocket } from "./unix-socket";
@@ -32,6 +34,9 @@ export type StoreChoice = "memory" | { dir?: string } | { postgres: string };
  * `maxBody`, `sync`, `expiry`, `openTimeoutMs`, `maxOpen`, `idleTimeoutS`, `http`… The data
  * directory comes from `store`, and the pid file belongs to the binary.
  */
+/** Milliseconds a Postgres batch may take before it fails with SERVER_ERROR, as in the binary. */
+const POSTGRES_TIMEOUT_MS = 5000;
+
 export type Settings = Partial<Omit<Config, "home" | "pidFile" | "store">>;
 
 /** What startServer() takes: the store (default `{}`, a temporary SQLite directory) and any settings. */
@@ -80,7 +85,7 @@ export async function startServer(options: StartOptions = {}): Promise<Mcq> {
   let store: QueueStore | null = null;
   let server: Server | null = null;
   try {
-    store = openStore(choice, dir, config, log);
+    store = await openStore(choice, dir, config, log);
     // The server keeps files of its own beside the store's (backup.sock): in its directory, not ./data.
     if (dir !== null) config.home = dir;
     if (config.unixSocket !== null) await prepareUnixSocket(config.unixSocket);
@@ -103,15 +108,24 @@ function tempDirOf(choice: StoreChoice): string | null {
   return mkdtempSync(join(tmpdir(), "mcq-fixture-"));
 }
 
-function openStore(choice: StoreChoice, dir: string | null, config: Config, log: Logger): QueueStore {
+async function openStore(choice: StoreChoice, dir: string | null, config: Config, log: Logger): Promise<QueueStore> {
   if (choice === "memory") return createMemoryStore();
   if (typeof choice !== "object" || choice === null) {
     throw new TypeError(`mcq startServer: store must be "memory", { dir?: string } or { postgres: url }, not ${JSON.stringify(choice)}`);
   }
   if ("postgres" in choice) {
-    // The lead wires this to the binary's --store setting when the PostgreSQL store lands.
-    throw new Error("mcq startServer: { postgres } needs the PostgreSQL store, which this version of mcq does not have; " +
-      'use "memory" or { dir }');
+    try {
+      parseStoreUrl(String(choice.postgres));
+    } catch (e) {
+      throw new TypeError(`mcq startServer: store.postgres must be a postgres:// URL, not ${JSON.stringify(choice.postgres)} (${(e as Error).message})`);
+    }
+    // The binary's own --store code: nodes on one Postgres share its queues (no data directory).
+    return openPostgresStore(choice.postgres, {
+      leaseS: config.nodeTimeoutS,
+      timeoutMs: POSTGRES_TIMEOUT_MS,
+      log: (level, message) => log[level](message),
+      home: null,
+    });
   }
   if (typeof dir !== "string" || dir === "") throw new TypeError(`mcq startServer: store.dir must be a directory path, not ${JSON.stringify(dir)}`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });

@@ -23,6 +23,8 @@ import { suggest } from "./suggest";
 import { AuthFileError } from "./auth";
 import { ListenError, startServer, type Server } from "./server";
 import { TlsError } from "./tls";
+import { openPostgresStore } from "./store/postgres";
+import { parseStoreUrl } from "./store/postgres-hosts";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
 import { StoreError, type FatalStoreError, type QueueStore } from "./store/store";
@@ -70,7 +72,7 @@ async function main(): Promise<void> {
   for (const note of cli.notes) log.info(note);
 
   let returned = 0;
-  const store = openStore(config, log, (n) => (returned = n));
+  const store = await openStore(config, log, (n) => (returned = n));
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
@@ -108,7 +110,8 @@ async function main(): Promise<void> {
   handleSignals(log, stopper(server, http, config.pidFile, log));
   const totals = store.totals();
   log.info(`started: ${totals.queues} queues, ${totals.items} messages, ${returned} open messages returned to their queues; ` +
-    `data in ${config.home}, sync ${config.sync}, max body ${config.maxBody} bytes`);
+    `${config.store === null ? `data in ${config.home}, sync ${config.sync}` : `queues in Postgres ${parseStoreUrl(config.store).safe}`}, ` +
+    `max body ${config.maxBody} bytes`);
   if (daemonChild) detach();
   // One line per listener, the main one first: tools read the first.
   for (const l of server.listening) process.stdout.write(`mcq ${version} listening on ${l.address}\n`);
@@ -201,19 +204,30 @@ function openLog(path: string): LogFile {
   }
 }
 
-/** The store in the data directory, or exit 1 saying why it cannot be opened. */
-function openStore(config: Config, log: Logger, onReturned: (count: number) => void): QueueStore {
-  checkHome(config.home);
+/** Milliseconds a Postgres batch may take before it fails with SERVER_ERROR (never a hang). */
+const POSTGRES_TIMEOUT_MS = 5000;
+
+/** The store (Postgres with --store, else SQLite in the data directory), or exit 1 saying why not. */
+async function openStore(config: Config, log: Logger, onReturned: (count: number) => void): Promise<QueueStore> {
+  if (config.store === null) checkHome(config.home);
   try {
-    const store = openSqliteStore(config.home, {
-      sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log), onReturned,
-    });
+    const store =
+      config.store === null
+        ? openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log), onReturned })
+        : await openPostgresStore(config.store, {
+            leaseS: config.nodeTimeoutS,
+            timeoutMs: POSTGRES_TIMEOUT_MS,
+            log: (level, message) => log[level](message),
+            home: config.home,
+          });
     const faults = process.env.MCQ_FAULTS;
     if (!faults) return store;
     log.warn(`MCQ_FAULTS=${faults}: store failures are injected (a test seam; never in production)`);
     return withFaults(store, faults);
   } catch (e) {
     if (e instanceof StoreLockedError) fail(`${e.message}; is another server running on -H ${config.home}?`, 1);
+    if (config.store !== null && e instanceof StoreError) fail(e.message, 1);
+    if (config.store !== null) fail(`cannot open the Postgres store ${parseStoreUrl(config.store).safe}: ${(e as Error).message}`, 1);
     if (e instanceof StoreError) fail(e.message.includes(config.home) ? e.message : `cannot open the data in ${config.home}: ${e.message}`, 1);
     throw e;
   }

@@ -8,7 +8,7 @@ import { createBatch } from "./batch";
 import type { Config } from "./config";
 import { createConn, type Conn } from "./conn";
 import { createWaiters, type Context } from "./context";
-import { endAllWaits } from "./get";
+import { endAllWaits, serveWaiters } from "./get";
 import { startHousekeeping } from "./housekeeping";
 import type { Logger } from "./log";
 import { openListeners, type Listening } from "./listeners";
@@ -79,6 +79,14 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     drop(conn);
     conn.socket.terminate();
   });
+
+  if (store.onAvailable !== undefined) {
+    // Another node stored or returned messages: waiting gets here look again, inside a turn.
+    store.onAvailable = (queue) =>
+      turns.task(() => {
+        for (const q of queue === null ? [...ctx.waiters.byQueue().keys()] : [queue]) serveWaiters(ctx, q);
+      });
+  }
 
   /** The connection is gone: its session ends inside the batch (turn.ts closed). */
   function drop(conn: Conn): void {
@@ -171,7 +179,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       log.error(`stopping with ${retries.length} give-backs not done (the store kept failing): open messages ` +
         "return at the next start; a message whose reply was never sent stays consumed");
     }
-    store.close();
+    await store.close();
   }
 
   const main = listeners.list[0]!;

@@ -140,7 +140,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
 
   function turn(): void {
     scheduled = false;
-    if (batch.inFlight() >= MAX_IN_FLIGHT) return; // the next landing schedules the turn again
+    if (batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT)) return; // the next landing schedules the turn again
     runTasks();
     const run = runnable;
     runnable = new Set();

@@ -105,9 +105,27 @@ export interface QueueStore {
   dirty(): boolean;
   /** Whether a new message could be stored now (false while the disk is full or commits fail). */
   writable(now: number): boolean;
+  /**
+   * Set by the server on a store shared by several nodes (Postgres): called when messages may
+   * have become available in `queue` (null: in any queue) through another node, so that gets
+   * waiting here look again.
+   */
+  onAvailable?: ((queue: string | null) => void) | null;
+  /**
+   * A store shared by nodes: reads every node's counters again, so that the counters it reports
+   * next include all that was committed before the call. Stats wait for it.
+   */
+  refresh?(): Promise<void>;
+  /**
+   * Batches this store lets commit at once (default 2, turn.ts). A store that sends one batch
+   * only once the last one's COMMIT was sent says 1: the open batch then gathers every request
+   * that arrives meanwhile, instead of one batch per connection following each other.
+   */
+  maxInFlight?: number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
-  close(): void;
+  /** Closes the store; a networked store resolves once its last batch has committed. */
+  close(): void | Promise<void>;
   /** Only a store kept in one file has it: what `mcq backup` copies while the server serves. */
   snapshots?: Snapshots;
 }

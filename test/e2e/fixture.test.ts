@@ -9,6 +9,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { startServer, type Mcq } from "../../src/fixture";
+import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
 import { cleanup, Client, set, tempDir, value } from "./harness";
 
 const started: Mcq[] = [];
@@ -149,8 +150,7 @@ describe("startServer refuses bad input, leaving nothing behind", () => {
     ["the data directory as a setting", { home: "/tmp/x" }, "home is not a setting here: the data directory comes from store: { dir }"],
     ["the pid file", { pidFile: "/tmp/x.pid" }, "pidFile is not a setting here"],
     ["a bad store", { store: "disk" }, 'store must be "memory", { dir?: string } or { postgres: url }, not "disk"'],
-    ["a PostgreSQL store (this version has none)", { store: { postgres: "postgres://localhost/mcq" } },
-      "{ postgres } needs the PostgreSQL store, which this version of mcq does not have"],
+    ["a Postgres URL that is not one", { store: { postgres: "mysql://localhost/mcq" } }, 'store.postgres must be a postgres:// URL, not "mysql://localhost/mcq"'],
   ];
   for (const [what, options, message] of cases) {
     test(what, async () => {
@@ -218,4 +218,25 @@ test("a stopped fixture leaves nothing running: the process exits on its own, no
   expect({ code, signal, err }).toEqual({ code: 0, signal: null, err: "" });
   expect(JSON.parse(out)).toEqual({ before: "0,0,0", after: "0,0,0", exitCode: 0 });
   cleanup(dir);
+});
+
+describe("startServer({ store: { postgres } })", () => {
+  if (!havePostgres("the fixture on Postgres")) return;
+  const schemas: string[] = [];
+  afterAll(() => dropSchemas(schemas));
+
+  test("two fixtures on one Postgres share its queues, and stop() leaves no directory", async () => {
+    const schema = freshSchema("fixture");
+    schemas.push(schema);
+    const before = fixtureDirs();
+    const [a, b] = [await start({ store: { postgres: pgStoreUrl(schema) } }), await start({ store: { postgres: pgStoreUrl(schema) } })];
+    expect([a.dir, b.dir]).toEqual([null, null]);
+    const [ca, cb] = [await Client.connect(a.port), await Client.connect(b.port)];
+    expect(await ca.call(set("shared", "one") + set("shared", "two"))).toBe("STORED\r\nSTORED\r\n");
+    expect(await cb.call("get shared\r\n")).toBe(value("shared", "one") + "END\r\n");
+    expect(await ca.call("get shared\r\n")).toBe(value("shared", "two") + "END\r\n");
+    expect(await cb.call("get shared\r\n")).toBe("END\r\n");
+    await Promise.all([a.stop(), b.stop()]);
+    expect(fixtureDirs()).toEqual(before);
+  });
 });

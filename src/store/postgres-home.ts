@@ -1,0 +1,51 @@
+/**
+ * A Postgres node's data directory (-H) holds no queue state, only who the node was: the file
+ * `postgres-node` names its node id and process. A node restarted on the same directory (after
+ * kill -9, say) knows its previous self is dead and returns that node's open messages at once,
+ * instead of after --node-timeout; and a second server on a directory in use is refused, as
+ * with SQLite.
+ */
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { StoreLockedError } from "./sqlite-file";
+
+const FILE = "postgres-node";
+
+export interface HomeClaim {
+  /** The node id this directory's previous server had, if it is gone. */
+  previous: number | null;
+  /** Records this server's node id. */
+  write(node: number): void;
+  /** A clean stop: the directory names no node. */
+  release(): void;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === "EPERM";
+  }
+}
+
+export function claimHome(home: string): HomeClaim {
+  const file = join(home, FILE);
+  let previous: number | null = null;
+  try {
+    const [node, pid] = readFileSync(file, "utf8").trim().split(" ").map(Number);
+    if (pid !== undefined && pid !== process.pid && alive(pid)) throw new StoreLockedError(`the data directory is in use by process ${pid}`);
+    if (Number.isInteger(node)) previous = node!;
+  } catch (e) {
+    if (e instanceof StoreLockedError) throw e;
+    // No file (a fresh directory), or an unreadable one: no previous node to take over.
+  }
+  return {
+    previous,
+    write(node) {
+      writeFileSync(`${file}.tmp`, `${node} ${process.pid}\n`);
+      renameSync(`${file}.tmp`, file);
+    },
+    release: () => rmSync(file, { force: true }),
+  };
+}

@@ -1,0 +1,75 @@
+/**
+ * The `--store` URL and finding the writable Postgres. Bun.SQL takes one host; a URL may name
+ * several (libpq style: `postgres://u:p@h1:5432,h2:5433/db`), so mcq walks them in order and
+ * keeps the first where pg_is_in_recovery() is false: the primary. After a failover the same walk
+ * finds the promoted standby.
+ *
+ * `schema=<name>` in the query string is mcq's own: the store's tables live in that schema
+ * (created if missing) instead of `public`, so that several mcq clusters, or tests, share one
+ * database. Other query parameters go to Bun.SQL as they are.
+ *
+ * The password never appears in a message: describe() prints the URL without it.
+ */
+import { SQL } from "bun";
+import { StoreError } from "./store";
+
+export interface StoreUrl {
+  /** One URL per host, in the order given, each complete (user, password, database, options). */
+  hosts: string[];
+  /** The schema holding mcq's tables. */
+  schema: string;
+  /** The URL for messages: no password. */
+  safe: string;
+}
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Parses a postgres:// URL with one or more comma-separated hosts; throws Error saying why not. */
+export function parseStoreUrl(url: string): StoreUrl {
+  const m = /^(postgres(?:ql)?):\/\/(?:([^@/]*)@)?([^/?#]*)(\/[^?#]*)?(\?[^#]*)?$/.exec(url);
+  if (m === null) throw new Error(`--store: not a postgres:// URL`);
+  const [, scheme, auth, hostList, path, query] = m;
+  const hosts = hostList!.split(",").filter((h) => h !== "");
+  if (hosts.length === 0) throw new Error(`--store: no host in the URL`);
+  const params = new URLSearchParams(query ?? "");
+  const schema = params.get("schema") ?? "public";
+  if (!SCHEMA_NAME.test(schema)) throw new Error(`--store: schema must be a lowercase identifier (a-z, 0-9, _), not '${schema}'`);
+  params.delete("schema");
+  const rest = params.toString();
+  const tail = (path ?? "") + (rest === "" ? "" : `?${rest}`);
+  const user = auth === undefined ? "" : `${auth}@`;
+  const safeUser = auth === undefined ? "" : `${auth.split(":")[0]}@`;
+  return {
+    hosts: hosts.map((h) => `${scheme}://${user}${h}${tail}`),
+    schema,
+    safe: `${scheme}://${safeUser}${hosts.join(",")}${tail}`,
+  };
+}
+
+/** Seconds to wait for one host to accept a connection before trying the next. */
+const CONNECT_TIMEOUT_S = 3;
+
+/**
+ * Connects to the first writable host of the list; throws StoreError naming what each host said.
+ * The returned client has one connection, used for everything but LISTEN (store.ts says why).
+ */
+export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: string; url: string }> {
+  const reasons: string[] = [];
+  for (const host of url.hosts) {
+    const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
+    const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
+    try {
+      const [row] = await sql.unsafe("SELECT pg_is_in_recovery() AS standby");
+      if (row.standby) {
+        reasons.push(`${label}: a standby`);
+        await sql.close();
+        continue;
+      }
+      return { sql, host: label, url: host };
+    } catch (e) {
+      reasons.push(`${label}: ${(e as Error).message}`);
+      await sql.close().catch(() => {});
+    }
+  }
+  throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
+}

@@ -1,0 +1,77 @@
+/**
+ * The Postgres store's schema, created and migrated by mcq itself.
+ *
+ *   mcq_version   one row: the schema version (SCHEMA_VERSION). A node refuses a newer one.
+ *   mcq_messages  every stored message; `owner` is the node holding it open (NULL: in its queue).
+ *                 Ids come from one sequence, in the order Postgres inserts them: FIFO is by id.
+ *   mcq_counters  per (queue, node) counter deltas, summed when read, so that nodes never queue
+ *                 up on one hot row; a queue exists while it has a row here.
+ *   mcq_nodes     live nodes and their heartbeats; a node silent past the lease time is dead,
+ *                 and any other node returns its open messages to their queues.
+ *
+ * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
+ * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
+ * that older nodes keep working during a rolling upgrade.
+ */
+import type { SQL } from "bun";
+import { StoreError } from "./store";
+
+export const SCHEMA_VERSION = 1;
+
+/** MIGRATIONS[n] brings the schema from version n to n + 1. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE mcq_messages (
+     id bigserial PRIMARY KEY,
+     queue text NOT NULL,
+     flags bigint NOT NULL,
+     created bigint NOT NULL,
+     expires bigint NOT NULL,
+     owner integer,
+     body bytea NOT NULL);
+   CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
+   CREATE INDEX mcq_messages_expiry ON mcq_messages (expires) WHERE expires > 0;
+   CREATE INDEX mcq_messages_owner ON mcq_messages (owner) WHERE owner IS NOT NULL;
+   CREATE TABLE mcq_counters (
+     queue text NOT NULL,
+     node integer NOT NULL,
+     total bigint NOT NULL DEFAULT 0,
+     fetched bigint NOT NULL DEFAULT 0,
+     items bigint NOT NULL DEFAULT 0,
+     bytes bigint NOT NULL DEFAULT 0,
+     open bigint NOT NULL DEFAULT 0,
+     expired bigint NOT NULL DEFAULT 0,
+     PRIMARY KEY (queue, node));
+   CREATE TABLE mcq_nodes (
+     id serial PRIMARY KEY,
+     started timestamptz NOT NULL DEFAULT now(),
+     heartbeat timestamptz NOT NULL DEFAULT now());`,
+];
+
+/**
+ * Creates the schema or brings it up to date, under an advisory lock so that nodes starting
+ * together migrate once. Throws StoreError if the schema is newer than this mcq knows.
+ */
+export async function migrate(sql: SQL, schema: string): Promise<void> {
+  await sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${schema}`).catch((e: Error) => {
+    // Two nodes creating it at once: one of them loses the race, and the schema exists.
+    if (!/already exists|duplicate key/.test(e.message)) throw e;
+  });
+  await sql.unsafe(`SET search_path TO ${schema}`);
+  await sql.unsafe("BEGIN");
+  try {
+    await sql.unsafe("SELECT pg_advisory_xact_lock(hashtext($1))", [`mcq:${schema}`]);
+    await sql.unsafe("CREATE TABLE IF NOT EXISTS mcq_version (version integer NOT NULL)");
+    const rows = await sql.unsafe("SELECT version FROM mcq_version");
+    const version = rows.length === 0 ? 0 : Number(rows[0].version);
+    if (version > SCHEMA_VERSION) {
+      throw new StoreError(`the Postgres schema ${schema} is version ${version}, newer than this mcq knows (${SCHEMA_VERSION}): upgrade mcq`);
+    }
+    for (let v = version; v < SCHEMA_VERSION; v++) await sql.unsafe(MIGRATIONS[v]!).simple();
+    if (rows.length === 0) await sql.unsafe("INSERT INTO mcq_version VALUES ($1)", [SCHEMA_VERSION]);
+    else if (version < SCHEMA_VERSION) await sql.unsafe("UPDATE mcq_version SET version = $1", [SCHEMA_VERSION]);
+    await sql.unsafe("COMMIT");
+  } catch (e) {
+    await sql.unsafe("ROLLBACK").catch(() => {});
+    throw e;
+  }
+}

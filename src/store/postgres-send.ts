@@ -1,0 +1,171 @@
+/**
+ * How a batch's operations reach Postgres: in order, one statement per run of like operations,
+ * all pipelined on the batch's connection; and how the answers become the takes' results, the
+ * batch's counter changes and what this node holds open. The types are shared with postgres.ts.
+ */
+import type { SQL } from "bun";
+import type { Delta, Removed, Row, Statements } from "./postgres-sql";
+import type { Changes, View } from "./postgres-view";
+import { StoreError, type Message } from "./store";
+
+/** Bodies larger than this are inserted one per statement (see postgres-sql.ts insert). */
+const LARGE_BODY = 64 * 1024;
+
+export type Mode = "dequeue" | "open" | "peek";
+export interface Take {
+  mode: Mode;
+  queue: string;
+  now: number;
+  ok: (m: Message | null) => void;
+  fail: (e: unknown) => void;
+}
+export type Op =
+  | { k: "insert"; queue: string; flags: number; created: number; expires: number; body: Uint8Array }
+  | { k: "restore"; queue: string; m: Message; created: number }
+  | { k: "take"; t: Take }
+  | { k: "confirm" | "release"; queue: string; id: number; bytes: number }
+  | { k: "drop"; queue: string }
+  | { k: "flush"; queue: string | null }
+  | { k: "sweep"; now: number; limit: number };
+
+export interface Tx extends Changes {
+  ops: Op[];
+  /** The statements sent so far, in order; rejects with the first failure. */
+  chain: Promise<void> | null;
+  failed: StoreError | null;
+  /** Undone by rollback(): its statements stop, it never commits, its changes are forgotten. */
+  undone: boolean;
+  /** Queues whose messages may have become available: notified at commit. */
+  wake: Set<string>;
+  /** Resolves once the connection may carry the next transaction (COMMIT or ROLLBACK sent). */
+  handOff: Promise<void>;
+  handedOff: () => void;
+  /** Settles with the commit's outcome. */
+  outcome: Promise<void>;
+  timer: ReturnType<typeof setTimeout> | null;
+  /** A flush is due once this event-loop iteration ends (takes were asked for). */
+  flushing: boolean;
+  /** Waiting for the counters read after this batch's COMMIT. */
+  refreshers: (() => void)[];
+  /** Undoes this batch's changes to `held`, newest last. */
+  heldUndo: (() => void)[];
+  /** Takes sent and not answered yet: failed with the batch. */
+  asked: Take[];
+  /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
+  broken: Promise<never>;
+  breakNow: (e: StoreError) => void;
+}
+
+
+/** What sending needs from the store. */
+export interface Sender {
+  st: Statements;
+  node: number;
+  view: View;
+  change(tx: Tx, queue: string, d: Partial<Delta>, created?: number): void;
+  hold(tx: Tx, id: number, h: { queue: string; bytes: number } | null): void;
+  reason(e: unknown): StoreError;
+}
+
+export function createSender(deps: Sender) {
+  const { st, node, view, change, hold, reason } = deps;
+  const by = <T, K>(items: T[], key: (t: T) => K) => {
+    const m = new Map<K, T[]>();
+    for (const i of items) (m.get(key(i)) ?? m.set(key(i), []).get(key(i))!).push(i);
+    return m;
+  };
+
+  /** Sends ops as statements, one per run of like ops, all pipelined; resolves when all answered. */
+  async function send(tx: Tx, c: SQL, ops: Op[]): Promise<void> {
+    const pending: Promise<unknown>[] = [];
+    for (let i = 0; i < ops.length; ) {
+      let j = i + 1;
+      const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k);
+      const alone = (o: Op) => o.k === "flush" || o.k === "sweep" || (o.k === "insert" && o.body.length > LARGE_BODY);
+      while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && !alone(ops[i]!) && !alone(ops[j]!)) j++;
+      pending.push(statement(tx, c, ops.slice(i, j)));
+      i = j;
+    }
+    const results = await Promise.allSettled(pending);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
+  }
+
+  function statement(tx: Tx, c: SQL, ops: Op[]): Promise<unknown> {
+    const op = ops[0]!;
+    const col = <T>(f: (o: any) => T) => ops.map(f);
+    switch (op.k) {
+      case "insert":
+        if (ops.length === 1 && op.body.length > LARGE_BODY) return st.insertOne(c, op.queue, op.flags, op.created, op.expires, op.body);
+        return st.insert(c, col((o) => o.queue), col((o) => o.flags), col((o) => o.created), col((o) => o.expires), col((o) => o.body));
+      case "restore":
+        return st.restore(c, col((o) => o.m.id), col((o) => o.queue), col((o) => o.m.flags), col((o) => o.created), col((o) => o.m.expires), col((o) => o.m.body));
+      case "take":
+        return takes(tx, c, ops.map((o) => (o as { t: Take }).t));
+      case "confirm":
+      case "release": {
+        const run = op.k === "confirm" ? st.confirm(c, col((o) => o.id), node) : st.release(c, col((o) => o.id), node);
+        return run.then((found) => {
+          // Not found: a flush or drop elsewhere deleted it; undo what was counted for it.
+          const ids = new Set(found.map((r) => r.id));
+          for (const o of ops as Extract<Op, { k: "confirm" | "release" }>[]) {
+            if (ids.has(o.id) || tx.undone || !view.has(o.queue)) continue;
+            if (o.k === "confirm") change(tx, o.queue, { items: 1, bytes: o.bytes, open: 1, fetched: -1 });
+            else change(tx, o.queue, { open: 1 });
+          }
+        });
+      }
+      case "drop":
+        return st.drop(c, col((o) => o.queue));
+      case "flush":
+        return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
+      case "sweep":
+        return st.sweep(c, op.now, op.limit).then((rows) => settleRemoved(tx, rows, true));
+    }
+  }
+
+  /** Counts what a flush or sweep removed (a flush counted its queues as emptied already). */
+  function settleRemoved(tx: Tx, rows: Removed[], expired: boolean): void {
+    if (tx.undone) return;
+    for (const r of rows) {
+      if (!view.has(r.queue)) continue;
+      if (expired) change(tx, r.queue, { items: -r.n, bytes: -r.bytes, open: -r.open, expired: r.n });
+    }
+  }
+
+  async function takes(tx: Tx, c: SQL, list: Take[]): Promise<void> {
+    const mode = list[0]!.mode;
+    const now = list[0]!.now;
+    const groups = by(list, (t) => t.queue);
+    const queues = [...groups.keys()];
+    let rows: Row[];
+    try {
+      if (mode === "peek") rows = await st.peek(c, queues, now);
+      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), now, node);
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), now);
+    } catch (e) {
+      for (const t of list) t.fail(reason(e));
+      throw e;
+    }
+    if (tx.undone) {
+      for (const t of list) t.fail(tx.failed ?? new StoreError("Postgres: batch undone"));
+      return;
+    }
+    const got = by(rows.sort((a, b) => a.id - b.id), (r) => r.queue);
+    for (const [queue, waiting] of groups) {
+      const found = got.get(queue) ?? [];
+      waiting.forEach((t, i) => {
+        const r = mode === "peek" ? found[0] : found[i];
+        if (r === undefined) return t.ok(null);
+        const m: Message = { id: r.id, flags: r.flags, expires: r.expires, body: r.body };
+        if (mode === "dequeue") change(tx, queue, { items: -1, bytes: -r.body.length, fetched: 1 });
+        if (mode === "open") {
+          change(tx, queue, { open: 1 });
+          hold(tx, r.id, { queue, bytes: r.body.length });
+        }
+        t.ok(m);
+      });
+    }
+  }
+
+  return { send };
+}

@@ -1,0 +1,59 @@
+/** The Postgres store: the shared contract against a real Postgres, plus what only it shows. */
+import { afterAll, describe, expect, test } from "bun:test";
+import { openPostgresStore, type PostgresStore } from "../../src/store/postgres";
+import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
+import { storeContract } from "./store.contract";
+
+const schemas: string[] = [];
+const stores: PostgresStore[] = [];
+const options = { leaseS: 30, timeoutMs: 5000, log: () => {}, home: null };
+
+async function open(schema = freshSchema("store")): Promise<PostgresStore> {
+  if (!schemas.includes(schema)) schemas.push(schema);
+  const s = await openPostgresStore(pgStoreUrl(schema), options);
+  stores.push(s);
+  return s;
+}
+
+if (havePostgres("store.postgres")) {
+  afterAll(async () => {
+    await Bun.sleep(50); // the stores' close() finishes in the background
+    await dropSchemas(schemas);
+  });
+
+  storeContract("postgres", () => open(), { idsAtEnqueue: false, syncSweep: false, exactOldest: false });
+
+  describe("postgres store", () => {
+    test("two nodes on one schema: each message is taken once, and counters are summed over nodes", async () => {
+      const schema = freshSchema("two");
+      const a = await open(schema);
+      const b = await open(schema);
+      for (let i = 0; i < 20; i++) a.enqueue("q", 0, Buffer.from(`m${i}`), 0, 1);
+      await a.commit();
+      const takes = [];
+      for (let i = 0; i < 12; i++) takes.push(a.dequeue("q", 1), b.dequeue("q", 1));
+      const got = await Promise.all(takes);
+      await Promise.all([a.commit(), b.commit()]);
+      const bodies = got.filter((m) => m !== null).map((m) => Buffer.from(m!.body).toString());
+      expect(bodies.length).toBe(20);
+      expect(new Set(bodies).size).toBe(20);
+      await a.refresh();
+      await b.refresh();
+      for (const s of [a, b]) expect(s.detail("q", 1)).toMatchObject({ items: 0, total: 20, fetched: 20, open: 0 });
+      a.close();
+      b.close();
+    });
+
+    test("a schema newer than this mcq knows is refused", async () => {
+      const schema = freshSchema("newer");
+      const s = await open(schema);
+      s.close();
+      await Bun.sleep(20);
+      const { SQL } = await import("bun");
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 99`);
+      await sql.close();
+      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (1): upgrade mcq`);
+    });
+  });
+}
