@@ -105,7 +105,7 @@ test("extra docker run arguments add to the defaults: all interfaces, /data, as 
   expect(await client.call(set("extra", "x") + "get extra\r\n")).toBe(STORED + value("extra", "x") + "END\r\n");
   client.close();
   const logs = await docker("logs", c.id);
-  expect(logs.stderr).toContain(" INFO data in /data, ");
+  expect(logs.stderr).toContain("; data in /data, sync full, ");
   expect(await ok("exec", c.id, "/mcq", "health")).toStartWith(`mcq health: 127.0.0.1:${c.port} answered VERSION `);
   const top = await ok("top", c.id, "-o", "pid,uid,args"); // the engine needs the pid column
   expect(top.split("\n")[1]!.trim().split(/\s+/).slice(1).join(" ")).toBe("65532 /mcq -v --max-open 5");
