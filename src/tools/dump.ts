@@ -7,7 +7,7 @@
 import { randomUUID } from "node:crypto";
 import { ToolError, openDataDir } from "./datadir";
 import { FORMAT } from "./format";
-import { lineWriter, progress } from "./output";
+import { collectEvery, lineWriter, progress } from "./output";
 
 export function dump(home: string, only: string | null, version: string, fd = 1): number {
   const db = openDataDir("dump", home, false);
@@ -30,6 +30,7 @@ export function dump(home: string, only: string | null, version: string, fd = 1)
         const body = Buffer.from(row.body).toString("base64");
         out.line(JSON.stringify({ type: "message", queue: name, id: row.id, flags: row.flags, created: row.created, expires: row.expires, body }));
         shown.count(++count);
+        collectEvery(count);
       }
     }
     out.line(JSON.stringify({ type: "end", queues: queues.length, messages: count }));

@@ -8,7 +8,7 @@
 import type { Database } from "bun:sqlite";
 import { ToolError, openDataDir } from "./datadir";
 import { lines, parseLine, type Header } from "./format";
-import { progress } from "./output";
+import { collectEvery, progress } from "./output";
 
 export interface LoadResult {
   messages: number;
@@ -60,7 +60,7 @@ export async function load(home: string, input: AsyncIterable<Uint8Array>, appen
     };
     let n = 0;
     for await (const text of lines(input)) {
-      n++;
+      collectEvery(++n);
       if (text.trim() === "") continue;
       const line = parseLine(text, n);
       if (ended) throw new ToolError(`mcq load: line ${n}: a line after the end line`);

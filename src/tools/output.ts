@@ -59,3 +59,15 @@ export function progress(
     },
   };
 }
+
+/** Rows between two nudges to the garbage collector (a few MB of garbage: lines, parses, bodies). */
+const GC_EVERY_ROWS = 50_000;
+
+/**
+ * Called once per row by the streaming tools: every GC_EVERY_ROWS rows the garbage is collected,
+ * so their peak memory does not depend on when the runtime would have got round to it (a CI run
+ * once saw load peak at 160 MB where it usually peaks under 100 MB).
+ */
+export function collectEvery(row: number): void {
+  if (row % GC_EVERY_ROWS === 0) Bun.gc(false);
+}
