@@ -10,6 +10,7 @@
  * into one that did numbers them after its own. The end line tells a whole dump from one cut short. A file from mcq 1.0.0 has neither (format
  * 0: no header, no id, no end); load reads it, and says that it cannot tell it was loaded before.
  */
+import { open } from "node:fs/promises";
 import { ToolError } from "./datadir";
 
 export const FORMAT = 1;
@@ -86,6 +87,27 @@ export function parseLine(text: string, n: number): Line {
 }
 
 /** The lines of a byte stream, without holding more of it than one line and one chunk. */
+/** Bytes read from a dump file at a time. */
+const READ_BYTES = 1 << 20;
+
+/**
+ * A dump file in pieces of READ_BYTES, each read only once the last one was taken: a reader that
+ * reads ahead of its consumer would hold as much of a large file as it got ahead by.
+ */
+export async function* fileChunks(path: string): AsyncGenerator<Uint8Array> {
+  const handle = await open(path, "r");
+  try {
+    for (;;) {
+      const buffer = Buffer.allocUnsafe(READ_BYTES);
+      const { bytesRead } = await handle.read(buffer, 0, READ_BYTES, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function* lines(stream: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder();
   let rest = "";

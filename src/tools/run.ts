@@ -14,6 +14,7 @@ import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
 import { checkHealth, healthCommand, target as healthTarget } from "./health";
+import { fileChunks } from "./format";
 import { load } from "./load";
 import { passwd } from "./passwd";
 import { queueTable, type Target } from "./stats";
@@ -67,7 +68,7 @@ export async function runTool(name: string, argv: string[], mainHelp: () => void
       const file = cmd.args[0]!;
       const o = cmd.opts<{ home: string; append?: boolean }>();
       if (file !== "-" && !(await Bun.file(file).exists())) throw new ToolError(`mcq load: cannot read ${file}: no such file`);
-      const input = file === "-" ? stdinStream() : (Bun.file(file).stream() as unknown as AsyncIterable<Uint8Array>);
+      const input = file === "-" ? stdinStream() : fileChunks(file);
       const result = await load(o.home, input, o.append === true);
       for (const note of result.notes) err(`mcq load: note: ${note}`);
       err(`loaded ${result.messages} messages`);
