@@ -30,17 +30,7 @@ export interface QueueMetrics {
 }
 
 /** The queues not listed, summed (their oldest age is not kept: it would cost a lookup each). */
-export interface OtherQueues {
-  count: number;
-  depth: number;
-  bytes: number;
-  total: number;
-  fetched: number;
-  open: number;
-  delayed: number;
-  deadLettered: number;
-  waiters: number;
-}
+export type OtherQueues = Omit<QueueMetrics, "name" | "oldestAgeSeconds"> & { count: number };
 
 export interface Snapshot {
   version: string;
