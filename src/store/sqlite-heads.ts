@@ -168,7 +168,7 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
 
   /** Forgets q's pending messages: written, taken, or being deleted. */
   function discard(q: Queue): void {
-    q.pending = [];
+    q.pending.length = 0; // reused: a pipelined set and get empty it every turn
     q.taken = 0;
     holding.delete(q);
   }

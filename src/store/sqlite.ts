@@ -187,7 +187,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           const m = takePending(q, now);
           if (m === null) return null;
           q.fetched++;
-          return { id: m.id, flags: m.flags, expires: m.expires, body: m.body };
+          return m; // a Pending is a Message (with its creation time)
         }
         tx();
         takeHead(q, row[0]);
