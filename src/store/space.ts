@@ -191,9 +191,11 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
     rolledBack() {
       batch = 0;
       walRestarts = false;
-      if (!released) return;
-      // Move the WAL into the file while the reserve's room is ours, so the WAL restarts in
-      // space it already has: the gets that free the disk can then still commit.
+      if (!released && !low) return;
+      // Move the WAL into the file (while the reserve's room is ours, if it was just given back),
+      // so the WAL restarts in space it already has: the gets that free the disk can then still
+      // commit. Low on room this is done after every failed batch: a batch that failed for space
+      // may have done so because the frames of earlier commits were not yet checkpointed.
       released = false;
       try {
         checkpoint("RESTART");

@@ -388,8 +388,14 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       guard(() => {
         if (inTx) return;
         fatal.syncing(() => {
-          if (unfolded.size > 0) fold();
+          let error: unknown = null;
+          try {
+            if (unfolded.size > 0) fold();
+          } catch (e) {
+            error = e; // on a full disk too, the checkpoint below must run, or the WAL never restarts
+          }
           space.housekeep();
+          if (error !== null) throw error;
         });
       }),
 
