@@ -1,12 +1,12 @@
 /**
- * `bun run bench --tls`: TLS against plain for pair 50x16 (tracker 11), on one mcq serving a plain
- * (notls:) and a TLS listener, runs alternating, medians. Three measures, since on a 2-core
- * machine the client's side of TLS competes with the server for the same cores:
- *   - the TypeScript generator (scripts/bench/load.ts --tls) against mcq, and against the least
- *     a Bun server can do for that load (scripts/bench/echo.ts): that one's ratio is the
- *     platform's, a bound for mcq's;
- *   - the server's CPU time per operation, plain and TLS: what TLS costs mcq itself;
- *   - mcbench (C) through Debian's stunnel4, when both are there (DECISIONS: the C generator).
+ * `bun run bench --tls`: TLS against plain for pair 50x16 (tracker 11), runs alternating, medians.
+ * mcq serves a plain (notls:) and a TLS listener at once. Beside it runs the least a Bun server
+ * can do for that load (scripts/bench/echo.ts), also plain and TLS: its ratio is the platform's
+ * own, a bound for mcq's. Two generators drive both: the TypeScript one (scripts/bench/load.ts,
+ * TLS by Bun.connect) and, when cc and Debian's stunnel4 are there, mcbench (C) through a stunnel4
+ * client (DECISIONS: the C generator). Each row also gives the server's CPU time per operation,
+ * what TLS costs the server itself, and stunnel4's, the client's TLS: on a 2-core machine all of
+ * them share the same cores.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -23,7 +23,11 @@ export interface TlsBenchOptions {
   progress(line: string): void;
 }
 
-type Target = { name: string; port: number; tls: boolean; pid: number };
+/** A server under test: its plain port, its TLS port, and the port of a stunnel4 client to it. */
+type Server = { name: string; pid: number; plain: number; tls: number; front: number };
+/** One measure: a generator against one server's port, plain or TLS. */
+type Generator = { name: string; run(s: Server, tls: boolean): Promise<{ ops: number; opsPerSec: number }> };
+type Sample = { ops: number; serverUs: number; stunnelUs: number };
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round2 = (x: number) => Math.round(x * 100) / 100;
@@ -33,7 +37,7 @@ const cpuSecs = (pid: number) => {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 };
 
-/** Spawns a server and reads its stdout until `ready` matches; returns the match and the process. */
+/** Spawns a server and reads its stdout until `ready` matches. */
 async function spawnUntil(cmd: string[], ready: RegExp): Promise<{ m: RegExpExecArray; proc: Bun.Subprocess<"ignore", "pipe", "pipe"> }> {
   const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const reader = proc.stdout.getReader();
@@ -52,8 +56,7 @@ async function spawnUntil(cmd: string[], ready: RegExp): Promise<{ m: RegExpExec
 
 export async function tlsBench(o: TlsBenchOptions): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "mcq-bench-tls-"));
-  const cert = join(dir, "cert.pem");
-  const key = join(dir, "key.pem");
+  const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
   const made = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
     "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"], { stderr: "pipe" });
   if (made.exitCode !== 0) throw new Error(`openssl: ${made.stderr.toString()}`);
@@ -64,46 +67,29 @@ export async function tlsBench(o: TlsBenchOptions): Promise<void> {
     procs.push(mcq.proc);
     const echo = await spawnUntil([process.execPath, join(o.root, "scripts/bench/echo.ts"), cert, key], /plain (\d+) tls (\d+)\n/);
     procs.push(echo.proc);
-    const targets: Target[] = [
-      { name: "mcq plain", port: Number(mcq.m[1]), tls: false, pid: mcq.proc.pid },
-      { name: "mcq TLS", port: Number(mcq.m[2]), tls: true, pid: mcq.proc.pid },
-      { name: "echo plain", port: Number(echo.m[1]), tls: false, pid: echo.proc.pid },
-      { name: "echo TLS", port: Number(echo.m[2]), tls: true, pid: echo.proc.pid },
+    const servers: Server[] = [
+      { name: "mcq", pid: mcq.proc.pid, plain: Number(mcq.m[1]), tls: Number(mcq.m[2]), front: 0 },
+      { name: "echo.ts", pid: echo.proc.pid, plain: Number(echo.m[1]), tls: Number(echo.m[2]), front: 0 },
     ];
-    const ops = new Map<string, number[]>();
-    const cpu = new Map<string, number[]>();
+    const generators: Generator[] = [{ name: "TypeScript", run: (s, tls) => typescript(o, s, tls) }];
+    const stunnel = await startStunnel(o, dir, servers, procs);
+    if (stunnel !== null) generators.push(stunnel.generator);
+    const samples = new Map<string, Sample[]>();
     for (let run = 0; run < o.runs; run++) {
-      for (const t of run % 2 === 0 ? targets : [...targets].reverse()) {
-        o.progress(`run ${run + 1}: ${t.name}, pair 50x16 (TypeScript generator)`);
-        const before = cpuSecs(t.pid);
-        const r = await load(o, t);
-        ops.set(t.name, [...(ops.get(t.name) ?? []), r.opsPerSec]);
-        cpu.set(t.name, [...(cpu.get(t.name) ?? []), ((cpuSecs(t.pid) - before) / r.ops) * 1e6]);
+      for (const g of generators) {
+        const order = servers.flatMap((s) => [[s, false], [s, true]] as const);
+        for (const [s, tls] of run % 2 === 0 ? order : [...order].reverse()) {
+          o.progress(`run ${run + 1}: ${g.name} against ${s.name} ${tls ? "TLS" : "plain"}, pair 50x16`);
+          const [server0, stunnel0] = [cpuSecs(s.pid), stunnel === null ? 0 : cpuSecs(stunnel.pid)];
+          const { ops, opsPerSec } = await g.run(s, tls);
+          const perOp = (secs: number) => (secs / Math.max(ops, 1)) * 1e6;
+          const sample = { ops: opsPerSec, serverUs: perOp(cpuSecs(s.pid) - server0), stunnelUs: stunnel === null ? 0 : perOp(cpuSecs(stunnel.pid) - stunnel0) };
+          const k = `${g.name}|${s.name}|${tls}`;
+          samples.set(k, [...(samples.get(k) ?? []), sample]);
+        }
       }
     }
-    const med = (name: string) => median(ops.get(name)!);
-    const usPerOp = (name: string) => round2(median(cpu.get(name)!));
-    const stunnel = await viaStunnel(o, dir, targets[0]!.port, targets[1]!.port, mcq.proc.pid, procs);
-    const report = {
-      load: "pair 50x16, 100-byte messages", runs: o.runs, secs: o.secs, sync: o.sync,
-      mcq: { plain: med("mcq plain"), tls: med("mcq TLS"), ratio: round2(med("mcq TLS") / med("mcq plain")),
-        serverCpuUsPerOp: { plain: usPerOp("mcq plain"), tls: usPerOp("mcq TLS") } },
-      echo: { plain: med("echo plain"), tls: med("echo TLS"), ratio: round2(med("echo TLS") / med("echo plain")) },
-      mcbenchViaStunnel: stunnel,
-    };
-    if (o.json) return console.log(JSON.stringify(report, null, 2));
-    const line = (what: string, r: { plain: number; tls: number; ratio: number }) =>
-      console.log(`${what.padEnd(47)}plain ${String(r.plain).padStart(7)} ops/s  TLS ${String(r.tls).padStart(7)} ops/s  TLS/plain ${r.ratio.toFixed(2)}`);
-    console.log(`${report.load}, sync ${o.sync}, medians of ${o.runs} alternating runs of ${o.secs} s`);
-    line("mcq, TypeScript generator", report.mcq);
-    line("minimal Bun server (echo.ts), same generator", report.echo);
-    const c = report.mcq.serverCpuUsPerOp;
-    console.log(`  mcq's own CPU per operation: plain ${c.plain} us, TLS ${c.tls} us (${round2(c.tls / c.plain)}x)`);
-    if (stunnel === null) return;
-    line("mcq, mcbench through stunnel4", stunnel);
-    const s = stunnel.serverCpuUsPerOp;
-    console.log(`  mcq's own CPU per operation: plain ${s.plain} us, TLS ${s.tls} us (${round2(s.tls / s.plain)}x); ` +
-      `stunnel4's (the client's TLS): ${stunnel.stunnelCpuUsPerOp} us`);
+    report(o, generators, servers, samples);
   } finally {
     for (const p of procs) p.kill();
     await Promise.all(procs.map((p) => p.exited));
@@ -111,56 +97,71 @@ export async function tlsBench(o: TlsBenchOptions): Promise<void> {
   }
 }
 
-async function load(o: TlsBenchOptions, t: Target): Promise<LoadResult> {
-  const args = ["--port", String(t.port), "--mode", "pair", "--conns", "50", "--depth", "16", "--secs", String(o.secs),
-    "--prefix", `${t.name.replace(" ", "-")}-`, ...(t.tls ? ["--tls"] : [])];
+function report(o: TlsBenchOptions, generators: Generator[], servers: Server[], samples: Map<string, Sample[]>): void {
+  const rows = generators.flatMap((g) => servers.map((s) => {
+    const of = (tls: boolean, f: (x: Sample) => number) => median(samples.get(`${g.name}|${s.name}|${tls}`)!.map(f));
+    const [plain, tls] = [of(false, (x) => x.ops), of(true, (x) => x.ops)];
+    return {
+      generator: g.name, server: s.name, plain, tls, ratio: round2(tls / plain),
+      serverCpuUsPerOp: { plain: round2(of(false, (x) => x.serverUs)), tls: round2(of(true, (x) => x.serverUs)) },
+      stunnelCpuUsPerOp: g.name.startsWith("mcbench") ? round2(of(true, (x) => x.stunnelUs)) : null,
+    };
+  }));
+  if (o.json) return console.log(JSON.stringify({ load: "pair 50x16", size: 100, runs: o.runs, secs: o.secs, sync: o.sync, rows }, null, 2));
+  console.log(`pair 50x16, 100-byte messages, mcq --sync ${o.sync}; medians of ${o.runs} alternating runs of ${o.secs} s`);
+  console.log("generator            server      plain ops/s  TLS ops/s  TLS/plain   server CPU us/op plain  TLS    stunnel4 us/op");
+  for (const r of rows) {
+    console.log(`${r.generator.padEnd(21)}${r.server.padEnd(12)}${String(r.plain).padStart(11)}${String(r.tls).padStart(11)}` +
+      `${r.ratio.toFixed(2).padStart(11)}${r.serverCpuUsPerOp.plain.toFixed(2).padStart(25)}${r.serverCpuUsPerOp.tls.toFixed(2).padStart(7)}` +
+      `${r.stunnelCpuUsPerOp === null ? "" : r.stunnelCpuUsPerOp.toFixed(2).padStart(18)}`);
+  }
+}
+
+async function typescript(o: TlsBenchOptions, s: Server, tls: boolean): Promise<{ ops: number; opsPerSec: number }> {
+  const args = ["--port", String(tls ? s.tls : s.plain), "--mode", "pair", "--conns", "50", "--depth", "16", "--secs", String(o.secs),
+    "--prefix", `${s.name}-${tls}-`, ...(tls ? ["--tls"] : [])];
   const proc = Bun.spawn([process.execPath, join(o.root, "scripts/bench/load.ts"), ...args], { stdout: "pipe", stderr: "inherit" });
   const out = await new Response(proc.stdout).text();
   await proc.exited;
   return JSON.parse(out.trim().split("\n").pop()!) as LoadResult;
 }
 
-/** mcbench against the plain port and through a stunnel4 client to the TLS port; null without them. */
-async function viaStunnel(o: TlsBenchOptions, dir: string, plain: number, tls: number, server: number, procs: Bun.Subprocess[]) {
+/** A stunnel4 client in front of each server's TLS port, and mcbench as a generator; null without them. */
+async function startStunnel(o: TlsBenchOptions, dir: string, servers: Server[], procs: Bun.Subprocess[]) {
   if (Bun.which("stunnel4") === null || Bun.which("cc") === null) {
     o.progress("stunnel4 or cc not found: mcbench through stunnel4 skipped");
     return null;
   }
   const bin = join(dir, "mcbench");
   if (Bun.spawnSync(["cc", "-O2", "-o", bin, join(o.root, "scripts/bench/mcbench.c"), "-lpthread"]).exitCode !== 0) return null;
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const front = probe.port;
-  probe.stop(true);
-  writeFileSync(join(dir, "stunnel.conf"), `foreground = yes\npid =\n[mcq]\nclient = yes\naccept = 127.0.0.1:${front}\nconnect = 127.0.0.1:${tls}\n`);
-  const stunnel = Bun.spawn(["stunnel4", join(dir, "stunnel.conf")], { stdout: "ignore", stderr: "ignore" });
-  procs.push(stunnel);
-  for (let i = 0; ; i++) {
-    try {
-      (await Bun.connect({ hostname: "127.0.0.1", port: front, socket: { data() {} } })).end();
-      break;
-    } catch (e) {
-      if (i === 100) throw new Error(`stunnel4 did not listen: ${(e as Error).message}`);
-      await Bun.sleep(50); // nothing to await: stunnel4 says nothing when it listens
+  let conf = "foreground = yes\npid =\n";
+  for (const s of servers) {
+    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    s.front = probe.port;
+    probe.stop(true);
+    conf += `[${s.name}]\nclient = yes\naccept = 127.0.0.1:${s.front}\nconnect = 127.0.0.1:${s.tls}\n`;
+  }
+  writeFileSync(join(dir, "stunnel.conf"), conf);
+  const proc = Bun.spawn(["stunnel4", join(dir, "stunnel.conf")], { stdout: "ignore", stderr: "ignore" });
+  procs.push(proc);
+  for (const s of servers) {
+    for (let i = 0; ; i++) {
+      try {
+        (await Bun.connect({ hostname: "127.0.0.1", port: s.front, socket: { data() {} } })).end();
+        break;
+      } catch (e) {
+        if (i === 100) throw new Error(`stunnel4 did not listen: ${(e as Error).message}`);
+        await Bun.sleep(50); // nothing to await: stunnel4 says nothing when it listens
+      }
     }
   }
-  // CPU per operation of mcq and of stunnel4: on a small machine the client's TLS takes cores from the server.
-  const runs = { plain: [] as number[][], tls: [] as number[][] };
-  const run = (port: number) => {
-    const [s0, t0] = [cpuSecs(server), cpuSecs(stunnel.pid)];
-    const out = Bun.spawnSync([bin, "-p", String(port), "-m", "pair", "-s", "100", "-q", "1", "-c", "50", "-P", "16", "-d", String(o.secs)]);
-    const ops = Number(/ops=(\d+)/.exec(out.stdout.toString())?.[1] ?? 0);
-    const perOp = (secs: number) => (secs / Math.max(ops, 1)) * 1e6;
-    const row = [Number(/ops_s=(\d+)/.exec(out.stdout.toString())?.[1] ?? 0), perOp(cpuSecs(server) - s0), perOp(cpuSecs(stunnel.pid) - t0)];
-    (port === plain ? runs.plain : runs.tls).push(row);
+  const generator: Generator = {
+    name: "mcbench (stunnel4)",
+    run: async (s, tls) => {
+      const args = ["-p", String(tls ? s.front : s.plain), "-m", "pair", "-s", "100", "-q", "1", "-c", "50", "-P", "16", "-d", String(o.secs)];
+      const out = await new Response(Bun.spawn([bin, ...args], { stdout: "pipe", stderr: "ignore" }).stdout).text();
+      return { ops: Number(/ ops=(\d+)/.exec(out)?.[1] ?? 0), opsPerSec: Number(/ops_s=(\d+)/.exec(out)?.[1] ?? 0) };
+    },
   };
-  for (let i = 0; i < o.runs; i++) {
-    o.progress(`run ${i + 1}: mcbench, plain and through stunnel4`);
-    for (const port of i % 2 === 0 ? [plain, front] : [front, plain]) run(port);
-  }
-  const col = (rows: number[][], i: number) => median(rows.map((r) => r[i]!));
-  return {
-    plain: col(runs.plain, 0), tls: col(runs.tls, 0), ratio: round2(col(runs.tls, 0) / col(runs.plain, 0)),
-    serverCpuUsPerOp: { plain: round2(col(runs.plain, 1)), tls: round2(col(runs.tls, 1)) },
-    stunnelCpuUsPerOp: round2(col(runs.tls, 2)),
-  };
+  return { pid: proc.pid, generator };
 }
