@@ -11,7 +11,8 @@
  * The file: one `user:password[:rights]` per line; `#` comments and blank lines are skipped. A
  * password that starts with `$argon2` or `$2` is a Bun.password hash (`mcq passwd`); its check
  * runs off the event loop (argon2id takes tens of ms), as the session's job (commands.ts), so no
- * other client waits for it. Plain passwords are compared in constant time. SIGHUP reads the file
+ * other client waits for it. Plain passwords are compared in constant time, and a user who is not
+ * in the file costs as much as a wrong password (passwordCheck). SIGHUP reads the file
  * again: connections logged in keep their user, whose rights are then the new file's (none if
  * the user is gone).
  */
@@ -29,7 +30,7 @@ import { newReply, put, say, type Session } from "./session";
 /** Failed logins after which the connection is closed (memcached's count). */
 const MAX_FAILURES = 3;
 
-interface User {
+export interface User {
   secret: string;
   hashed: boolean;
   /** null: every right (no third field). */
@@ -60,8 +61,12 @@ export interface Auth {
 
 export class AuthFileError extends Error {}
 
-export function createAuth(path: string, timeoutS: number, log: Logger): Auth {
+/** Bun.password.verify's shape: injected by tests, which count the calls. */
+export type VerifyHash = (password: string, hash: string) => Promise<boolean>;
+
+export function createAuth(path: string, timeoutS: number, log: Logger, verifyHash: VerifyHash = Bun.password.verify): Auth {
   let users = loadAuthFile(path);
+  let check = passwordCheck(users, verifyHash);
   const state = new WeakMap<Session, SessionAuth>();
   const stateOf = (s: Session): SessionAuth => {
     let st = state.get(s);
@@ -94,20 +99,18 @@ export function createAuth(path: string, timeoutS: number, log: Logger): Auth {
   function login(ctx: Context, s: Session, st: SessionAuth, req: Extract<Request, { kind: "set" }>): Outcome {
     const token = parseToken(req.data);
     if (token === null) return failed(s, st, req.noreply, REPLY.AUTH_BAD_TOKEN, "bad authentication token format");
-    const user = users.get(token.user);
-    if (user === undefined || !user.hashed) {
-      return settle(s, st, req.noreply, token.user, plainEqual(token.password, user?.secret ?? ""), user !== undefined);
-    }
+    const known = users.has(token.user);
+    const checked = check(token.user, token.password);
+    if (typeof checked === "boolean") return settle(s, st, req.noreply, token.user, checked, known);
     // A hash check runs on Bun's thread pool; the session waits for it, as for a long listing.
     let result: boolean | null = null;
-    Bun.password.verify(token.password, user.secret).then((ok) => (result = ok), () => (result = false))
-      .finally(() => ctx.resume(s));
+    checked.then((ok) => (result = ok)).finally(() => ctx.resume(s));
     const reply = req.noreply ? null : newReply(false);
     if (reply !== null) s.held.push(reply);
     s.job = () => {
       if (result === null) return false;
       s.job = null;
-      const outcome = settle(s, st, true, token.user, result, true); // true: the reply is the one held above
+      const outcome = settle(s, st, true, token.user, result, known); // true: the reply is the one held above
       if (reply !== null) {
         put(reply, result ? REPLY.STORED : REPLY.AUTH_FAILED);
         reply.complete = true;
@@ -155,16 +158,47 @@ export function createAuth(path: string, timeoutS: number, log: Logger): Auth {
     },
     reload() {
       users = loadAuthFile(path);
+      check = passwordCheck(users, verifyHash);
     },
     async verify(name, password) {
       const user = users.get(name);
-      if (user === undefined || (user.rights !== null && !allows(user.rights, "read", null))) {
-        plainEqual(password, "");
-        return false;
-      }
-      return user.hashed ? Bun.password.verify(password, user.secret).catch(() => false) : plainEqual(password, user.secret);
+      // Checked even when the rights refuse: the time taken says nothing of them either.
+      const ok = await check(name, password);
+      return ok && user !== undefined && (user.rights === null || allows(user.rights, "read", null));
     },
   };
+}
+
+/**
+ * Whether a user and password hold: a boolean for a plain password, a promise for a hash. A user
+ * not in the file is checked against a dummy hash with the algorithm and cost of the file's first
+ * hash, and refused: it takes as long as a wrong password for a hashed user, so the time of the
+ * reply does not tell which names exist. With no hash in the file every check is plainEqual's.
+ */
+export function passwordCheck(users: Map<string, User>, verifyHash: VerifyHash): (name: string, password: string) => boolean | Promise<boolean> {
+  const first = [...users.values()].find((u) => u.hashed);
+  const dummy = first === undefined ? null : dummyHash(first.secret);
+  return (name, password) => {
+    const user = users.get(name);
+    if (user === undefined && dummy === null) return plainEqual(password, "");
+    if (user === undefined) return verifyHash(password, dummy!).then(() => false, () => false);
+    if (!user.hashed) return plainEqual(password, user.secret);
+    return verifyHash(password, user.secret).catch(() => false);
+  };
+}
+
+/**
+ * A hash no password is known to match, with the parameters (so the cost) of `like`: its salt and
+ * output replaced by fixed bytes. A format not recognised here is used as it is: the cost is then
+ * that very hash's, and the check's result is thrown away anyway.
+ */
+export function dummyHash(like: string): string {
+  const b64 = (bytes: number, fill: number) => Buffer.alloc(bytes, fill).toString("base64").replace(/=+$/, "");
+  const argon2 = /^(\$argon2(?:id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+)\$/.exec(like);
+  if (argon2 !== null) return `${argon2[1]}$${b64(16, 7)}$${b64(32, 0)}`;
+  const bcrypt = /^(\$2[aby]?\$\d\d)\$/.exec(like);
+  if (bcrypt !== null) return `${bcrypt[1]}$abcdefghijklmnopqrstuu${"a".repeat(31)}`; // 22 salt, 31 output characters
+  return like;
 }
 
 /** `user password`: split at the first space; both parts non-empty, no line ends. */

@@ -10,6 +10,7 @@ import type { Logger } from "./log";
 import type { Session } from "./session";
 import type { Stats } from "./stats";
 import type { QueueStore } from "./store/store";
+import type { LoadedTls } from "./tls";
 
 /** Gets waiting for a message, per queue, in the order they arrived. */
 export interface Waiters {
@@ -45,6 +46,8 @@ export interface Context {
   auth?: Auth;
   /** -Z: loads the certificate files again; returns what was loaded, throws keeping the old. */
   refreshCerts?: () => string;
+  /** -Z with --http: HTTPS moves to the certificate refreshCerts loaded. */
+  onCerts?: (tls: LoadedTls) => void;
 }
 
 export function createWaiters(): Waiters {

@@ -11,14 +11,17 @@
  * dashboard together costs at most one snapshot per SHARE_MS.
  * With -Y, /metrics and /stats.json need HTTP basic auth by a user of the authfile who may read
  * every queue (they name them all); /healthz stays open, for load balancers. With -Z it is HTTPS,
- * with the certificate as it was at start (refresh_certs moves only the memcache listeners).
+ * and refresh_certs and SIGHUP move it to the new certificate as they do the memcache listeners
+ * (listeners.ts): a new Bun.serve on the same port (server.reload() swaps handlers, not the
+ * certificate), then the old one stopped with stop(false), which lets requests in flight finish.
  */
+import type { Server } from "bun";
 import type { TlsSettings } from "./config";
 import type { Context } from "./context";
 // With type "text" Bun imports the file's contents, and `bun build --compile` embeds them in the
 // binary; bun-types types every .html import as an HTMLBundle (Bun's full-stack bundling), hence the cast.
 import dashboardPage from "./dashboard.html" with { type: "text" };
-import { loadTls } from "./tls";
+import { loadTls, type LoadedTls } from "./tls";
 import { json, prometheus, snapshot } from "./metrics";
 import { turnClock } from "./slices";
 
@@ -47,6 +50,8 @@ export function recent(ms: number, make: () => Promise<string>, now = () => perf
 
 export interface HttpServer {
   url: string;
+  /** HTTPS only: serves new connections with this certificate; open ones finish with the old. */
+  moveTo(tls: LoadedTls): void;
   stop(): void;
 }
 
@@ -58,45 +63,64 @@ export function parseHttpAddress(value: string): { hostname: string; port: numbe
 }
 
 export function startHttp(ctx: Context, address: { hostname: string; port: number }, tls: TlsSettings | null = null): HttpServer {
+  const fetch = handler(ctx);
+  const { hostname } = address;
+  if (tls === null) {
+    const server = Bun.serve({ hostname, port: address.port, fetch });
+    return { url: `http://${hostname}:${server.port}`, moveTo: () => {}, stop: () => void server.stop(true) };
+  }
+  // Both servers hold the port while the certificate moves, hence SO_REUSEPORT; bound once
+  // without it first, so that a port someone else has fails as usual.
+  const probe = Bun.serve({ hostname, port: address.port, fetch });
+  const port = probe.port!;
+  void probe.stop(true);
+  let server = Bun.serve({ hostname, port, fetch, tls: loadTls(tls), reusePort: true });
+  return {
+    url: `https://${hostname}:${port}`,
+    moveTo(next) {
+      const old = server;
+      server = Bun.serve({ hostname, port, fetch, tls: next, reusePort: true });
+      void old.stop(false);
+    },
+    stop: () => void server.stop(true),
+  };
+}
+
+/** The routes. */
+function handler(ctx: Context): (request: Request, server: Server<undefined>) => Promise<Response> {
   const shared = recent(SHARE_MS, async () => {
     const clock = turnClock();
     return new Response(await json(await snapshot(ctx, clock), clock)).text();
   });
-  const server = Bun.serve({
-    hostname: address.hostname,
-    port: address.port,
-    tls: tls === null ? undefined : loadTls(tls),
-    async fetch(request, server) {
-      const url = new URL(request.url);
-      const path = url.pathname;
-      if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
-      // With -Y the dashboard asks too: the browser then sends the same login with its polls.
-      if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization"), server.requestIP(request)?.address))) {
-        return new Response("authentication required\n", { status: 401, headers: { "www-authenticate": 'Basic realm="mcq"' } });
-      }
-      if (path === "/") return new Response(DASHBOARD, { headers: { "content-type": "text/html; charset=utf-8" } });
-      // Both are built across event-loop turns, so a scrape never holds the clients up for long.
-      if (path === "/metrics") {
-        const clock = turnClock();
-        const body = await prometheus(await snapshot(ctx, clock), clock);
-        return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });
-      }
-      if (path === "/stats.json" && url.searchParams.has("shared")) {
-        return new Response(await shared(), { headers: { "content-type": "application/json" } });
-      }
-      if (path === "/stats.json") {
-        const clock = turnClock();
-        const body = await json(await snapshot(ctx, clock), clock);
-        return new Response(body, { headers: { "content-type": "application/json" } });
-      }
-      if (path === "/healthz") {
-        const ok = ctx.store.writable(ctx.now());
-        return new Response(ok ? "ok\n" : "store not writable\n", { status: ok ? 200 : 503 });
-      }
-      return new Response("not found: try /, /metrics, /stats.json or /healthz\n", { status: 404 });
-    },
-  });
-  return { url: `${tls === null ? "http" : "https"}://${address.hostname}:${server.port}`, stop: () => void server.stop(true) };
+  return async (request, server) => {
+    const url = new URL(request.url);
+    const path = url.pathname;
+    if (request.method !== "GET") return new Response("method not allowed\n", { status: 405 });
+    // With -Y the dashboard asks too: the browser then sends the same login with its polls.
+    if (path !== "/healthz" && ctx.auth !== undefined && !(await authorized(ctx, request.headers.get("authorization"), server.requestIP(request)?.address))) {
+      return new Response("authentication required\n", { status: 401, headers: { "www-authenticate": 'Basic realm="mcq"' } });
+    }
+    if (path === "/") return new Response(DASHBOARD, { headers: { "content-type": "text/html; charset=utf-8" } });
+    // Both are built across event-loop turns, so a scrape never holds the clients up for long.
+    if (path === "/metrics") {
+      const clock = turnClock();
+      const body = await prometheus(await snapshot(ctx, clock), clock);
+      return new Response(body, { headers: { "content-type": "text/plain; version=0.0.4" } });
+    }
+    if (path === "/stats.json" && url.searchParams.has("shared")) {
+      return new Response(await shared(), { headers: { "content-type": "application/json" } });
+    }
+    if (path === "/stats.json") {
+      const clock = turnClock();
+      const body = await json(await snapshot(ctx, clock), clock);
+      return new Response(body, { headers: { "content-type": "application/json" } });
+    }
+    if (path === "/healthz") {
+      const ok = ctx.store.writable(ctx.now());
+      return new Response(ok ? "ok\n" : "store not writable\n", { status: ok ? 200 : 503 });
+    }
+    return new Response("not found: try /, /metrics, /stats.json or /healthz\n", { status: 404 });
+  };
 }
 
 /** `Authorization: Basic base64(user:password)`, checked against the authfile. */

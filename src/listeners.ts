@@ -13,7 +13,7 @@ import type { SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { chmodSync } from "node:fs";
 import type { Config, Listen } from "./config";
 import type { Conn } from "./conn";
-import { describeCertificate, loadTls } from "./tls";
+import { describeCertificate, loadTls, type LoadedTls } from "./tls";
 
 export class ListenError extends Error {}
 
@@ -28,7 +28,7 @@ export interface Listeners {
   /** In -l order: the first is the main one. */
   list: Listening[];
   /** Loads the certificate files again and moves the TLS listeners to them; throws (keeping the old) if it cannot. */
-  refreshCerts(): string;
+  refreshCerts(): LoadedTls;
   /** Stops accepting; open connections stay. */
   stop(): void;
 }
@@ -93,7 +93,7 @@ export function openListeners(config: Config, handlers: SocketHandler<Conn>, log
     tls: tls !== null && !listen.plain,
   }));
 
-  function refreshCerts(): string {
+  function refreshCerts(): LoadedTls {
     if (tls === null) throw new Error("TLS is not on (-Z)");
     const next = loadTls(config.tls!); // throws on a bad file: nothing changed
     const moved: [number, TCPSocketListener<Conn>][] = [];
@@ -113,7 +113,7 @@ export function openListeners(config: Config, handlers: SocketHandler<Conn>, log
       open[i]!.listener = listener;
     }
     tls = next;
-    return describeCertificate(next.cert);
+    return next;
   }
 
   return { list, refreshCerts, stop: () => open.forEach(({ listener }) => listener.stop(false)) };

@@ -22,7 +22,7 @@ import { handleSignals, onReload } from "./signals";
 import { suggest } from "./suggest";
 import { AuthFileError } from "./auth";
 import { ListenError, startServer, type Server } from "./server";
-import { TlsError } from "./tls";
+import { TlsError, type LoadedTls } from "./tls";
 import { openPostgresStore } from "./store/postgres";
 import { parseStoreUrl } from "./store/postgres-hosts";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
@@ -95,6 +95,7 @@ async function main(): Promise<void> {
       fail(`cannot serve --http on ${config.http.hostname}:${config.http.port}: ${(e as Error).message}`, 1);
     }
     log.info(`metrics on ${http.url}/metrics`);
+    if (config.tls !== null) server.context.onCerts = httpsFollows(http, log);
   }
   if (config.pidFile !== null) {
     try {
@@ -128,6 +129,20 @@ function watchSecurity(server: Server, config: Config, log: Logger): void {
   if (exposed.length > 0) {
     log.warn(`listening on ${exposed.join(", ")} with neither -Y nor TLS: anyone who can connect may read and delete every queue`);
   }
+}
+
+/**
+ * HTTPS takes each certificate the memcache listeners were moved to. Those moved already, so
+ * a failure here is logged, not thrown: the reply and the SIGHUP line say the reload happened.
+ */
+function httpsFollows(http: HttpServer, log: Logger): (tls: LoadedTls) => void {
+  return (tls) => {
+    try {
+      http.moveTo(tls);
+    } catch (e) {
+      log.error(`HTTPS keeps the old TLS certificate: ${(e as Error).message}`);
+    }
+  };
 }
 
 /**

@@ -18,6 +18,7 @@ import { createSession, type Session } from "./session";
 import { startSnapshotSocket } from "./snapshot-socket";
 import { createStats } from "./stats";
 import type { QueueStore } from "./store/store";
+import { describeCertificate } from "./tls";
 import { createTurns } from "./turn";
 
 /** Longest time a stop spends answering what was read and flushing it (docs/protocol.md). */
@@ -73,7 +74,13 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     stopping: false,
   };
   if (config.authFile !== null) ctx.auth = createAuth(config.authFile, config.authTimeoutS, log);
-  if (config.tls !== null) ctx.refreshCerts = () => listeners.refreshCerts();
+  if (config.tls !== null) {
+    ctx.refreshCerts = () => {
+      const next = listeners.refreshCerts();
+      ctx.onCerts?.(next);
+      return describeCertificate(next.cert);
+    };
+  }
   const turns = createTurns(ctx, describe, (conn) => {
     // A write found it closed (no close event comes while reading is paused): end it here.
     drop(conn);

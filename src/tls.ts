@@ -69,8 +69,11 @@ export function tlsSettings(f: TlsFlags): TlsSettings | null {
   return { cert, key, ca, verify };
 }
 
+/** Bun's TLS options, as loadTls made them from the files. */
+export type LoadedTls = Bun.TLSOptions & { cert: string };
+
 /** Bun's TLS options for these settings, the files read and checked now. Throws TlsError naming the file. */
-export function loadTls(settings: TlsSettings): Bun.TLSOptions & { cert: string } {
+export function loadTls(settings: TlsSettings): LoadedTls {
   const cert = readPem(settings.cert, "certificate");
   const key = readPem(settings.key, "key");
   const ca = settings.ca === null ? undefined : readPem(settings.ca, "CA certificate");

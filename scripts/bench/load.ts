@@ -9,6 +9,7 @@
  *
  * Modes: pair (set then get, alternating), set, drain (gets until the queue is empty),
  * queues (pair over --queues queues). Each connection keeps --depth requests in flight.
+ * --tls connects with TLS (any certificate accepted: it measures, it does not authenticate).
  */
 
 export interface LoadOptions {
@@ -22,6 +23,7 @@ export interface LoadOptions {
   size: number;
   queues: number;
   prefix: string;
+  tls?: boolean;
 }
 
 export interface LoadResult {
@@ -157,6 +159,7 @@ function runConnection(o: LoadOptions, index: number, deadline: number, result: 
     void Bun.connect({
       hostname: o.host,
       port: o.port,
+      tls: o.tls === true ? { rejectUnauthorized: false } : undefined,
       socket: {
         open(s) {
           socket = s;
@@ -204,6 +207,7 @@ if (import.meta.main) {
     size: Number(get("--size", "100")),
     queues: Number(get("--queues", "1000")),
     prefix: get("--prefix", "bench"),
+    tls: argv.includes("--tls"),
   };
   console.log(JSON.stringify(await runLoad(options)));
 }

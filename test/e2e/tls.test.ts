@@ -4,7 +4,7 @@
  * refresh_certs and SIGHUP with the serial number each new client sees.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { Client, set, value } from "./harness";
 import { logged, makeCerts, startListeners, tlsClient, type Certs, type Multi } from "./tls-harness";
 
@@ -170,6 +170,38 @@ describe("certificate reload", () => {
     expect(log).toContain("keeping the old one");
     expect((await tlsClient(server.port, certs.ca)).serial).toBe("3001");
     expect(await first.client.call("")).toBe("");
+  });
+
+  test("HTTPS (--http) follows refresh_certs and SIGHUP; a request begun before the move completes", async () => {
+    const args = tlsArgs("https");
+    const server = await start(["-l", "127.0.0.1", ...args, "--http", "127.0.0.1:0"]);
+    const [certPath, keyPath] = [args[2]!, args[4]!];
+    const httpPort = Number(/metrics on https:\/\/127\.0\.0\.1:(\d+)\/metrics/.exec(await logged(server, "metrics on "))![1]);
+    const before = await tlsClient(httpPort, certs.ca);
+    expect(before.serial).toBe("1001");
+    // Half a request: its connection was accepted by the server that is about to be replaced.
+    before.client.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
+
+    const next = certs.server(8193);
+    copyFileSync(next.cert, certPath);
+    copyFileSync(next.key, keyPath);
+    const admin = await tlsClient(server.port, certs.ca);
+    expect(await admin.client.call("refresh_certs\r\n")).toBe("OK\r\n");
+    expect((await tlsClient(httpPort, certs.ca)).serial).toBe("2001");
+    before.client.write("\r\n");
+    const reply = (await before.client.until((b) => b.includes("ok\n"))).toString();
+    expect(reply).toStartWith("HTTP/1.1 200 OK\r\n");
+
+    const third = certs.server(12289);
+    copyFileSync(third.cert, certPath);
+    copyFileSync(third.key, keyPath);
+    server.proc.kill("SIGHUP");
+    await logged(server, "SIGHUP: reloaded the TLS certificate");
+    expect((await tlsClient(httpPort, certs.ca)).serial).toBe("3001");
+    const r = await fetch(`https://localhost:${httpPort}/healthz`, { tls: { ca: readFileSync(certs.ca, "utf8") } });
+    expect({ status: r.status, body: await r.text() }).toEqual({ status: 200, body: "ok\n" });
+    expect(server.stderr()).not.toContain("HTTPS keeps the old");
+    admin.client.close();
   });
 
   test("refresh_certs without -Z says so", async () => {
