@@ -101,7 +101,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     broken.catch(() => {});
     const tx: Tx = {
       ops: [], chain: null, failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
-      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false, refreshers: [], asked: [], heldUndo: [], broken, breakNow,
+      handOff, handedOff, outcome: Promise.resolve(), timer: null, flushing: false, refreshers: [], asked: [], unanswered: 0, sending: false, heldUndo: [], broken, breakNow,
     };
     recent.push(tx);
     return tx;
@@ -151,25 +151,38 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     for (const k of Object.keys(full) as (keyof Delta)[]) sum[k] += full[k];
   }
 
-  /** Sends the batch's ops not yet sent, after what it sent before (and BEGIN, the first time). */
+  /**
+   * Sends the batch's ops not yet sent, after what it sent before (and BEGIN, the first time).
+   * One round of statements is out at a time: ops asked for meanwhile go together in the next
+   * round, sent when this one has answered, so a busy turn costs a few statements, not a few per
+   * connection.
+   */
   function flush(tx: Tx): void {
     tx.flushing = false;
-    if (tx.ops.length === 0 || tx.undone) return;
-    const ops = tx.ops;
-    tx.ops = [];
-    for (const o of ops) if (o.k === "take") tx.asked.push(o.t); // failed with the batch, from here on
+    if (tx.ops.length === 0 || tx.undone || tx.sending) return;
+    tx.sending = true;
     const first = tx.chain === null;
     if (first) startTimer(tx);
-    const sendAfter = async (begin: boolean) => {
-      if (tx.failed !== null) throw tx.failed;
-      const c = begin ? await connection() : client;
-      if (c === null) throw new StoreError("Postgres: connection lost");
-      // BEGIN goes in the same round trip as the statements: a failed BEGIN fails them too.
-      const started = begin ? c.unsafe("BEGIN").execute() : Promise.resolve();
-      const results = await Promise.allSettled([started, send(tx, c, ops)]);
-      for (const r of results) if (r.status === "rejected") throw r.reason;
+    const sendAll = async (begin: boolean) => {
+      try {
+        while (tx.ops.length > 0) {
+          if (tx.failed !== null) throw tx.failed;
+          const ops = tx.ops;
+          tx.ops = [];
+          for (const o of ops) if (o.k === "take") tx.asked.push(o.t); // failed with the batch, from here on
+          const c = begin ? await connection() : client;
+          if (c === null) throw new StoreError("Postgres: connection lost");
+          // BEGIN goes in the same round trip as the statements: a failed BEGIN fails them too.
+          const started = begin ? c.unsafe("BEGIN").execute() : Promise.resolve();
+          begin = false;
+          const results = await Promise.allSettled([started, send(tx, c, ops)]);
+          for (const r of results) if (r.status === "rejected") throw r.reason;
+        }
+      } finally {
+        tx.sending = false;
+      }
     };
-    tx.chain = first ? gate.then(() => sendAfter(true)) : tx.chain!.then(() => sendAfter(false));
+    tx.chain = first ? gate.then(() => sendAll(true)) : tx.chain!.then(() => sendAll(false));
     tx.chain.catch((e) => failTx(tx, e));
   }
 
@@ -194,7 +207,15 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   function take(mode: Mode, queue: string, now: number): Promise<Message | null> {
     const tx = cur;
-    return new Promise<Message | null>((ok, fail) => {
+    return new Promise<Message | null>((resolve, reject) => {
+      let answered = false;
+      const settled = () => {
+        if (!answered) tx.unanswered--;
+        answered = true;
+      };
+      const ok = (m: Message | null) => (settled(), resolve(m));
+      const fail = (e: unknown) => (settled(), reject(e));
+      tx.unanswered++;
       if (!tx.flushing) {
         tx.flushing = true;
         // After every socket event of this loop iteration: one flush carries them all.
@@ -246,6 +267,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     node,
     onAvailable: null,
     maxInFlight: Number(process.env.MCQ_PG_IN_FLIGHT ?? 1),
+    awaiting: () => cur.unanswered,
     describe: () => `${url.safe} (writing to ${host}, node ${node})`,
     refresh,
 
