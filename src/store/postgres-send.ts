@@ -157,7 +157,7 @@ export function createSender(deps: Sender) {
       case "flush":
         return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
       case "sweep":
-        return st.sweep(c, op.now, op.limit).then((rows) => settleRemoved(tx, rows, true));
+        return st.sweep(c, op.limit).then((rows) => settleRemoved(tx, rows, true));
     }
   }
 
@@ -172,14 +172,14 @@ export function createSender(deps: Sender) {
 
   async function takes(tx: Tx, c: SQL, list: Take[]): Promise<void> {
     const mode = list[0]!.mode;
-    const now = list[0]!.now;
     const groups = by(list, (t) => t.queue);
     const queues = [...groups.keys()];
     let rows: Row[];
     try {
-      if (mode === "peek") rows = await st.peek(c, queues, now);
-      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), now, node);
-      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), now);
+      // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
+      if (mode === "peek") rows = await st.peek(c, queues);
+      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), node);
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length));
     } catch (e) {
       for (const t of list) t.fail(reason(e));
       throw e;
