@@ -8,6 +8,8 @@
  *   bun run bench --bin dist/mcq       the compiled binary instead of the source
  *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
  *   bun run bench --large              p99 of small gets while one client moves 1 MB messages
+ *   bun run bench --store postgres://… mcq on Postgres against SQLite full and memcached, and
+ *                                      two nodes against one (scripts/bench/postgres.ts)
  *
  * With mcbench (scripts/bench/mcbench.c, built with cc) it also measures the loads of the performance
  * targets (docs/performance.md) with mcbench itself, the C generator those targets are defined with.
@@ -21,6 +23,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { LoadOptions, LoadResult } from "./bench/load";
+import { postgresBench } from "./bench/postgres";
 
 const ROOT = resolve(import.meta.dir, "..");
 const argv = process.argv.slice(2);
@@ -224,6 +227,9 @@ function redisBenchmark(servers: Server[], reference: NonNullable<ReturnType<typ
 async function main(): Promise<void> {
   if (BACKLOG > 0) return backlog();
   if (flag("--large")) return large();
+  if (flag("--store")) {
+    return postgresBench(option("--store", ""), { startMcq, startPeer, mcbench: mcbench(), runs: RUNS, secs: SECS, json: flag("--json"), progress });
+  }
   const servers = (await Promise.all([
     startMcq("mcq full", ["--sync", "full"]),
     startMcq("mcq normal", ["--sync", "normal"]),
