@@ -4,7 +4,7 @@
  * servers alternating from run to run, medians. Then the scale-out figure: two mcq nodes on one
  * Postgres against one node, at 50x16 (two mcbench at once, 25 connections each, one per node).
  *
- * Targets (docs, DECISIONS): 50x16 on Postgres at least 0.3x SQLite full; two nodes at least
+ * Targets: 50x16 on Postgres at least 0.3x SQLite full; two nodes at least
  * 1.3x one, informational on a 2-core machine where Postgres, mcq and mcbench share the CPU.
  * Each mcq on Postgres gets a schema of its own, dropped at the end.
  */

@@ -39,7 +39,7 @@ export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
-  // Time is Postgres's (DECISIONS: never a node's clock across nodes). A set's expiry is sent as
+  // Time is Postgres's, never a node's clock across nodes. A set's expiry is sent as
   // its node's time to live (expires - created) and stored on Postgres's clock; takes and sweeps
   // compare with Postgres's clock too, so a node whose clock is off neither keeps messages alive
   // nor expires them early for the others. The statement's time, not the transaction's: a batch
