@@ -9,6 +9,8 @@
  *   bun run bench --backlog 10000000   throughput, RSS and restart time with a backlog
  *   bun run bench --large              p99 of small gets while one client moves 1 MB messages
  *   bun run bench --tls [--sync normal] TLS against plain, pair 50x16 (scripts/bench/tls.ts)
+ *   bun run bench --store postgres://… mcq on Postgres against SQLite full and memcached, and
+ *                                      two nodes against one (scripts/bench/postgres.ts)
  *
  * With mcbench (scripts/bench/mcbench.c, built with cc) it also measures the loads of the performance
  * targets (docs/performance.md) with mcbench itself, the C generator those targets are defined with.
@@ -23,6 +25,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { LoadOptions, LoadResult } from "./bench/load";
 import { tlsBench } from "./bench/tls";
+import { postgresBench } from "./bench/postgres";
 
 const ROOT = resolve(import.meta.dir, "..");
 const argv = process.argv.slice(2);
@@ -227,6 +230,9 @@ async function main(): Promise<void> {
   if (BACKLOG > 0) return backlog();
   if (flag("--large")) return large();
   if (flag("--tls")) return tlsBench({ root: ROOT, mcq: MCQ, runs: RUNS, secs: SECS, sync: option("--sync", "full"), json: flag("--json"), progress });
+  if (flag("--store")) {
+    return postgresBench(option("--store", ""), { startMcq, startPeer, mcbench: mcbench(), runs: RUNS, secs: SECS, json: flag("--json"), progress });
+  }
   const servers = (await Promise.all([
     startMcq("mcq full", ["--sync", "full"]),
     startMcq("mcq normal", ["--sync", "normal"]),

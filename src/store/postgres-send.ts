@@ -8,6 +8,11 @@ import type { Delta, Removed, Row, Statements } from "./postgres-sql";
 import type { Changes, View } from "./postgres-view";
 import { StoreError, type Message } from "./store";
 
+/** The order of like ops in a round (gather); kinds not here (drop, flush, sweep) are barriers. */
+const RANK: Partial<Record<Op["k"], number>> = { insert: 0, restore: 1, confirm: 2, release: 3 };
+const TAKE_RANK: Record<Mode, number> = { dequeue: 4, open: 5, peek: 6 };
+const rank = (o: Op) => (o.k === "take" ? TAKE_RANK[o.t.mode] : RANK[o.k] ?? -1);
+
 /** Bodies larger than this are inserted one per statement (see postgres-sql.ts insert). */
 const LARGE_BODY = 64 * 1024;
 
@@ -51,6 +56,10 @@ export interface Tx extends Changes {
   heldUndo: (() => void)[];
   /** Takes sent and not answered yet: failed with the batch. */
   asked: Take[];
+  /** Takes asked for and not answered yet (the turn waits for them: store.awaiting). */
+  unanswered: number;
+  /** A round of its statements is out: ops asked for meanwhile wait for the next (postgres.ts flush). */
+  sending: boolean;
   /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
   broken: Promise<never>;
   breakNow: (e: StoreError) => void;
@@ -76,7 +85,8 @@ export function createSender(deps: Sender) {
   };
 
   /** Sends ops as statements, one per run of like ops, all pipelined; resolves when all answered. */
-  async function send(tx: Tx, c: SQL, ops: Op[]): Promise<void> {
+  async function send(tx: Tx, c: SQL, sent: Op[]): Promise<void> {
+    const ops = gather(sent);
     const pending: Promise<unknown>[] = [];
     for (let i = 0; i < ops.length; ) {
       let j = i + 1;
@@ -88,6 +98,34 @@ export function createSender(deps: Sender) {
     }
     const results = await Promise.allSettled(pending);
     for (const r of results) if (r.status === "rejected") throw r.reason;
+  }
+
+  /**
+   * Puts like ops next to each other, so that a round costs one statement per kind rather than
+   * one per connection (pair load interleaves set, get, set, get). Only one connection's order
+   * must hold: every reply of the batch leaves at its commit, so requests of different
+   * connections in it are concurrent and may run in any order. A connection stops at its take
+   * until it is answered, so its take is its last op in a round: moving takes after the other
+   * ops, and sets before confirms and releases (other rows), keeps each connection's order.
+   * Drop, flush and sweep stay where they are, and nothing moves across them.
+   */
+  function gather(ops: Op[]): Op[] {
+    if (ops.length < 3) return ops;
+    const out: Op[] = [];
+    let segment: Op[] = [];
+    const close = () => {
+      out.push(...segment.sort((a, b) => rank(a) - rank(b)));
+      segment = [];
+    };
+    for (const o of ops) {
+      if (rank(o) >= 0) segment.push(o);
+      else {
+        close();
+        out.push(o);
+      }
+    }
+    close();
+    return out;
   }
 
   function statement(tx: Tx, c: SQL, ops: Op[]): Promise<unknown> {
@@ -119,7 +157,7 @@ export function createSender(deps: Sender) {
       case "flush":
         return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
       case "sweep":
-        return st.sweep(c, op.now, op.limit).then((rows) => settleRemoved(tx, rows, true));
+        return st.sweep(c, op.limit).then((rows) => settleRemoved(tx, rows, true));
     }
   }
 
@@ -134,14 +172,14 @@ export function createSender(deps: Sender) {
 
   async function takes(tx: Tx, c: SQL, list: Take[]): Promise<void> {
     const mode = list[0]!.mode;
-    const now = list[0]!.now;
     const groups = by(list, (t) => t.queue);
     const queues = [...groups.keys()];
     let rows: Row[];
     try {
-      if (mode === "peek") rows = await st.peek(c, queues, now);
-      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), now, node);
-      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), now);
+      // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
+      if (mode === "peek") rows = await st.peek(c, queues);
+      else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), node);
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length));
     } catch (e) {
       for (const t of list) t.fail(reason(e));
       throw e;

@@ -39,7 +39,14 @@ export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
-  const live = "m.owner IS NULL AND (m.expires = 0 OR m.expires > $3)";
+  // Time is Postgres's, never a node's clock across nodes. A set's expiry is sent as
+  // its node's time to live (expires - created) and stored on Postgres's clock; takes and sweeps
+  // compare with Postgres's clock too, so a node whose clock is off neither keeps messages alive
+  // nor expires them early for the others. The statement's time, not the transaction's: a batch
+  // may gather for some milliseconds (turn.ts).
+  const pgNow = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
+  const onPg = (expires: string, created: string) => `CASE WHEN ${expires} = 0 THEN 0 ELSE ${expires} - ${created} + ${pgNow} END`;
+  const live = `m.owner IS NULL AND (m.expires = 0 OR m.expires > ${pgNow})`;
   // Per wanted queue, its first n messages that may be handed out and no other node holds.
   const pick = `WITH want AS (SELECT * FROM unnest($1::text[], $2::int[]) AS w(queue, n))
     SELECT p.id FROM want w CROSS JOIN LATERAL (
@@ -77,7 +84,7 @@ export function statements(schema: string) {
       return sql
         .unsafe(
           `INSERT INTO ${M} (queue, flags, created, expires, body)
-           SELECT queue, flags, created, expires, substring($6::bytea FROM off FOR len)
+           SELECT queue, flags, created, ${onPg("expires", "created")}, substring($6::bytea FROM off FOR len)
            FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int[], $7::int[])
              WITH ORDINALITY AS r(queue, flags, created, expires, off, len, i)
            ORDER BY i`,
@@ -87,8 +94,8 @@ export function statements(schema: string) {
     },
     /** A large body alone: no copy into a joined buffer, no substring over it. */
     insertOne: (sql: SQL, queue: string, flags: number, created: number, expires: number, body: Uint8Array) =>
-      sql.unsafe(`INSERT INTO ${M} (queue, flags, created, expires, body) VALUES ($1, $2, $3, $4, $5)`, [queue, flags, created, expires, body]).execute(),
-    /** Puts messages back under their own ids (a reply that never reached its client). */
+      sql.unsafe(`INSERT INTO ${M} (queue, flags, created, expires, body) VALUES ($1, $2, $3::int8, ${onPg("$4::int8", "$3::int8")}, $5)`, [queue, flags, created, expires, body]).execute(),
+    /** Puts messages back under their own ids (a reply that never reached its client); expiry as read. */
     restore: (sql: SQL, ids: number[], queues: string[], flags: number[], created: number[], expires: number[], bodies: Uint8Array[]) =>
       sql.unsafe(
         `INSERT INTO ${M} (id, queue, flags, created, expires, body)
@@ -96,22 +103,22 @@ export function statements(schema: string) {
          ON CONFLICT (id) DO NOTHING`,
         [ids, queues, flags, created, expires, bodies],
       ).execute(),
-    dequeue: async (sql: SQL, queues: string[], counts: number[], now: number) =>
-      rows(await sql.unsafe(`WITH picked AS (${pick}) DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}`, [queues, counts, now]).execute()),
-    open: async (sql: SQL, queues: string[], counts: number[], now: number, node: number) =>
+    dequeue: async (sql: SQL, queues: string[], counts: number[]) =>
+      rows(await sql.unsafe(`WITH picked AS (${pick}) DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}`, [queues, counts]).execute()),
+    open: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $4 WHERE id IN (SELECT id FROM picked) RETURNING ${message}`,
-          [queues, counts, now, node],
+          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $3 WHERE id IN (SELECT id FROM picked) RETURNING ${message}`,
+          [queues, counts, node],
         ).execute(),
       ),
-    peek: async (sql: SQL, queues: string[], now: number) =>
+    peek: async (sql: SQL, queues: string[]) =>
       rows(
         await sql.unsafe(
           `SELECT p.* FROM unnest($1::text[]) AS w(queue) CROSS JOIN LATERAL (
              SELECT m.id::float8 AS id, m.queue, m.flags::float8 AS flags, m.expires::float8 AS expires, m.body FROM ${M} m
-             WHERE m.queue = w.queue AND m.owner IS NULL AND (m.expires = 0 OR m.expires > $2) ORDER BY m.id LIMIT 1) p`,
-          [queues, now],
+             WHERE m.queue = w.queue AND ${live} ORDER BY m.id LIMIT 1) p`,
+          [queues],
         ).execute(),
       ),
     /** Deletes messages this node holds open; returns those it found. */
@@ -136,12 +143,12 @@ export function statements(schema: string) {
           [queues],
         ).execute()) as { queue: string }[]
       ).map((r) => r.queue),
-    sweep: async (sql: SQL, now: number, limit: number) =>
+    sweep: async (sql: SQL, limit: number) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} WHERE id IN (
-           SELECT id FROM ${M} m WHERE m.expires > 0 AND m.expires <= $1 AND m.owner IS NULL LIMIT $2 FOR UPDATE SKIP LOCKED)
+           SELECT id FROM ${M} m WHERE m.expires > 0 AND m.expires <= ${pgNow} AND m.owner IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED)
            RETURNING queue, length(body) AS len, owner) ${removed("d")}`,
-        [now, limit],
+        [limit],
       ).execute()) as Removed[],
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {

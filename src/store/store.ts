@@ -122,6 +122,12 @@ export interface QueueStore {
    * that arrives meanwhile, instead of one batch per connection following each other.
    */
   maxInFlight?: number;
+  /**
+   * Takes of the open batch that the store has not answered yet (a networked store). The turn
+   * waits for them, a bounded time, before it commits: their gets then end in this batch and
+   * their connections go on in it, instead of one get per connection per commit (turn.ts).
+   */
+  awaiting?(): number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   /** Closes the store; a networked store resolves once its last batch has committed. */

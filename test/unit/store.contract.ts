@@ -20,6 +20,12 @@ export interface StoreTraits {
   syncSweep: boolean;
   /** detail()'s oldest age follows every take at once. */
   exactOldest: boolean;
+  /**
+   * Whose clock expiry follows: the caller's `now` (one node's store), or the database's, shared
+   * by every node (Postgres): a set's expiry is a time to live from its `now`, and takes and
+   * sweeps ignore theirs.
+   */
+  clock?: "caller" | "database";
 }
 
 const LOCAL: StoreTraits = { idsAtEnqueue: true, syncSweep: true, exactOldest: true };
@@ -162,6 +168,23 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
 
     test("expired messages are never handed out, and are counted", async () => {
       const s = await make();
+      if (traits.clock === "database") {
+        // Time to live 400 ms on the database's clock; the caller's clock, far off, changes nothing.
+        const start = Date.now();
+        s.enqueue("e", 0, enc("old"), T + 400, T);
+        s.enqueue("e", 0, enc("new"), 0, T);
+        s.enqueue("e", 0, enc("later"), T + 400, T);
+        expect(text(await s.peek("e", T + 1e9))).toBe("old");
+        await s.commit();
+        await Bun.sleep(Math.max(0, start + 500 - Date.now())); // the time to live passing is the point
+        expect(text(await s.dequeue("e", 0))).toBe("new");
+        s.sweepExpired(0, 100);
+        expect(await s.dequeue("e", 0)).toBeNull();
+        await s.commit();
+        expect(s.totals()).toMatchObject({ items: 0, expired: 2 });
+        await s.close();
+        return;
+      }
       s.enqueue("e", 0, enc("old"), T + 10, T);
       s.enqueue("e", 0, enc("new"), 0, T);
       s.enqueue("e", 0, enc("later"), T + 10, T);

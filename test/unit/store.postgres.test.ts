@@ -21,7 +21,7 @@ if (havePostgres("store.postgres")) {
     await dropSchemas(schemas);
   });
 
-  storeContract("postgres", () => open(), { idsAtEnqueue: false, syncSweep: false, exactOldest: false });
+  storeContract("postgres", () => open(), { idsAtEnqueue: false, syncSweep: false, exactOldest: false, clock: "database" });
 
   describe("postgres store", () => {
     test("two nodes on one schema: each message is taken once, and counters are summed over nodes", async () => {
@@ -42,6 +42,27 @@ if (havePostgres("store.postgres")) {
       for (const s of [a, b]) expect(s.detail("q", 1)).toMatchObject({ items: 0, total: 20, fetched: 20, open: 0 });
       a.close();
       b.close();
+    });
+
+    test("expiry follows Postgres's clock, not a node's: nodes whose clocks are hours apart agree", async () => {
+      const schema = freshSchema("clock");
+      const behind = await open(schema); // its clock is an hour slow
+      const ahead = await open(schema); // its clock is an hour fast
+      const slow = Date.now() - 3_600_000;
+      const fast = Date.now() + 3_600_000;
+      behind.enqueue("c", 0, Buffer.from("lives a minute"), slow + 60_000, slow);
+      behind.enqueue("c", 0, Buffer.from("expired when set"), slow - 1, slow);
+      behind.enqueue("c", 0, Buffer.from("never expires"), 0, slow);
+      await behind.commit();
+      // On node clocks the first would be an hour dead for `ahead`, and the second alive for `behind`.
+      expect(Buffer.from((await ahead.dequeue("c", fast))!.body).toString()).toBe("lives a minute");
+      await ahead.commit();
+      expect(Buffer.from((await behind.peek("c", slow))!.body).toString()).toBe("never expires");
+      expect(Buffer.from((await ahead.dequeue("c", fast))!.body).toString()).toBe("never expires");
+      expect(await ahead.dequeue("c", fast)).toBeNull();
+      await Promise.all([behind.commit(), ahead.commit()]);
+      behind.close();
+      ahead.close();
     });
 
     test("a schema newer than this mcq knows is refused", async () => {
