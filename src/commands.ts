@@ -76,6 +76,10 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
   const { store, stats, batch } = ctx;
   switch (req.kind) {
     case "get":
+      if (store.delays === undefined && req.keys.some((k) => k.delay > 0)) {
+        say(s, REPLY.NO_DELAYS);
+        return "next";
+      }
       return startGet(ctx, s, req) ? "next" : "wait";
     case "set": {
       stats.setCmds++;
@@ -83,10 +87,17 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
         return "next";
       }
-      store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), ctx.now());
+      const { delay } = req.options;
+      if (delay > 0 && store.delays === undefined) {
+        if (!req.noreply) say(s, REPLY.NO_DELAYS);
+        return "next";
+      }
+      const now = ctx.now();
+      if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
+      else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
       stats.setHits++;
       if (!req.noreply) batch.depends(say(s, REPLY.STORED));
-      serveWaiters(ctx, req.queue);
+      if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
       return "next";
     }
     case "delete": {
@@ -146,6 +157,8 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
         statLine("fetched", d.fetched),
         statLine("open", d.open),
         statLine("oldest_age_ms", d.oldestAgeMs),
+        // Fields the queue features add come after the SPEC's six (DECISIONS).
+        statLine("delayed", d.delayed ?? 0),
       ];
       say(s, lines.join("") + REPLY.END);
       return "next";

@@ -199,7 +199,7 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     stats.getCmds++;
     if (open !== undefined) {
       batch.depends(g.reply);
-      giveBack(ctx, s, key.queue, open, "abort");
+      giveBack(ctx, s, key.queue, open, "abort", key.delay);
     }
     return true;
   }
@@ -283,7 +283,7 @@ function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
  * Returns an open message to its queue: aborted, its connection gone, or its lease expired.
  * If the batch fails, the session gets it back; a closed session's message is returned later.
  */
-export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired"): void {
+export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired", delayMs = 0): void {
   const lease = s.leases.get(queue);
   s.opens.delete(queue);
   s.leases.delete(queue);
@@ -298,7 +298,9 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
     if (lease !== undefined) s.leases.set(queue, lease);
     if (why === "expired" && !wasExpired) s.expired.delete(queue);
   });
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+  // `abort/delay=`: hidden until due, so no waiter is served now (commands.ts checked the store has delays).
+  if (delayMs > 0) ctx.store.delays!.release(queue, id, ctx.now() + delayMs, ctx.now());
+  else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
 /**

@@ -19,6 +19,7 @@ export const REPLY = {
   AUTH_FAILED: "CLIENT_ERROR authentication failure\r\n",
   AUTH_BAD_TOKEN: "CLIENT_ERROR bad authentication token format\r\n",
   PERMISSION_DENIED: "CLIENT_ERROR permission denied\r\n",
+  NO_DELAYS: "SERVER_ERROR this store does not support delays (delay=)\r\n",
 } as const;
 
 export function serverError(reason: string): string {

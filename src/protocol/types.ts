@@ -15,11 +15,19 @@ export interface GetKey {
   peek: boolean;
   /** Milliseconds to wait for a message when the queue is empty; -1 = do not wait. */
   timeout: number;
+  /** With abort: the message becomes visible again after this many ms (`abort/delay=<ms>`); 0 = at once. */
+  delay: number;
+}
+
+/** The options of a `set` key (`q/delay=<ms>`). */
+export interface SetOptions {
+  /** Milliseconds before any get may return the message; 0 = at once. */
+  delay: number;
 }
 
 export type Request =
   | { kind: "get"; keys: GetKey[]; withIds: boolean }
-  | { kind: "set"; queue: string; flags: number; exptime: number; data: Buffer; noreply: boolean }
+  | { kind: "set"; queue: string; flags: number; exptime: number; data: Buffer; noreply: boolean; options: SetOptions }
   | { kind: "delete"; queue: string; noreply: boolean }
   | { kind: "flush"; queue: string; noreply: boolean }
   | { kind: "flush_all"; noreply: boolean }

@@ -9,6 +9,8 @@ interface Entry extends Omit<Message, "expires"> {
   created: number;
   expiresAt: number;
   opened: boolean;
+  /** When a delayed message may be handed out (ms); 0 once it may (store.ts, Delays). */
+  due: number;
 }
 
 interface Queue {
@@ -30,17 +32,51 @@ export function createMemoryStore(): SyncQueueStore {
     snapshot = { queues: copy, lastId, expired };
   }
 
+  /** Moves q's due delayed messages to its tail, by due time then arrival, with new ids. */
+  function promote(q: Queue, now: number, limit = Infinity): number {
+    const due = q.entries.filter((e) => e.due > 0 && e.due <= now).sort((a, b) => a.due - b.due || a.id - b.id);
+    if (due.length === 0) return 0;
+    change(); // the entries are the snapshot's copies from here on: find them again
+    const ids = new Set(due.slice(0, limit).map((e) => e.id));
+    const moved = q.entries.filter((e) => ids.has(e.id)).sort((a, b) => a.due - b.due || a.id - b.id);
+    q.entries = q.entries.filter((e) => !ids.has(e.id));
+    for (const e of moved) q.entries.push({ ...e, id: ++lastId, due: 0 });
+    return moved.length;
+  }
+
   /** Index of the first message that may be handed out; expired ones on the way are deleted. */
   function firstLive(q: Queue, now: number): number {
+    promote(q, now);
     for (let i = 0; i < q.entries.length; i++) {
       const e = q.entries[i]!;
-      if (e.opened) continue;
+      if (e.opened || e.due > 0) continue;
       if (e.expiresAt === 0 || e.expiresAt > now) return i;
       change();
       q.entries.splice(i--, 1);
       expired++;
     }
     return -1;
+  }
+
+  function enqueue(name: string, flags: number, body: Uint8Array, expiresAt: number, now: number, due: number): number {
+    change();
+    let q = queues.get(name);
+    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    promote(q, now); // what is due by now goes before this message
+    const id = ++lastId;
+    q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false, due: due > now ? due : 0 });
+    q.total++;
+    return id;
+  }
+
+  function release(name: string, id: number, due: number): boolean {
+    const q = queues.get(name);
+    if (q?.entries.find((e) => e.id === id && e.opened) === undefined) return false;
+    change();
+    const e = q.entries.find((e) => e.id === id && e.opened)!;
+    e.opened = false;
+    e.due = due;
+    return true;
   }
 
   const bytes = (q: Queue) => q.entries.reduce((n, e) => n + e.body.length, 0);
@@ -56,15 +92,7 @@ export function createMemoryStore(): SyncQueueStore {
   });
 
   return {
-    enqueue(name, flags, body, expiresAt, now) {
-      change();
-      let q = queues.get(name);
-      if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
-      const id = ++lastId;
-      q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false });
-      q.total++;
-      return id;
-    },
+    enqueue: (name, flags, body, expiresAt, now) => enqueue(name, flags, body, expiresAt, now, 0),
     dequeue(name, now) {
       const q = queues.get(name);
       const i = q === undefined ? -1 : firstLive(q, now);
@@ -96,13 +124,7 @@ export function createMemoryStore(): SyncQueueStore {
       q!.fetched++;
       return true;
     },
-    release(name, id) {
-      const e = queues.get(name)?.entries.find((e) => e.id === id && e.opened);
-      if (e === undefined) return false;
-      change();
-      e.opened = false;
-      return true;
-    },
+    release: (name, id) => release(name, id, 0),
     restore(name, m, now) {
       change();
       let q = queues.get(name);
@@ -110,7 +132,7 @@ export function createMemoryStore(): SyncQueueStore {
       q.fetched--;
       let at = q.entries.findIndex((e) => e.id > m.id);
       if (at < 0) at = q.entries.length;
-      q.entries.splice(at, 0, { id: m.id, flags: m.flags, body: m.body, created: now, expiresAt: m.expires, opened: false });
+      q.entries.splice(at, 0, { id: m.id, flags: m.flags, body: m.body, created: now, expiresAt: m.expires, opened: false, due: 0 });
     },
     drop(name) {
       if (!queues.has(name)) return false;
@@ -150,8 +172,9 @@ export function createMemoryStore(): SyncQueueStore {
     detail(name, now): QueueDetail | null {
       const q = queues.get(name);
       if (q === undefined) return null;
-      const first = q.entries[0];
-      return { ...summary(name, q), oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created) };
+      const first = q.entries.find((e) => e.due === 0);
+      const delayed = q.entries.filter((e) => e.due > 0).length;
+      return { ...summary(name, q), oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created), delayed };
     },
     totals() {
       let items = 0;
@@ -167,7 +190,7 @@ export function createMemoryStore(): SyncQueueStore {
       for (const q of queues.values()) {
         for (let i = 0; i < q.entries.length && n < limit; i++) {
           const e = q.entries[i]!;
-          if (e.opened || e.expiresAt === 0 || e.expiresAt > now) continue;
+          if (e.opened || e.due > 0 || e.expiresAt === 0 || e.expiresAt > now) continue;
           change();
           q.entries.splice(i--, 1);
           n++;
@@ -188,5 +211,19 @@ export function createMemoryStore(): SyncQueueStore {
     writable: () => true,
     maintain() {},
     close() {},
+    delays: {
+      enqueue,
+      release: (name, id, due, now) => release(name, id, due > now ? due : 0),
+      promoteDue(now, limit) {
+        const gained: string[] = [];
+        for (const [name, q] of queues) {
+          if (limit <= 0) break;
+          const n = promote(q, now, limit);
+          if (n > 0) gained.push(name);
+          limit -= n;
+        }
+        return gained;
+      },
+    },
   };
 }

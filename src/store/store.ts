@@ -37,6 +37,8 @@ export interface QueueSummary extends QueueCounters {
 export interface QueueDetail extends QueueSummary {
   /** Age of the oldest message in milliseconds, 0 when empty. */
   oldestAgeMs: number;
+  /** Messages stored (counted in items) that no get may return yet: a delay runs (Delays). */
+  delayed?: number;
 }
 
 export interface StoreTotals {
@@ -128,6 +130,25 @@ export interface QueueStore {
   close(): void | Promise<void>;
   /** Only a store kept in one file has it: what `mcq backup` copies while the server serves. */
   snapshots?: Snapshots;
+  /** Delayed delivery; a store without it refuses `set q/delay=` and `get q/abort/delay=`. */
+  delays?: Delays;
+}
+
+/**
+ * Delayed delivery (`set q/delay=<ms>`, `get q/abort/delay=<ms>`). A delayed message is stored
+ * and counted in its queue's items, but no take sees it before its due time. Once due, it takes
+ * its place at the tail of its queue, as if set then: FIFO among due messages is by due time,
+ * then by arrival. It gets a new id at that moment (ids stay increasing in queue order). The
+ * store makes a message due when its queue is next used (any take or enqueue at or after the
+ * due time sees it), or when promoteDue() finds it.
+ */
+export interface Delays {
+  /** enqueue(), with the message hidden until `dueAt` (ms since the epoch). */
+  enqueue(queue: string, flags: number, body: Uint8Array, expiresAt: number, now: number, dueAt: number): number;
+  /** release(), with the message hidden until `dueAt`; false if it was not reserved. */
+  release(queue: string, id: number, dueAt: number, now: number): boolean;
+  /** Makes up to `limit` due messages visible; returns the queues that gained some. */
+  promoteDue(now: number, limit: number): string[];
 }
 
 /**
