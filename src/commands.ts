@@ -87,14 +87,23 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
         return "next";
       }
-      const { delay } = req.options;
-      if (delay > 0 && store.delays === undefined) {
-        if (!req.noreply) say(s, REPLY.NO_DELAYS);
+      const { delay, id: token } = req.options;
+      const unsupported = delay > 0 && store.delays === undefined ? REPLY.NO_DELAYS
+        : token !== null && store.dedup === undefined ? REPLY.NO_DEDUP : null;
+      if (unsupported !== null) {
+        if (!req.noreply) say(s, unsupported);
         return "next";
       }
       const now = ctx.now();
+      // A producer's retry: its first set is stored (or in this very batch, and fails with it).
+      if (token !== null && store.dedup!.seen(req.queue, token, now)) {
+        stats.setHits++;
+        if (!req.noreply) batch.depends(say(s, REPLY.STORED));
+        return "next";
+      }
       if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
       else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
+      if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
       stats.setHits++;
       if (!req.noreply) batch.depends(say(s, REPLY.STORED));
       if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
@@ -157,8 +166,9 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
         statLine("fetched", d.fetched),
         statLine("open", d.open),
         statLine("oldest_age_ms", d.oldestAgeMs),
-        // Fields the queue features add come after the SPEC's six (DECISIONS).
-        statLine("delayed", d.delayed ?? 0),
+        // Fields the queue features add come after the SPEC's six (DECISIONS), where the store has them.
+        ...(d.delayed === undefined ? [] : [statLine("delayed", d.delayed)]),
+        ...(d.deduplicated === undefined ? [] : [statLine("deduplicated", d.deduplicated)]),
       ];
       say(s, lines.join("") + REPLY.END);
       return "next";

@@ -34,6 +34,8 @@ export interface Config {
   expiry: boolean;
   /** An open message not closed within this many ms goes back to its queue; 0 = never (--open-timeout). */
   openTimeoutMs: number;
+  /** How long a `set q/id=<token>` turns away another set with its token, in ms (--dedup-window, seconds). */
+  dedupWindowMs: number;
   /** Queues at most; a set that would create one more is refused (--max-queues). */
   maxQueues: number;
   /** Bytes buffered across all connections (input and output) before the largest pause (--max-conn-memory, MB). */
@@ -107,6 +109,7 @@ export const DEFAULTS: Config = {
   openTimeoutMs: 0,
   maxOpen: 100,
   maxQueues: 100_000,
+  dedupWindowMs: 5 * 60 * 1000, // SQS's
   maxConnMemory: 1024 * 1024 * 1024,
   idleTimeoutS: 0,
   maxUnsent: 4 * 1024 * 1024,

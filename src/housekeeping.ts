@@ -35,6 +35,8 @@ export function startHousekeeping(ctx: Context, turns: Turns, conns: Set<Conn>, 
     for (const retry of takeRetries()) turns.task(retry);
     if (config.expiry) turns.task(() => void store.sweepExpired(ctx.now(), SWEEP_BATCH));
     // Delayed messages that came due: gets waiting on their queues are served now.
+    const dedup = store.dedup;
+    if (dedup !== undefined) turns.task(() => void dedup.sweep(ctx.now(), SWEEP_BATCH));
     const delays = store.delays;
     if (delays !== undefined) turns.task(() => delays.promoteDue(ctx.now(), PROMOTE_BATCH).forEach((q) => serveWaiters(ctx, q)));
     if (config.openTimeoutMs > 0) turns.task(() => expireLeases(ctx, ctx.now()));

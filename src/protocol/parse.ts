@@ -7,7 +7,7 @@
  * one "\r" right before it is dropped):
  *
  *   set <skey> <flags> <exptime> <bytes> [noreply] \r\n <bytes of data> \r\n
- *                            skey = <q> ("/" delay=<ms>)?
+ *                            skey = <q> ("/" (delay=<ms> | id=<token>))*, each option at most once
  *   get|gets <key>+          key = <q> ("/" option)*
  *                            option = open | close | abort | peek | t=<ms> | delay=<ms> (with abort)
  *   delete <q> [0] [noreply]
@@ -17,7 +17,7 @@
  *   version | verbosity <n> [noreply] | quit | refresh_certs
  *
  *   <q>       1..250 bytes of 0x21..0x7e without "/"; a whole key, options included, is at most 250 bytes
- *   delay     0..2592000000 ms (30 days)
+ *   delay     0..2592000000 ms (30 days)      <token>  1..128 bytes of 0x21..0x7e without "/"
  *   <flags>   0..4294967295          <exptime>  a signed 32-bit integer
  *   <bytes>   0..2147483647 (digits only)
  *
@@ -53,7 +53,9 @@ const MAX_FLAGS = 4294967295;
 const MAX_WAIT_MS = 2147483647;
 /** The longest delay of a set or an abort: 30 days, as the issue settles (SQS stops at 15 minutes). */
 export const MAX_DELAY_MS = 30 * 24 * 60 * 60 * 1000;
-const NO_OPTIONS: SetOptions = { delay: 0 };
+const NO_OPTIONS: SetOptions = { delay: 0, id: null };
+/** The longest idempotency token (`set q/id=<token>`). */
+const MAX_TOKEN = 128;
 
 const MORE_UNKNOWN: Parsed = { type: "more", need: 0 };
 
@@ -185,14 +187,26 @@ export function parseSetKey(buf: Buffer, from: number, to: number): { queue: str
   const queue = decodeName(buf, from, slash);
   if (slash === to) return { queue, options: NO_OPTIONS };
   if (to - from > MAX_NAME) return null;
-  const options: SetOptions = { delay: -1 };
+  let delay = -1;
+  let id: string | null = null;
   for (const option of buf.toString("latin1", slash + 1, to).split("/")) {
-    if (option.startsWith("delay=") && options.delay < 0) options.delay = delayMs(option.slice(6));
+    if (option.startsWith("delay=") && delay < 0) {
+      delay = delayMs(option.slice(6));
+      if (delay < 0) return null;
+    } else if (option.startsWith("id=") && id === null && validToken(option, 3)) id = option.slice(3);
     else return null;
-    if (options.delay < 0) return null;
   }
-  if (options.delay < 0) options.delay = 0;
-  return { queue, options };
+  return { queue, options: { delay: Math.max(delay, 0), id } };
+}
+
+/** 1 to MAX_TOKEN printable bytes from `from` on (a "/" cannot occur: it separates options). */
+function validToken(text: string, from: number): boolean {
+  if (text.length - from < 1 || text.length - from > MAX_TOKEN) return false;
+  for (let i = from; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
 }
 
 /** Milliseconds of a `delay=` option, at most MAX_DELAY_MS; -1 if it is not such a number. */

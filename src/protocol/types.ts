@@ -19,10 +19,12 @@ export interface GetKey {
   delay: number;
 }
 
-/** The options of a `set` key (`q/delay=<ms>`). */
+/** The options of a `set` key (`q/delay=<ms>/id=<token>`). */
 export interface SetOptions {
   /** Milliseconds before any get may return the message; 0 = at once. */
   delay: number;
+  /** Idempotency token (`id=`): a second set with it within the dedup window stores nothing; null = none. */
+  id: string | null;
 }
 
 export type Request =

@@ -23,13 +23,16 @@ export function createMemoryStore(): SyncQueueStore {
   let queues = new Map<string, Queue>();
   let lastId = 0;
   let expired = 0;
-  let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number } | null = null;
+  /** Idempotency tokens ("<queue>\n<token>", a byte no name has) and the end of their window. */
+  let tokens = new Map<string, number>();
+  const deduplicated = new Map<string, number>();
+  let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number; tokens: Map<string, number> } | null = null;
 
   function change(): void {
     if (snapshot !== null) return;
     const copy = new Map<string, Queue>();
     for (const [name, q] of queues) copy.set(name, { ...q, entries: q.entries.map((e) => ({ ...e })) });
-    snapshot = { queues: copy, lastId, expired };
+    snapshot = { queues: copy, lastId, expired, tokens: new Map(tokens) };
   }
 
   /** Moves q's due delayed messages to its tail, by due time then arrival, with new ids. */
@@ -174,7 +177,8 @@ export function createMemoryStore(): SyncQueueStore {
       if (q === undefined) return null;
       const first = q.entries.find((e) => e.due === 0);
       const delayed = q.entries.filter((e) => e.due > 0).length;
-      return { ...summary(name, q), oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created), delayed };
+      const oldestAgeMs = first === undefined ? 0 : Math.max(0, now - first.created);
+      return { ...summary(name, q), oldestAgeMs, delayed, deduplicated: deduplicated.get(name) ?? 0 };
     },
     totals() {
       let items = 0;
@@ -204,13 +208,36 @@ export function createMemoryStore(): SyncQueueStore {
     },
     rollback() {
       if (snapshot === null) return;
-      ({ queues, lastId, expired } = snapshot);
+      ({ queues, lastId, expired, tokens } = snapshot);
       snapshot = null;
     },
     dirty: () => snapshot !== null,
     writable: () => true,
     maintain() {},
     close() {},
+    dedup: {
+      seen(name, token, now) {
+        const until = tokens.get(`${name}\n${token}`);
+        if (until === undefined || until <= now) return false;
+        deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1);
+        return true;
+      },
+      remember(name, token, until) {
+        change();
+        tokens.set(`${name}\n${token}`, until);
+      },
+      sweep(now, limit) {
+        let n = 0;
+        for (const [key, until] of tokens) {
+          if (n >= limit) break;
+          if (until > now) continue;
+          change();
+          tokens.delete(key);
+          n++;
+        }
+        return n;
+      },
+    },
     delays: {
       enqueue,
       release: (name, id, due, now) => release(name, id, due > now ? due : 0),

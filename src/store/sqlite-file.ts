@@ -16,6 +16,8 @@
  *                                                    messages no get may return before `due` (ms);
  *                                                    once due, each moves to messages with a new
  *                                                    id (sqlite-delays.ts)
+ *   dedup(queue, token, until)                       idempotency tokens of `set q/id=`, each kept
+ *                                                    until its window ends (sqlite-dedup.ts)
  * The highest id given out is saved with the counters (and, folded, in the last_id of the queues
  * a batch touched), so a queue never reuses an id, even once it is empty.
  *
@@ -49,7 +51,7 @@ export interface SqliteOptions {
 }
 
 export const DB_FILE = "mcq.db";
-/** 1: queues and messages; 2: counter_log (counter-log.ts); 3: delayed. */
+/** 1: queues and messages; 2: counter_log (counter-log.ts); 3: delayed and dedup. */
 const SCHEMA_VERSION = 3;
 const DELAYED_SCHEMA = [
   `CREATE TABLE delayed(
@@ -64,6 +66,9 @@ const DELAYED_SCHEMA = [
   // What is due anywhere (housekeeping), and what is due in one queue (a take): one seek each.
   "CREATE INDEX delayed_due ON delayed(due)",
   "CREATE INDEX delayed_queue ON delayed(qid, due, id)",
+  // By name, not queue id: a token outlives a `delete` of its queue, as a producer's retry may.
+  "CREATE TABLE dedup(queue TEXT NOT NULL, token TEXT NOT NULL, until INTEGER NOT NULL, UNIQUE(queue, token))",
+  "CREATE INDEX dedup_until ON dedup(until)",
 ];
 /** The WAL is checkpointed once it is larger than this, and cut back to this size. */
 export const WAL_LIMIT_BYTES = 2 * 1024 * 1024;

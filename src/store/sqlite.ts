@@ -23,6 +23,7 @@ import { prepareStatements } from "./sqlite-statements";
 import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
 import { createSnapshots } from "./sqlite-snapshot";
 import { createSqliteDelays } from "./sqlite-delays";
+import { createSqliteDedup } from "./sqlite-dedup";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
@@ -121,6 +122,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   const { takePending, forget, firstLive } = heads;
   const delays = createSqliteDelays({ st, tx, nextId: () => ++lastId, materialize, forget, changed, byId, sums });
   const { promote } = delays;
+  /** Sets a token turned away, per queue, since the start (a rollback does not reload them). */
+  const deduplicated = new Map<string, number>();
+  const dedup = createSqliteDedup(st.sql, tx, () => inTx, (name) => deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1));
 
   /** Returns q's open message `id` to its place; false if it was not open. */
   function releaseNow(q: Queue, id: number): boolean {
@@ -336,7 +340,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     summaries: listing.summaries,
 
-    detail: (name, now) => guard(() => listing.detail(name, now)),
+    detail: (name, now) =>
+      guard(() => {
+        const d = listing.detail(name, now);
+        if (d !== null) d.deduplicated = deduplicated.get(name) ?? 0;
+        return d;
+      }),
 
     totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
 
@@ -415,6 +424,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           space.housekeep();
         });
       }),
+
+    dedup: {
+      seen: (name, token, now) => guard(() => dedup.seen(name, token, now)),
+      remember: (name, token, until) => guard(() => dedup.remember(name, token, until)),
+      sweep: (now, limit) => guard(() => dedup.sweep(now, limit)),
+    },
 
     delays: {
       enqueue: (name, flags, body, expiresAt, now, dueAt) =>

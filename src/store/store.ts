@@ -39,6 +39,8 @@ export interface QueueDetail extends QueueSummary {
   oldestAgeMs: number;
   /** Messages stored (counted in items) that no get may return yet: a delay runs (Delays). */
   delayed?: number;
+  /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
+  deduplicated?: number;
 }
 
 export interface StoreTotals {
@@ -132,6 +134,21 @@ export interface QueueStore {
   snapshots?: Snapshots;
   /** Delayed delivery; a store without it refuses `set q/delay=` and `get q/abort/delay=`. */
   delays?: Delays;
+  /** Idempotent sets; a store without it refuses `set q/id=`. */
+  dedup?: Dedup;
+}
+
+/**
+ * Idempotent sets (`set q/id=<token>`): the tokens a queue was set with, each until its window
+ * ends, kept in the batch like any change, so that they survive what the message survives.
+ */
+export interface Dedup {
+  /** Whether `queue` took a set with `token` whose window has not ended; if so, counts it (deduplicated). */
+  seen(queue: string, token: string, now: number): boolean;
+  /** Remembers that `queue` took a set with `token`, until `until` (ms). */
+  remember(queue: string, token: string, until: number): void;
+  /** Forgets up to `limit` tokens whose window ended; returns how many. */
+  sweep(now: number, limit: number): number;
 }
 
 /**

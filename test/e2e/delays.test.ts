@@ -31,7 +31,7 @@ describe("set q/delay=<ms>", () => {
     expect(await counts(c, "d")).toEqual({ items: 1, delayed: 1, open: 0 });
     // The SPEC's six first, then the fields features add.
     expect(await c.call("stats queue d\r\n")).toMatch(
-      /^STAT items 1\r\nSTAT bytes 5\r\nSTAT total 2\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms \d+\r\nSTAT delayed 1\r\nEND\r\n$/,
+      /^STAT items 1\r\nSTAT bytes 5\r\nSTAT total 2\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms \d+\r\nSTAT delayed 1\r\nSTAT deduplicated 0\r\nEND\r\n$/,
     );
     // Over 30 days, a negative or a repeated delay, an unknown option: bad names; the block is swallowed.
     const version = await c.call("version\r\n");

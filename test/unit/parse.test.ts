@@ -22,7 +22,7 @@ function plain(req: Request): unknown {
     // A set without options is written as before; one with options shows them.
     const { options, ...rest } = req;
     const plainSet = { ...rest, data: Buffer.from(req.data).toString("latin1") };
-    return options.delay === 0 ? plainSet : { ...plainSet, options };
+    return options.delay === 0 && options.id === null ? plainSet : { ...plainSet, options };
   }
   return req;
 }
@@ -54,10 +54,20 @@ const fixtures: Fixture[] = [
       "set q/delay=5000 0 0 1\r\na\r\nset q/delay=2592000000 0 0 1\r\nb\r\nset q/delay=2592000001 0 0 1\r\nc\r\n" +
       "set q/nope 0 0 1\r\nd\r\nset q/delay=1/delay=2 0 0 1\r\ne\r\nset q/delay=-1 0 0 1\r\nf\r\nset q/ 0 0 1\r\ng\r\nversion\r\n",
     expect: [
-      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 5000 } },
-      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "b", noreply: false, options: { delay: 2592000000 } },
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 5000, id: null } },
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "b", noreply: false, options: { delay: 2592000000, id: null } },
       BAD, BAD, BAD, BAD, BAD,
       { kind: "version" },
+    ],
+  },
+  {
+    name: "set options: id=<token> of 1 to 128 printable bytes, with or without a delay",
+    input: `set q/id=${"t".repeat(128)} 0 0 1\r\na\r\nset q/delay=5/id=x-1 0 0 1\r\nb\r\nset q/id=${"t".repeat(129)} 0 0 1\r\nc\r\n` +
+      "set q/id= 0 0 1\r\nd\r\nset q/id=a/id=b 0 0 1\r\ne\r\nset q/id=\x01 0 0 1\r\nf\r\n",
+    expect: [
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 0, id: "t".repeat(128) } },
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "b", noreply: false, options: { delay: 5, id: "x-1" } },
+      BAD, BAD, BAD, BAD,
     ],
   },
   {
@@ -65,7 +75,7 @@ const fixtures: Fixture[] = [
     input: `set ${"q".repeat(242)}/delay=1 0 0 1\r\na\r\nset ${"q".repeat(243)}/delay=1 0 0 1\r\nb\r\n` +
       `get ${"q".repeat(245)}/open\r\nget ${"q".repeat(246)}/open\r\n`,
     expect: [
-      { kind: "set", queue: "q".repeat(242), flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 1 } },
+      { kind: "set", queue: "q".repeat(242), flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 1, id: null } },
       BAD,
       { kind: "get", keys: [key(`${"q".repeat(245)}/open`, { open: true })], withIds: false },
       BAD,

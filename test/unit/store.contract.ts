@@ -320,5 +320,28 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
         await s.close();
       });
     });
+
+    describe("dedup", () => {
+      test("a token is seen within its window, across a commit, and undone by a rollback; sweep forgets ended ones", async () => {
+        const s = await make();
+        if (s.dedup === undefined) return void (await s.close()); // this store has no idempotent sets
+        const d = s.dedup;
+        s.enqueue("q", 0, enc("m"), 0, T);
+        d.remember("q", "tok", T + 100);
+        expect(d.seen("q", "tok", T)).toBe(true); // in the same batch
+        await s.commit();
+        expect([d.seen("q", "tok", T + 99), d.seen("q", "tok", T + 100), d.seen("r", "tok", T), d.seen("q", "other", T)])
+          .toEqual([true, false, false, false]);
+        expect(s.detail("q", T)?.deduplicated).toBe(2);
+        d.remember("q", "gone", T + 100);
+        s.rollback();
+        expect(d.seen("q", "gone", T)).toBe(false);
+        expect(d.sweep(T + 99, 10)).toBe(0);
+        expect(d.sweep(T + 100, 10)).toBe(1);
+        await s.commit();
+        expect(d.seen("q", "tok", T)).toBe(false);
+        await s.close();
+      });
+    });
   });
 }

@@ -118,15 +118,16 @@ describe("sqlite file", () => {
     db.close();
   });
 
-  test("a file of schema version 2 (mcq before delays) gains the delayed table and keeps its messages", () => {
+  test("a file of schema version 2 (mcq before delays) gains the delayed and dedup tables and keeps its messages", () => {
     const dir = fresh();
-    // Version 2 is version 3 without the delayed table: make one, then take the table away.
+    // Version 2 is version 3 without the delayed and dedup tables: make one, then take them away.
     let s = openSqliteStore(dir, options);
     for (const b of ["a", "b"]) s.enqueue("v2", 1, Buffer.from(b), 0, 1);
     s.commit();
     s.close();
     const v2 = new Database(join(dir, "mcq.db"));
     v2.run("DROP TABLE delayed");
+    v2.run("DROP TABLE dedup");
     v2.run("PRAGMA user_version = 2");
     v2.close();
     s = openSqliteStore(dir, options);
@@ -140,6 +141,18 @@ describe("sqlite file", () => {
     expect([s.dequeue("v2", 999), s.dequeue("v2", 999)].map((m) => m && Buffer.from(m.body).toString())).toEqual(["b", null]);
     expect(Buffer.from(s.dequeue("v2", 1000)!.body).toString()).toBe("later");
     s.commit();
+    s.close();
+  });
+
+  test("idempotency tokens survive a reopen until their window ends", () => {
+    const dir = fresh();
+    let s = openSqliteStore(dir, options);
+    s.enqueue("q", 0, Buffer.from("m"), 0, 1);
+    s.dedup!.remember("q", "t1", 1000);
+    s.commit();
+    s.close();
+    s = openSqliteStore(dir, options);
+    expect([s.dedup!.seen("q", "t1", 999), s.dedup!.seen("q", "t1", 1000)]).toEqual([true, false]);
     s.close();
   });
 
