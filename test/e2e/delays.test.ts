@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 afterAll(stopAll);
 
@@ -116,5 +116,40 @@ describe("get q/abort/delay=<ms>", () => {
     expect(await c.call("get z/abort/delay=0\r\n")).toBe("END\r\n");
     expect(await c.call("get z\r\n")).toBe(value("z", "one") + "END\r\n");
     await server.kill();
+  });
+});
+
+describe("dump and load (issue 12)", () => {
+  test("carry the due time, the delivery count and the dedup tokens; the load keeps the delay", async () => {
+    const server = await startServer();
+    const c = await server.connect();
+    await c.call("set q/delay=60000/id=tok 0 0 5\r\nlater\r\n" + set("q", "now") + set("q", "retry"));
+    await c.call("get q\r\nget q/open\r\n");
+    expect(await c.call("get q/abort/delay=60000\r\n")).toBe("END\r\n");
+    expect(await server.kill()).toBe(0);
+    const dumped = await runCommand(["dump", "-H", server.home]);
+    expect([dumped.code, dumped.stderr]).toEqual([0, "dumped 2 messages\n"]);
+    const lines = dumped.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+    const messages = lines.filter((l) => l.type === "message");
+    expect(messages.map((l) => [Buffer.from(l.body, "base64").toString(), l.due > Date.now() + 50_000, l.deliveries])).toEqual([
+      ["later", true, undefined],
+      ["retry", true, 1],
+    ]);
+    expect(lines.filter((l) => l.type === "token")).toEqual([{ type: "token", queue: "q", token: "tok", until: expect.any(Number) }]);
+
+    const file = join(tempDir(), "dump.jsonl");
+    await Bun.write(file, dumped.stdout);
+    const home = join(tempDir(), "restored");
+    expect(await runCommand(["load", "-H", home, file])).toEqual({ code: 0, stdout: "", stderr: "loaded 2 messages\n" });
+    let restored = await startServer([], home);
+    let d = await restored.connect();
+    expect(await d.call("get q\r\nset q/id=tok 0 0 1\r\nx\r\nstats queue q\r\n")).toMatch(
+      /^END\r\nSTORED\r\nSTAT items 2\r\n[^]*STAT delayed 2\r\nSTAT deduplicated 1\r\nEND\r\n$/,
+    );
+    await restored.kill();
+    restored = await startServer([], home, undefined, { MCQ_CLOCK_OFFSET_MS: "61000" });
+    d = await restored.connect();
+    expect(await d.call("get q\r\nget q\r\n")).toBe(value("q", "later") + "END\r\n" + value("q", "retry") + "END\r\n");
+    await restored.kill();
   });
 });
