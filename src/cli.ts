@@ -3,6 +3,7 @@
  * parseCommandLine() is pure apart from commander's help and version output: it returns the
  * Config, or what to do instead (print and exit with a code).
  */
+import { parseQueueTables, type QueueRule } from "./queue-config";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { Database } from "bun:sqlite";
 import { readFileSync } from "node:fs";
@@ -159,6 +160,9 @@ function program(version: string, notes: string[] = []): Command {
       integer(0, 2147483647), DEFAULTS.openTimeoutMs),
     opt("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS),
     opt("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen),
+    opt("--max-items <n>", "messages one queue may hold; a set to a full queue answers SERVER_ERROR queue full (0: no limit)",
+      integer(0, 1_000_000_000_000), DEFAULTS.maxItems),
+    opt("--max-bytes <n>", "bytes of bodies one queue may hold (0: no limit)", integer(0, 1_000_000_000_000_000), DEFAULTS.maxBytes),
     opt("--dedup-window <s>", "a set with /id=<token> stores nothing if its queue took that token this recently",
       integer(1, 86400), DEFAULTS.dedupWindowMs / 1000),
     opt("--max-queues <num>", "queues at most; a set that would create one more is refused", integer(1, 100_000_000),
@@ -204,8 +208,11 @@ function program(version: string, notes: string[] = []): Command {
 
 class ConfigFileError extends Error {}
 
-/** Fills the options not given by a flag or the environment from a TOML file's keys. */
-function applyConfigFile(cmd: Command, file: string): void {
+/**
+ * Fills the options not given by a flag or the environment from a TOML file's keys; returns its
+ * `[queues."<glob>"]` tables (queue-config.ts).
+ */
+function applyConfigFile(cmd: Command, file: string): QueueRule[] {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -218,7 +225,16 @@ function applyConfigFile(cmd: Command, file: string): void {
   } catch (e) {
     throw new ConfigFileError(`--config ${file} is not valid TOML: ${(e as Error).message}`);
   }
+  let rules: QueueRule[] = [];
   for (const [key, value] of Object.entries(table)) {
+    if (key === "queues") {
+      try {
+        rules = parseQueueTables(value);
+      } catch (e) {
+        throw new ConfigFileError(`--config ${file}: ${(e as Error).message}`);
+      }
+      continue;
+    }
     const option = cmd.options.find((o) => o.long === `--${key}` && key !== "config");
     if (option === undefined) throw new ConfigFileError(`--config ${file}: unknown key ${key}`);
     const name = option.attributeName();
@@ -240,6 +256,7 @@ function applyConfigFile(cmd: Command, file: string): void {
       throw new ConfigFileError(`--config ${file}: ${key} = ${text}: ${(e as Error).message}`);
     }
   }
+  return rules;
 }
 
 /**
@@ -257,10 +274,11 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
   const notes: string[] = [];
   const cmd = program(version, notes);
   let o: Record<string, unknown>;
+  let queueRules: QueueRule[] = [];
   try {
     o = cmd.parse(argv, { from: "user" }).opts();
     if (typeof o.config === "string") {
-      applyConfigFile(cmd, o.config);
+      queueRules = applyConfigFile(cmd, o.config);
       o = cmd.opts();
     }
   } catch (e) {
@@ -303,6 +321,9 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     maxOpen: o.maxOpen as number,
     maxQueues: o.maxQueues as number,
     dedupWindowMs: (o.dedupWindow as number) * 1000,
+    maxItems: o.maxItems as number,
+    maxBytes: o.maxBytes as number,
+    queueRules,
     maxConnMemory: (o.maxConnMemory as number) * 1024 * 1024,
     idleTimeoutS: o.idleTimeout as number,
     http: (o.http as Config["http"] | undefined) ?? null,

@@ -101,6 +101,11 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         if (!req.noreply) batch.depends(say(s, REPLY.STORED));
         return "next";
       }
+      if (ctx.limits !== undefined && !ctx.limits.admit(ctx, req.queue, req.data.length)) {
+        if (!req.noreply) say(s, REPLY.QUEUE_FULL);
+        else ctx.log.warn(`noreply set refused: queue ${req.queue} is full`);
+        return "next";
+      }
       if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
       else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
       if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
@@ -169,11 +174,25 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
         // Fields the queue features add come after the SPEC's six (DECISIONS), where the store has them.
         ...(d.delayed === undefined ? [] : [statLine("delayed", d.delayed)]),
         ...(d.deduplicated === undefined ? [] : [statLine("deduplicated", d.deduplicated)]),
+        ...limitLines(ctx, req.queue),
       ];
       say(s, lines.join("") + REPLY.END);
       return "next";
     }
   }
+}
+
+/** With limits configured: the settings in force for the queue, and what discard_old dropped. */
+function limitLines(ctx: Context, queue: string): string[] {
+  const limits = ctx.limits;
+  if (limits === undefined || !limits.limited) return [];
+  const s = limits.settings(queue);
+  return [
+    statLine("max_items", s.maxItems),
+    statLine("max_bytes", s.maxBytes),
+    statLine("discard_old", s.discardOld ? 1 : 0),
+    statLine("discarded", limits.discarded(queue)),
+  ];
 }
 
 /**

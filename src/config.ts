@@ -2,6 +2,8 @@
  * Every setting of the server, with its default, in one table. The CLI (cli.ts) fills a
  * Config from the command line; tests build one with `{ ...DEFAULTS, ...overrides }`.
  */
+import type { QueueRule } from "./queue-config";
+
 export interface Config {
   /** Interface to listen on (-l). */
   host: string;
@@ -36,6 +38,12 @@ export interface Config {
   openTimeoutMs: number;
   /** How long a `set q/id=<token>` turns away another set with its token, in ms (--dedup-window, seconds). */
   dedupWindowMs: number;
+  /** Messages one queue may hold, 0 = no limit (--max-items; per queue: queueRules). */
+  maxItems: number;
+  /** Bytes of bodies one queue may hold, 0 = no limit (--max-bytes). */
+  maxBytes: number;
+  /** `[queues."<glob>"]` tables of the --config file, in file order (queue-config.ts). */
+  queueRules: QueueRule[];
   /** Queues at most; a set that would create one more is refused (--max-queues). */
   maxQueues: number;
   /** Bytes buffered across all connections (input and output) before the largest pause (--max-conn-memory, MB). */
@@ -109,6 +117,9 @@ export const DEFAULTS: Config = {
   openTimeoutMs: 0,
   maxOpen: 100,
   maxQueues: 100_000,
+  maxItems: 0,
+  maxBytes: 0,
+  queueRules: [],
   dedupWindowMs: 5 * 60 * 1000, // SQS's
   maxConnMemory: 1024 * 1024 * 1024,
   idleTimeoutS: 0,

@@ -7,6 +7,7 @@ import type { Auth } from "./auth";
 import type { Batch } from "./batch";
 import type { Config } from "./config";
 import type { Logger } from "./log";
+import type { QueueLimits } from "./queue-limits";
 import type { Session } from "./session";
 import type { Stats } from "./stats";
 import type { QueueStore } from "./store/store";
@@ -41,6 +42,8 @@ export interface Context {
   retry(task: () => void): void;
   /** The server is stopping: gets no longer wait. */
   stopping: boolean;
+  /** Per-queue limits (queue-limits.ts); absent in tests that build a context without them. */
+  limits?: QueueLimits;
   /** -Y: logins and queue rights; absent without it. */
   auth?: Auth;
   /** -Z: loads the certificate files again; returns what was loaded, throws keeping the old. */

@@ -40,7 +40,7 @@ export function parseRights(text: string): Rights {
 }
 
 /** `*` matches any bytes; everything else matches itself. */
-function globRegExp(glob: string): RegExp {
+export function globRegExp(glob: string): RegExp {
   const literal = glob.split("*").map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, "\\$&"));
   return new RegExp(`^${literal.join(".*")}$`, "s");
 }

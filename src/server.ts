@@ -2,6 +2,7 @@
  * Socket wiring: Bun.listen and the socket events, handed to the connection (conn.ts) and the
  * group-commit turn (turn.ts); housekeeping.ts runs the periodic work inside turns.
  */
+import { createQueueLimits } from "./queue-limits";
 import type { Socket } from "bun";
 import { createAuth } from "./auth";
 import { createBatch } from "./batch";
@@ -61,6 +62,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     startedAt: now(),
     waiters: createWaiters(),
     sessions: new Set(),
+    limits: createQueueLimits(config),
     batch: createBatch(store, (e) => {
       stats.storeErrors++;
       log.error(`store failure, batch undone: ${e.message}`);

@@ -154,6 +154,10 @@ export function createMemoryStore(): SyncQueueStore {
       for (const q of queues.values()) q.entries = [];
     },
     has: (name) => queues.has(name),
+    size(name) {
+      const q = queues.get(name);
+      return q === undefined ? null : { items: q.entries.length, bytes: bytes(q) };
+    },
     list(): QueueCounters[] {
       return [...queues.keys()].sort().map((name) => {
         const q = queues.get(name)!;

@@ -337,6 +337,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     list: listing.list,
     has: (name) => queues.has(name),
+    size: (name) => queues.get(name) ?? null,
 
     summaries: listing.summaries,
 

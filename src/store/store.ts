@@ -93,6 +93,8 @@ export interface QueueStore {
    * may spread it over event-loop turns: a queue created or dropped meanwhile may or may not appear.
    */
   summaries(): IterableIterator<QueueSummary>;
+  /** One queue's items and bytes, from memory (per-queue limits ask at every set); null if it does not exist. */
+  size?(queue: string): { items: number; bytes: number } | null;
   /** One queue's counters and oldest age: no more than a couple of index lookups. */
   detail(queue: string, now: number): QueueDetail | null;
   totals(): StoreTotals;
