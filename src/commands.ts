@@ -142,6 +142,16 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       return "close";
     case "refresh_certs":
       return refreshCerts(ctx, s);
+    case "redrive": {
+      if (store.deadLetters === undefined) {
+        say(s, REPLY.NO_REDRIVE);
+        return "next";
+      }
+      const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
+      batch.depends(say(s, `OK ${n}\r\n`));
+      if (n > 0) serveWaiters(ctx, req.to);
+      return "next";
+    }
     case "error":
       say(s, req.reply);
       return req.close ? "close" : "next";
@@ -185,14 +195,18 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
 /** With limits configured: the settings in force for the queue, and what discard_old dropped. */
 function limitLines(ctx: Context, queue: string): string[] {
   const limits = ctx.limits;
-  if (limits === undefined || !limits.limited) return [];
+  if (limits === undefined) return [];
   const s = limits.settings(queue);
-  return [
-    statLine("max_items", s.maxItems),
-    statLine("max_bytes", s.maxBytes),
-    statLine("discard_old", s.discardOld ? 1 : 0),
-    statLine("discarded", limits.discarded(queue)),
-  ];
+  const lines: string[] = [];
+  if (limits.limited) {
+    lines.push(statLine("max_items", s.maxItems), statLine("max_bytes", s.maxBytes), statLine("discard_old", s.discardOld ? 1 : 0));
+    lines.push(statLine("discarded", limits.discarded(queue)));
+  }
+  if (limits.deadLettering) {
+    lines.push(statLine("max_deliveries", s.maxDeliveries), statLine("dlq", s.dlq ?? `${queue}.dlq`));
+    lines.push(statLine("dead_lettered", limits.deadLettered(queue)), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));
+  }
+  return lines;
 }
 
 /**

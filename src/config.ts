@@ -38,6 +38,8 @@ export interface Config {
   openTimeoutMs: number;
   /** How long a `set q/id=<token>` turns away another set with its token, in ms (--dedup-window, seconds). */
   dedupWindowMs: number;
+  /** A message opened this many times without a close goes to its dead-letter queue; 0 = never (--max-deliveries). */
+  maxDeliveries: number;
   /** Messages one queue may hold, 0 = no limit (--max-items; per queue: queueRules). */
   maxItems: number;
   /** Bytes of bodies one queue may hold, 0 = no limit (--max-bytes). */
@@ -118,6 +120,7 @@ export const DEFAULTS: Config = {
   maxOpen: 100,
   maxQueues: 100_000,
   maxItems: 0,
+  maxDeliveries: 0,
   maxBytes: 0,
   queueRules: [],
   dedupWindowMs: 5 * 60 * 1000, // SQS's

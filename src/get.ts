@@ -299,8 +299,17 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
     if (why === "expired" && !wasExpired) s.expired.delete(queue);
   });
   // `abort/delay=`: hidden until due, so no waiter is served now (commands.ts checked the store has delays).
+  if (deadLetter(ctx, queue, id)) return;
   if (delayMs > 0) ctx.store.delays!.release(queue, id, ctx.now() + delayMs, ctx.now());
   else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/** Moves a message opened max_deliveries times to its dead-letter queue (queue-limits.ts); true if it did. */
+function deadLetter(ctx: Context, queue: string, id: number): boolean {
+  const target = ctx.limits?.deadLetter(ctx, queue, id) ?? null;
+  if (target === null) return false;
+  serveWaiters(ctx, target);
+  return true;
 }
 
 /**
@@ -314,11 +323,13 @@ function changeSession(ctx: Context, s: Session, undo: () => void): void {
 
 function releaseOrphan(ctx: Context, queue: string, id: number): void {
   ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
+  if (deadLetter(ctx, queue, id)) return;
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
 /** An open whose connection closed before the store answered: released in the same batch. */
 function giveBackTaken(ctx: Context, queue: string, id: number): void {
+  if (deadLetter(ctx, queue, id)) return;
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 

@@ -16,6 +16,10 @@ export interface QueueSettings {
   maxBytes: number;
   /** A set to a full queue drops its oldest messages instead of being refused. */
   discardOld: boolean;
+  /** A message opened this many times without a close moves to the dead-letter queue; 0 = never. */
+  maxDeliveries: number;
+  /** The dead-letter queue; null = `<q>.dlq`. */
+  dlq: string | null;
 }
 
 /** One `[queues."<glob>"]` table: its glob and the keys it sets. */
@@ -27,11 +31,14 @@ export interface QueueRule {
 }
 
 /** The keys a queue table takes, their setting, and the largest value of a number. */
-const KEYS: Record<string, { setting: keyof QueueSettings; max?: number }> = {
+const KEYS: Record<string, { setting: keyof QueueSettings; max?: number; name?: true }> = {
   max_items: { setting: "maxItems", max: 1_000_000_000_000 },
   max_bytes: { setting: "maxBytes", max: 1_000_000_000_000_000 },
   discard_old: { setting: "discardOld" },
+  max_deliveries: { setting: "maxDeliveries", max: 1_000_000 },
+  dlq: { setting: "dlq", name: true },
 };
+const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
 
 /**
  * The `queues` table of a config file as rules, in file order; throws Error naming the table and
@@ -44,13 +51,16 @@ export function parseQueueTables(value: unknown): QueueRule[] {
   const rules: QueueRule[] = [];
   for (const [glob, table] of Object.entries(value as Record<string, unknown>)) {
     const where = `[queues."${glob}"]`;
-    if (!/^[\x21-\x2e\x30-\x7e]{1,250}$/.test(glob)) throw new Error(`${where}: a glob is 1 to 250 printable bytes without "/"`);
+    if (!NAME.test(glob)) throw new Error(`${where}: a glob is 1 to 250 printable bytes without "/"`);
     if (typeof table !== "object" || table === null || Array.isArray(table)) throw new Error(`${where} must be a table`);
     const settings: Partial<QueueSettings> = {};
     for (const [key, v] of Object.entries(table as Record<string, unknown>)) {
       const known = KEYS[key];
       if (known === undefined) throw new Error(`${where}: unknown key ${key} (known: ${Object.keys(KEYS).join(", ")})`);
-      if (known.max === undefined) {
+      if (known.name) {
+        if (typeof v !== "string" || !NAME.test(v)) throw new Error(`${where}: ${key} must be a queue name (1 to 250 printable bytes without "/")`);
+        (settings as Record<string, unknown>)[known.setting] = v;
+      } else if (known.max === undefined) {
         if (typeof v !== "boolean") throw new Error(`${where}: ${key} must be true or false`);
         (settings as Record<string, unknown>)[known.setting] = v;
       } else {

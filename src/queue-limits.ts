@@ -1,5 +1,9 @@
 /**
- * Per-queue limits (issue 12): max_items and max_bytes, from --max-items/--max-bytes or a
+ * Per-queue policies (issue 12). Dead letters: with max_deliveries, a message opened that many
+ * times without a close goes to its dead-letter queue (`dlq`, else `<q>.dlq`) instead of back, in
+ * the batch of the abort, disconnect or lease expiry (store.ts, DeadLetters); when `<q>.dlq` would
+ * be longer than a name may be and no dlq is set, it stays and counts as dead_letter_skipped.
+ * Limits: max_items and max_bytes, from --max-items/--max-bytes or a
  * `[queues."<glob>"]` table (queue-config.ts). A set that would take its queue past a limit is
  * refused, `SERVER_ERROR queue full`, and stores nothing; with discard_old the queue's oldest
  * messages are dropped instead, in the set's batch, and counted as discarded.
@@ -16,20 +20,54 @@ export interface QueueLimits {
   discarded(queue: string): number;
   /** Whether any queue has a limit (stats show the settings only then). */
   readonly limited: boolean;
+  /** Whether any queue has max_deliveries (stats show the dead-letter fields only then). */
+  readonly deadLettering: boolean;
+  /**
+   * The open message `id` of `queue` is coming back: if it was opened max_deliveries times, moves
+   * it to its dead-letter queue and returns that queue's name; else null (it goes back as usual).
+   */
+  deadLetter(ctx: Context, queue: string, id: number): string | null;
+  /** Messages moved to a dead-letter queue from `queue`, and ones that could not be (no name). */
+  deadLettered(queue: string): number;
+  deadLetterSkipped(queue: string): number;
 }
 
-export function createQueueLimits(config: { maxItems: number; maxBytes: number; queueRules: QueueRule[] }): QueueLimits {
+/** The longest queue name (docs/protocol.md). */
+const MAX_NAME = 250;
+const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+
+export function createQueueLimits(config: { maxItems: number; maxBytes: number; maxDeliveries: number; queueRules: QueueRule[] }): QueueLimits {
   const table: QueueSettingsTable = createQueueSettings(
-    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false },
+    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null },
     config.queueRules,
   );
   const dropped = new Map<string, number>();
+  const lettered = new Map<string, number>();
+  const skipped = new Map<string, number>();
+  const deadLettering = config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0);
 
   const over = (s: QueueSettings, items: number, bytes: number, adding: number) =>
     (s.maxItems > 0 && items + 1 > s.maxItems) || (s.maxBytes > 0 && bytes + adding > s.maxBytes);
 
   return {
     limited: table.limited,
+    deadLettering,
+    deadLettered: (queue) => lettered.get(queue) ?? 0,
+    deadLetterSkipped: (queue) => skipped.get(queue) ?? 0,
+    deadLetter(ctx, queue, id) {
+      if (!deadLettering) return null;
+      const s = table.of(queue);
+      const store = ctx.store.deadLetters;
+      if (s.maxDeliveries === 0 || store === undefined || store.deliveries(queue, id) < s.maxDeliveries) return null;
+      const target = s.dlq ?? (queue.length + 4 <= MAX_NAME ? `${queue}.dlq` : null);
+      if (target === null || target === queue) {
+        bump(skipped, queue);
+        return null;
+      }
+      if (!store.moveOpen(queue, id, target, ctx.now())) return null;
+      bump(lettered, queue);
+      return target;
+    },
     settings: (queue) => table.of(queue),
     discarded: (queue) => dropped.get(queue) ?? 0,
     admit(ctx, queue, bytes) {

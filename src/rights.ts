@@ -71,6 +71,8 @@ export function needs(req: Request): [Right, string | null][] {
       return req.section === "reset" ? [["admin", null]] : [];
     case "refresh_certs":
       return [["admin", null]];
+    case "redrive":
+      return [["admin", req.from], ["admin", req.to]];
     default:
       return [];
   }

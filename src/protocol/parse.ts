@@ -14,7 +14,7 @@
  *   flush <q> [noreply]
  *   flush_all [<delay>] [noreply]
  *   stats | stats queue | stats queue <q> | stats reset
- *   version | verbosity <n> [noreply] | quit | refresh_certs
+ *   version | verbosity <n> [noreply] | quit | refresh_certs | redrive <q> <q>
  *
  *   <q>       1..250 bytes of 0x21..0x7e without "/"; a whole key, options included, is at most 250 bytes
  *   delay     0..2592000000 ms (30 days)      <token>  1..128 bytes of 0x21..0x7e without "/"
@@ -144,6 +144,13 @@ export function parseRequest(buf: Buffer, start: number, end: number, limits: Li
       return words === 1 ? request({ kind: "quit" }, next) : reply(REPLY.ERROR, next);
     case "refresh_certs":
       return words === 1 ? request({ kind: "refresh_certs" }, next) : reply(REPLY.ERROR, next);
+    case "redrive": {
+      if (words !== 3) return reply(REPLY.ERROR, next);
+      const from = name(buf, tokens, 1);
+      const to = name(buf, tokens, 2);
+      if (from === null || to === null) return reply(REPLY.BAD_FORMAT, next);
+      return request({ kind: "redrive", from, to }, next);
+    }
     default:
       return reply(REPLY.ERROR, next);
   }

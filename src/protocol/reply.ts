@@ -20,6 +20,7 @@ export const REPLY = {
   AUTH_BAD_TOKEN: "CLIENT_ERROR bad authentication token format\r\n",
   PERMISSION_DENIED: "CLIENT_ERROR permission denied\r\n",
   NO_DELAYS: "SERVER_ERROR this store does not support delays (delay=)\r\n",
+  NO_REDRIVE: "SERVER_ERROR this store does not support redrive\r\n",
   QUEUE_FULL: "SERVER_ERROR queue full\r\n",
   NO_DEDUP: "SERVER_ERROR this store does not support idempotent sets (id=)\r\n",
 } as const;

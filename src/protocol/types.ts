@@ -40,5 +40,7 @@ export type Request =
   | { kind: "quit" }
   /** memcached's: load the TLS certificate files again (listeners.ts). */
   | { kind: "refresh_certs" }
+  /** Moves every waiting message of `from` to the tail of `to` (dead letters back, after a fix). */
+  | { kind: "redrive"; from: string; to: string }
   /** Input the parser refused: the reply is sent as is; `close` ends the connection after it. */
   | { kind: "error"; reply: string; close: boolean };

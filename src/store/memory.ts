@@ -11,6 +11,8 @@ interface Entry extends Omit<Message, "expires"> {
   opened: boolean;
   /** When a delayed message may be handed out (ms); 0 once it may (store.ts, Delays). */
   due: number;
+  /** Times it was opened (dead letters). */
+  deliveries?: number;
 }
 
 interface Queue {
@@ -72,6 +74,14 @@ export function createMemoryStore(): SyncQueueStore {
     return id;
   }
 
+  /** The queue `name`, created if need be, with what is due by now moved to its tail. */
+  function into(name: string, now: number): Queue {
+    let q = queues.get(name);
+    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    promote(q, now);
+    return q;
+  }
+
   function release(name: string, id: number, due: number): boolean {
     const q = queues.get(name);
     if (q?.entries.find((e) => e.id === id && e.opened) === undefined) return false;
@@ -116,6 +126,7 @@ export function createMemoryStore(): SyncQueueStore {
       if (i < 0) return null;
       change();
       q!.entries[i]!.opened = true;
+      q!.entries[i]!.deliveries = (q!.entries[i]!.deliveries ?? 0) + 1;
       return view(q!.entries[i]!);
     },
     confirm(name, id) {
@@ -219,6 +230,34 @@ export function createMemoryStore(): SyncQueueStore {
     writable: () => true,
     maintain() {},
     close() {},
+    deadLetters: {
+      deliveries: (name, id) => queues.get(name)?.entries.find((e) => e.id === id && e.opened)?.deliveries ?? -1,
+      moveOpen(name, id, target, now) {
+        const q = queues.get(name);
+        const i = q === undefined ? -1 : q.entries.findIndex((e) => e.id === id && e.opened);
+        if (i < 0) return false;
+        change();
+        const e = q!.entries.find((e) => e.id === id && e.opened)!;
+        q!.entries = q!.entries.filter((x) => x !== e);
+        q!.fetched++;
+        const t = into(target, now);
+        t.entries.push({ ...e, id: ++lastId, opened: false, deliveries: 0 });
+        t.total++;
+        return true;
+      },
+      redrive(from, to, now) {
+        const f = queues.get(from);
+        if (f === undefined || from === to) return 0;
+        change();
+        const moving = f.entries.filter((e) => !e.opened && e.due === 0);
+        f.entries = f.entries.filter((e) => e.opened || e.due > 0);
+        f.fetched += moving.length;
+        const t = into(to, now);
+        for (const e of moving) t.entries.push({ ...e, id: ++lastId, deliveries: 0 });
+        t.total += moving.length;
+        return moving.length;
+      },
+    },
     dedup: {
       seen(name, token, now) {
         const until = tokens.get(`${name}\n${token}`);

@@ -24,6 +24,7 @@ import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sum
 import { createSnapshots } from "./sqlite-snapshot";
 import { createSqliteDelays } from "./sqlite-delays";
 import { createSqliteDedup } from "./sqlite-dedup";
+import { createSqliteDead } from "./sqlite-dead";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
@@ -122,6 +123,13 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   const { takePending, forget, firstLive } = heads;
   const delays = createSqliteDelays({ st, tx, nextId: () => ++lastId, materialize, forget, changed, byId, sums });
   const { promote } = delays;
+  const dead = createSqliteDead({
+    sql: st.sql, tx, nextId: () => ++lastId, queueFor, queues, changed, sums, forget,
+    prepareTail: (q, now) => {
+      if (q.nextDue <= now) promote(q, now);
+      materialize(q);
+    },
+  });
   /** Sets a token turned away, per queue, since the start (a rollback does not reload them). */
   const deduplicated = new Map<string, number>();
   const dedup = createSqliteDedup(st.sql, tx, () => inTx, (name) => deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1));
@@ -425,6 +433,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           space.housekeep();
         });
       }),
+
+    deadLetters: {
+      deliveries: (name, id) => guard(() => dead.deliveries(name, id)),
+      moveOpen: (name, id, target, now) => guard(() => dead.moveOpen(name, id, target, now)),
+      redrive: (from, to, now) => guard(() => dead.redrive(from, to, now)),
+    },
 
     dedup: {
       seen: (name, token, now) => guard(() => dedup.seen(name, token, now)),

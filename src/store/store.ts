@@ -138,6 +138,28 @@ export interface QueueStore {
   delays?: Delays;
   /** Idempotent sets; a store without it refuses `set q/id=`. */
   dedup?: Dedup;
+  /** Dead letters; a server with max_deliveries refuses to start on a store without it. */
+  deadLetters?: DeadLetters;
+}
+
+/**
+ * Dead letters (`--max-deliveries`, `redrive`): moving messages between queues in the batch, so a
+ * move is atomic with what triggered it: after kill -9 a message is in exactly one queue.
+ */
+export interface DeadLetters {
+  /** How many times the open message `id` of `queue` was opened; -1 if it is not open. */
+  deliveries(queue: string, id: number): number;
+  /**
+   * Moves the open message `id` of `queue` to the tail of `target` (created if need be), with a new
+   * id and its delivery count reset (else its first abort there would move it on); it counts as fetched from `queue` and stored in `target`. False if
+   * it was not open.
+   */
+  moveOpen(queue: string, id: number, target: string, now: number): boolean;
+  /**
+   * Moves every waiting message of `from` (not open, not delayed) to the tail of `to`, in order,
+   * with new ids and their delivery counts reset; returns how many.
+   */
+  redrive(from: string, to: string, now: number): number;
 }
 
 /**

@@ -343,5 +343,40 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
         await s.close();
       });
     });
+
+    describe("dead letters", () => {
+      test("moveOpen moves an open message to another queue's tail; redrive moves waiting ones back in order", async () => {
+        const s = await make();
+        if (s.deadLetters === undefined) return void (await s.close()); // this store has no dead letters
+        const d = s.deadLetters;
+        for (const b of ["m1", "m2", "m3"]) s.enqueue("q", 0, enc(b), 0, T);
+        s.enqueue("q.dlq", 0, enc("old"), 0, T);
+        await s.commit();
+        const m1 = (await s.open("q", T))!;
+        expect(d.deliveries("q", m1.id)).toBe(1);
+        expect(s.release("q", m1.id)).toBe(true);
+        const again = (await s.open("q", T))!;
+        expect(d.deliveries("q", again.id)).toBe(2);
+        expect(d.deliveries("q", 999_999)).toBe(-1);
+        expect(d.moveOpen("q", again.id, "q.dlq", T)).toBe(true);
+        expect(d.moveOpen("q", again.id, "q.dlq", T)).toBe(false);
+        await s.commit();
+        expect(s.detail("q", T)).toMatchObject({ items: 2, open: 0, total: 3, fetched: 1 });
+        expect(s.detail("q.dlq", T)).toMatchObject({ items: 2, bytes: 5, total: 2 });
+        expect(s.rollback()).toBeUndefined();
+        // Redrive: the waiting messages of q.dlq go to q's tail, in order; an open one stays.
+        const held = (await s.open("q.dlq", T))!;
+        expect(text(held)).toBe("old");
+        expect(d.redrive("q.dlq", "q", T)).toBe(1);
+        await s.commit();
+        expect([await s.dequeue("q", T), await s.dequeue("q", T), await s.dequeue("q", T)].map(text)).toEqual(["m2", "m3", "m1"]);
+        const back = (await s.open("q", T))!;
+        expect(back).toBeNull();
+        expect(s.detail("q.dlq", T)).toMatchObject({ items: 1, open: 1 });
+        expect(d.redrive("nope", "q", T)).toBe(0);
+        await s.commit();
+        await s.close();
+      });
+    });
   });
 }
