@@ -166,11 +166,12 @@ export function endAllWaits(ctx: Context): void {
 /** A reason to refuse the whole get before any key is served, or null. */
 function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   // The common get, one plain key, has nothing to refuse: no need to look.
-  if (keys.length === 1 && !keys[0]!.open && !keys[0]!.close) return null;
+  if (keys.length === 1 && !keys[0]!.open && !keys[0]!.close && !keys[0]!.touch) return null;
   const opening = new Set<string>();
   let after = s.opens.size;
   let expired = false;
   for (const key of keys) {
+    if (key.touch && !s.opens.has(key.queue)) return REPLY.NOTHING_OPEN;
     if (key.close && s.expired.has(key.queue)) expired = true;
     if (key.close && s.opens.has(key.queue)) after--;
     if (!key.open) continue;
@@ -184,7 +185,7 @@ function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 
-const wantsMessage = (key: GetKey) => !key.abort && !(key.close && !key.open);
+const wantsMessage = (key: GetKey) => !key.abort && !key.touch && !(key.close && !key.open);
 
 function countMiss(ctx: Context): void {
   ctx.stats.getCmds++;
@@ -195,6 +196,16 @@ function countMiss(ctx: Context): void {
 function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | Promise<boolean> {
   const { store, stats, batch } = ctx;
   const open = s.opens.get(key.queue);
+  if (key.touch) {
+    // refuse() made sure the message is open. Another lease from now, undone with the batch.
+    stats.getCmds++;
+    const lease = s.leases.get(key.queue);
+    if (lease !== undefined) {
+      s.leases.set(key.queue, ctx.now() + ctx.config.openTimeoutMs);
+      changeSession(ctx, s, () => s.opens.has(key.queue) && s.leases.set(key.queue, lease));
+    }
+    return true;
+  }
   if (key.abort) {
     stats.getCmds++;
     if (open !== undefined) {

@@ -9,7 +9,7 @@
  *   set <skey> <flags> <exptime> <bytes> [noreply] \r\n <bytes of data> \r\n
  *                            skey = <q> ("/" (delay=<ms> | id=<token>))*, each option at most once
  *   get|gets <key>+          key = <q> ("/" option)*
- *                            option = open | close | abort | peek | t=<ms> | delay=<ms> (with abort)
+ *                            option = open | close | abort | peek | t=<ms> | delay=<ms> (with abort) | touch (alone)
  *   delete <q> [0] [noreply]
  *   flush <q> [noreply]
  *   flush_all [<delay>] [noreply]
@@ -249,6 +249,7 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
     close: false,
     abort: false,
     peek: false,
+    touch: false,
     timeout: -1,
     delay: 0,
   };
@@ -261,6 +262,7 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
     else if (option === "close" && !key.close) key.close = true;
     else if (option === "abort" && !key.abort) key.abort = true;
     else if (option === "peek" && !key.peek) key.peek = true;
+    else if (option === "touch" && options.length === 1) key.touch = true;
     else if (option.startsWith("t=") && key.timeout < 0 && /^\d{1,10}$/.test(option.slice(2))) {
       key.timeout = Math.min(Number(option.slice(2)), MAX_WAIT_MS);
     } else if (option.startsWith("delay=") && delay < 0) {

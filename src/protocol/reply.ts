@@ -14,6 +14,7 @@ export const REPLY = {
   ALREADY_OPEN: "CLIENT_ERROR this connection already has an open message on that queue\r\n",
   TOO_MANY_OPEN: "CLIENT_ERROR too many open messages on this connection\r\n",
   TOO_MANY_QUEUES: "SERVER_ERROR too many queues\r\n",
+  NOTHING_OPEN: "CLIENT_ERROR nothing is open on that queue on this connection\r\n",
   LEASE_EXPIRED: "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n",
   UNAUTHENTICATED: "CLIENT_ERROR unauthenticated\r\n",
   AUTH_FAILED: "CLIENT_ERROR authentication failure\r\n",

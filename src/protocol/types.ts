@@ -15,6 +15,8 @@ export interface GetKey {
   peek: boolean;
   /** Milliseconds to wait for a message when the queue is empty; -1 = do not wait. */
   timeout: number;
+  /** Renew this connection's open message on the queue for another open timeout (`touch`). */
+  touch: boolean;
   /** With abort: the message becomes visible again after this many ms (`abort/delay=<ms>`); 0 = at once. */
   delay: number;
 }

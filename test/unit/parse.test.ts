@@ -42,7 +42,7 @@ function replay(chunks: Buffer[]): unknown[] {
 
 /** A parsed key: `raw` is the key as requested, its queue the part before the first "/". */
 const key = (raw: string, o: Partial<Omit<import("../../src/protocol/types").GetKey, "queue" | "key">> = {}) => ({
-  queue: raw.split("/")[0], key: raw, open: false, close: false, abort: false, peek: false, timeout: -1, delay: 0, ...o,
+  queue: raw.split("/")[0], key: raw, open: false, close: false, abort: false, peek: false, touch: false, timeout: -1, delay: 0, ...o,
 });
 const err = (reply: string, close = false) => ({ kind: "error" as const, reply: reply + "\r\n", close });
 const BAD = err("CLIENT_ERROR bad command line format");
