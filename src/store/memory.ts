@@ -102,6 +102,7 @@ export function createMemoryStore(): SyncQueueStore {
     items: q.entries.length,
     bytes: bytes(q),
     open: openCount(q),
+    delayed: q.entries.filter((e) => e.due > 0).length,
   });
 
   return {

@@ -29,6 +29,7 @@ const summary = (q: Queue): QueueSummary => ({
   items: q.items,
   bytes: q.bytes,
   open: q.open,
+  delayed: q.delayed,
 });
 
 export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st: ListingStatements) {

@@ -32,6 +32,8 @@ export interface QueueSummary extends QueueCounters {
   bytes: number;
   /** Messages now open (reserved by a consumer). */
   open: number;
+  /** Messages not yet due (Delays), where the store keeps them. */
+  delayed?: number;
 }
 
 export interface QueueDetail extends QueueSummary {

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { metricsUrl, runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 afterAll(stopAll);
 
@@ -107,4 +107,19 @@ describe("dead letters", () => {
     expect(await d.call("get z\r\nget z\r\nget z.dlq\r\n")).toBe(value("z", "1") + "END\r\n" + value("z", "2") + "END\r\nEND\r\n");
     await again.kill();
   });
+});
+
+test("/metrics exports delayed and dead-lettered messages per queue", async () => {
+  const server = await startServer(["--max-deliveries", "1", "--http", "127.0.0.1:0"]);
+  const url = await metricsUrl(server.stderr);
+  const c = await server.connect();
+  await c.call("set m/delay=60000 0 0 1\r\nd\r\n" + set("m", "x"));
+  await openAbort(c, "m");
+  const text = await (await fetch(`${url}/metrics`)).text();
+  expect(text).toContain('mcq_queue_delayed{queue="m"} 1\n');
+  expect(text).toContain('mcq_queue_dead_lettered_total{queue="m"} 1\n');
+  expect(text).toContain('mcq_queue_dead_lettered_total{queue="m.dlq"} 0\n');
+  const json = (await (await fetch(`${url}/stats.json`)).json()) as { queues: { name: string }[] };
+  expect(json.queues.find((q: { name: string }) => q.name === "m")).toMatchObject({ delayed: 1, deadLettered: 1 });
+  await server.kill();
 });

@@ -142,7 +142,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
       await s.open("a", T);
       await s.commit();
       const it = s.summaries();
-      expect(it.next().value).toEqual({ name: "a", total: 1, fetched: 0, items: 1, bytes: 2, open: 1 });
+      expect(it.next().value).toMatchObject({ name: "a", total: 1, fetched: 0, items: 1, bytes: 2, open: 1 });
       s.enqueue("_", 0, enc(""), 0, T); // before the cursor: not seen
       s.enqueue("b", 0, enc(""), 0, T); // after it: seen
       expect(s.drop("a")).toBe(true);
