@@ -76,6 +76,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
   const { store, stats, batch } = ctx;
   switch (req.kind) {
     case "get":
+      if (ctx.fanout?.enabled) for (const key of req.keys) ctx.fanout.seen(key.queue);
       if (store.delays === undefined && req.keys.some((k) => k.delay > 0)) {
         say(s, REPLY.NO_DELAYS);
         return "next";
@@ -109,6 +110,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
       else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
       if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
+      if (ctx.fanout?.enabled) fanOut(ctx, req, now);
       stats.setHits++;
       if (!req.noreply) batch.depends(say(s, REPLY.STORED));
       if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
@@ -116,6 +118,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
     }
     case "delete": {
       const found = store.drop(req.queue);
+      ctx.fanout?.dropped(req.queue);
       if (!req.noreply) batch.depends(say(s, found ? REPLY.DELETED : REPLY.NOT_FOUND));
       return "next";
     }
@@ -192,6 +195,26 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
   }
 }
 
+/**
+ * Fanout: a copy of the set's message in each child of its queue, in the same batch (one commit
+ * makes every copy durable). A full child counts the copy it refused, and the parent's set stands.
+ */
+function fanOut(ctx: Context, req: Extract<Request, { kind: "set" }>, now: number): void {
+  const fanout = ctx.fanout!;
+  fanout.seen(req.queue);
+  const { delay } = req.options;
+  for (const child of fanout.children(req.queue)) {
+    if (ctx.limits !== undefined && !ctx.limits.admit(ctx, child, req.data.length)) {
+      ctx.limits.fanoutRefused(child);
+      continue;
+    }
+    const expires = expiresAt(ctx, req.exptime);
+    if (delay > 0) ctx.store.delays!.enqueue(child, req.flags, req.data, expires, now, now + delay);
+    else ctx.store.enqueue(child, req.flags, req.data, expires, now);
+    if (delay === 0) serveWaiters(ctx, child);
+  }
+}
+
 /** With limits configured: the settings in force for the queue, and what discard_old dropped. */
 function limitLines(ctx: Context, queue: string): string[] {
   const limits = ctx.limits;
@@ -202,6 +225,7 @@ function limitLines(ctx: Context, queue: string): string[] {
     lines.push(statLine("max_items", s.maxItems), statLine("max_bytes", s.maxBytes), statLine("discard_old", s.discardOld ? 1 : 0));
     lines.push(statLine("discarded", limits.discarded(queue)));
   }
+  if (ctx.fanout?.enabled) lines.push(statLine("fanout_refused", limits.fanoutRefusedCount(queue)));
   if (limits.deadLettering) {
     lines.push(statLine("max_deliveries", s.maxDeliveries), statLine("dlq", s.dlq ?? `${queue}.dlq`));
     lines.push(statLine("dead_lettered", limits.deadLettered(queue)), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));

@@ -40,6 +40,8 @@ export interface Config {
   dedupWindowMs: number;
   /** A message opened this many times without a close goes to its dead-letter queue; 0 = never (--max-deliveries). */
   maxDeliveries: number;
+  /** A set to `<q>` also stores a copy in every child `<q>+<child>` (--fanout; per queue: queueRules). */
+  fanout: boolean;
   /** Messages one queue may hold, 0 = no limit (--max-items; per queue: queueRules). */
   maxItems: number;
   /** Bytes of bodies one queue may hold, 0 = no limit (--max-bytes). */
@@ -121,6 +123,7 @@ export const DEFAULTS: Config = {
   maxQueues: 100_000,
   maxItems: 0,
   maxDeliveries: 0,
+  fanout: false,
   maxBytes: 0,
   queueRules: [],
   dedupWindowMs: 5 * 60 * 1000, // SQS's

@@ -20,6 +20,8 @@ export interface QueueSettings {
   maxDeliveries: number;
   /** The dead-letter queue; null = `<q>.dlq`. */
   dlq: string | null;
+  /** A set also stores a copy in every child queue `<q>+<child>` (fanout.ts). */
+  fanout: boolean;
 }
 
 /** One `[queues."<glob>"]` table: its glob and the keys it sets. */
@@ -37,6 +39,7 @@ const KEYS: Record<string, { setting: keyof QueueSettings; max?: number; name?: 
   discard_old: { setting: "discardOld" },
   max_deliveries: { setting: "maxDeliveries", max: 1_000_000 },
   dlq: { setting: "dlq", name: true },
+  fanout: { setting: "fanout" },
 };
 const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
 
@@ -95,6 +98,8 @@ export function createQueueSettings(globals: QueueSettings, rules: QueueRule[]) 
   return {
     /** Whether any queue can have a limit: if not, a set need not look. */
     limited,
+    /** Whether any table turns fanout on. */
+    anyFanout: rules.some((r) => r.settings.fanout === true),
     of(queue: string): QueueSettings {
       let s = cache.get(queue);
       if (s !== undefined) return s;

@@ -27,6 +27,11 @@ export interface QueueLimits {
    * it to its dead-letter queue and returns that queue's name; else null (it goes back as usual).
    */
   deadLetter(ctx: Context, queue: string, id: number): string | null;
+  /** The settings table (fanout.ts reads it too). */
+  readonly table: QueueSettingsTable;
+  /** A copy a fanout did not store in `queue` because it was full; and how many so far. */
+  fanoutRefused(queue: string): void;
+  fanoutRefusedCount(queue: string): number;
   /** Messages moved to a dead-letter queue from `queue`, and ones that could not be (no name). */
   deadLettered(queue: string): number;
   deadLetterSkipped(queue: string): number;
@@ -38,12 +43,13 @@ const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1
 
 export function createQueueLimits(config: { maxItems: number; maxBytes: number; maxDeliveries: number; queueRules: QueueRule[] }): QueueLimits {
   const table: QueueSettingsTable = createQueueSettings(
-    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null },
+    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null, fanout: false },
     config.queueRules,
   );
   const dropped = new Map<string, number>();
   const lettered = new Map<string, number>();
   const skipped = new Map<string, number>();
+  const refusedCopies = new Map<string, number>();
   const deadLettering = config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0);
 
   const over = (s: QueueSettings, items: number, bytes: number, adding: number) =>
@@ -51,6 +57,9 @@ export function createQueueLimits(config: { maxItems: number; maxBytes: number; 
 
   return {
     limited: table.limited,
+    table,
+    fanoutRefused: (queue) => void bump(refusedCopies, queue),
+    fanoutRefusedCount: (queue) => refusedCopies.get(queue) ?? 0,
     deadLettering,
     deadLettered: (queue) => lettered.get(queue) ?? 0,
     deadLetterSkipped: (queue) => skipped.get(queue) ?? 0,

@@ -9,7 +9,7 @@ const T = 1_000_000;
 
 test("the longest literal prefix wins, then the first in the file; * matches . and +", () => {
   const rules = parseQueueTables({ "a.*": { max_items: 1 }, "a.b*": { max_items: 2 }, "a.b*z": { max_items: 3 }, "*": { max_bytes: 9 } });
-  const table = createQueueSettings({ maxItems: 0, maxBytes: 0, discardOld: false, maxDeliveries: 0, dlq: null }, rules);
+  const table = createQueueSettings({ maxItems: 0, maxBytes: 0, discardOld: false, maxDeliveries: 0, dlq: null, fanout: false }, rules);
   expect([table.of("a.x").maxItems, table.of("a.bz").maxItems, table.of("a.b+c").maxItems, table.of("zzz").maxBytes]).toEqual([1, 2, 2, 9]);
   expect(table.of("zzz").maxItems).toBe(0);
   expect(table.limited).toBe(true);
