@@ -79,7 +79,8 @@ describe("per-queue limits", () => {
 
   test("a bad queue table or limit stops the start with one line and exit 2", async () => {
     const cases: [string, string][] = [
-      ['[queues."q*"]\nmax_deliveries = 3\n', 'mcq: --config FILE: [queues."q*"]: unknown key max_deliveries (known: max_items, max_bytes, discard_old)'],
+      ['[queues."q*"]\nopen_timeout = 3\n', 'mcq: --config FILE: [queues."q*"]: unknown key open_timeout (known: max_items, max_bytes, discard_old, max_deliveries, dlq, fanout)'],
+      ['[queues."q*"]\ndlq = "a b"\n', 'mcq: --config FILE: [queues."q*"]: dlq must be a queue name (1 to 250 printable bytes without "/")'],
       ['[queues."q*"]\nmax_items = -1\n', 'mcq: --config FILE: [queues."q*"]: max_items must be a whole number from 0 (no limit) to 1000000000000'],
       ['[queues."q*"]\ndiscard_old = 1\n', 'mcq: --config FILE: [queues."q*"]: discard_old must be true or false'],
       ['[queues."a/b"]\nmax_items = 1\n', 'mcq: --config FILE: [queues."a/b"]: a glob is 1 to 250 printable bytes without "/"'],
