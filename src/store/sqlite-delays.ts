@@ -50,6 +50,8 @@ export interface DelayDeps {
 
 export function createSqliteDelays(d: DelayDeps) {
   const { st, changed } = d;
+  /** Delayed messages in every queue: with none, housekeeping asks the file nothing. */
+  let total = 0;
 
   /** Moves up to `limit` of q's due messages to its tail; returns how many moved. */
   function promote(q: Queue, now: number, limit = PROMOTE_BATCH): number {
@@ -62,6 +64,7 @@ export function createSqliteDelays(d: DelayDeps) {
       st.deleteDelayed.run(id);
     }
     q.delayed -= due.length;
+    total -= due.length;
     q.nextDue = q.delayed > 0 ? ((st.nextDueOf.values(q.id)[0]![0] as number | null) ?? Infinity) : Infinity;
     d.forget(q);
     changed.add(q);
@@ -72,6 +75,7 @@ export function createSqliteDelays(d: DelayDeps) {
   function hold(q: Queue, id: number, flags: number, body: Uint8Array, expiresAt: number, now: number, dueAt: number): void {
     st.insertDelayed.run(id, q.id, dueAt, flags, now, expiresAt, body);
     q.delayed++;
+    total++;
     q.nextDue = Math.min(q.nextDue, dueAt);
   }
 
@@ -83,6 +87,7 @@ export function createSqliteDelays(d: DelayDeps) {
     q.open--;
     d.sums.open--;
     q.delayed++;
+    total++;
     q.nextDue = Math.min(q.nextDue, dueAt);
     changed.add(q);
     return true;
@@ -90,9 +95,10 @@ export function createSqliteDelays(d: DelayDeps) {
 
   /** Every queue's due messages, up to `limit`; returns the names of the queues that gained some. */
   function promoteDue(now: number, limit: number): string[] {
-    const qids = st.queuesDue.values(now, limit) as [number][];
+    if (total <= 0) return [];
+    const qids = new Set((st.queuesDue.values(now, limit) as [number][]).map(([qid]) => qid));
     const names: string[] = [];
-    for (const [qid] of qids) {
+    for (const qid of qids) {
       const q = d.byId.get(qid);
       if (q !== undefined && promote(q, now, limit) > 0) names.push(q.name);
     }
@@ -101,7 +107,9 @@ export function createSqliteDelays(d: DelayDeps) {
 
   /** Reads every queue's delayed count and earliest due time (at start and after a rollback). */
   function load(): void {
+    total = 0;
     for (const [qid, count, due] of st.delayedCounts.values() as [number, number, number][]) {
+      total += count;
       const q = d.byId.get(qid);
       if (q === undefined) continue;
       q.delayed = count;
@@ -111,6 +119,7 @@ export function createSqliteDelays(d: DelayDeps) {
 
   /** q's delayed messages are being deleted with the rest (flush, drop). */
   function emptied(q: Queue): void {
+    total -= q.delayed;
     q.delayed = 0;
     q.nextDue = Infinity;
   }

@@ -60,8 +60,10 @@ export function prepareStatements(db: Database) {
     ),
     deleteDelayed: sql("DELETE FROM delayed WHERE id = ?"),
     nextDueOf: sql("SELECT min(due) FROM delayed WHERE qid = ?"),
-    // One seek on delayed_due, however many messages wait: nothing due costs no transaction.
-    queuesDue: sql("SELECT DISTINCT qid FROM (SELECT qid FROM delayed WHERE due <= ? ORDER BY due LIMIT ?)"),
+    // One seek on delayed_due, however many messages wait: nothing due costs no transaction. No
+    // DISTINCT: its temporary b-tree needs disk, and on a full disk the query failed, which failed
+    // every housekeeping batch (and the give-backs in it) until the disk had room (stress, fulldisk).
+    queuesDue: sql("SELECT qid FROM delayed WHERE due <= ? ORDER BY due LIMIT ?"),
     delayedCounts: sql("SELECT qid, count(*), min(due) FROM delayed GROUP BY qid"),
     deleteQueueDelayed: sql("DELETE FROM delayed WHERE qid = ?"),
     deleteAllDelayed: sql("DELETE FROM delayed"),
