@@ -3,6 +3,7 @@
  * parseCommandLine() is pure apart from commander's help and version output: it returns the
  * Config, or what to do instead (print and exit with a code).
  */
+import { parseQueueTables, type QueueRule } from "./queue-config";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { Database } from "bun:sqlite";
 import { readFileSync } from "node:fs";
@@ -40,6 +41,7 @@ export const SUBCOMMANDS: [name: string, description: string][] = [
   ["check", "verify a data directory offline"],
   ["dump", "write a data directory's queues as a versioned dump"],
   ["load", "add a dump's queues to a data directory (once per dump)"],
+  ["redrive", "mcq redrive <from> <to>: move a queue's messages to another (dead letters back)"],
   ["stats", "print the queues of a running server as a table"],
   ["health", "exit 0 if a running server answers, 1 (saying why) if not"],
   ["passwd", "mcq passwd <user>: an authfile line with a hashed password (-Y)"],
@@ -159,6 +161,14 @@ function program(version: string, notes: string[] = []): Command {
       integer(0, 2147483647), DEFAULTS.openTimeoutMs),
     opt("--idle-timeout <s>", "close connections silent this long (0: never)", integer(0, 2147483), DEFAULTS.idleTimeoutS),
     opt("--max-open <num>", "open messages one connection may hold", integer(1, 1_000_000), DEFAULTS.maxOpen),
+    opt("--max-deliveries <n>", "a message opened this many times without a close moves to the queue <q>.dlq (0: never)",
+      integer(0, 1_000_000), DEFAULTS.maxDeliveries),
+    opt("--fanout", "a set to <q> also stores a copy in every existing queue <q>+<child>"),
+    opt("--max-items <n>", "messages one queue may hold; a set to a full queue answers SERVER_ERROR queue full (0: no limit)",
+      integer(0, 1_000_000_000_000), DEFAULTS.maxItems),
+    opt("--max-bytes <n>", "bytes of bodies one queue may hold (0: no limit)", integer(0, 1_000_000_000_000_000), DEFAULTS.maxBytes),
+    opt("--dedup-window <s>", "a set with /id=<token> stores nothing if its queue took that token this recently",
+      integer(1, 86400), DEFAULTS.dedupWindowMs / 1000),
     opt("--max-queues <num>", "queues at most; a set that would create one more is refused", integer(1, 100_000_000),
       DEFAULTS.maxQueues),
     opt("--max-conn-memory <mb>", "MB buffered across all connections before the largest stop being read",
@@ -202,8 +212,11 @@ function program(version: string, notes: string[] = []): Command {
 
 class ConfigFileError extends Error {}
 
-/** Fills the options not given by a flag or the environment from a TOML file's keys. */
-function applyConfigFile(cmd: Command, file: string): void {
+/**
+ * Fills the options not given by a flag or the environment from a TOML file's keys; returns its
+ * `[queues."<glob>"]` tables (queue-config.ts).
+ */
+function applyConfigFile(cmd: Command, file: string): QueueRule[] {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -216,7 +229,16 @@ function applyConfigFile(cmd: Command, file: string): void {
   } catch (e) {
     throw new ConfigFileError(`--config ${file} is not valid TOML: ${(e as Error).message}`);
   }
+  let rules: QueueRule[] = [];
   for (const [key, value] of Object.entries(table)) {
+    if (key === "queues") {
+      try {
+        rules = parseQueueTables(value);
+      } catch (e) {
+        throw new ConfigFileError(`--config ${file}: ${(e as Error).message}`);
+      }
+      continue;
+    }
     const option = cmd.options.find((o) => o.long === `--${key}` && key !== "config");
     if (option === undefined) throw new ConfigFileError(`--config ${file}: unknown key ${key}`);
     const name = option.attributeName();
@@ -238,6 +260,7 @@ function applyConfigFile(cmd: Command, file: string): void {
       throw new ConfigFileError(`--config ${file}: ${key} = ${text}: ${(e as Error).message}`);
     }
   }
+  return rules;
 }
 
 /**
@@ -255,10 +278,11 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
   const notes: string[] = [];
   const cmd = program(version, notes);
   let o: Record<string, unknown>;
+  let queueRules: QueueRule[] = [];
   try {
     o = cmd.parse(argv, { from: "user" }).opts();
     if (typeof o.config === "string") {
-      applyConfigFile(cmd, o.config);
+      queueRules = applyConfigFile(cmd, o.config);
       o = cmd.opts();
     }
   } catch (e) {
@@ -300,6 +324,12 @@ export function parseCommandLine(argv: string[], version: string): CommandLine {
     openTimeoutMs: o.openTimeout as number,
     maxOpen: o.maxOpen as number,
     maxQueues: o.maxQueues as number,
+    dedupWindowMs: (o.dedupWindow as number) * 1000,
+    maxItems: o.maxItems as number,
+    maxDeliveries: o.maxDeliveries as number,
+    fanout: o.fanout === true,
+    maxBytes: o.maxBytes as number,
+    queueRules,
     maxConnMemory: (o.maxConnMemory as number) * 1024 * 1024,
     idleTimeoutS: o.idleTimeout as number,
     http: (o.http as Config["http"] | undefined) ?? null,

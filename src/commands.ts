@@ -76,6 +76,11 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
   const { store, stats, batch } = ctx;
   switch (req.kind) {
     case "get":
+      if (ctx.fanout?.enabled) for (const key of req.keys) ctx.fanout.seen(key.queue);
+      if (store.delays === undefined && req.keys.some((k) => k.delay > 0)) {
+        say(s, REPLY.NO_DELAYS);
+        return "next";
+      }
       return startGet(ctx, s, req) ? "next" : "wait";
     case "set": {
       stats.setCmds++;
@@ -83,14 +88,37 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
         return "next";
       }
-      store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), ctx.now());
+      const { delay, id: token } = req.options;
+      const unsupported = delay > 0 && store.delays === undefined ? REPLY.NO_DELAYS
+        : token !== null && store.dedup === undefined ? REPLY.NO_DEDUP : null;
+      if (unsupported !== null) {
+        if (!req.noreply) say(s, unsupported);
+        return "next";
+      }
+      const now = ctx.now();
+      // A producer's retry: its first set is stored (or in this very batch, and fails with it).
+      if (token !== null && store.dedup!.seen(req.queue, token, now)) {
+        stats.setHits++;
+        if (!req.noreply) batch.depends(say(s, REPLY.STORED));
+        return "next";
+      }
+      if (ctx.limits !== undefined && !ctx.limits.admit(ctx, req.queue, req.data.length)) {
+        if (!req.noreply) say(s, REPLY.QUEUE_FULL);
+        else ctx.log.warn(`noreply set refused: queue ${req.queue} is full`);
+        return "next";
+      }
+      if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
+      else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
+      if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
+      if (ctx.fanout?.enabled) fanOut(ctx, req, now);
       stats.setHits++;
       if (!req.noreply) batch.depends(say(s, REPLY.STORED));
-      serveWaiters(ctx, req.queue);
+      if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
       return "next";
     }
     case "delete": {
       const found = store.drop(req.queue);
+      ctx.fanout?.dropped(req.queue);
       if (!req.noreply) batch.depends(say(s, found ? REPLY.DELETED : REPLY.NOT_FOUND));
       return "next";
     }
@@ -117,6 +145,16 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       return "close";
     case "refresh_certs":
       return refreshCerts(ctx, s);
+    case "redrive": {
+      if (store.deadLetters === undefined) {
+        say(s, REPLY.NO_REDRIVE);
+        return "next";
+      }
+      const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
+      batch.depends(say(s, `OK ${n}\r\n`));
+      if (n > 0) serveWaiters(ctx, req.to);
+      return "next";
+    }
     case "error":
       say(s, req.reply);
       return req.close ? "close" : "next";
@@ -146,11 +184,53 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
         statLine("fetched", d.fetched),
         statLine("open", d.open),
         statLine("oldest_age_ms", d.oldestAgeMs),
+        // Fields the queue features add come after the SPEC's six (DECISIONS), where the store has them.
+        ...(d.delayed === undefined ? [] : [statLine("delayed", d.delayed)]),
+        ...(d.deduplicated === undefined ? [] : [statLine("deduplicated", d.deduplicated)]),
+        ...limitLines(ctx, req.queue),
       ];
       say(s, lines.join("") + REPLY.END);
       return "next";
     }
   }
+}
+
+/**
+ * Fanout: a copy of the set's message in each child of its queue, in the same batch (one commit
+ * makes every copy durable). A full child counts the copy it refused, and the parent's set stands.
+ */
+function fanOut(ctx: Context, req: Extract<Request, { kind: "set" }>, now: number): void {
+  const fanout = ctx.fanout!;
+  fanout.seen(req.queue);
+  const { delay } = req.options;
+  for (const child of fanout.children(req.queue)) {
+    if (ctx.limits !== undefined && !ctx.limits.admit(ctx, child, req.data.length)) {
+      ctx.limits.fanoutRefused(child);
+      continue;
+    }
+    const expires = expiresAt(ctx, req.exptime);
+    if (delay > 0) ctx.store.delays!.enqueue(child, req.flags, req.data, expires, now, now + delay);
+    else ctx.store.enqueue(child, req.flags, req.data, expires, now);
+    if (delay === 0) serveWaiters(ctx, child);
+  }
+}
+
+/** With limits configured: the settings in force for the queue, and what discard_old dropped. */
+function limitLines(ctx: Context, queue: string): string[] {
+  const limits = ctx.limits;
+  if (limits === undefined) return [];
+  const s = limits.settings(queue);
+  const lines: string[] = [];
+  if (limits.limited) {
+    lines.push(statLine("max_items", s.maxItems), statLine("max_bytes", s.maxBytes), statLine("discard_old", s.discardOld ? 1 : 0));
+    lines.push(statLine("discarded", limits.discarded(queue)));
+  }
+  if (ctx.fanout?.enabled) lines.push(statLine("fanout_refused", limits.fanoutRefusedCount(queue)));
+  if (limits.deadLettering) {
+    lines.push(statLine("max_deliveries", s.maxDeliveries), statLine("dlq", s.dlq ?? `${queue}.dlq`));
+    lines.push(statLine("dead_lettered", limits.deadLettered(queue)), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));
+  }
+  return lines;
 }
 
 /**

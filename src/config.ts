@@ -2,6 +2,8 @@
  * Every setting of the server, with its default, in one table. The CLI (cli.ts) fills a
  * Config from the command line; tests build one with `{ ...DEFAULTS, ...overrides }`.
  */
+import type { QueueRule } from "./queue-config";
+
 export interface Config {
   /** Interface to listen on (-l). */
   host: string;
@@ -34,6 +36,18 @@ export interface Config {
   expiry: boolean;
   /** An open message not closed within this many ms goes back to its queue; 0 = never (--open-timeout). */
   openTimeoutMs: number;
+  /** How long a `set q/id=<token>` turns away another set with its token, in ms (--dedup-window, seconds). */
+  dedupWindowMs: number;
+  /** A message opened this many times without a close goes to its dead-letter queue; 0 = never (--max-deliveries). */
+  maxDeliveries: number;
+  /** A set to `<q>` also stores a copy in every child `<q>+<child>` (--fanout; per queue: queueRules). */
+  fanout: boolean;
+  /** Messages one queue may hold, 0 = no limit (--max-items; per queue: queueRules). */
+  maxItems: number;
+  /** Bytes of bodies one queue may hold, 0 = no limit (--max-bytes). */
+  maxBytes: number;
+  /** `[queues."<glob>"]` tables of the --config file, in file order (queue-config.ts). */
+  queueRules: QueueRule[];
   /** Queues at most; a set that would create one more is refused (--max-queues). */
   maxQueues: number;
   /** Bytes buffered across all connections (input and output) before the largest pause (--max-conn-memory, MB). */
@@ -107,6 +121,12 @@ export const DEFAULTS: Config = {
   openTimeoutMs: 0,
   maxOpen: 100,
   maxQueues: 100_000,
+  maxItems: 0,
+  maxDeliveries: 0,
+  fanout: false,
+  maxBytes: 0,
+  queueRules: [],
+  dedupWindowMs: 5 * 60 * 1000, // SQS's
   maxConnMemory: 1024 * 1024 * 1024,
   idleTimeoutS: 0,
   maxUnsent: 4 * 1024 * 1024,

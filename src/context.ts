@@ -7,6 +7,8 @@ import type { Auth } from "./auth";
 import type { Batch } from "./batch";
 import type { Config } from "./config";
 import type { Logger } from "./log";
+import type { QueueLimits } from "./queue-limits";
+import type { Fanout } from "./fanout";
 import type { Session } from "./session";
 import type { Stats } from "./stats";
 import type { QueueStore } from "./store/store";
@@ -42,6 +44,10 @@ export interface Context {
   retry(task: () => void): void;
   /** The server is stopping: gets no longer wait. */
   stopping: boolean;
+  /** Fanout (fanout.ts); absent in tests that build a context without it. */
+  fanout?: Fanout;
+  /** Per-queue limits (queue-limits.ts); absent in tests that build a context without them. */
+  limits?: QueueLimits;
   /** -Y: logins and queue rights; absent without it. */
   auth?: Auth;
   /** -Z: loads the certificate files again; returns what was loaded, throws keeping the old. */

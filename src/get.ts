@@ -166,11 +166,12 @@ export function endAllWaits(ctx: Context): void {
 /** A reason to refuse the whole get before any key is served, or null. */
 function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   // The common get, one plain key, has nothing to refuse: no need to look.
-  if (keys.length === 1 && !keys[0]!.open && !keys[0]!.close) return null;
+  if (keys.length === 1 && !keys[0]!.open && !keys[0]!.close && !keys[0]!.touch) return null;
   const opening = new Set<string>();
   let after = s.opens.size;
   let expired = false;
   for (const key of keys) {
+    if (key.touch && !s.opens.has(key.queue)) return REPLY.NOTHING_OPEN;
     if (key.close && s.expired.has(key.queue)) expired = true;
     if (key.close && s.opens.has(key.queue)) after--;
     if (!key.open) continue;
@@ -184,7 +185,7 @@ function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 
-const wantsMessage = (key: GetKey) => !key.abort && !(key.close && !key.open);
+const wantsMessage = (key: GetKey) => !key.abort && !key.touch && !(key.close && !key.open);
 
 function countMiss(ctx: Context): void {
   ctx.stats.getCmds++;
@@ -195,11 +196,21 @@ function countMiss(ctx: Context): void {
 function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | Promise<boolean> {
   const { store, stats, batch } = ctx;
   const open = s.opens.get(key.queue);
+  if (key.touch) {
+    // refuse() made sure the message is open. Another lease from now, undone with the batch.
+    stats.getCmds++;
+    const lease = s.leases.get(key.queue);
+    if (lease !== undefined) {
+      s.leases.set(key.queue, ctx.now() + ctx.config.openTimeoutMs);
+      changeSession(ctx, s, () => s.opens.has(key.queue) && s.leases.set(key.queue, lease));
+    }
+    return true;
+  }
   if (key.abort) {
     stats.getCmds++;
     if (open !== undefined) {
       batch.depends(g.reply);
-      giveBack(ctx, s, key.queue, open, "abort");
+      giveBack(ctx, s, key.queue, open, "abort", key.delay);
     }
     return true;
   }
@@ -283,7 +294,7 @@ function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
  * Returns an open message to its queue: aborted, its connection gone, or its lease expired.
  * If the batch fails, the session gets it back; a closed session's message is returned later.
  */
-export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired"): void {
+export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired", delayMs = 0): void {
   const lease = s.leases.get(queue);
   s.opens.delete(queue);
   s.leases.delete(queue);
@@ -298,7 +309,18 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
     if (lease !== undefined) s.leases.set(queue, lease);
     if (why === "expired" && !wasExpired) s.expired.delete(queue);
   });
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+  // `abort/delay=`: hidden until due, so no waiter is served now (commands.ts checked the store has delays).
+  if (deadLetter(ctx, queue, id)) return;
+  if (delayMs > 0) ctx.store.delays!.release(queue, id, ctx.now() + delayMs, ctx.now());
+  else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/** Moves a message opened max_deliveries times to its dead-letter queue (queue-limits.ts); true if it did. */
+function deadLetter(ctx: Context, queue: string, id: number): boolean {
+  const target = ctx.limits?.deadLetter(ctx, queue, id) ?? null;
+  if (target === null) return false;
+  serveWaiters(ctx, target);
+  return true;
 }
 
 /**
@@ -312,11 +334,13 @@ function changeSession(ctx: Context, s: Session, undo: () => void): void {
 
 function releaseOrphan(ctx: Context, queue: string, id: number): void {
   ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
+  if (deadLetter(ctx, queue, id)) return;
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
 /** An open whose connection closed before the store answered: released in the same batch. */
 function giveBackTaken(ctx: Context, queue: string, id: number): void {
+  if (deadLetter(ctx, queue, id)) return;
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 

@@ -6,11 +6,13 @@
  */
 import type { Conn } from "./conn";
 import type { Context } from "./context";
-import { expireLeases } from "./get";
+import { expireLeases, serveWaiters } from "./get";
 import type { Turns } from "./turn";
 
 /** Expired messages deleted per housekeeping step. */
 const SWEEP_BATCH = 1000;
+/** Delayed messages made visible per housekeeping step (the rest at the next, or at a take). */
+const PROMOTE_BATCH = 1000;
 
 export interface Housekeeping {
   stop(): void;
@@ -32,6 +34,11 @@ export function startHousekeeping(ctx: Context, turns: Turns, conns: Set<Conn>, 
   function tick(): void {
     for (const retry of takeRetries()) turns.task(retry);
     if (config.expiry) turns.task(() => void store.sweepExpired(ctx.now(), SWEEP_BATCH));
+    // Delayed messages that came due: gets waiting on their queues are served now.
+    const dedup = store.dedup;
+    if (dedup !== undefined) turns.task(() => void dedup.sweep(ctx.now(), SWEEP_BATCH));
+    const delays = store.delays;
+    if (delays !== undefined) turns.task(() => delays.promoteDue(ctx.now(), PROMOTE_BATCH).forEach((q) => serveWaiters(ctx, q)));
     if (config.openTimeoutMs > 0) turns.task(() => expireLeases(ctx, ctx.now()));
     if (config.idleTimeoutS > 0) closeIdle(ctx.now() - config.idleTimeoutS * 1000);
     upkeepDue = true;

@@ -73,6 +73,10 @@ async function main(): Promise<void> {
 
   let returned = 0;
   const store = await openStore(config, log, (n) => (returned = n));
+  if (store.deadLetters === undefined && (config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0))) {
+    await store.close();
+    fail("max_deliveries (dead letters) is not supported by the Postgres store yet", 1);
+  }
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
       store.close();
@@ -81,7 +85,7 @@ async function main(): Promise<void> {
   }
   let server;
   try {
-    server = startServer(config, { store, log, version });
+    server = startServer(config, { store, log, version, now: testClock(log) });
   } catch (e) {
     store.close();
     if (e instanceof ListenError || e instanceof TlsError || e instanceof AuthFileError) fail(e.message, 1);
@@ -217,6 +221,19 @@ function openLog(path: string): LogFile {
   } catch (e) {
     fail(`cannot open the log file ${path}: ${reason(e)}`, 1);
   }
+}
+
+/**
+ * `MCQ_CLOCK_OFFSET_MS`: the server's clock runs this many ms ahead of the real one. A test seam,
+ * like MCQ_FAULTS: a test of delays restarts the server "a minute later" without waiting a minute.
+ */
+function testClock(log: Logger): (() => number) | undefined {
+  const offset = process.env.MCQ_CLOCK_OFFSET_MS;
+  if (!offset) return undefined;
+  if (!/^-?\d{1,12}$/.test(offset)) fail(`MCQ_CLOCK_OFFSET_MS must be a whole number of milliseconds, not '${offset}'`, 2);
+  log.warn(`MCQ_CLOCK_OFFSET_MS=${offset}: the clock is moved (a test seam; never in production)`);
+  const ms = Number(offset);
+  return () => Date.now() + ms;
 }
 
 /** Milliseconds a Postgres batch may take before it fails with SERVER_ERROR (never a hang). */

@@ -21,9 +21,9 @@ export interface QueueMetrics {
   total: number;
   fetched: number;
   open: number;
-  /** Messages stored but not yet due; 0 until the store keeps delayed messages. */
+  /** Messages stored but not yet due (0 on a store without delays). */
   delayed: number;
-  /** Messages moved aside after too many failed deliveries; 0 until the store keeps them. */
+  /** Messages moved to the dead-letter queue since the start (max_deliveries). */
   deadLettered: number;
   oldestAgeSeconds: number;
   waiters: number;
@@ -104,6 +104,8 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
     other.total += q.total;
     other.fetched += q.fetched;
     other.open += q.open;
+    other.delayed += q.delayed ?? 0;
+    other.deadLettered += ctx.limits?.deadLettered(q.name) ?? 0;
     top.offer(q);
     if (clock.over()) await clock.next();
   }
@@ -121,10 +123,8 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
       total: q.total,
       fetched: q.fetched,
       open: q.open,
-      // The store keeps neither delayed nor dead-lettered messages yet (tracker issue 12): the
-      // fields are here so that /stats.json and the dashboard already show them.
-      delayed: 0,
-      deadLettered: 0,
+      delayed: q.delayed ?? 0,
+      deadLettered: ctx.limits?.deadLettered(q.name) ?? 0,
       oldestAgeSeconds: (detail?.oldestAgeMs ?? 0) / 1000,
       waiters: waiters.get(q.name) ?? 0,
     };
@@ -247,6 +247,8 @@ export function prometheus(s: Snapshot, clock?: TurnClock): Promise<ReadableStre
       line(`mcq_queue_oldest_age_seconds{queue="${label(q.name)}"} ${q.oldestAgeSeconds}\n`);
       await slice();
     }
+    await perQueue("mcq_queue_delayed", "gauge", "Messages stored but not yet due (set /delay=, get /abort/delay=).", (q) => q.delayed);
+    await perQueue("mcq_queue_dead_lettered_total", "counter", "Messages moved to the dead-letter queue since the start.", (q) => q.deadLettered);
     await perQueue("mcq_queue_waiters", "gauge", "Blocking gets waiting on the queue.", (q) => q.waiters);
   }, clock);
 }

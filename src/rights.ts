@@ -40,7 +40,7 @@ export function parseRights(text: string): Rights {
 }
 
 /** `*` matches any bytes; everything else matches itself. */
-function globRegExp(glob: string): RegExp {
+export function globRegExp(glob: string): RegExp {
   const literal = glob.split("*").map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, "\\$&"));
   return new RegExp(`^${literal.join(".*")}$`, "s");
 }
@@ -71,6 +71,8 @@ export function needs(req: Request): [Right, string | null][] {
       return req.section === "reset" ? [["admin", null]] : [];
     case "refresh_certs":
       return [["admin", null]];
+    case "redrive":
+      return [["admin", req.from], ["admin", req.to]];
     default:
       return [];
   }

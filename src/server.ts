@@ -2,6 +2,8 @@
  * Socket wiring: Bun.listen and the socket events, handed to the connection (conn.ts) and the
  * group-commit turn (turn.ts); housekeeping.ts runs the periodic work inside turns.
  */
+import { createQueueLimits } from "./queue-limits";
+import { createFanout } from "./fanout";
 import type { Socket } from "bun";
 import { createAuth } from "./auth";
 import { createBatch } from "./batch";
@@ -52,6 +54,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   const bySession = new WeakMap<Session, Conn>();
   let retries: (() => void)[] = [];
 
+  const queueLimits = createQueueLimits(config);
   const ctx: Context = {
     store,
     stats,
@@ -62,6 +65,8 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     startedAt: now(),
     waiters: createWaiters(),
     sessions: new Set(),
+    limits: queueLimits,
+    fanout: createFanout(config.fanout, queueLimits.table, () => store.list().map((q) => q.name)),
     batch: createBatch(store, (e) => {
       stats.storeErrors++;
       log.error(`store failure, batch undone: ${e.message}`);

@@ -26,6 +26,12 @@ const VALID = [
   "get q/close/open\r\n",
   "get q/abort\r\n",
   "get q/peek/t=10\r\n",
+  // Issue 12's options.
+  "set q/delay=20 0 0 1\r\nd\r\n",
+  "set q/id=tok 0 0 1\r\ni\r\n",
+  "set q/delay=5/id=t2 0 0 1 noreply\r\nb\r\n",
+  "get q/abort/delay=15\r\n",
+  "redrive q q2\r\n",
   "delete q\r\n",
   "flush q noreply\r\n",
   "stats\r\n",

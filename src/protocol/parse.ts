@@ -6,16 +6,18 @@
  * Grammar (tokens are separated by one or more spaces; a line ends at "\n", and
  * one "\r" right before it is dropped):
  *
- *   set <q> <flags> <exptime> <bytes> [noreply] \r\n <bytes of data> \r\n
+ *   set <skey> <flags> <exptime> <bytes> [noreply] \r\n <bytes of data> \r\n
+ *                            skey = <q> ("/" (delay=<ms> | id=<token>))*, each option at most once
  *   get|gets <key>+          key = <q> ("/" option)*
- *                            option = open | close | abort | peek | t=<ms>
+ *                            option = open | close | abort | peek | t=<ms> | delay=<ms> (with abort) | touch (alone)
  *   delete <q> [0] [noreply]
  *   flush <q> [noreply]
  *   flush_all [<delay>] [noreply]
  *   stats | stats queue | stats queue <q> | stats reset
- *   version | verbosity <n> [noreply] | quit | refresh_certs
+ *   version | verbosity <n> [noreply] | quit | refresh_certs | redrive <q> <q>
  *
- *   <q>       1..250 bytes of 0x21..0x7e without "/"
+ *   <q>       1..250 bytes of 0x21..0x7e without "/"; a whole key, options included, is at most 250 bytes
+ *   delay     0..2592000000 ms (30 days)      <token>  1..128 bytes of 0x21..0x7e without "/"
  *   <flags>   0..4294967295          <exptime>  a signed 32-bit integer
  *   <bytes>   0..2147483647 (digits only)
  *
@@ -24,7 +26,7 @@
  * skipped on error ("swallowed"); with an invalid <bytes> its length is unknown, so it
  * is not.
  */
-import type { GetKey, Request } from "./types";
+import type { GetKey, Request, SetOptions } from "./types";
 import { REPLY } from "./reply";
 
 export interface Limits {
@@ -49,6 +51,11 @@ const MAX_BYTES = 2147483647;
 const MAX_FLAGS = 4294967295;
 /** A blocking get waits at most this long (setTimeout's limit is 2^31-1 ms). */
 const MAX_WAIT_MS = 2147483647;
+/** The longest delay of a set or an abort: 30 days, as the issue settles (SQS stops at 15 minutes). */
+export const MAX_DELAY_MS = 30 * 24 * 60 * 60 * 1000;
+const NO_OPTIONS: SetOptions = { delay: 0, id: null };
+/** The longest idempotency token (`set q/id=<token>`). */
+const MAX_TOKEN = 128;
 
 const MORE_UNKNOWN: Parsed = { type: "more", need: 0 };
 
@@ -137,6 +144,13 @@ export function parseRequest(buf: Buffer, start: number, end: number, limits: Li
       return words === 1 ? request({ kind: "quit" }, next) : reply(REPLY.ERROR, next);
     case "refresh_certs":
       return words === 1 ? request({ kind: "refresh_certs" }, next) : reply(REPLY.ERROR, next);
+    case "redrive": {
+      if (words !== 3) return reply(REPLY.ERROR, next);
+      const from = name(buf, tokens, 1);
+      const to = name(buf, tokens, 2);
+      if (from === null || to === null) return reply(REPLY.BAD_FORMAT, next);
+      return request({ kind: "redrive", from, to }, next);
+    }
     default:
       return reply(REPLY.ERROR, next);
   }
@@ -153,7 +167,8 @@ function parseSet(buf: Buffer, tokens: number[], next: number, end: number, limi
   // Without a valid length the data block cannot be found, so it is not skipped.
   if (bytes < 0) return reply(REPLY.BAD_FORMAT, next);
   const block = bytes + 2;
-  const queue = name(buf, tokens, 1);
+  const key = parseSetKey(buf, tokens[2]!, tokens[3]!);
+  const queue = key === null ? null : key.queue;
   const flags = number(buf, tokens, 2, MAX_FLAGS);
   const exptime = signedInt32(buf, tokens, 3);
   const noreply = words === 6;
@@ -165,7 +180,47 @@ function parseSet(buf: Buffer, tokens: number[], next: number, end: number, limi
   if (end - next < block) return { type: "more", need: next + block };
   if (buf[next + bytes] !== CR || buf[next + bytes + 1] !== LF) return reply(REPLY.BAD_CHUNK, next + block);
   const data = buf.subarray(next, next + bytes);
-  return request({ kind: "set", queue, flags, exptime, data, noreply }, next + block);
+  return request({ kind: "set", queue, flags, exptime, data, noreply, options: key!.options }, next + block);
+}
+
+/**
+ * `q` or `q/delay=5000`: the queue and the set's options, or null if the name or an option is bad
+ * (an option no set knows is a bad name, as a `/` in a set key was before set took options).
+ */
+export function parseSetKey(buf: Buffer, from: number, to: number): { queue: string; options: SetOptions } | null {
+  let slash = from;
+  while (slash < to && buf[slash] !== SLASH) slash++;
+  if (!validName(buf, from, slash)) return null;
+  const queue = decodeName(buf, from, slash);
+  if (slash === to) return { queue, options: NO_OPTIONS };
+  if (to - from > MAX_NAME) return null;
+  let delay = -1;
+  let id: string | null = null;
+  for (const option of buf.toString("latin1", slash + 1, to).split("/")) {
+    if (option.startsWith("delay=") && delay < 0) {
+      delay = delayMs(option.slice(6));
+      if (delay < 0) return null;
+    } else if (option.startsWith("id=") && id === null && validToken(option, 3)) id = option.slice(3);
+    else return null;
+  }
+  return { queue, options: { delay: Math.max(delay, 0), id } };
+}
+
+/** 1 to MAX_TOKEN printable bytes from `from` on (a "/" cannot occur: it separates options). */
+function validToken(text: string, from: number): boolean {
+  if (text.length - from < 1 || text.length - from > MAX_TOKEN) return false;
+  for (let i = from; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+/** Milliseconds of a `delay=` option, at most MAX_DELAY_MS; -1 if it is not such a number. */
+function delayMs(text: string): number {
+  if (!/^\d{1,10}$/.test(text)) return -1;
+  const ms = Number(text);
+  return ms <= MAX_DELAY_MS ? ms : -1;
 }
 
 function parseGet(buf: Buffer, tokens: number[], next: number, withIds: boolean): Parsed {
@@ -194,19 +249,30 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
     close: false,
     abort: false,
     peek: false,
+    touch: false,
     timeout: -1,
+    delay: 0,
   };
   if (slash === to) return key;
+  if (to - from > MAX_NAME) return null;
   const options = buf.toString("latin1", slash + 1, to).split("/");
+  let delay = -1;
   for (const option of options) {
     if (option === "open" && !key.open) key.open = true;
     else if (option === "close" && !key.close) key.close = true;
     else if (option === "abort" && !key.abort) key.abort = true;
     else if (option === "peek" && !key.peek) key.peek = true;
+    else if (option === "touch" && options.length === 1) key.touch = true;
     else if (option.startsWith("t=") && key.timeout < 0 && /^\d{1,10}$/.test(option.slice(2))) {
       key.timeout = Math.min(Number(option.slice(2)), MAX_WAIT_MS);
+    } else if (option.startsWith("delay=") && delay < 0) {
+      delay = delayMs(option.slice(6));
+      if (delay < 0) return null;
     } else return null;
   }
+  // A delay says when an aborted message comes back: it means nothing without abort.
+  if (delay >= 0 && !key.abort) return null;
+  key.delay = Math.max(delay, 0);
   // Combinations that make no sense (Kestrel's rules, made strict).
   if (key.abort && (key.open || key.close || key.peek || key.timeout >= 0)) return null;
   if (key.peek && (key.open || key.close)) return null;

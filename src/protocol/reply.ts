@@ -14,11 +14,16 @@ export const REPLY = {
   ALREADY_OPEN: "CLIENT_ERROR this connection already has an open message on that queue\r\n",
   TOO_MANY_OPEN: "CLIENT_ERROR too many open messages on this connection\r\n",
   TOO_MANY_QUEUES: "SERVER_ERROR too many queues\r\n",
+  NOTHING_OPEN: "CLIENT_ERROR nothing is open on that queue on this connection\r\n",
   LEASE_EXPIRED: "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n",
   UNAUTHENTICATED: "CLIENT_ERROR unauthenticated\r\n",
   AUTH_FAILED: "CLIENT_ERROR authentication failure\r\n",
   AUTH_BAD_TOKEN: "CLIENT_ERROR bad authentication token format\r\n",
   PERMISSION_DENIED: "CLIENT_ERROR permission denied\r\n",
+  NO_DELAYS: "SERVER_ERROR this store does not support delays (delay=)\r\n",
+  NO_REDRIVE: "SERVER_ERROR this store does not support redrive\r\n",
+  QUEUE_FULL: "SERVER_ERROR queue full\r\n",
+  NO_DEDUP: "SERVER_ERROR this store does not support idempotent sets (id=)\r\n",
 } as const;
 
 export function serverError(reason: string): string {

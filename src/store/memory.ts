@@ -9,6 +9,10 @@ interface Entry extends Omit<Message, "expires"> {
   created: number;
   expiresAt: number;
   opened: boolean;
+  /** When a delayed message may be handed out (ms); 0 once it may (store.ts, Delays). */
+  due: number;
+  /** Times it was opened (dead letters). */
+  deliveries?: number;
 }
 
 interface Queue {
@@ -21,26 +25,71 @@ export function createMemoryStore(): SyncQueueStore {
   let queues = new Map<string, Queue>();
   let lastId = 0;
   let expired = 0;
-  let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number } | null = null;
+  /** Idempotency tokens ("<queue>\n<token>", a byte no name has) and the end of their window. */
+  let tokens = new Map<string, number>();
+  const deduplicated = new Map<string, number>();
+  let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number; tokens: Map<string, number> } | null = null;
 
   function change(): void {
     if (snapshot !== null) return;
     const copy = new Map<string, Queue>();
     for (const [name, q] of queues) copy.set(name, { ...q, entries: q.entries.map((e) => ({ ...e })) });
-    snapshot = { queues: copy, lastId, expired };
+    snapshot = { queues: copy, lastId, expired, tokens: new Map(tokens) };
+  }
+
+  /** Moves q's due delayed messages to its tail, by due time then arrival, with new ids. */
+  function promote(q: Queue, now: number, limit = Infinity): number {
+    const due = q.entries.filter((e) => e.due > 0 && e.due <= now).sort((a, b) => a.due - b.due || a.id - b.id);
+    if (due.length === 0) return 0;
+    change(); // the entries are the snapshot's copies from here on: find them again
+    const ids = new Set(due.slice(0, limit).map((e) => e.id));
+    const moved = q.entries.filter((e) => ids.has(e.id)).sort((a, b) => a.due - b.due || a.id - b.id);
+    q.entries = q.entries.filter((e) => !ids.has(e.id));
+    for (const e of moved) q.entries.push({ ...e, id: ++lastId, due: 0 });
+    return moved.length;
   }
 
   /** Index of the first message that may be handed out; expired ones on the way are deleted. */
   function firstLive(q: Queue, now: number): number {
+    promote(q, now);
     for (let i = 0; i < q.entries.length; i++) {
       const e = q.entries[i]!;
-      if (e.opened) continue;
+      if (e.opened || e.due > 0) continue;
       if (e.expiresAt === 0 || e.expiresAt > now) return i;
       change();
       q.entries.splice(i--, 1);
       expired++;
     }
     return -1;
+  }
+
+  function enqueue(name: string, flags: number, body: Uint8Array, expiresAt: number, now: number, due: number): number {
+    change();
+    let q = queues.get(name);
+    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    promote(q, now); // what is due by now goes before this message
+    const id = ++lastId;
+    q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false, due: due > now ? due : 0 });
+    q.total++;
+    return id;
+  }
+
+  /** The queue `name`, created if need be, with what is due by now moved to its tail. */
+  function into(name: string, now: number): Queue {
+    let q = queues.get(name);
+    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    promote(q, now);
+    return q;
+  }
+
+  function release(name: string, id: number, due: number): boolean {
+    const q = queues.get(name);
+    if (q?.entries.find((e) => e.id === id && e.opened) === undefined) return false;
+    change();
+    const e = q.entries.find((e) => e.id === id && e.opened)!;
+    e.opened = false;
+    e.due = due;
+    return true;
   }
 
   const bytes = (q: Queue) => q.entries.reduce((n, e) => n + e.body.length, 0);
@@ -53,18 +102,11 @@ export function createMemoryStore(): SyncQueueStore {
     items: q.entries.length,
     bytes: bytes(q),
     open: openCount(q),
+    delayed: q.entries.filter((e) => e.due > 0).length,
   });
 
   return {
-    enqueue(name, flags, body, expiresAt, now) {
-      change();
-      let q = queues.get(name);
-      if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
-      const id = ++lastId;
-      q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false });
-      q.total++;
-      return id;
-    },
+    enqueue: (name, flags, body, expiresAt, now) => enqueue(name, flags, body, expiresAt, now, 0),
     dequeue(name, now) {
       const q = queues.get(name);
       const i = q === undefined ? -1 : firstLive(q, now);
@@ -85,6 +127,7 @@ export function createMemoryStore(): SyncQueueStore {
       if (i < 0) return null;
       change();
       q!.entries[i]!.opened = true;
+      q!.entries[i]!.deliveries = (q!.entries[i]!.deliveries ?? 0) + 1;
       return view(q!.entries[i]!);
     },
     confirm(name, id) {
@@ -96,13 +139,7 @@ export function createMemoryStore(): SyncQueueStore {
       q!.fetched++;
       return true;
     },
-    release(name, id) {
-      const e = queues.get(name)?.entries.find((e) => e.id === id && e.opened);
-      if (e === undefined) return false;
-      change();
-      e.opened = false;
-      return true;
-    },
+    release: (name, id) => release(name, id, 0),
     restore(name, m, now) {
       change();
       let q = queues.get(name);
@@ -110,7 +147,7 @@ export function createMemoryStore(): SyncQueueStore {
       q.fetched--;
       let at = q.entries.findIndex((e) => e.id > m.id);
       if (at < 0) at = q.entries.length;
-      q.entries.splice(at, 0, { id: m.id, flags: m.flags, body: m.body, created: now, expiresAt: m.expires, opened: false });
+      q.entries.splice(at, 0, { id: m.id, flags: m.flags, body: m.body, created: now, expiresAt: m.expires, opened: false, due: 0 });
     },
     drop(name) {
       if (!queues.has(name)) return false;
@@ -129,6 +166,10 @@ export function createMemoryStore(): SyncQueueStore {
       for (const q of queues.values()) q.entries = [];
     },
     has: (name) => queues.has(name),
+    size(name) {
+      const q = queues.get(name);
+      return q === undefined ? null : { items: q.entries.length, bytes: bytes(q) };
+    },
     list(): QueueCounters[] {
       return [...queues.keys()].sort().map((name) => {
         const q = queues.get(name)!;
@@ -150,8 +191,10 @@ export function createMemoryStore(): SyncQueueStore {
     detail(name, now): QueueDetail | null {
       const q = queues.get(name);
       if (q === undefined) return null;
-      const first = q.entries[0];
-      return { ...summary(name, q), oldestAgeMs: first === undefined ? 0 : Math.max(0, now - first.created) };
+      const first = q.entries.find((e) => e.due === 0);
+      const delayed = q.entries.filter((e) => e.due > 0).length;
+      const oldestAgeMs = first === undefined ? 0 : Math.max(0, now - first.created);
+      return { ...summary(name, q), oldestAgeMs, delayed, deduplicated: deduplicated.get(name) ?? 0 };
     },
     totals() {
       let items = 0;
@@ -167,7 +210,7 @@ export function createMemoryStore(): SyncQueueStore {
       for (const q of queues.values()) {
         for (let i = 0; i < q.entries.length && n < limit; i++) {
           const e = q.entries[i]!;
-          if (e.opened || e.expiresAt === 0 || e.expiresAt > now) continue;
+          if (e.opened || e.due > 0 || e.expiresAt === 0 || e.expiresAt > now) continue;
           change();
           q.entries.splice(i--, 1);
           n++;
@@ -181,12 +224,77 @@ export function createMemoryStore(): SyncQueueStore {
     },
     rollback() {
       if (snapshot === null) return;
-      ({ queues, lastId, expired } = snapshot);
+      ({ queues, lastId, expired, tokens } = snapshot);
       snapshot = null;
     },
     dirty: () => snapshot !== null,
     writable: () => true,
     maintain() {},
     close() {},
+    deadLetters: {
+      deliveries: (name, id) => queues.get(name)?.entries.find((e) => e.id === id && e.opened)?.deliveries ?? -1,
+      moveOpen(name, id, target, now) {
+        const q = queues.get(name);
+        const i = q === undefined ? -1 : q.entries.findIndex((e) => e.id === id && e.opened);
+        if (i < 0) return false;
+        change();
+        const e = q!.entries.find((e) => e.id === id && e.opened)!;
+        q!.entries = q!.entries.filter((x) => x !== e);
+        q!.fetched++;
+        const t = into(target, now);
+        t.entries.push({ ...e, id: ++lastId, opened: false, deliveries: 0 });
+        t.total++;
+        return true;
+      },
+      redrive(from, to, now) {
+        const f = queues.get(from);
+        if (f === undefined || from === to) return 0;
+        change();
+        const moving = f.entries.filter((e) => !e.opened && e.due === 0);
+        f.entries = f.entries.filter((e) => e.opened || e.due > 0);
+        f.fetched += moving.length;
+        const t = into(to, now);
+        for (const e of moving) t.entries.push({ ...e, id: ++lastId, deliveries: 0 });
+        t.total += moving.length;
+        return moving.length;
+      },
+    },
+    dedup: {
+      seen(name, token, now) {
+        const until = tokens.get(`${name}\n${token}`);
+        if (until === undefined || until <= now) return false;
+        deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1);
+        return true;
+      },
+      remember(name, token, until) {
+        change();
+        tokens.set(`${name}\n${token}`, until);
+      },
+      sweep(now, limit) {
+        let n = 0;
+        for (const [key, until] of tokens) {
+          if (n >= limit) break;
+          if (until > now) continue;
+          change();
+          tokens.delete(key);
+          n++;
+        }
+        return n;
+      },
+    },
+    delays: {
+      enqueue,
+      release: (name, id, due, now) => release(name, id, due > now ? due : 0),
+      promoteDue(now, limit) {
+        const gained: string[] = [];
+        for (const [name, q] of queues) {
+          if (limit <= 0) break;
+          const n = promote(q, now, limit);
+          if (n > 0) gained.push(name);
+          limit -= n;
+        }
+        return gained;
+      },
+    },
   };
 }

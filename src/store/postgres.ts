@@ -206,6 +206,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
     list: () => view.list(),
     has: (queue) => view.has(queue),
+    size: (queue) => view.get(queue) ?? null,
     summaries: () => view.summaries(),
     detail: (queue, now) => view.detail(queue, now),
     totals: () => view.totals(),

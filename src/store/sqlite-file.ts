@@ -2,7 +2,7 @@
  * The SQLite data file: opening it (pragmas, the exclusive lock), its schema, and checking it.
  * sqlite.ts builds the queue store on top.
  *
- * Layout (schema version 2, kept in PRAGMA user_version):
+ * Layout (schema version 3, kept in PRAGMA user_version):
  *   queues(id, name, total, fetched, items, bytes, last_id)
  *                                                    one row per queue, with its counters as of
  *                                                    the last fold of counter_log
@@ -12,6 +12,12 @@
  *                                                    they are exact after a crash (counter-log.ts)
  *   messages(id, qid, flags, created, expires, opened, deliveries, body)
  *                                                    id is global and increasing: FIFO is id order
+ *   delayed(id, qid, due, flags, created, expires, deliveries, body)
+ *                                                    messages no get may return before `due` (ms);
+ *                                                    once due, each moves to messages with a new
+ *                                                    id (sqlite-delays.ts)
+ *   dedup(queue, token, until)                       idempotency tokens of `set q/id=`, each kept
+ *                                                    until its window ends (sqlite-dedup.ts)
  * The highest id given out is saved with the counters (and, folded, in the last_id of the queues
  * a batch touched), so a queue never reuses an id, even once it is empty.
  *
@@ -45,8 +51,25 @@ export interface SqliteOptions {
 }
 
 export const DB_FILE = "mcq.db";
-/** 1: queues and messages; 2: counter_log (counter-log.ts). */
-const SCHEMA_VERSION = 2;
+/** 1: queues and messages; 2: counter_log (counter-log.ts); 3: delayed and dedup. */
+const SCHEMA_VERSION = 3;
+const DELAYED_SCHEMA = [
+  `CREATE TABLE delayed(
+    id INTEGER PRIMARY KEY,
+    qid INTEGER NOT NULL,
+    due INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL)`,
+  // What is due anywhere (housekeeping), and what is due in one queue (a take): one seek each.
+  "CREATE INDEX delayed_due ON delayed(due)",
+  "CREATE INDEX delayed_queue ON delayed(qid, due, id)",
+  // By name, not queue id: a token outlives a `delete` of its queue, as a producer's retry may.
+  "CREATE TABLE dedup(queue TEXT NOT NULL, token TEXT NOT NULL, until INTEGER NOT NULL, UNIQUE(queue, token))",
+  "CREATE INDEX dedup_until ON dedup(until)",
+];
 /** The WAL is checkpointed once it is larger than this, and cut back to this size. */
 export const WAL_LIMIT_BYTES = 2 * 1024 * 1024;
 /** A file up to this size gets a full quick_check at every start (larger: `mcq check`). */
@@ -81,7 +104,7 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
     // Someone else's database is refused before anything in it is changed.
     const version = db.query("PRAGMA user_version").values()[0]![0] as number;
     const tables = db.query("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
-    if (version !== SCHEMA_VERSION && version !== 1 && (version !== 0 || tables !== 0)) {
+    if (version !== SCHEMA_VERSION && version !== 1 && version !== 2 && (version !== 0 || tables !== 0)) {
       throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);
     }
     // Only takes effect on a file without tables: it must come before the schema.
@@ -116,9 +139,10 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
 export function migrate(db: Database): void {
   const version = db.query("PRAGMA user_version").values()[0]![0] as number;
   if (version === SCHEMA_VERSION) return;
-  if (version === 1) {
+  if (version === 1 || version === 2) {
     db.transaction(() => {
-      db.run(COUNTER_LOG_SCHEMA);
+      if (version === 1) db.run(COUNTER_LOG_SCHEMA);
+      for (const statement of DELAYED_SCHEMA) db.run(statement);
       db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
     })();
     return;
@@ -144,6 +168,7 @@ export function migrate(db: Database): void {
     db.run("CREATE INDEX messages_head ON messages(qid, opened, id)");
     db.run("CREATE INDEX messages_expiry ON messages(expires) WHERE expires > 0");
     db.run(COUNTER_LOG_SCHEMA);
+    for (const statement of DELAYED_SCHEMA) db.run(statement);
     db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   })();
 }
@@ -216,8 +241,8 @@ export function verify(db: Database, counters: boolean): string[] {
   if (!counters || problems.length > 0) return problems;
   const rows = db
     .query(
-      "SELECT q.name, q.items, q.bytes, count(m.id), coalesce(sum(length(m.body)), 0) " +
-        "FROM queues q LEFT JOIN messages m ON m.qid = q.id GROUP BY q.id",
+      "SELECT q.name, q.items, q.bytes, count(m.id), coalesce(sum(length(m.body)), 0) FROM queues q " +
+        "LEFT JOIN (SELECT id, qid, body FROM messages UNION ALL SELECT id, qid, body FROM delayed) m ON m.qid = q.id GROUP BY q.id",
     )
     .values() as [string, number, number, number, number][];
   for (const [name, items, bytes, counted, summed] of rows) {

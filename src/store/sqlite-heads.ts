@@ -64,6 +64,9 @@ export interface Queue {
    */
   delFrom: number;
   delTo: number;
+  /** Messages in the delayed table (counted in items too), and the earliest due time among them. */
+  delayed: number;
+  nextDue: number;
 }
 
 export type Row = [id: number, flags: number, expires: number, body: Uint8Array, created?: number];
@@ -74,7 +77,10 @@ type Counters = Pick<Queue, "total" | "fetched" | "items" | "bytes" | "open">;
 
 export function newQueue(id: number, name: string, counters: Counters, empty: boolean): Queue {
   // A new queue is empty, so its read-ahead list (empty) is whole; a loaded one is read at first use.
-  return { id, name, ...counters, ahead: [], next: 0, whole: empty, pending: [], taken: 0, delFrom: 0, delTo: 0 };
+  return {
+    id, name, ...counters, ahead: [], next: 0, whole: empty, pending: [], taken: 0, delFrom: 0, delTo: 0,
+    delayed: 0, nextDue: Infinity,
+  };
 }
 
 export interface HeadStatements {
@@ -196,7 +202,7 @@ export function createHeads(st: HeadStatements, tx: () => void, changed: Set<Que
   /** The first message of q that may be handed out, left in place; expired ones on the way are deleted. */
   function firstLive(q: Queue, now: number): Row | null {
     for (;;) {
-      if (q.items - q.open - (q.pending.length - q.taken) <= 0) return null;
+      if (q.items - q.open - q.delayed - (q.pending.length - q.taken) <= 0) return null;
       if (q.next === q.ahead.length) {
         deleteTakenRows(q); // else the head read now would include them
         q.ahead = headRows.values(q.id) as AheadRow[];

@@ -29,6 +29,7 @@ const summary = (q: Queue): QueueSummary => ({
   items: q.items,
   bytes: q.bytes,
   open: q.open,
+  delayed: q.delayed,
 });
 
 export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st: ListingStatements) {
@@ -68,7 +69,7 @@ export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st
     let oldest: number | null = null;
     const pendingLeft = q.pending.length - q.taken;
     // Messages in the file that may be handed out; pending ones are newer than all of them.
-    if (q.items - q.open - pendingLeft > 0) {
+    if (q.items - q.open - q.delayed - pendingLeft > 0) {
       if (q.next < q.ahead.length) oldest = q.ahead[q.next]![4];
       else oldest = (st.headCreated.values(q.id, q.delTo)[0]?.[0] as number | undefined) ?? null;
     } else if (pendingLeft > 0) oldest = q.pending[q.taken]!.created;
@@ -102,7 +103,7 @@ export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st
       const q = queues.get(name);
       if (q === undefined) return null;
       const created = oldestCreated(q);
-      return { ...summary(q), oldestAgeMs: created === null ? 0 : Math.max(0, now - created) };
+      return { ...summary(q), oldestAgeMs: created === null ? 0 : Math.max(0, now - created), delayed: q.delayed };
     },
   };
 }

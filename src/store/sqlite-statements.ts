@@ -46,6 +46,27 @@ export function prepareStatements(db: Database) {
         "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 0 ORDER BY id LIMIT 1) UNION ALL " +
         "SELECT * FROM (SELECT created FROM messages WHERE qid = ?1 AND opened = 1 ORDER BY id LIMIT 1))",
     ),
+    // Delayed delivery (sqlite-delays.ts).
+    insertDelayed: sql("INSERT INTO delayed(id, qid, due, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    delayOpen: sql(
+      "INSERT INTO delayed(id, qid, due, flags, created, expires, deliveries, body) " +
+        "SELECT id, qid, ?2, flags, created, expires, deliveries, body FROM messages WHERE id = ?1 AND opened = 1",
+    ),
+    deleteOpen: sql("DELETE FROM messages WHERE id = ? AND opened = 1"),
+    dueInQueue: sql("SELECT id FROM delayed WHERE qid = ? AND due <= ? ORDER BY due, id LIMIT ?"),
+    promoteOne: sql(
+      "INSERT INTO messages(id, qid, flags, created, expires, deliveries, body) " +
+        "SELECT ?1, qid, flags, created, expires, deliveries, body FROM delayed WHERE id = ?2",
+    ),
+    deleteDelayed: sql("DELETE FROM delayed WHERE id = ?"),
+    nextDueOf: sql("SELECT min(due) FROM delayed WHERE qid = ?"),
+    // One seek on delayed_due, however many messages wait: nothing due costs no transaction. No
+    // DISTINCT: its temporary b-tree needs disk, and on a full disk the query failed, which failed
+    // every housekeeping batch (and the give-backs in it) until the disk had room (stress, fulldisk).
+    queuesDue: sql("SELECT qid FROM delayed WHERE due <= ? ORDER BY due LIMIT ?"),
+    delayedCounts: sql("SELECT qid, count(*), min(due) FROM delayed GROUP BY qid"),
+    deleteQueueDelayed: sql("DELETE FROM delayed WHERE qid = ?"),
+    deleteAllDelayed: sql("DELETE FROM delayed"),
     // Uses the partial index messages_expiry: one seek, and no transaction, when nothing is due.
     due: sql("SELECT 1 FROM messages WHERE expires > 0 AND expires <= ? AND opened = 0 LIMIT 1"),
     sweep: sql(

@@ -22,6 +22,9 @@ import { createListing } from "./sqlite-listing";
 import { prepareStatements } from "./sqlite-statements";
 import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
 import { createSnapshots } from "./sqlite-snapshot";
+import { createSqliteDelays } from "./sqlite-delays";
+import { createSqliteDedup } from "./sqlite-dedup";
+import { createSqliteDead } from "./sqlite-dead";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
@@ -74,7 +77,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     });
     const saved = db.query("SELECT max(last_id) FROM queues").values()[0]![0] as number | null;
     const max = db.query("SELECT max(id) FROM messages").values()[0]![0] as number | null;
-    lastId = Math.max(saved ?? 0, max ?? 0, logged);
+    const maxDelayed = db.query("SELECT max(id) FROM delayed").values()[0]![0] as number | null;
+    lastId = Math.max(saved ?? 0, max ?? 0, maxDelayed ?? 0, logged);
+    delays.load();
     listing.rebuild();
   }
 
@@ -83,6 +88,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     sums.items -= q.items;
     sums.open -= q.open;
     q.items = q.bytes = q.open = 0;
+    delays.emptied(q);
   }
 
   const space = createSpace(db, dir, file, st.sql);
@@ -115,6 +121,44 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   const heads = createHeads(st, tx, changed, sums, () => void expired++);
   const { removed, write, takeHead, deleteTakenRows, deleteAllTakenRows, materialize, materializeAll } = heads;
   const { takePending, forget, firstLive } = heads;
+  const delays = createSqliteDelays({ st, tx, nextId: () => ++lastId, materialize, forget, changed, byId, sums });
+  const { promote } = delays;
+  const dead = createSqliteDead({
+    sql: st.sql, tx, nextId: () => ++lastId, queueFor, queues, changed, sums, forget,
+    prepareTail: (q, now) => {
+      if (q.nextDue <= now) promote(q, now);
+      materialize(q);
+    },
+  });
+  /** Sets a token turned away, per queue, since the start (a rollback does not reload them). */
+  const deduplicated = new Map<string, number>();
+  const dedup = createSqliteDedup(st.sql, tx, () => inTx, (name) => deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1));
+
+  /** Returns q's open message `id` to its place; false if it was not open. */
+  function releaseNow(q: Queue, id: number): boolean {
+    tx();
+    materialize(q);
+    deleteTakenRows(q); // the released message may lie between them
+    if (releaseOpen.run(id).changes === 0) return false;
+    q.open--;
+    sums.open--;
+    forget(q); // it is back before the ids read ahead
+    return true;
+  }
+
+  /** A set, plain or delayed: counts it, after moving what is due by now ahead of it. */
+  function admit(name: string, body: Uint8Array, now: number): Queue {
+    // Before any change, so that the rest of the batch (gets, which free space) can commit.
+    if (!space.admit(body.length, now)) throw new StoreRefused(OUT_OF_SPACE);
+    tx();
+    const q = queueFor(name);
+    if (q.nextDue <= now) promote(q, now);
+    q.total++;
+    q.items++;
+    sums.items++;
+    q.bytes += body.length;
+    return q;
+  }
 
   function queueFor(name: string): Queue {
     let q = queues.get(name);
@@ -158,10 +202,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   return {
     enqueue: (name, flags, body, expiresAt, now) =>
       guard(() => {
-        // Before any change, so that the rest of the batch (gets, which free space) can commit.
-        if (!space.admit(body.length, now)) throw new StoreRefused(OUT_OF_SPACE);
-        tx();
-        const q = queueFor(name);
+        const q = admit(name, body, now);
         const id = ++lastId;
         if (body.length <= PENDING_MAX_BODY) {
           // The body is a view into the connection's input: keep a copy of it.
@@ -170,10 +211,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           materialize(q);
           write(q, id, flags, now, expiresAt, body);
         }
-        q.total++;
-        q.items++;
-        sums.items++;
-        q.bytes += body.length;
         return id;
       }),
 
@@ -181,6 +218,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       guard(() => {
         const q = queues.get(name);
         if (q === undefined) return null;
+        if (q.nextDue <= now) promote(q, now);
         const row = firstLive(q, now);
         if (row === null) {
           // Nothing older in the file: the head, if any, was set in this batch.
@@ -200,6 +238,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     peek: (name, now) =>
       guard(() => {
         const q = queues.get(name);
+        if (q !== undefined && q.nextDue <= now) promote(q, now);
         if (q !== undefined) materialize(q);
         const row = q === undefined ? null : firstLive(q, now);
         return row === null ? null : message(row);
@@ -208,6 +247,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     open: (name, now) =>
       guard(() => {
         const q = queues.get(name);
+        if (q !== undefined && q.nextDue <= now) promote(q, now);
         if (q !== undefined) materialize(q);
         const row = q === undefined ? null : firstLive(q, now);
         if (row === null) return null;
@@ -239,15 +279,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     release: (name, id) =>
       guard(() => {
         const q = queues.get(name);
-        if (q === undefined) return false;
-        tx();
-        materialize(q);
-        deleteTakenRows(q); // the released message may lie between them
-        if (releaseOpen.run(id).changes === 0) return false;
-        q.open--;
-        sums.open--;
-        forget(q); // it is back before the ids read ahead
-        return true;
+        return q === undefined ? false : releaseNow(q, id);
       }),
 
     restore: (name, m, now) =>
@@ -273,6 +305,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         tx();
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
+        st.deleteQueueDelayed.run(q.id);
         deleteQueue.run(q.id);
         emptied(q);
         queues.delete(name);
@@ -290,6 +323,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         tx();
         heads.dropMessages(q);
         deleteQueueMessages.run(q.id);
+        st.deleteQueueDelayed.run(q.id);
         emptied(q);
         forget(q);
         changed.add(q);
@@ -300,6 +334,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         tx();
         heads.dropAll();
         deleteAllMessages.run();
+        st.deleteAllDelayed.run();
         for (const q of queues.values()) {
           if (q.items === 0) continue;
           emptied(q);
@@ -310,10 +345,16 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     list: listing.list,
     has: (name) => queues.has(name),
+    size: (name) => queues.get(name) ?? null,
 
     summaries: listing.summaries,
 
-    detail: (name, now) => guard(() => listing.detail(name, now)),
+    detail: (name, now) =>
+      guard(() => {
+        const d = listing.detail(name, now);
+        if (d !== null) d.deduplicated = deduplicated.get(name) ?? 0;
+        return d;
+      }),
 
     totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
 
@@ -398,6 +439,38 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
           if (error !== null) throw error;
         });
       }),
+
+    deadLetters: {
+      deliveries: (name, id) => guard(() => dead.deliveries(name, id)),
+      moveOpen: (name, id, target, now) => guard(() => dead.moveOpen(name, id, target, now)),
+      redrive: (from, to, now) => guard(() => dead.redrive(from, to, now)),
+    },
+
+    dedup: {
+      seen: (name, token, now) => guard(() => dedup.seen(name, token, now)),
+      remember: (name, token, until) => guard(() => dedup.remember(name, token, until)),
+      sweep: (now, limit) => guard(() => dedup.sweep(now, limit)),
+    },
+
+    delays: {
+      enqueue: (name, flags, body, expiresAt, now, dueAt) =>
+        guard(() => {
+          if (dueAt <= now) throw new Error("a delayed message must be due later than now");
+          const q = admit(name, body, now);
+          const id = ++lastId;
+          delays.hold(q, id, flags, body, expiresAt, now, dueAt);
+          return id;
+        }),
+      release: (name, id, dueAt, now) =>
+        guard(() => {
+          const q = queues.get(name);
+          if (q === undefined) return false;
+          if (dueAt <= now) return releaseNow(q, id);
+          return delays.delayOpen(q, id, dueAt);
+        }),
+      // One look at the index when nothing is due, and no transaction (see sweepExpired).
+      promoteDue: (now, limit) => guard(() => delays.promoteDue(now, limit)),
+    },
 
     snapshots: createSnapshots(db, file, space, fatal, () => inTx, guard),
 

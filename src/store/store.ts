@@ -32,11 +32,17 @@ export interface QueueSummary extends QueueCounters {
   bytes: number;
   /** Messages now open (reserved by a consumer). */
   open: number;
+  /** Messages not yet due (Delays), where the store keeps them. */
+  delayed?: number;
 }
 
 export interface QueueDetail extends QueueSummary {
   /** Age of the oldest message in milliseconds, 0 when empty. */
   oldestAgeMs: number;
+  /** Messages stored (counted in items) that no get may return yet: a delay runs (Delays). */
+  delayed?: number;
+  /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
+  deduplicated?: number;
 }
 
 export interface StoreTotals {
@@ -89,6 +95,8 @@ export interface QueueStore {
    * may spread it over event-loop turns: a queue created or dropped meanwhile may or may not appear.
    */
   summaries(): IterableIterator<QueueSummary>;
+  /** One queue's items and bytes, from memory (per-queue limits ask at every set); null if it does not exist. */
+  size?(queue: string): { items: number; bytes: number } | null;
   /** One queue's counters and oldest age: no more than a couple of index lookups. */
   detail(queue: string, now: number): QueueDetail | null;
   totals(): StoreTotals;
@@ -134,6 +142,62 @@ export interface QueueStore {
   close(): void | Promise<void>;
   /** Only a store kept in one file has it: what `mcq backup` copies while the server serves. */
   snapshots?: Snapshots;
+  /** Delayed delivery; a store without it refuses `set q/delay=` and `get q/abort/delay=`. */
+  delays?: Delays;
+  /** Idempotent sets; a store without it refuses `set q/id=`. */
+  dedup?: Dedup;
+  /** Dead letters; a server with max_deliveries refuses to start on a store without it. */
+  deadLetters?: DeadLetters;
+}
+
+/**
+ * Dead letters (`--max-deliveries`, `redrive`): moving messages between queues in the batch, so a
+ * move is atomic with what triggered it: after kill -9 a message is in exactly one queue.
+ */
+export interface DeadLetters {
+  /** How many times the open message `id` of `queue` was opened; -1 if it is not open. */
+  deliveries(queue: string, id: number): number;
+  /**
+   * Moves the open message `id` of `queue` to the tail of `target` (created if need be), with a new
+   * id and its delivery count reset (else its first abort there would move it on); it counts as fetched from `queue` and stored in `target`. False if
+   * it was not open.
+   */
+  moveOpen(queue: string, id: number, target: string, now: number): boolean;
+  /**
+   * Moves every waiting message of `from` (not open, not delayed) to the tail of `to`, in order,
+   * with new ids and their delivery counts reset; returns how many.
+   */
+  redrive(from: string, to: string, now: number): number;
+}
+
+/**
+ * Idempotent sets (`set q/id=<token>`): the tokens a queue was set with, each until its window
+ * ends, kept in the batch like any change, so that they survive what the message survives.
+ */
+export interface Dedup {
+  /** Whether `queue` took a set with `token` whose window has not ended; if so, counts it (deduplicated). */
+  seen(queue: string, token: string, now: number): boolean;
+  /** Remembers that `queue` took a set with `token`, until `until` (ms). */
+  remember(queue: string, token: string, until: number): void;
+  /** Forgets up to `limit` tokens whose window ended; returns how many. */
+  sweep(now: number, limit: number): number;
+}
+
+/**
+ * Delayed delivery (`set q/delay=<ms>`, `get q/abort/delay=<ms>`). A delayed message is stored
+ * and counted in its queue's items, but no take sees it before its due time. Once due, it takes
+ * its place at the tail of its queue, as if set then: FIFO among due messages is by due time,
+ * then by arrival. It gets a new id at that moment (ids stay increasing in queue order). The
+ * store makes a message due when its queue is next used (any take or enqueue at or after the
+ * due time sees it), or when promoteDue() finds it.
+ */
+export interface Delays {
+  /** enqueue(), with the message hidden until `dueAt` (ms since the epoch). */
+  enqueue(queue: string, flags: number, body: Uint8Array, expiresAt: number, now: number, dueAt: number): number;
+  /** release(), with the message hidden until `dueAt`; false if it was not reserved. */
+  release(queue: string, id: number, dueAt: number, now: number): boolean;
+  /** Makes up to `limit` due messages visible; returns the queues that gained some. */
+  promoteDue(now: number, limit: number): string[];
 }
 
 /**

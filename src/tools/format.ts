@@ -3,6 +3,10 @@
  *   {"type":"dump","format":1,"id":"<uuid>","created":1764000000000,"mcq":"1.0.0","lastId":9}
  *   {"type":"queue","name":"jobs","total":12,"fetched":4}          one per queue, first
  *   {"type":"message","queue":"jobs","id":9,"flags":0,"created":…,"expires":0,"body":"<base64>"}
+ *   {"type":"message",…,"due":1764000060000,"deliveries":2}     format 2: a delayed message (due, ms)
+ *                                                                and how often it was opened
+ *   {"type":"token","queue":"jobs","token":"order-17","until":…}  format 2: a `set q/id=` token, kept
+ *                                                                until its window ends (ms)
  *   {"type":"end","queues":1,"messages":8}
  * The id in the header makes load idempotent: load records it, and refuses a dump it has already
  * loaded (a message's id is only unique within its queue and its data directory, so it cannot).
@@ -13,7 +17,8 @@
 import { open } from "node:fs/promises";
 import { ToolError } from "./datadir";
 
-export const FORMAT = 1;
+/** 2 (issue 12): due times, delivery counts and dedup tokens; load reads 1 and 2. */
+export const FORMAT = 2;
 
 export interface Header {
   type: "dump";
@@ -38,16 +43,27 @@ export interface MessageLine {
   created: number;
   expires: number;
   body: string;
+  /** A delayed message: no get returns it before this time (ms). */
+  due?: number;
+  /** Times it was opened without being closed. */
+  deliveries?: number;
+}
+export interface TokenLine {
+  type: "token";
+  queue: string;
+  token: string;
+  until: number;
 }
 export interface EndLine {
   type: "end";
   queues: number;
   messages: number;
 }
-export type Line = Header | QueueLine | MessageLine | EndLine;
+export type Line = Header | QueueLine | MessageLine | TokenLine | EndLine;
 
 const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const TOKEN = /^[\x21-\x2e\x30-\x7e]{1,128}$/;
 const whole = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 
 /** One line of a dump, checked; a ToolError names the line and what is wrong with it. */
@@ -64,7 +80,7 @@ export function parseLine(text: string, n: number): Line {
   switch (l.type) {
     case "dump":
       if (!whole(l.format)) throw bad("bad format number");
-      if (l.format !== FORMAT) throw bad(`dump format ${l.format}; this mcq reads format ${FORMAT}`);
+      if (l.format !== FORMAT && l.format !== 1) throw bad(`dump format ${l.format}; this mcq reads formats 1 to ${FORMAT}`);
       if (typeof l.id !== "string" || l.id === "") throw bad("bad dump id");
       if (!whole(l.lastId)) throw bad("bad lastId");
       return l as unknown as Header;
@@ -77,7 +93,12 @@ export function parseLine(text: string, n: number): Line {
       if (!whole(l.flags) || (l.flags as number) > 4294967295 || !whole(l.created) || !whole(l.expires)) throw bad("bad numbers");
       if (l.id !== undefined && !whole(l.id)) throw bad("bad message id");
       if (typeof l.body !== "string" || !BASE64.test(l.body)) throw bad("body is not base64");
+      if ((l.due !== undefined && !whole(l.due)) || (l.deliveries !== undefined && !whole(l.deliveries))) throw bad("bad due or deliveries");
       return l as unknown as MessageLine;
+    case "token":
+      if (typeof l.queue !== "string" || !NAME.test(l.queue)) throw bad("bad queue name");
+      if (typeof l.token !== "string" || !TOKEN.test(l.token) || !whole(l.until)) throw bad("bad token");
+      return l as unknown as TokenLine;
     case "end":
       if (!whole(l.queues) || !whole(l.messages)) throw bad("bad counts");
       return l as unknown as EndLine;

@@ -23,9 +23,13 @@ function statements(db: Database) {
     queueId: db.query("SELECT id FROM queues WHERE name = ?"),
     createQueue: db.query("INSERT INTO queues(name) VALUES (?) RETURNING id"),
     addCounters: db.query("UPDATE queues SET total = total + ?, fetched = fetched + ? WHERE id = ?"),
-    addMessage: db.query("INSERT INTO messages(id, qid, flags, created, expires, body) VALUES (?, ?, ?, ?, ?, ?)"),
+    addMessage: db.query("INSERT INTO messages(id, qid, flags, created, expires, deliveries, body) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    addDelayed: db.query("INSERT INTO delayed(id, qid, flags, created, expires, deliveries, due, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    // A token loaded twice keeps the later end of its window.
+    addToken: db.query("INSERT INTO dedup(queue, token, until) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET until = max(until, excluded.until)"),
     addItems: db.query("UPDATE queues SET items = items + ?, bytes = bytes + ? WHERE id = ?"),
-    lastId: db.query("SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0))"),
+    lastId: db.query("SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0), " +
+      "coalesce((SELECT max(id) FROM delayed), 0))"),
     saveLastId: db.query("UPDATE queues SET last_id = ?"),
     loadedAt: db.query("SELECT loaded_at FROM loads WHERE dump_id = ?"),
     recordLoad: db.query("INSERT OR REPLACE INTO loads(dump_id, loaded_at, messages) VALUES (?, ?, ?)"),
@@ -95,6 +99,10 @@ export async function load(home: string, input: AsyncIterable<Uint8Array>, appen
         queues++;
         continue;
       }
+      if (line.type === "token") {
+        st.addToken.run(line.queue, line.token, line.until);
+        continue;
+      }
       const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
       const body = Buffer.from(line.body, "base64");
       let id = next++;
@@ -104,7 +112,9 @@ export async function load(home: string, input: AsyncIterable<Uint8Array>, appen
         next = Math.max(next - 1, id + 1);
       }
       try {
-        st.addMessage.run(id, q[0], line.flags, line.created, line.expires, body);
+        const deliveries = line.deliveries ?? 0;
+        if ((line.due ?? 0) > 0) st.addDelayed.run(id, q[0], line.flags, line.created, line.expires, deliveries, line.due!, body);
+        else st.addMessage.run(id, q[0], line.flags, line.created, line.expires, deliveries, body);
       } catch (e) {
         // A dump holds each id once: only a file edited by hand can repeat one.
         if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;

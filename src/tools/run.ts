@@ -17,9 +17,10 @@ import { checkHealth, healthCommand, target as healthTarget } from "./health";
 import { fileChunks } from "./format";
 import { load } from "./load";
 import { passwd } from "./passwd";
+import { redrive } from "./redrive";
 import { queueTable, type Target } from "./stats";
 
-export const TOOLS = ["backup", "check", "dump", "load", "stats", "passwd", "health"];
+export const TOOLS = ["backup", "check", "dump", "load", "redrive", "stats", "passwd", "health"];
 
 function command(name: string, description: string): Command {
   return new Command(`mcq ${name}`).description(description).exitOverride().configureOutput({ writeErr: () => {} });
@@ -72,6 +73,15 @@ export async function runTool(name: string, argv: string[], mainHelp: () => void
       const result = await load(o.home, input, o.append === true);
       for (const note of result.notes) err(`mcq load: note: ${note}`);
       err(`loaded ${result.messages} messages`);
+      return 0;
+    }
+    if (name === "redrive") {
+      const cmd = command("redrive", "move the waiting messages of one queue to the tail of another (stop the server first)")
+        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+        .argument("<from>", "the queue to empty, e.g. jobs.dlq")
+        .argument("<to>", "the queue to append to, e.g. jobs")
+        .parse(argv, { from: "user" });
+      out(`OK ${redrive(cmd.opts<{ home: string }>().home, cmd.args[0]!, cmd.args[1]!)}`);
       return 0;
     }
     if (name === "passwd") {

@@ -76,6 +76,31 @@ print(c.get("waitq/t=500"), c.get("waitq/t=50"), c.get_many(["waitq/peek", "nosu
   },
 );
 
+test.skipIf(!available("pymemcache", hasPymemcache, "apt-get install python3-pymemcache"))(
+  "pymemcache with issue 12's options: set q/delay= and q/id=, get q/abort/delay=",
+  async () => {
+    const script = `
+import time
+from pymemcache.client.base import Client
+c = Client(("127.0.0.1", ${server.port}))
+assert c.set("pyd/delay=300", b"later", noreply=False)
+assert c.set("pyd", b"now", noreply=False)
+print(c.get("pyd"), c.get("pyd"))
+print(c.get("pyd/t=3000"))
+for _ in range(2):
+    assert c.set("pyi/id=order-1", b"once", noreply=False)
+print(c.get("pyi"), c.get("pyi"))
+c.set("pyr", b"job", noreply=False)
+print(c.get("pyr/open"), c.get("pyr/abort/delay=300"), c.get("pyr"))
+started = time.monotonic()
+print(c.get("pyr/t=3000"), time.monotonic() - started > 0.1)
+`;
+    const r = Bun.spawnSync([PYTHON, "-c", script]);
+    expect(r.stderr.toString()).toBe("");
+    expect(r.stdout.toString()).toBe("b'now' None\nb'later'\nb'once' None\nb'job' None None\nb'job' True\n");
+  },
+);
+
 test("npm memcached", async () => {
   const mc = new Memcached(`127.0.0.1:${server.port}`, { retries: 0, timeout: 2000 });
   const call = <T>(fn: (cb: (err: unknown, v: T) => void) => void) =>

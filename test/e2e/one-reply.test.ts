@@ -73,7 +73,8 @@ describe("a failed batch ends each reply once", () => {
     expect(await a.call("")).toBe("SERVER_ERROR injected failure\r\n");
     expect(await a.call(set("w", "again") + "get w\r\n")).toBe("STORED\r\n" + value("w", "again") + "END\r\n");
     expect(await b.call("stats queue w\r\n")).toBe(
-      "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
+      "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\n" +
+        "STAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n",
     );
   });
 

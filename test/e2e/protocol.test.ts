@@ -186,7 +186,7 @@ describe("admin", () => {
       "STAT B 1/0\r\nSTAT a 2/1\r\nSTAT a10 1/0\r\nSTAT a9 1/0\r\nSTAT b 1/0\r\nEND\r\n",
     );
     expect(await d.call("stats queue a\r\n")).toMatch(
-      /^STAT items 1\r\nSTAT bytes 1\r\nSTAT total 2\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms \d+\r\nEND\r\n$/,
+      /^STAT items 1\r\nSTAT bytes 1\r\nSTAT total 2\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms \d+\r\nSTAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n$/,
     );
     expect(await d.call("stats queue nosuch\r\n")).toBe("END\r\n");
     await fresh.kill();

@@ -28,7 +28,7 @@ describe("dump and load", () => {
   test("dump writes a header with a dump id, the queues, each message with its id, and an end line", async () => {
     const { text } = await dumped();
     const lines = text.trimEnd().split("\n").map((l) => JSON.parse(l));
-    expect(lines[0]).toEqual({ type: "dump", format: 1, id: expect.stringMatching(UUID), created: expect.any(Number), mcq: expect.any(String), lastId: 4 });
+    expect(lines[0]).toEqual({ type: "dump", format: 2, id: expect.stringMatching(UUID), created: expect.any(Number), mcq: expect.any(String), lastId: 4 });
     expect(lines.slice(1, 3)).toEqual([
       { type: "queue", name: "a", total: 3, fetched: 1 },
       { type: "queue", name: "b", total: 1, fetched: 0 },

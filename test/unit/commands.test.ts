@@ -176,3 +176,33 @@ describe("store failures", () => {
     expect(h.send(producer, "get q\r\n")).toBe("END\r\n");
   });
 });
+
+describe("issue 12 with a frozen clock", () => {
+  test("get q/touch renews the open message's lease; with nothing open it is a CLIENT_ERROR", () => {
+    const h = harness({ openTimeoutMs: 1000 });
+    const s = h.session();
+    h.send(s, "set q 0 0 1\r\na\r\n");
+    expect(h.send(s, "get q/touch\r\n")).toBe("CLIENT_ERROR nothing is open on that queue on this connection\r\n");
+    expect(h.send(s, "get q/open\r\n")).toBe("VALUE q/open 0 1\r\na\r\nEND\r\n");
+    h.advance(900);
+    expect(h.send(s, "get q/touch\r\n")).toBe("END\r\n");
+    h.advance(900); // 1800 ms after the open, 900 after the touch: still leased
+    expireLeases(h.ctx, h.now());
+    expect(h.ctx.store.detail("q", h.now())).toMatchObject({ open: 1 });
+    h.advance(100);
+    expireLeases(h.ctx, h.now());
+    expect(h.ctx.store.detail("q", h.now())).toMatchObject({ open: 0 });
+    expect(h.send(s, "get q/touch/open\r\nget q/touch/t=5\r\n")).toBe("CLIENT_ERROR bad command line format\r\n".repeat(2));
+  });
+
+  test("a delayed set and an abort with a delay follow the clock", () => {
+    const h = harness();
+    const s = h.session();
+    expect(h.send(s, "set q/delay=1000 0 0 1\r\nd\r\nset q 0 0 1\r\nn\r\n")).toBe("STORED\r\nSTORED\r\n");
+    expect(h.send(s, "get q/open\r\nget q/abort/delay=500\r\nget q\r\n")).toBe("VALUE q/open 0 1\r\nn\r\nEND\r\nEND\r\nEND\r\n");
+    h.advance(500);
+    expect(h.send(s, "get q\r\nget q\r\n")).toBe("VALUE q 0 1\r\nn\r\nEND\r\nEND\r\n");
+    h.advance(500);
+    expect(h.send(s, "get q\r\n")).toBe("VALUE q 0 1\r\nd\r\nEND\r\n");
+  });
+});

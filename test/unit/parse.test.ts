@@ -18,7 +18,12 @@ interface Fixture {
 
 /** Requests as plain values; a set's data view becomes a string. */
 function plain(req: Request): unknown {
-  if (req.kind === "set") return { ...req, data: Buffer.from(req.data).toString("latin1") };
+  if (req.kind === "set") {
+    // A set without options is written as before; one with options shows them.
+    const { options, ...rest } = req;
+    const plainSet = { ...rest, data: Buffer.from(req.data).toString("latin1") };
+    return options.delay === 0 && options.id === null ? plainSet : { ...plainSet, options };
+  }
   return req;
 }
 
@@ -37,12 +42,54 @@ function replay(chunks: Buffer[]): unknown[] {
 
 /** A parsed key: `raw` is the key as requested, its queue the part before the first "/". */
 const key = (raw: string, o: Partial<Omit<import("../../src/protocol/types").GetKey, "queue" | "key">> = {}) => ({
-  queue: raw.split("/")[0], key: raw, open: false, close: false, abort: false, peek: false, timeout: -1, ...o,
+  queue: raw.split("/")[0], key: raw, open: false, close: false, abort: false, peek: false, touch: false, timeout: -1, delay: 0, ...o,
 });
 const err = (reply: string, close = false) => ({ kind: "error" as const, reply: reply + "\r\n", close });
 const BAD = err("CLIENT_ERROR bad command line format");
 
 const fixtures: Fixture[] = [
+  {
+    name: "set options: delay; unknown, repeated or out-of-range options are bad names and swallow the block",
+    input:
+      "set q/delay=5000 0 0 1\r\na\r\nset q/delay=2592000000 0 0 1\r\nb\r\nset q/delay=2592000001 0 0 1\r\nc\r\n" +
+      "set q/nope 0 0 1\r\nd\r\nset q/delay=1/delay=2 0 0 1\r\ne\r\nset q/delay=-1 0 0 1\r\nf\r\nset q/ 0 0 1\r\ng\r\nversion\r\n",
+    expect: [
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 5000, id: null } },
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "b", noreply: false, options: { delay: 2592000000, id: null } },
+      BAD, BAD, BAD, BAD, BAD,
+      { kind: "version" },
+    ],
+  },
+  {
+    name: "set options: id=<token> of 1 to 128 printable bytes, with or without a delay",
+    input: `set q/id=${"t".repeat(128)} 0 0 1\r\na\r\nset q/delay=5/id=x-1 0 0 1\r\nb\r\nset q/id=${"t".repeat(129)} 0 0 1\r\nc\r\n` +
+      "set q/id= 0 0 1\r\nd\r\nset q/id=a/id=b 0 0 1\r\ne\r\nset q/id=\x01 0 0 1\r\nf\r\n",
+    expect: [
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 0, id: "t".repeat(128) } },
+      { kind: "set", queue: "q", flags: 0, exptime: 0, data: "b", noreply: false, options: { delay: 5, id: "x-1" } },
+      BAD, BAD, BAD, BAD,
+    ],
+  },
+  {
+    name: "the whole key, options included, is at most 250 bytes",
+    input: `set ${"q".repeat(242)}/delay=1 0 0 1\r\na\r\nset ${"q".repeat(243)}/delay=1 0 0 1\r\nb\r\n` +
+      `get ${"q".repeat(245)}/open\r\nget ${"q".repeat(246)}/open\r\n`,
+    expect: [
+      { kind: "set", queue: "q".repeat(242), flags: 0, exptime: 0, data: "a", noreply: false, options: { delay: 1, id: null } },
+      BAD,
+      { kind: "get", keys: [key(`${"q".repeat(245)}/open`, { open: true })], withIds: false },
+      BAD,
+    ],
+  },
+  {
+    name: "get abort/delay: a delay only with abort",
+    input: "get q/abort/delay=100\r\nget q/delay=100/abort\r\nget q/delay=100\r\nget q/open/delay=5\r\nget q/abort/delay=2592000001\r\n",
+    expect: [
+      { kind: "get", keys: [key("q/abort/delay=100", { abort: true, delay: 100 })], withIds: false },
+      { kind: "get", keys: [key("q/delay=100/abort", { abort: true, delay: 100 })], withIds: false },
+      BAD, BAD, BAD,
+    ],
+  },
   {
     name: "set and get",
     input: "set q 5 0 3\r\nabc\r\nget q\r\n",

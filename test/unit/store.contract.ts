@@ -117,7 +117,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
       const s = await make();
       s.enqueue("q", 0, enc("abc"), 0, T);
       s.enqueue("q", 0, enc("hello"), 0, T + 50);
-      expect(s.detail("q", T + 200)).toEqual({ name: "q", items: 2, bytes: 8, total: 2, fetched: 0, open: 0, oldestAgeMs: 200 });
+      expect(s.detail("q", T + 200)).toMatchObject({ name: "q", items: 2, bytes: 8, total: 2, fetched: 0, open: 0, oldestAgeMs: 200 });
       expect(s.detail("none", T)).toBeNull();
       await s.commit();
       await s.close();
@@ -148,7 +148,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
       await s.open("a", T);
       await s.commit();
       const it = s.summaries();
-      expect(it.next().value).toEqual({ name: "a", total: 1, fetched: 0, items: 1, bytes: 2, open: 1 });
+      expect(it.next().value).toMatchObject({ name: "a", total: 1, fetched: 0, items: 1, bytes: 2, open: 1 });
       s.enqueue("_", 0, enc(""), 0, T); // before the cursor: not seen
       s.enqueue("b", 0, enc(""), 0, T); // after it: seen
       expect(s.drop("a")).toBe(true);
@@ -261,6 +261,145 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
       expect(text(await s.dequeue("d", T))).toBe("x");
       await s.commit();
       await s.close();
+    });
+
+    describe("delays", () => {
+      const delayed = (s: QueueStore) => s.detail("q", T)?.delayed;
+
+      test("a delayed message stays hidden until due, then takes its place by due time, then arrival", async () => {
+        const s = await make();
+        if (s.delays === undefined) return void (await s.close()); // this store has no delays
+        const d = s.delays;
+        s.enqueue("q", 0, enc("a"), 0, T);
+        d.enqueue("q", 0, enc("late"), 0, T, T + 100);
+        d.enqueue("q", 0, enc("early"), 0, T, T + 50);
+        d.enqueue("q", 0, enc("early too"), 0, T, T + 50);
+        s.enqueue("q", 0, enc("b"), 0, T);
+        await s.commit();
+        expect(s.detail("q", T)).toMatchObject({ items: 5, delayed: 3, total: 5 });
+        expect(text(await s.peek("q", T + 49))).toBe("a");
+        expect([await s.dequeue("q", T + 49), await s.dequeue("q", T + 49), await s.dequeue("q", T + 49)].map(text)).toEqual(["a", "b", null]);
+        expect(await s.open("q", T + 49)).toBeNull();
+        await s.commit();
+        // Due at T+50; a set at T+60 comes after them.
+        s.enqueue("q", 0, enc("c"), 0, T + 60);
+        await s.commit();
+        expect(delayed(s)).toBe(1);
+        const early = (await s.dequeue("q", T + 60))!;
+        expect(text(early)).toBe("early");
+        expect([await s.dequeue("q", T + 60), await s.dequeue("q", T + 60), await s.dequeue("q", T + 99)].map(text)).toEqual(["early too", "c", null]);
+        expect(text(await s.dequeue("q", T + 100))).toBe("late");
+        await s.commit();
+        expect(s.detail("q", T + 100)).toMatchObject({ items: 0, delayed: 0, total: 6, fetched: 6 });
+        await s.close();
+      });
+
+      test("release with a delay hides the open message until due; promoteDue names the queues; rollback undoes", async () => {
+        const s = await make();
+        if (s.delays === undefined) return void (await s.close());
+        const d = s.delays;
+        s.enqueue("q", 0, enc("m1"), 0, T);
+        s.enqueue("q", 0, enc("m2"), 0, T);
+        await s.commit();
+        const m1 = (await s.open("q", T))!;
+        expect(d.release("q", m1.id, T + 100, T)).toBe(true);
+        expect(d.release("q", m1.id, T + 100, T)).toBe(false); // no longer open
+        await s.commit();
+        expect(s.detail("q", T)).toMatchObject({ items: 2, open: 0, delayed: 1 });
+        expect(text(await s.peek("q", T + 99))).toBe("m2");
+        expect(d.promoteDue(T + 99, 100)).toEqual([]);
+        expect(d.promoteDue(T + 100, 100)).toEqual(["q"]);
+        s.rollback();
+        expect(delayed(s)).toBe(1);
+        expect(d.promoteDue(T + 100, 100)).toEqual(["q"]);
+        await s.commit();
+        expect(delayed(s)).toBe(0);
+        const back = (await s.dequeue("q", T + 100))!;
+        expect(text(back)).toBe("m2"); // m1 came back after m2, at its due time
+        expect(text(await s.dequeue("q", T + 100))).toBe("m1");
+        await s.commit();
+        await s.close();
+      });
+
+      test("flush, drop and flush_all delete delayed messages too", async () => {
+        const s = await make();
+        if (s.delays === undefined) return void (await s.close());
+        const d = s.delays;
+        d.enqueue("q", 0, enc("x"), 0, T, T + 10);
+        d.enqueue("r", 0, enc("y"), 0, T, T + 10);
+        d.enqueue("t", 0, enc("z"), 0, T, T + 10);
+        await s.commit();
+        s.flush("q");
+        s.drop("r");
+        await s.commit();
+        expect(s.detail("q", T)).toMatchObject({ items: 0, bytes: 0, delayed: 0 });
+        expect(s.has("r")).toBe(false);
+        expect(await s.dequeue("q", T + 10)).toBeNull();
+        s.flushAll();
+        await s.commit();
+        expect(s.detail("t", T)).toMatchObject({ items: 0, delayed: 0 });
+        expect(await s.dequeue("t", T + 10)).toBeNull();
+        expect(d.promoteDue(T + 10, 100)).toEqual([]);
+        await s.close();
+      });
+    });
+
+    describe("dedup", () => {
+      test("a token is seen within its window, across a commit, and undone by a rollback; sweep forgets ended ones", async () => {
+        const s = await make();
+        if (s.dedup === undefined) return void (await s.close()); // this store has no idempotent sets
+        const d = s.dedup;
+        s.enqueue("q", 0, enc("m"), 0, T);
+        d.remember("q", "tok", T + 100);
+        expect(d.seen("q", "tok", T)).toBe(true); // in the same batch
+        await s.commit();
+        expect([d.seen("q", "tok", T + 99), d.seen("q", "tok", T + 100), d.seen("r", "tok", T), d.seen("q", "other", T)])
+          .toEqual([true, false, false, false]);
+        expect(s.detail("q", T)?.deduplicated).toBe(2);
+        d.remember("q", "gone", T + 100);
+        s.rollback();
+        expect(d.seen("q", "gone", T)).toBe(false);
+        expect(d.sweep(T + 99, 10)).toBe(0);
+        expect(d.sweep(T + 100, 10)).toBe(1);
+        await s.commit();
+        expect(d.seen("q", "tok", T)).toBe(false);
+        await s.close();
+      });
+    });
+
+    describe("dead letters", () => {
+      test("moveOpen moves an open message to another queue's tail; redrive moves waiting ones back in order", async () => {
+        const s = await make();
+        if (s.deadLetters === undefined) return void (await s.close()); // this store has no dead letters
+        const d = s.deadLetters;
+        for (const b of ["m1", "m2", "m3"]) s.enqueue("q", 0, enc(b), 0, T);
+        s.enqueue("q.dlq", 0, enc("old"), 0, T);
+        await s.commit();
+        const m1 = (await s.open("q", T))!;
+        expect(d.deliveries("q", m1.id)).toBe(1);
+        expect(s.release("q", m1.id)).toBe(true);
+        const again = (await s.open("q", T))!;
+        expect(d.deliveries("q", again.id)).toBe(2);
+        expect(d.deliveries("q", 999_999)).toBe(-1);
+        expect(d.moveOpen("q", again.id, "q.dlq", T)).toBe(true);
+        expect(d.moveOpen("q", again.id, "q.dlq", T)).toBe(false);
+        await s.commit();
+        expect(s.detail("q", T)).toMatchObject({ items: 2, open: 0, total: 3, fetched: 1 });
+        expect(s.detail("q.dlq", T)).toMatchObject({ items: 2, bytes: 5, total: 2 });
+        expect(s.rollback()).toBeUndefined();
+        // Redrive: the waiting messages of q.dlq go to q's tail, in order; an open one stays.
+        const held = (await s.open("q.dlq", T))!;
+        expect(text(held)).toBe("old");
+        expect(d.redrive("q.dlq", "q", T)).toBe(1);
+        await s.commit();
+        expect([await s.dequeue("q", T), await s.dequeue("q", T), await s.dequeue("q", T)].map(text)).toEqual(["m2", "m3", "m1"]);
+        const back = (await s.open("q", T))!;
+        expect(back).toBeNull();
+        expect(s.detail("q.dlq", T)).toMatchObject({ items: 1, open: 1 });
+        expect(d.redrive("nope", "q", T)).toBe(0);
+        await s.commit();
+        await s.close();
+      });
     });
   });
 }

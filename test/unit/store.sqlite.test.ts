@@ -113,9 +113,62 @@ describe("sqlite file", () => {
     s.commit();
     s.close();
     const db = new Database(join(dir, "mcq.db"), { readonly: true });
-    expect(db.query("PRAGMA user_version").values()[0]![0]).toBe(2);
+    expect(db.query("PRAGMA user_version").values()[0]![0]).toBe(3);
     expect(db.query("SELECT total, fetched, items, bytes FROM queues").values()).toEqual([[6, 4, 2, 5]]);
     db.close();
+  });
+
+  test("a file of schema version 2 (mcq before delays) gains the delayed and dedup tables and keeps its messages", () => {
+    const dir = fresh();
+    // Version 2 is version 3 without the delayed and dedup tables: make one, then take them away.
+    let s = openSqliteStore(dir, options);
+    for (const b of ["a", "b"]) s.enqueue("v2", 1, Buffer.from(b), 0, 1);
+    s.commit();
+    s.close();
+    const v2 = new Database(join(dir, "mcq.db"));
+    v2.run("DROP TABLE delayed");
+    v2.run("DROP TABLE dedup");
+    v2.run("PRAGMA user_version = 2");
+    v2.close();
+    s = openSqliteStore(dir, options);
+    expect(s.detail("v2", 1)).toMatchObject({ items: 2, delayed: 0 });
+    expect(Buffer.from(s.dequeue("v2", 1)!.body).toString()).toBe("a");
+    s.delays!.enqueue("v2", 0, Buffer.from("later"), 0, 1, 1000);
+    s.commit();
+    s.close();
+    s = openSqliteStore(dir, options);
+    expect(s.detail("v2", 1)).toMatchObject({ items: 2, delayed: 1 });
+    expect([s.dequeue("v2", 999), s.dequeue("v2", 999)].map((m) => m && Buffer.from(m.body).toString())).toEqual(["b", null]);
+    expect(Buffer.from(s.dequeue("v2", 1000)!.body).toString()).toBe("later");
+    s.commit();
+    s.close();
+  });
+
+  test("idempotency tokens survive a reopen until their window ends", () => {
+    const dir = fresh();
+    let s = openSqliteStore(dir, options);
+    s.enqueue("q", 0, Buffer.from("m"), 0, 1);
+    s.dedup!.remember("q", "t1", 1000);
+    s.commit();
+    s.close();
+    s = openSqliteStore(dir, options);
+    expect([s.dedup!.seen("q", "t1", 999), s.dedup!.seen("q", "t1", 1000)]).toEqual([true, false]);
+    s.close();
+  });
+
+  test("delayed messages, their due times and ids survive a reopen", () => {
+    const dir = fresh();
+    let s = openSqliteStore(dir, options);
+    const id = s.delays!.enqueue("q", 3, Buffer.from("d"), 0, 1, 500);
+    s.commit();
+    s.close();
+    s = openSqliteStore(dir, options);
+    expect(s.detail("q", 1)).toMatchObject({ items: 1, bytes: 1, delayed: 1 });
+    expect(s.dequeue("q", 499)).toBeNull();
+    const m = s.dequeue("q", 500)!;
+    expect([m.flags, Buffer.from(m.body).toString(), m.id > id]).toEqual([3, "d", true]);
+    s.commit();
+    s.close();
   });
 
   test("ids are not reused after the queue drains and the server restarts", () => {

@@ -37,7 +37,9 @@ test("parseLine: each kind of line, and a reason naming the line for a bad one",
     }
     return "accepted";
   };
-  expect(bad('{"type":"dump","format":2,"id":"x","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: dump format 2; this mcq reads format 1");
+  expect(bad('{"type":"dump","format":3,"id":"x","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: dump format 3; this mcq reads formats 1 to 2");
+  expect(bad('{"type":"token","queue":"q","token":"a/b","until":1}')).toBe("mcq load: line 7: bad token");
+  expect(bad('{"type":"message","queue":"q","flags":0,"created":1,"expires":0,"body":"","due":-1}')).toBe("mcq load: line 7: bad due or deliveries");
   expect(bad('{"type":"dump","format":1,"id":"","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: bad dump id");
   expect(bad('{"type":"message","queue":"q","id":-1,"flags":0,"created":1,"expires":0,"body":""}')).toBe("mcq load: line 7: bad message id");
   expect(bad('{"type":"message","queue":"q","flags":0,"created":1,"expires":0,"body":"!!"}')).toBe("mcq load: line 7: body is not base64");

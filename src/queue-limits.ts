@@ -1,0 +1,104 @@
+/**
+ * Per-queue policies (issue 12). Dead letters: with max_deliveries, a message opened that many
+ * times without a close goes to its dead-letter queue (`dlq`, else `<q>.dlq`) instead of back, in
+ * the batch of the abort, disconnect or lease expiry (store.ts, DeadLetters); when `<q>.dlq` would
+ * be longer than a name may be and no dlq is set, it stays and counts as dead_letter_skipped.
+ * Limits: max_items and max_bytes, from --max-items/--max-bytes or a
+ * `[queues."<glob>"]` table (queue-config.ts). A set that would take its queue past a limit is
+ * refused, `SERVER_ERROR queue full`, and stores nothing; with discard_old the queue's oldest
+ * messages are dropped instead, in the set's batch, and counted as discarded.
+ */
+import type { Context } from "./context";
+import { createQueueSettings, type QueueRule, type QueueSettings, type QueueSettingsTable } from "./queue-config";
+
+export interface QueueLimits {
+  /** The settings in force for a queue. */
+  settings(queue: string): QueueSettings;
+  /** Whether a set of `bytes` may go into `queue`, after discarding what discard_old allows. */
+  admit(ctx: Context, queue: string, bytes: number): boolean;
+  /** Messages discard_old dropped from `queue` since the start. */
+  discarded(queue: string): number;
+  /** Whether any queue has a limit (stats show the settings only then). */
+  readonly limited: boolean;
+  /** Whether any queue has max_deliveries (stats show the dead-letter fields only then). */
+  readonly deadLettering: boolean;
+  /**
+   * The open message `id` of `queue` is coming back: if it was opened max_deliveries times, moves
+   * it to its dead-letter queue and returns that queue's name; else null (it goes back as usual).
+   */
+  deadLetter(ctx: Context, queue: string, id: number): string | null;
+  /** The settings table (fanout.ts reads it too). */
+  readonly table: QueueSettingsTable;
+  /** A copy a fanout did not store in `queue` because it was full; and how many so far. */
+  fanoutRefused(queue: string): void;
+  fanoutRefusedCount(queue: string): number;
+  /** Messages moved to a dead-letter queue from `queue`, and ones that could not be (no name). */
+  deadLettered(queue: string): number;
+  deadLetterSkipped(queue: string): number;
+}
+
+/** The longest queue name (docs/protocol.md). */
+const MAX_NAME = 250;
+const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+
+export function createQueueLimits(config: { maxItems: number; maxBytes: number; maxDeliveries: number; queueRules: QueueRule[] }): QueueLimits {
+  const table: QueueSettingsTable = createQueueSettings(
+    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null, fanout: false },
+    config.queueRules,
+  );
+  const dropped = new Map<string, number>();
+  const lettered = new Map<string, number>();
+  const skipped = new Map<string, number>();
+  const refusedCopies = new Map<string, number>();
+  const deadLettering = config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0);
+
+  const over = (s: QueueSettings, items: number, bytes: number, adding: number) =>
+    (s.maxItems > 0 && items + 1 > s.maxItems) || (s.maxBytes > 0 && bytes + adding > s.maxBytes);
+
+  return {
+    limited: table.limited,
+    table,
+    fanoutRefused: (queue) => void bump(refusedCopies, queue),
+    fanoutRefusedCount: (queue) => refusedCopies.get(queue) ?? 0,
+    deadLettering,
+    deadLettered: (queue) => lettered.get(queue) ?? 0,
+    deadLetterSkipped: (queue) => skipped.get(queue) ?? 0,
+    deadLetter(ctx, queue, id) {
+      if (!deadLettering) return null;
+      const s = table.of(queue);
+      const store = ctx.store.deadLetters;
+      if (s.maxDeliveries === 0 || store === undefined || store.deliveries(queue, id) < s.maxDeliveries) return null;
+      const target = s.dlq ?? (queue.length + 4 <= MAX_NAME ? `${queue}.dlq` : null);
+      if (target === null || target === queue) {
+        bump(skipped, queue);
+        return null;
+      }
+      if (!store.moveOpen(queue, id, target, ctx.now())) return null;
+      bump(lettered, queue);
+      return target;
+    },
+    settings: (queue) => table.of(queue),
+    discarded: (queue) => dropped.get(queue) ?? 0,
+    admit(ctx, queue, bytes) {
+      if (!table.limited) return true;
+      const s = table.of(queue);
+      if (s.maxItems === 0 && s.maxBytes === 0) return true;
+      if (s.maxBytes > 0 && bytes > s.maxBytes) return false; // no discarding makes room for it
+      const size = ctx.store.size?.(queue) ?? null;
+      if (size === null || !over(s, size.items, size.bytes, bytes)) return true;
+      // A store shared by nodes answers takes later (Postgres): it cannot discard inside this set.
+      if (!s.discardOld || ctx.store.refresh !== undefined) return false;
+      // Drop the oldest messages that may be handed out until the set fits (open and delayed ones
+      // stay). They count as fetched too: they left the queue.
+      let { items, bytes: held } = size;
+      while (over(s, items, held, bytes)) {
+        const taken = ctx.store.dequeue(queue, ctx.now());
+        if (taken === null || taken instanceof Promise) return false;
+        items--;
+        held -= taken.body.length;
+        dropped.set(queue, (dropped.get(queue) ?? 0) + 1);
+      }
+      return true;
+    },
+  };
+}

@@ -1,0 +1,98 @@
+/**
+ * Issue 12 (DECISIONS #10): per-queue limits and `[queues."<glob>"]` settings over TCP against the
+ * real server: --max-items/--max-bytes, SERVER_ERROR queue full, discard_old, the most specific
+ * glob, and the settings in force in `stats queue <q>`.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+
+afterAll(stopAll);
+
+const FULL = "SERVER_ERROR queue full\r\n";
+
+async function stat(c: Client, q: string): Promise<Record<string, number>> {
+  const reply = await c.call(`stats queue ${q}\r\n`);
+  return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
+}
+
+async function withConfig(toml: string, extra: string[] = []) {
+  const file = join(tempDir(), "mcq.toml");
+  await Bun.write(file, toml);
+  return startServer(["--config", file, ...extra]);
+}
+
+describe("per-queue limits", () => {
+  test("--max-items: a set to a full queue is refused and stores nothing; a get makes room", async () => {
+    const server = await startServer(["--max-items", "2"]);
+    const c = await server.connect();
+    expect(await c.call(set("q", "a") + set("q", "b") + set("q", "c"))).toBe("STORED\r\nSTORED\r\n" + FULL);
+    // noreply: no reply either way, and nothing stored.
+    expect(await c.call("set q 0 0 1 noreply\r\nd\r\nget q\r\n")).toBe(value("q", "a") + "END\r\n");
+    expect(await c.call(set("q", "e") + set("q", "f"))).toBe("STORED\r\n" + FULL);
+    expect(await stat(c, "q")).toMatchObject({ items: 2, total: 3, max_items: 2, max_bytes: 0, discard_old: 0, discarded: 0 });
+    // Open and delayed messages count: they are held.
+    expect(await c.call("get q/open\r\n")).toBe(value("q/open", "b") + "END\r\n");
+    expect(await c.call(set("q", "g"))).toBe(FULL);
+    expect(await c.call("get q/close\r\n" + "set q/delay=60000 0 0 1\r\nh\r\n" + set("q", "i"))).toBe("END\r\nSTORED\r\n" + FULL);
+    await server.kill();
+  });
+
+  test("--max-bytes counts bodies; a body larger than the limit is refused even with discard_old", async () => {
+    const server = await withConfig('max-bytes = 10\n[queues."d*"]\ndiscard_old = true\n');
+    const c = await server.connect();
+    expect(await c.call(set("q", "12345") + set("q", "67890") + set("q", "x"))).toBe("STORED\r\nSTORED\r\n" + FULL);
+    expect(await c.call(set("d", "12345678901"))).toBe(FULL);
+    expect(await c.call(set("d", "123456") + set("d", "7890") + set("d", "abc"))).toBe("STORED\r\n".repeat(3));
+    expect(await c.call("get d\r\nget d\r\nget d\r\n")).toBe(value("d", "7890") + "END\r\n" + value("d", "abc") + "END\r\nEND\r\n");
+    expect(await stat(c, "d")).toMatchObject({ max_bytes: 10, discard_old: 1, discarded: 1 });
+    await server.kill();
+  });
+
+  test("the most specific glob wins, then the first in the file; stats show the settings in force", async () => {
+    const server = await withConfig(
+      "max-items = 100\n" +
+        '[queues."jobs.*"]\nmax_items = 3\n' +
+        '[queues."jobs.mail*"]\nmax_items = 1\ndiscard_old = true\n' +
+        '[queues."jobs.mail*x"]\nmax_items = 7\n' +
+        '[queues."*"]\nmax_bytes = 1000\n',
+    );
+    const c = await server.connect();
+    expect(await stat(c, "jobs.mail")).toEqual({}); // no such queue yet: END only
+    await c.call(set("jobs.mail", "m1") + set("jobs.mail", "m2") + set("jobs.pdf", "p") + set("other", "o") + set("jobs.mailx", "x"));
+    expect(await stat(c, "jobs.mail")).toMatchObject({ items: 1, max_items: 1, max_bytes: 0, discard_old: 1, discarded: 1 });
+    expect(await c.call("get jobs.mail\r\n")).toBe(value("jobs.mail", "m2") + "END\r\n");
+    // "jobs.mail*" and "jobs.mail*x" have the same literal prefix: the first in the file wins.
+    expect(await stat(c, "jobs.mailx")).toMatchObject({ max_items: 1, discard_old: 1 });
+    expect(await stat(c, "jobs.pdf")).toMatchObject({ max_items: 3, max_bytes: 0, discard_old: 0 });
+    expect(await stat(c, "other")).toMatchObject({ max_items: 100, max_bytes: 1000 });
+    await server.kill();
+  });
+
+  test("without limits, stats queue <q> shows no limit fields", async () => {
+    const server = await startServer();
+    const c = await server.connect();
+    await c.call(set("q", "a"));
+    expect(Object.keys(await stat(c, "q"))).toEqual(["items", "bytes", "total", "fetched", "open", "oldest_age_ms", "delayed", "deduplicated"]);
+    await server.kill();
+  });
+
+  test("a bad queue table or limit stops the start with one line and exit 2", async () => {
+    const cases: [string, string][] = [
+      ['[queues."q*"]\nopen_timeout = 3\n', 'mcq: --config FILE: [queues."q*"]: unknown key open_timeout (known: max_items, max_bytes, discard_old, max_deliveries, dlq, fanout)'],
+      ['[queues."q*"]\ndlq = "a b"\n', 'mcq: --config FILE: [queues."q*"]: dlq must be a queue name (1 to 250 printable bytes without "/")'],
+      ['[queues."q*"]\nmax_items = -1\n', 'mcq: --config FILE: [queues."q*"]: max_items must be a whole number from 0 (no limit) to 1000000000000'],
+      ['[queues."q*"]\ndiscard_old = 1\n', 'mcq: --config FILE: [queues."q*"]: discard_old must be true or false'],
+      ['[queues."a/b"]\nmax_items = 1\n', 'mcq: --config FILE: [queues."a/b"]: a glob is 1 to 250 printable bytes without "/"'],
+      ["queues = 5\n", 'mcq: --config FILE: queues must be tables: [queues."<glob>"]'],
+    ];
+    for (const [toml, message] of cases) {
+      const file = join(tempDir(), "bad.toml");
+      await Bun.write(file, toml);
+      const r = await runCommand(["--config", file, "-p", "0", "-H", join(tempDir(), "data")]);
+      expect([r.code, r.stderr]).toEqual([2, message.replace("FILE", file) + "\n"]);
+    }
+    const r = await runCommand(["--max-items", "-1", "-p", "0"]);
+    expect([r.code, r.stderr.split("\n").length, r.stderr.includes("--max-items")]).toEqual([2, 2, true]);
+  });
+});
