@@ -25,6 +25,7 @@ import { createSnapshots } from "./sqlite-snapshot";
 import { createSqliteDelays } from "./sqlite-delays";
 import { createSqliteDedup } from "./sqlite-dedup";
 import { createSqliteDead } from "./sqlite-dead";
+import { featureVerbs, wholeQueueVerbs } from "./sqlite-verbs";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
 import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
@@ -37,9 +38,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
   checkAtStart(db, file);
 
   const st = prepareStatements(db);
-  const { begin, commitTx, rollbackTx, createQueue, logCounters, clearLog, saveQueue, deleteQueue } = st;
-  const { markOpen, confirmOpen, releaseOpen, releaseAll, countOpen, deleteQueueMessages, deleteAllMessages } = st;
-  const { headCreated, openCreated, due, sweep, insert } = st;
+  const { begin, commitTx, rollbackTx, createQueue, logCounters, clearLog, saveQueue } = st;
+  const { markOpen, confirmOpen, releaseOpen, releaseAll, countOpen } = st;
+  const { headCreated, openCreated } = st;
 
   const queues = new Map<string, Queue>();
   const byId = new Map<number, Queue>();
@@ -199,6 +200,12 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     sums.open = 0;
   });
 
+  const verbs = wholeQueueVerbs({
+    st, guard, tx, queues, byId, heads, listing, changed, unfolded, sums, queueFor, emptied,
+    expired: (n) => void (expired += n),
+    inTx: () => inTx,
+  });
+
   return {
     enqueue: (name, flags, body, expiresAt, now) =>
       guard(() => {
@@ -282,66 +289,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         return q === undefined ? false : releaseNow(q, id);
       }),
 
-    restore: (name, m, now) =>
-      guard(() => {
-        tx();
-        const fresh = !queues.has(name);
-        const q = queueFor(name);
-        // Its id may lie in the head rows taken in this batch and not yet deleted: delete those
-        // first, and drop the read-ahead, which the message now precedes.
-        forget(q);
-        insert.run(m.id, q.id, m.flags, now, m.expires, m.body);
-        q.items++;
-        sums.items++;
-        q.bytes += m.body.length;
-        if (fresh) q.total++;
-        else q.fetched--;
-      }),
-
-    drop: (name) =>
-      guard(() => {
-        const q = queues.get(name);
-        if (q === undefined) return false;
-        tx();
-        heads.dropMessages(q);
-        deleteQueueMessages.run(q.id);
-        st.deleteQueueDelayed.run(q.id);
-        deleteQueue.run(q.id);
-        emptied(q);
-        queues.delete(name);
-        byId.delete(q.id);
-        listing.removed(q);
-        changed.delete(q);
-        unfolded.delete(q);
-        return true;
-      }),
-
-    flush: (name) =>
-      guard(() => {
-        const q = queues.get(name);
-        if (q === undefined || q.items === 0) return;
-        tx();
-        heads.dropMessages(q);
-        deleteQueueMessages.run(q.id);
-        st.deleteQueueDelayed.run(q.id);
-        emptied(q);
-        forget(q);
-        changed.add(q);
-      }),
-
-    flushAll: () =>
-      guard(() => {
-        tx();
-        heads.dropAll();
-        deleteAllMessages.run();
-        st.deleteAllDelayed.run();
-        for (const q of queues.values()) {
-          if (q.items === 0) continue;
-          emptied(q);
-          forget(q);
-          changed.add(q);
-        }
-      }),
+    ...verbs,
 
     list: listing.list,
     has: (name) => queues.has(name),
@@ -357,29 +305,6 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       }),
 
     totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
-
-    sweepExpired: (now, limit) =>
-      guard(() => {
-        // Between batches nothing is pending or taken, so the file alone says whether anything is
-        // due. Opening a transaction for nothing would leave the store dirty, and maintain(),
-        // which runs only when it is not, would never run (no fold, no vacuum).
-        if (!inTx && due.values(now).length === 0) return 0;
-        tx();
-        materializeAll();
-        deleteAllTakenRows(); // the sweep must not find, and count again, what was taken
-        const rows = sweep.values(now, limit) as [number, number][];
-        for (const [qid, bytes] of rows) {
-          const q = byId.get(qid);
-          if (q === undefined) continue;
-          q.items--;
-          sums.items--;
-          q.bytes -= bytes;
-          forget(q);
-          changed.add(q);
-        }
-        expired += rows.length;
-        return rows.length;
-      }),
 
     commit: () =>
       guard(() => {
@@ -440,37 +365,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
         });
       }),
 
-    deadLetters: {
-      deliveries: (name, id) => guard(() => dead.deliveries(name, id)),
-      moveOpen: (name, id, target, now) => guard(() => dead.moveOpen(name, id, target, now)),
-      redrive: (from, to, now) => guard(() => dead.redrive(from, to, now)),
-    },
-
-    dedup: {
-      seen: (name, token, now) => guard(() => dedup.seen(name, token, now)),
-      remember: (name, token, until) => guard(() => dedup.remember(name, token, until)),
-      sweep: (now, limit) => guard(() => dedup.sweep(now, limit)),
-    },
-
-    delays: {
-      enqueue: (name, flags, body, expiresAt, now, dueAt) =>
-        guard(() => {
-          if (dueAt <= now) throw new Error("a delayed message must be due later than now");
-          const q = admit(name, body, now);
-          const id = ++lastId;
-          delays.hold(q, id, flags, body, expiresAt, now, dueAt);
-          return id;
-        }),
-      release: (name, id, dueAt, now) =>
-        guard(() => {
-          const q = queues.get(name);
-          if (q === undefined) return false;
-          if (dueAt <= now) return releaseNow(q, id);
-          return delays.delayOpen(q, id, dueAt);
-        }),
-      // One look at the index when nothing is due, and no transaction (see sweepExpired).
-      promoteDue: (now, limit) => guard(() => delays.promoteDue(now, limit)),
-    },
+    ...featureVerbs({ guard, dead, dedup, delays, queues, admit, releaseNow, nextId: () => ++lastId }),
 
     snapshots: createSnapshots(db, file, space, fatal, () => inTx, guard),
 
