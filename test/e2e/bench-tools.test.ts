@@ -1,7 +1,8 @@
 /**
  * Issue 15's tools: the minimal server (scripts/bench/minimal.ts, the measured ceiling) speaks
  * the subset mcbench uses, byte for byte, and scripts/bench/profile.ts profiles a real server
- * under a real mcbench load and splits its main thread's CPU into parts that add up.
+ * under a real mcbench load and splits its main thread's CPU into parts that add up; handoff.ts
+ * times a batch's round trip to a Worker.
  */
 import { afterAll, expect, test } from "bun:test";
 import { join, resolve } from "node:path";
@@ -48,4 +49,17 @@ test("profile.ts refuses bad options with a clear message and exit code 2", asyn
   const proc = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/profile.ts"), "--sync", "fast"], { stdout: "pipe", stderr: "pipe" });
   const [err, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
   expect({ code, err }).toEqual({ code: 2, err: "profile: --sync must be normal or full, not fast\n" });
+});
+
+test("handoff.ts times a batch's round trip to a Worker, transferred and cloned", async () => {
+  const proc = Bun.spawn([process.execPath, join(ROOT, "scripts/bench/handoff.ts"), "--rounds", "200"], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  expect({ code, err }).toEqual({ code: 0, err: "" });
+  const line = (name: string) => new RegExp(`^${name}, 50 requests a batch: [\\d.]+ us a round trip; CPU [\\d.]+ us main thread, [\\d.]+ us process$`);
+  const lines = out.trimEnd().split("\n");
+  expect(lines.length).toBe(2);
+  expect(lines[0]).toMatch(line("transferred ArrayBuffer"));
+  expect(lines[1]).toMatch(line("structured clone of objects"));
+  const bad = Bun.spawnSync([process.execPath, join(ROOT, "scripts/bench/handoff.ts"), "--rounds", "x"]);
+  expect({ code: bad.exitCode, err: bad.stderr.toString() }).toEqual({ code: 2, err: "handoff: --requests and --rounds must be positive numbers\n" });
 });
