@@ -17,7 +17,8 @@
  *
  * Peers are used when found on PATH: memcached (-t 2), redis-server (appendonly yes, with
  * appendfsync always and everysec, driven with LPUSH/RPOP) and beanstalkd (-f 50, put/reserve/
- * delete). When mcbench is there, the generator is first checked against it on memcached and on
+ * delete). The minimal server (scripts/bench/minimal.ts, in memory) runs beside them as the measured
+ * ceiling of a Bun server. When mcbench is there, the generator is first checked against it on memcached and on
  * mcq, and the output says if it is the bottleneck.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -173,6 +174,7 @@ const TARGETS = [
 function targets(bin: string, servers: Server[]) {
   const three = ["memcached", "mcq full", "mcq normal"].map((n) => servers.find((s) => s.name === n));
   if (three.some((s) => s === undefined)) return null;
+  three.push(...servers.filter((s) => s.name === "minimal")); // the ceiling, in the same alternation
   return TARGETS.map((t) => {
     const ops = new Map<string, number[]>();
     for (let run = 0; run < RUNS; run++) {
@@ -192,6 +194,8 @@ function targets(bin: string, servers: Server[]) {
       normal: median(ops.get("mcq normal")!),
       normalRatio: ratio("mcq normal"),
       normalTarget: t.normal,
+      minimal: ops.has("minimal") ? median(ops.get("minimal")!) : null,
+      minimalRatio: ops.has("minimal") ? ratio("minimal") : null,
     };
   });
 }
@@ -239,6 +243,7 @@ async function main(): Promise<void> {
     startPeer("memcached", "memcache", (p) => ["memcached", "-t", "2", "-U", "0", "-l", "127.0.0.1", "-p", String(p), "-m", "1024", "-u", "root"]),
     startPeer("redis always", "redis", (p, d) => ["redis-server", "--port", String(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
     startPeer("redis everysec", "redis", (p, d) => ["redis-server", "--port", String(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", d]),
+    startPeer("minimal", "memcache", (p) => [process.execPath, join(ROOT, "scripts/bench/minimal.ts"), "-p", String(p)]),
     startPeer("beanstalkd", "beanstalk", (p, d) => ["beanstalkd", "-l", "127.0.0.1", "-p", String(p), "-b", d, "-f", "50"]),
   ])).filter((s): s is Server => s !== null);
   try {
@@ -289,10 +294,11 @@ async function main(): Promise<void> {
       if (reference !== null) {
         const mark = (ratio: number, target: number) => `${ratio.toFixed(2)} ${ratio >= target ? "ok  " : "MISS"} (>= ${target})`;
         console.log(`\nmcbench -m pair -s 100 (the C load generator of the targets), medians of ${RUNS}, ratio to memcached:`);
-        console.log("load                        memcached  mcq full  ratio                mcq normal  ratio");
+        console.log("load                        memcached  mcq full  ratio                mcq normal  ratio                minimal  ratio");
         for (const r of reference) {
           console.log(`${r.load.padEnd(28)}${String(r.memcached).padStart(9)}${String(r.full).padStart(10)}  ${mark(r.fullRatio, r.fullTarget).padEnd(20)}` +
-            `${String(r.normal).padStart(11)}  ${mark(r.normalRatio, r.normalTarget)}`);
+            `${String(r.normal).padStart(11)}  ${mark(r.normalRatio, r.normalTarget).padEnd(20)}` +
+            (r.minimal === null ? "" : `${String(r.minimal).padStart(8)}  ${r.minimalRatio!.toFixed(2)}`));
         }
       }
       if (redis !== null && redis.length > 0) {
