@@ -17,8 +17,18 @@ export function serverCommand(): string[] {
   return bin ? [resolve(ROOT, bin)] : [process.execPath, join(ROOT, "src/main.ts")];
 }
 
+/** Every directory tempDir made; test/setup.ts removes them after the run, so runs leave nothing in /tmp. */
+const madeDirs: string[] = [];
+
+/** Removes every directory tempDir made (bun test runs no process "exit" handlers, so a preload's afterAll calls this). */
+export function removeTempDirs(): void {
+  for (const dir of madeDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+}
+
 export function tempDir(prefix = "mcq-test-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  madeDirs.push(dir);
+  return dir;
 }
 
 export interface Running {
