@@ -43,6 +43,12 @@ export interface QueueDetail extends QueueSummary {
   delayed?: number;
   /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
   deduplicated?: number;
+  /**
+   * Where the store counts them itself, exact over every node (Postgres): messages moved to a
+   * dead-letter queue from this one, and ones discard_old dropped. Else the server counts them.
+   */
+  deadLettered?: number;
+  discarded?: number;
 }
 
 export interface StoreTotals {
@@ -165,9 +171,9 @@ export interface DeadLetters {
   moveOpen(queue: string, id: number, target: string, now: number): boolean;
   /**
    * Moves every waiting message of `from` (not open, not delayed) to the tail of `to`, in order,
-   * with new ids and their delivery counts reset; returns how many.
+   * with new ids and their delivery counts reset; returns how many (a networked store: later).
    */
-  redrive(from: string, to: string, now: number): number;
+  redrive(from: string, to: string, now: number): Maybe<number>;
 }
 
 /**

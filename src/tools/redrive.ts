@@ -22,7 +22,7 @@ export function redrive(home: string, from: string, to: string): number {
   try {
     const n = store.deadLetters!.redrive(from, to, Date.now());
     store.commit();
-    return n;
+    return n as number; // SQLite answers at once
   } finally {
     store.close();
   }

@@ -74,7 +74,7 @@ if (havePostgres("store.postgres")) {
       const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
       await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 99`);
       await sql.close();
-      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (1): upgrade mcq`);
+      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (2): upgrade mcq`);
     });
   });
 }
