@@ -37,9 +37,10 @@ export function featureStatements(schema: string, channel: string) {
     /**
      * Stores sets with a delay or a token in one statement. A token is written unless a live one
      * is there (ON CONFLICT waits for another node's uncommitted set of it, then sees it); a row
-     * whose token was not written is not stored. Returns the ordinals (1-based) of those rows.
+     * whose token was not written is not stored. Returns the ordinals (1-based) of those rows,
+     * and the earliest due time written.
      */
-    insert: async (sql: SQL, rows: FeatureInsert[]): Promise<number[]> => {
+    insert: async (sql: SQL, rows: FeatureInsert[]): Promise<{ turnedAway: number[]; due: number | null }> => {
       const offsets: number[] = [];
       let at = 1;
       for (const r of rows) {
@@ -60,29 +61,29 @@ export function featureStatements(schema: string, channel: string) {
              SELECT queue, flags, created, exp, ${pgNow} + delay, substring($7::bytea FROM off FOR len) FROM ok WHERE delay > 0 ORDER BY i
              RETURNING due),
            notice AS (${dueNotice("later")})
-         SELECT (SELECT count(*) FROM notice)::int AS n,
+         SELECT (SELECT count(*) FROM notice)::int AS n, (SELECT min(due) FROM later)::float8 AS due,
            coalesce((SELECT string_agg(r.i::text, ',') FROM r WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.i = r.i)), '') AS dup`,
         [col((r) => r.queue), col((r) => r.flags), col((r) => r.created), col((r) => r.expires), offsets, col((r) => r.body.length),
           Buffer.concat(col((r) => r.body)), col((r) => r.delay), col((r) => r.token), col((r) => r.tokenQueue), col((r) => r.own),
           col((r) => r.window)],
-      ).execute()) as { dup: string }[];
+      ).execute()) as { dup: string; due: number | null }[];
       // One row, always: the notice is sent whether or not a set was turned away.
-      const dup = out[0]!.dup;
-      return dup === "" ? [] : dup.split(",").map(Number);
+      const { dup, due } = out[0]!;
+      return { turnedAway: dup === "" ? [] : dup.split(",").map(Number), due };
     },
 
-    /** Open messages of `node` back to mcq_delayed, due after their delay; returns the ids found. */
-    later: async (sql: SQL, ids: number[], delays: number[], node: number): Promise<Set<number>> => {
+    /** Open messages of `node` back to mcq_delayed, due after their delay; returns the ids found and the earliest due. */
+    later: async (sql: SQL, ids: number[], delays: number[], node: number): Promise<{ found: Set<number>; due: number | null }> => {
       const out = (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} m USING unnest($1::int8[], $2::int8[]) AS r(id, delay) WHERE m.id = r.id AND m.owner = $3
              RETURNING m.*, r.delay),
            i AS (INSERT INTO ${DL} (queue, flags, created, expires, due, deliveries, body)
              SELECT queue, flags, created, expires, ${pgNow} + delay, deliveries, body FROM d ORDER BY id RETURNING due),
            notice AS (${dueNotice("i")})
-         SELECT d.id::float8 AS id, (SELECT count(*) FROM notice)::int AS n FROM d`,
+         SELECT d.id::float8 AS id, (SELECT count(*) FROM notice)::int AS n, (SELECT min(due) FROM i)::float8 AS due FROM d`,
         [ids, delays, node],
-      ).execute()) as { id: number }[];
-      return new Set(out.map((r) => r.id));
+      ).execute()) as { id: number; due: number }[];
+      return { found: new Set(out.map((r) => r.id)), due: out[0]?.due ?? null };
     },
 
     /**

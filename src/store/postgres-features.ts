@@ -230,8 +230,10 @@ export function createFeatures(d: FeatureDeps) {
     switch (op.k) {
       case "insert": {
         const rows = ops as Extract<FeatureOp, { k: "insert" }>[];
-        const turnedAway = await fst.insert(c, rows);
+        const { turnedAway, due } = await fst.insert(c, rows);
         if (tx.undone) return;
+        // This node's timer at once; the others' at the commit's notice (and this one's again).
+        if (due !== null) arm(due);
         for (const i of turnedAway) {
           // Its token was live: nothing stored. Undo what the set counted; the set itself counts it.
           const r = rows[i - 1]!;
@@ -241,7 +243,8 @@ export function createFeatures(d: FeatureDeps) {
       }
       case "later": {
         const rows = ops as Extract<FeatureOp, { k: "later" }>[];
-        const found = await fst.later(c, rows.map((o) => o.id), rows.map((o) => o.delay), d.node);
+        const { found, due } = await fst.later(c, rows.map((o) => o.id), rows.map((o) => o.delay), d.node);
+        if (due !== null && !tx.undone) arm(due);
         for (const o of rows) if (!found.has(o.id) && !tx.undone && d.view.has(o.queue)) d.change(tx, o.queue, { open: 1, delayed: -1 });
         return;
       }
