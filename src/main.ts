@@ -77,7 +77,7 @@ async function main(): Promise<void> {
   const store = await openStore(config, log, (n) => (returned = n));
   if (store.deadLetters === undefined && (config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0))) {
     await store.close();
-    fail("max_deliveries (dead letters) is not supported by the Postgres store yet", 1);
+    fail("max_deliveries (dead letters) is not supported by this store", 1);
   }
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {

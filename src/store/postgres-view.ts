@@ -63,6 +63,7 @@ export function createView() {
     bytes: q.bytes,
     open: q.open,
     delayed: q.delayed,
+    deadLettered: q.deadLettered,
   });
 
   return {
@@ -109,7 +110,6 @@ export function createView() {
         ...summary(name, q),
         oldestAgeMs: q.items > 0 && q.oldest > 0 ? Math.max(0, now - q.oldest) : 0,
         deduplicated: q.deduplicated,
-        deadLettered: q.deadLettered,
         discarded: q.discarded,
       };
     },

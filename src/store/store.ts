@@ -34,6 +34,11 @@ export interface QueueSummary extends QueueCounters {
   open: number;
   /** Messages not yet due (Delays), where the store keeps them. */
   delayed?: number;
+  /**
+   * Where the store counts them itself, exact over every node (Postgres): messages moved to a
+   * dead-letter queue from this one. Else the server counts them (queue-limits.ts).
+   */
+  deadLettered?: number;
 }
 
 export interface QueueDetail extends QueueSummary {
@@ -43,11 +48,7 @@ export interface QueueDetail extends QueueSummary {
   delayed?: number;
   /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
   deduplicated?: number;
-  /**
-   * Where the store counts them itself, exact over every node (Postgres): messages moved to a
-   * dead-letter queue from this one, and ones discard_old dropped. Else the server counts them.
-   */
-  deadLettered?: number;
+  /** Where the store counts them itself (Postgres): messages discard_old dropped. */
   discarded?: number;
 }
 

@@ -33,7 +33,8 @@ async function twoNodes(extra: string[] = []) {
   const url = store();
   const homes = [join(tempDir(), "a"), join(tempDir(), "b")];
   const nodes = [await startServer(["--store", url, ...extra], homes[0]), await startServer(["--store", url, ...extra], homes[1])];
-  return { url, homes, nodes, clients: [await nodes[0]!.connect(), await nodes[1]!.connect()] };
+  const clients: [Client, Client] = [await nodes[0]!.connect(), await nodes[1]!.connect()];
+  return { url, homes, nodes, clients };
 }
 
 if (havePostgres("issue 12 on Postgres")) {
