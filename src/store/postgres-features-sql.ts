@@ -111,9 +111,13 @@ export function featureStatements(schema: string, channel: string) {
         [from, to],
       ).execute()) as { n: number; bytes: number }[])[0]!,
 
-    /** Deletes the delayed messages of `queues` (null: all), as a flush or drop does. */
-    forget: (sql: SQL, queues: string[] | null) =>
-      sql.unsafe(`DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}`, queues === null ? [] : [queues]).execute(),
+    /** Deletes the delayed messages of `queues` (null: all), as a flush or drop does; how many per queue. */
+    forget: async (sql: SQL, queues: string[] | null) =>
+      (await sql.unsafe(
+        `WITH d AS (DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue)
+         SELECT queue, count(*)::int AS n FROM d GROUP BY queue`,
+        queues === null ? [] : [queues],
+      ).execute()) as { queue: string; n: number }[],
 
     /**
      * Moves up to `limit` due messages to the tails of their queues (by due time, then arrival),
@@ -129,9 +133,9 @@ export function featureStatements(schema: string, channel: string) {
            c AS (INSERT INTO ${C} AS c (node, queue, delayed) SELECT $2, queue, -n FROM g
              ON CONFLICT (queue, node) DO UPDATE SET delayed = c.delayed + excluded.delayed),
            w AS (SELECT pg_notify('${channel}', queue) FROM g)
-         SELECT coalesce((SELECT sum(n) FROM g), 0)::int AS n, (SELECT count(*) FROM w)::int AS w`,
+         SELECT queue, n::int AS n, (SELECT count(*) FROM w)::int AS w FROM g`,
         [limit, node],
-      ).execute()) as { n: number }[])[0]!.n,
+      ).execute()) as { queue: string; n: number }[]),
 
     /** The earliest due time, and Postgres's time now (both ms on Postgres's clock). */
     nextDue: async (sql: SQL) =>

@@ -100,7 +100,14 @@ export function createFeatures(d: FeatureDeps) {
     d.background(async (c) => {
       try {
         // A full batch moved: more may be due, go on at once.
-        while ((await fst.promote(c, PROMOTE_BATCH, d.node)) === PROMOTE_BATCH && !d.closed());
+        for (let moved = PROMOTE_BATCH; moved === PROMOTE_BATCH && !d.closed(); ) {
+          moved = 0;
+          for (const r of await fst.promote(c, PROMOTE_BATCH, d.node)) {
+            moved += r.n;
+            // Committed into this node's row already: the view follows now, not at the next refresh.
+            if (d.view.has(r.queue)) d.view.add(r.queue, { ...zero(), delayed: -r.n });
+          }
+        }
         await readNext(c);
       } finally {
         promoting = false;
@@ -276,7 +283,10 @@ export function createFeatures(d: FeatureDeps) {
         }
         return;
       case "forget":
-        for (const o of ops as Extract<FeatureOp, { k: "forget" }>[]) await fst.forget(c, o.queues);
+        for (const o of ops as Extract<FeatureOp, { k: "forget" }>[]) {
+          // Counted from what Postgres deleted, not from the view (which may not have seen a move yet).
+          for (const r of await fst.forget(c, o.queues)) if (!tx.undone && d.view.has(r.queue)) d.change(tx, r.queue, { delayed: -r.n });
+        }
         return;
     }
   }

@@ -206,7 +206,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (q === undefined) return;
       op({ k: "flush", queue });
       features.forget([queue]);
-      change(tx(), queue, { items: -q.items, bytes: -q.bytes, open: -q.open, delayed: -q.delayed });
+      change(tx(), queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
       for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
     },
     flushAll() {
@@ -214,7 +214,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       features.forget(null);
       for (const { name } of view.list()) {
         const q = view.get(name)!;
-        change(tx(), name, { items: -q.items, bytes: -q.bytes, open: -q.open, delayed: -q.delayed });
+        change(tx(), name, { items: -q.items, bytes: -q.bytes, open: -q.open });
       }
       for (const id of [...held.keys()]) hold(tx(), id, null);
     },
