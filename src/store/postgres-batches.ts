@@ -139,6 +139,14 @@ export function createBatches(d: BatchDeps) {
     cur.ops.push(o);
   }
 
+  /** Sends the open batch's ops soon, as a take does: someone awaits an answer (a redrive's count). */
+  function kick(): void {
+    const tx = cur;
+    if (tx.flushing) return;
+    tx.flushing = true;
+    setImmediate(() => flush(tx));
+  }
+
   /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
   function background(fn: (c: SQL) => Promise<void>): void {
     // The open batch's transaction is on the connection: after it, not inside it.
@@ -269,6 +277,7 @@ export function createBatches(d: BatchDeps) {
     current: () => cur,
     take,
     op,
+    kick,
     background,
     refresh,
     commit,

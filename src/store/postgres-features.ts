@@ -56,6 +56,8 @@ export interface FeatureDeps {
   hold(tx: Tx, id: number, h: { queue: string; bytes: number; deliveries?: number } | null): void;
   /** Runs `fn` between batches on the store's connection (postgres-batches.ts background). */
   background(fn: (c: SQL) => Promise<void>): void;
+  /** Sends the open batch's ops soon (an answer is awaited). */
+  kick(): void;
   closed(): boolean;
   log(level: "info" | "warn", message: string): void;
   deadLetter: DeadLetterPolicy | null;
@@ -227,7 +229,9 @@ export function createFeatures(d: FeatureDeps) {
     redrive(from, to, now): Maybe<number> {
       guard = null;
       if (from === to || !d.view.has(from)) return 0;
-      return new Promise<number>((ok, fail) => feature({ k: "redrive", from, to, now, ok, fail }));
+      const n = new Promise<number>((ok, fail) => feature({ k: "redrive", from, to, now, ok, fail }));
+      d.kick();
+      return n;
     },
   };
 

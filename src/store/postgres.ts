@@ -79,7 +79,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const features = createFeatures({
     schema: url.schema, channel, node, st, view, held, log: options.log, deadLetter: options.deadLetter ?? null,
     tx: () => tx(), op: (o) => op(o), change: (...a) => change(...a), hold: (...a) => hold(...a),
-    background: (fn) => batches.background(fn), closed: () => closed,
+    background: (fn) => batches.background(fn), kick: () => batches.kick(), closed: () => closed,
   });
   if (claim?.previous != null) {
     // This directory's last server is gone (killed): its open messages go back now.

@@ -9,7 +9,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
-import { set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 const schemas: string[] = [];
 const store = () => {
@@ -93,6 +93,24 @@ if (havePostgres("issue 12 on Postgres")) {
       expect(Date.now() - aborted).toBeGreaterThanOrEqual(195);
       expect(await a.call("get j/touch\r\n")).toBe("CLIENT_ERROR nothing is open on that queue on this connection\r\n");
       await Promise.all(nodes.map((n) => n.kill()));
+    });
+  });
+
+  describe("mcq redrive --store", () => {
+    test("moves the waiting messages beside a running node, whose waiting get it wakes; a store it cannot reach is exit 1", async () => {
+      const url = store();
+      const server = await startServer(["--store", url], join(tempDir(), "data"));
+      const [c, w] = [await server.connect(), await server.connect()];
+      await c.call(set("z.dlq", "1") + set("z.dlq", "2"));
+      const waiting = w.call("get z/t=10000\r\n");
+      expect(await runCommand(["redrive", "--store", url, "z.dlq", "z"])).toEqual({ code: 0, stdout: "OK 2\n", stderr: "" });
+      expect(await waiting).toBe(value("z/t=10000", "1") + "END\r\n");
+      expect(await c.call("get z\r\nget z\r\n")).toBe(value("z", "2") + "END\r\nEND\r\n");
+      expect(await stat(c, "z.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
+      const gone = await runCommand(["redrive", "--store", "postgres://u:secret@127.0.0.1:1/db", "a", "b"]);
+      expect([gone.code, gone.stdout, gone.stderr.startsWith("mcq redrive: cannot open the Postgres store postgres://u@127.0.0.1:1/db"),
+        gone.stderr.includes("secret")]).toEqual([1, "", true, false]);
+      await server.kill();
     });
   });
 
