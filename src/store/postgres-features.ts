@@ -187,7 +187,7 @@ export function createFeatures(d: FeatureDeps) {
       // The set just enqueued (commands.ts calls this right after): it now carries the token.
       let f: Extract<FeatureOp, { k: "insert" }>;
       if (last?.k === "insert" && last.queue === queue) {
-        f = { ...last, k: "insert", delay: 0, token: null, tokenQueue: null, own: false, window: 0, body: Buffer.from(last.body) };
+        f = { ...last, k: "insert", delay: 0, token: null, tokenQueue: null, own: false, window: 0 };
         tx.ops[tx.ops.length - 1] = { k: "feature", f };
       } else if (last?.k === "feature" && last.f.k === "insert" && last.f.queue === queue) f = last.f;
       else throw new Error(`dedup.remember(${queue}) without its set`);
