@@ -22,14 +22,17 @@ function notices(s: QueueStore): () => Promise<void> {
   return () => new Promise<void>((r) => waiting.push(r));
 }
 
-/** Peeks until `queue` shows a message, looking again at each notice; returns it. */
+/**
+ * Peeks until `queue` shows a message, looking again at each notice; returns it. (Once a second
+ * also without one: a notice sent before the store's LISTEN was up is not delivered.)
+ */
 async function untilVisible(s: QueueStore, next: () => Promise<void>, queue: string): Promise<Message> {
   for (;;) {
     const notice = next(); // asked for before looking, so none is missed
     const m = await s.peek(queue, T);
     await s.commit();
     if (m !== null) return m;
-    await notice;
+    await Promise.race([notice, Bun.sleep(1000)]);
   }
 }
 
