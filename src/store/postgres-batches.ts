@@ -43,6 +43,8 @@ export function createBatches(d: BatchDeps) {
   let lastOutcome: Promise<void> = Promise.resolve();
   let cur = newTx();
   let commitFailed = false;
+  /** Background work asked for while the open batch had begun: it runs right after that batch. */
+  let deferred: ((c: SQL) => Promise<void>)[] = [];
 
   function newTx(): Tx {
     let handedOff!: () => void;
@@ -137,8 +139,18 @@ export function createBatches(d: BatchDeps) {
     cur.ops.push(o);
   }
 
+  /** Sends the open batch's ops soon, as a take does: someone awaits an answer (a redrive's count). */
+  function kick(): void {
+    const tx = cur;
+    if (tx.flushing) return;
+    tx.flushing = true;
+    setImmediate(() => flush(tx));
+  }
+
   /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
   function background(fn: (c: SQL) => Promise<void>): void {
+    // The open batch's transaction is on the connection: after it, not inside it.
+    if (cur.chain !== null) return void deferred.push(fn);
     const run = gate.then(async () => fn(await d.connection()));
     gate = run.then(
       () => {},
@@ -179,6 +191,7 @@ export function createBatches(d: BatchDeps) {
       return;
     }
     gate = tx.handOff;
+    for (const fn of deferred.splice(0)) background(fn);
     const done = Promise.race([
       tx.broken,
       tx.chain.then(async () => {
@@ -253,6 +266,7 @@ export function createBatches(d: BatchDeps) {
         });
     }
     cur = newTx();
+    for (const fn of deferred.splice(0)) background(fn);
     // Batches from here on do not inherit the failure: those it concerned are undone.
     lastOutcome = Promise.resolve();
     view.reset(lastSums, recent.filter((t) => !t.undone));
@@ -263,6 +277,7 @@ export function createBatches(d: BatchDeps) {
     current: () => cur,
     take,
     op,
+    kick,
     background,
     refresh,
     commit,

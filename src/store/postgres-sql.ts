@@ -14,9 +14,25 @@ export interface Delta {
   bytes: number;
   open: number;
   expired: number;
+  /** The queue features' counters (schema version 2, postgres-features.ts). */
+  delayed: number;
+  deduplicated: number;
+  deadLettered: number;
+  discarded: number;
 }
 
-export const zero = (): Delta => ({ total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0 });
+export const zero = (): Delta => ({
+  total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0, delayed: 0, deduplicated: 0, deadLettered: 0, discarded: 0,
+});
+
+/** Delta's fields as mcq_counters' columns, in one order for every statement that lists them. */
+export const COUNTERS: [keyof Delta, string][] = [
+  ["total", "total"], ["fetched", "fetched"], ["items", "items"], ["bytes", "bytes"], ["open", "open"], ["expired", "expired"],
+  ["delayed", "delayed"], ["deduplicated", "deduplicated"], ["deadLettered", "dead_lettered"], ["discarded", "discarded"],
+];
+const COLUMNS = COUNTERS.map(([, c]) => c);
+/** `ON CONFLICT` adding the incoming row to the existing one, column by column. */
+const addUp = (table: string) => COLUMNS.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(", ");
 
 export interface Row {
   id: number;
@@ -24,6 +40,8 @@ export interface Row {
   flags: number;
   expires: number;
   body: Uint8Array;
+  /** How often it was opened (an open returns it, counted: dead letters). */
+  deliveries?: number;
 }
 
 /** Per queue: messages and bytes a statement removed, and how many of them were open. */
@@ -59,11 +77,9 @@ export function statements(schema: string) {
   const fold = (sql: SQL, nodes: number[]) =>
     sql.unsafe(
       `WITH gone AS (DELETE FROM ${C} WHERE node = ANY($1::int[]) RETURNING *),
-         sums AS (SELECT queue, sum(total) t, sum(fetched) f, sum(items) i, sum(bytes) b, sum(open) o, sum(expired) e FROM gone GROUP BY queue)
-       INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired) SELECT 0, queue, t, f, i, b, o, e FROM sums
-       ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
-         items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
-         expired = ${C}.expired + excluded.expired`,
+         sums AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue)
+       INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")}) SELECT 0, queue, ${COLUMNS.join(", ")} FROM sums
+       ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
       [nodes],
     ).execute();
 
@@ -108,7 +124,8 @@ export function statements(schema: string) {
     open: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $3 WHERE id IN (SELECT id FROM picked) RETURNING ${message}`,
+          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $3, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM picked)
+           RETURNING ${message}, deliveries`,
           [queues, counts, node],
         ).execute(),
       ),
@@ -152,23 +169,18 @@ export function statements(schema: string) {
       ).execute()) as Removed[],
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
-      const cols: [string[], number[], number[], number[], number[], number[], number[]] = [[], [], [], [], [], [], []];
+      const queues: string[] = [];
+      const cols: number[][] = COUNTERS.map(() => []);
       for (const [q, d] of deltas) {
-        cols[0].push(q);
-        cols[1].push(d.total);
-        cols[2].push(d.fetched);
-        cols[3].push(d.items);
-        cols[4].push(d.bytes);
-        cols[5].push(d.open);
-        cols[6].push(d.expired);
+        queues.push(q);
+        COUNTERS.forEach(([k], i) => cols[i]!.push(d[k]));
       }
+      const params = COUNTERS.map((_, i) => `$${i + 3}::int8[]`).join(", ");
       return sql.unsafe(
-        `INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired)
-         SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
-         ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
-           items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
-           expired = ${C}.expired + excluded.expired`,
-        [node, ...cols],
+        `INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")})
+         SELECT $1, * FROM unnest($2::text[], ${params})
+         ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
+        [node, queues, ...cols],
       ).execute();
     },
     /** Wakes waiters on other nodes: delivered when the transaction commits. */
@@ -178,8 +190,7 @@ export function statements(schema: string) {
     totals: async (sql: SQL) =>
       (await sql.unsafe(
         `SELECT c.*, CASE WHEN c.items > 0 THEN (SELECT m.created::float8 FROM ${M} m WHERE m.queue = c.queue ORDER BY m.id LIMIT 1) END AS oldest
-         FROM (SELECT queue, sum(total)::float8 AS total, sum(fetched)::float8 AS fetched, sum(items)::float8 AS items,
-           sum(bytes)::float8 AS bytes, sum(open)::float8 AS open, sum(expired)::float8 AS expired FROM ${C} GROUP BY queue) c`,
+         FROM (SELECT queue, ${COUNTERS.map(([k, c]) => `sum(${c})::float8 AS "${k}"`).join(", ")} FROM ${C} GROUP BY queue) c`,
       ).execute()) as (Delta & { queue: string; oldest: number | null })[],
     register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
     heartbeat: (sql: SQL, node: number) => sql.unsafe(`UPDATE ${N} SET heartbeat = now() WHERE id = $1`, [node]).execute(),
