@@ -105,7 +105,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
     other.fetched += q.fetched;
     other.open += q.open;
     other.delayed += q.delayed ?? 0;
-    other.deadLettered += ctx.limits?.deadLettered(q.name) ?? 0;
+    other.deadLettered += deadLettered(ctx, q);
     top.offer(q);
     if (clock.over()) await clock.next();
   }
@@ -124,7 +124,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
       fetched: q.fetched,
       open: q.open,
       delayed: q.delayed ?? 0,
-      deadLettered: ctx.limits?.deadLettered(q.name) ?? 0,
+      deadLettered: deadLettered(ctx, q),
       oldestAgeSeconds: (detail?.oldestAgeMs ?? 0) / 1000,
       waiters: waiters.get(q.name) ?? 0,
     };
@@ -135,6 +135,9 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
   }
   return { queues, otherQueues: other };
 }
+
+/** Kept by the store with the queue's counters, or counted by the server since the start. */
+const deadLettered = (ctx: Context, q: QueueSummary) => q.features?.deadLettered ?? ctx.limits?.counted(q.name).deadLettered ?? 0;
 
 /** The `limit` deepest queues (ties: the first name), kept in a heap whose root is the least deep. */
 function deepest(limit: number) {
