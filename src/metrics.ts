@@ -23,7 +23,7 @@ export interface QueueMetrics {
   open: number;
   /** Messages stored but not yet due (0 on a store without delays). */
   delayed: number;
-  /** Messages moved to the dead-letter queue since the start (max_deliveries). */
+  /** Messages moved to the dead-letter queue (max_deliveries), as `stats queue` counts them. */
   deadLettered: number;
   oldestAgeSeconds: number;
   waiters: number;
@@ -251,7 +251,7 @@ export function prometheus(s: Snapshot, clock?: TurnClock): Promise<ReadableStre
       await slice();
     }
     await perQueue("mcq_queue_delayed", "gauge", "Messages stored but not yet due (set /delay=, get /abort/delay=).", (q) => q.delayed);
-    await perQueue("mcq_queue_dead_lettered_total", "counter", "Messages moved to the dead-letter queue since the start.", (q) => q.deadLettered);
+    await perQueue("mcq_queue_dead_lettered_total", "counter", "Messages moved to the dead-letter queue.", (q) => q.deadLettered);
     await perQueue("mcq_queue_waiters", "gauge", "Blocking gets waiting on the queue.", (q) => q.waiters);
   }, clock);
 }

@@ -7,6 +7,9 @@
  * `[queues."<glob>"]` table (queue-config.ts). A set that would take its queue past a limit is
  * refused, `SERVER_ERROR queue full`, and stores nothing; with discard_old the queue's oldest
  * messages are dropped instead, in the set's batch, and counted as discarded.
+ * The counters are the store's (countFeature), saved in the batch they count in; on a store that
+ * does not keep them they are counted here, since the start. The settings table also holds each
+ * queue's open_timeout and expiry, which get.ts and commands.ts read.
  */
 import type { Context } from "./context";
 import { createQueueSettings, type QueueRule, type QueueSettings, type QueueSettingsTable } from "./queue-config";
