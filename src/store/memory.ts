@@ -112,7 +112,7 @@ export function createMemoryStore(): SyncQueueStore {
 
   function countFeature(name: string, counter: FeatureCounter): void {
     if (!queues.has(name)) return;
-    change(); // the queue is the snapshot's copy from here on: find it again
+    change(); // first, so that a rollback undoes the count as it undoes a set
     queues.get(name)!.features[counter]++;
   }
 
