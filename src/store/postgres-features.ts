@@ -198,7 +198,11 @@ export function createFeatures(d: FeatureDeps) {
       let set = tokens.get(tx);
       if (set === undefined) tokens.set(tx, (set = new Set()));
       set.add(`${queue}\0${token}`);
+      // Until settled(): the fanout copies of this very set, which commands.ts makes next.
       guard = { queue, token, children: new Set() };
+    },
+    settled() {
+      guard = null;
     },
     sweep() {
       if (Date.now() - lastSweep >= TOKEN_SWEEP_MS && !d.closed()) {
