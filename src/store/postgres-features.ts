@@ -303,18 +303,20 @@ export function createFeatures(d: FeatureDeps) {
   /**
    * Returns the open messages of dead nodes (postgres-sql.ts reap), in one transaction with the
    * dead-letter moves of those opened max_deliveries times: after kill -9 of the reaper too, each
-   * message is in exactly one queue. Returns how many came back or moved.
+   * message is in exactly one queue. Without dead letters it is one transaction too: its
+   * statements delete the dead nodes' rows and then free their messages, and a reaper killed
+   * between them would leave those messages owned by a node no longer there. Returns how many
+   * came back or moved.
    */
   async function reap(c: SQL, leaseS: number, only: number | null = null): Promise<number> {
-    if (d.deadLetter === null) return d.st.reap(c, leaseS, only);
     await c.unsafe("BEGIN").execute();
     try {
-      const dead = await fst.deadNodes(c, leaseS, only);
+      const dead = d.deadLetter === null ? [] : await fst.deadNodes(c, leaseS, only);
       let moved = 0;
       if (dead.length > 0) {
         const moves: { id: number; queue: string; target: string }[] = [];
         for (const m of await fst.openOf(c, dead)) {
-          const target = d.deadLetter(m.queue, m.deliveries);
+          const target = d.deadLetter!(m.queue, m.deliveries);
           if (target !== null && target !== m.queue) moves.push({ id: m.id, queue: m.queue, target });
         }
         if (moves.length > 0) moved = await moveReaped(c, moves, dead);
