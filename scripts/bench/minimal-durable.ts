@@ -26,6 +26,7 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { Fifo, runRequests, type Handlers } from "./minimal-wire";
 import { openDurable, pack, type Durable, type SetRow, type Sync } from "./durable-batch";
 
 const argv = process.argv.slice(2);
@@ -51,21 +52,6 @@ interface Message extends SetRow {
   flagsText: string;
 }
 
-/** A FIFO with a moving head: shift() on a long array is O(n). */
-class Queue {
-  items: Message[] = [];
-  head = 0;
-  push(m: Message): void {
-    this.items.push(m);
-  }
-  take(): Message | undefined {
-    if (this.head === this.items.length) return undefined;
-    const m = this.items[this.head++]!;
-    if (this.head === this.items.length) (this.items = []), (this.head = 0);
-    return m;
-  }
-}
-
 interface State {
   /** Bytes of a request split across chunks. */
   rest: Buffer | null;
@@ -89,10 +75,7 @@ interface Batch {
   closedAt: number;
 }
 
-const queues = new Map<string, Queue>();
-const STORED = Buffer.from("STORED\r\n");
-const END = Buffer.from("END\r\n");
-const ERROR = Buffer.from("ERROR\r\n");
+const queues = new Map<string, Fifo<Message>>();
 let nextId = 1;
 let nextBatch = 1;
 let open: Batch | null = null;
@@ -107,49 +90,28 @@ function openBatch(): Batch {
   return (open ??= { n: nextBatch++, firstId: nextId, sets: [], skip: [], takes: [], replies: new Map(), closedAt: 0 });
 }
 
-/** Parses and runs every complete request in `input` into the open batch; returns the bytes used. */
-function run(input: Buffer, out: Buffer[]): number {
-  let at = 0;
-  while (at < input.length) {
-    const eol = input.indexOf("\r\n", at);
-    if (eol < 0) break;
-    const words = input.toString("latin1", at, eol).split(" ");
-    stats.requests++; // a set whose body is not all here is counted again when it is: rare, stats only
-    if (words[0] === "set" && words.length >= 5) {
-      const bytes = Number(words[4]);
-      const end = eol + 2 + bytes;
-      if (!Number.isInteger(bytes) || bytes < 0) {
-        out.push(ERROR);
-        at = eol + 2;
-        continue;
-      }
-      if (input.length < end + 2) break; // the body is not all here yet
-      let q = queues.get(words[1]!);
-      if (q === undefined) queues.set(words[1]!, (q = new Queue()));
-      const batch = openBatch();
-      // A copy: the chunk is Bun's and is reused after this callback.
-      const m: Message = { id: nextId++, queue: words[1]!, flags: Number(words[2]) >>> 0, flagsText: words[2]!, body: Buffer.from(input.subarray(eol + 2, end)) };
-      q.push(m);
-      batch.sets.push(m);
-      batch.skip.push(false);
-      out.push(STORED);
-      at = end + 2;
-    } else if (words[0] === "get" && words.length === 2) {
-      const m = queues.get(words[1]!)?.take();
-      if (m !== undefined) {
-        const batch = openBatch();
-        if (m.id >= batch.firstId) batch.skip[m.id - batch.firstId] = true;
-        else batch.takes.push(m.id);
-        out.push(Buffer.from(`VALUE ${words[1]} ${m.flagsText} ${m.body.length}\r\n`, "latin1"), m.body, Buffer.from("\r\nEND\r\n"));
-      } else out.push(END);
-      at = eol + 2;
-    } else {
-      out.push(ERROR);
-      at = eol + 2;
-    }
-  }
-  return at;
-}
+/** Runs the requests into the open batch: sets are written by it, takes deleted (or both skipped). */
+const handlers: Handlers = {
+  set(queue, flagsText, body) {
+    stats.requests++;
+    let q = queues.get(queue);
+    if (q === undefined) queues.set(queue, (q = new Fifo()));
+    const batch = openBatch();
+    const m: Message = { id: nextId++, queue, flags: Number(flagsText) >>> 0, flagsText, body };
+    q.push(m);
+    batch.sets.push(m);
+    batch.skip.push(false);
+  },
+  get(queue) {
+    stats.requests++;
+    const m = queues.get(queue)?.take();
+    if (m === undefined) return undefined;
+    const batch = openBatch();
+    if (m.id >= batch.firstId) batch.skip[m.id - batch.firstId] = true;
+    else batch.takes.push(m.id);
+    return m;
+  },
+};
 
 function send(socket: Socket, data: Buffer): void {
   const state = socket.data;
@@ -260,7 +222,7 @@ const server = Bun.listen<State>({
       const state = socket.data;
       const input = state.rest === null ? chunk : Buffer.concat([state.rest, chunk]);
       const out: Buffer[] = [];
-      const used = run(input, out);
+      const used = runRequests(input, out, handlers);
       state.rest = used === input.length ? null : Buffer.from(input.subarray(used));
       if (out.length === 0) return;
       const batch = openBatch(); // a miss changes nothing, but its reply keeps its place in the order
