@@ -9,6 +9,7 @@ import { afterAll, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Client, set, startServer, stopAll, tempDir, value } from "./harness";
+import { speaksPair } from "./minimal-speaks";
 
 afterAll(stopAll);
 
@@ -24,19 +25,6 @@ function rows(home: string): { queue: string; flags: number; body: string }[] {
   } finally {
     db.close();
   }
-}
-
-/** The pair exchange mcbench makes, a request split inside its body, and what is not spoken. */
-async function speaks(port: number): Promise<void> {
-  const c = await Client.connect(port);
-  c.write(set("q", "one", 7) + set("q", "two") + "get q\r\nget q\r\nget q\r\nget other\r\nstats\r\n");
-  const expected = "STORED\r\nSTORED\r\n" + value("q", "one", 7) + "END\r\n" + value("q", "two") + "END\r\nEND\r\nEND\r\nERROR\r\n";
-  expect((await c.read(expected.length)).toString("latin1")).toBe(expected);
-  const request = set("split", "x".repeat(100)) + "get split\r\n";
-  for (let i = 0; i < request.length; i += 7) c.write(request.slice(i, i + 7));
-  const reply = "STORED\r\n" + value("split", "x".repeat(100)) + "END\r\n";
-  expect((await c.read(reply.length)).toString("latin1")).toBe(reply);
-  c.close();
 }
 
 /** Ten sets acknowledged, then three of them taken in a later batch: seven rows must be on disk. */
@@ -57,17 +45,17 @@ const SEVEN = Array.from({ length: 7 }, (_, i) => ({ queue: "d", flags: i + 4, b
 for (const sync of ["full", "normal"]) {
   test(`--durable worker --sync ${sync}: exact replies, and after kill -9 the file holds what was acknowledged`, async () => {
     const server = await startServer(["--durable", "worker", "--sync", sync], undefined, COMMAND);
-    await speaks(server.port);
+    await speaksPair(server.port);
     await storesSevenOfTen(server.port);
     expect(await server.kill("SIGKILL")).toBe(137);
-    // The exchange of speaks() left nothing (every message set was taken, in the same batch or later).
+    // The exchange of speaksPair() left nothing (every message set was taken, in the same batch or later).
     expect(rows(server.home)).toEqual(SEVEN);
   });
 }
 
 test("--durable main: the same on the main thread; SIGTERM prints the batches' figures and exits 0", async () => {
   const server = await startServer(["--durable", "main", "--sync", "normal"], undefined, COMMAND);
-  await speaks(server.port);
+  await speaksPair(server.port);
   await storesSevenOfTen(server.port);
   expect(await server.kill("SIGTERM")).toBe(0);
   expect(server.stderr()).toMatch(/^minimal-durable: \d+ batches, [\d.]+ requests, [\d.]+ rows written and [\d.]+ deleted a batch; \d+ us from closing a batch to its replies\n$/);
@@ -77,7 +65,7 @@ test("--durable main: the same on the main thread; SIGTERM prints the batches' f
 test("--durable none writes no file", async () => {
   const home = join(tempDir(), "data");
   const server = await startServer(["--durable", "none"], home, COMMAND);
-  await speaks(server.port);
+  await speaksPair(server.port);
   expect(await server.kill("SIGTERM")).toBe(0);
   expect(existsSync(join(home, "minimal-durable.db"))).toBe(false);
 });

@@ -6,7 +6,8 @@
  */
 import { afterAll, expect, test } from "bun:test";
 import { join, resolve } from "node:path";
-import { set, startServer, stopAll, value } from "./harness";
+import { startServer, stopAll } from "./harness";
+import { speaksPair } from "./minimal-speaks";
 
 afterAll(stopAll);
 
@@ -15,15 +16,7 @@ const MINIMAL = [process.execPath, join(ROOT, "scripts/bench/minimal.ts")];
 
 test("the minimal server appends on set, takes the head on get, and answers the rest with ERROR", async () => {
   const server = await startServer([], undefined, MINIMAL);
-  const c = await server.connect();
-  c.write(set("q", "one", 7) + set("q", "two") + "get q\r\nget q\r\nget q\r\nget other\r\nstats\r\n");
-  const expected = "STORED\r\nSTORED\r\n" + value("q", "one", 7) + "END\r\n" + value("q", "two") + "END\r\nEND\r\nEND\r\nERROR\r\n";
-  expect((await c.read(expected.length)).toString("latin1")).toBe(expected);
-  // A request split anywhere, even inside its body, is put back together.
-  const request = set("split", "x".repeat(100)) + "get split\r\n";
-  for (let i = 0; i < request.length; i += 7) c.write(request.slice(i, i + 7));
-  const reply = "STORED\r\n" + value("split", "x".repeat(100)) + "END\r\n";
-  expect((await c.read(reply.length)).toString("latin1")).toBe(reply);
+  await speaksPair(server.port);
   expect(await server.kill("SIGTERM")).toBe(0);
 });
 
