@@ -13,7 +13,7 @@ import type { Context } from "./context";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { GetKey, Request } from "./protocol/types";
 import { newReply, put, say, settle, type PendingGet, type Session } from "./session";
-import type { Message } from "./store/store";
+import { StoreError, type Message } from "./store/store";
 
 const CRLF = "\r\n";
 
@@ -243,8 +243,14 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
   const now = ctx.now();
   const taken = key.open ? store.open(key.queue, now) : key.peek ? store.peek(key.queue, now) : store.dequeue(key.queue, now);
   if (taken instanceof Promise) {
+    const epoch = ctx.batch.epoch(); // the batch the take is part of; it may commit before the answer
     return taken.then((message) => {
-      if (s.get === g) return append(ctx, s, key, g, message, now);
+      if (s.get === g) {
+        let hit = false;
+        if (ctx.batch.within(epoch, () => (hit = append(ctx, s, key, g, message, now)))) return hit;
+        // Its batch failed meanwhile: the store undid the take as well.
+        throw new StoreError("Postgres: the batch was undone");
+      }
       // The connection closed while the store answered: what it took goes back.
       if (message !== null && key.open) giveBackTaken(ctx, key.queue, message.id);
       else if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, committed: false });

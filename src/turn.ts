@@ -18,18 +18,9 @@ const REQUESTS_PER_TURN = 1024;
 /**
  * Batches committing at once (docs/design.md): while one waits on a networked store, the next
  * runs. A synchronous store (SQLite) is durable before its turn ends and never has one in flight.
+ * Past the limit, the open batch waits (in memory: nothing of it is sent) until one lands.
  */
 const MAX_IN_FLIGHT = 2;
-/**
- * Gathering (a networked store): while a batch commits, or while the open batch's takes are
- * unanswered, the open batch does not commit; its connections run again as their takes answer,
- * so one commit carries many gets per connection instead of one. It commits after at most
- * GATHER_ROUNDS turns or GATHER_MS, whatever is outstanding: a take answered after that ends its
- * get in the next batch, as before.
- */
-const GATHER_ROUNDS = 16;
-const GATHER_MS = 10;
-
 export interface Turns {
   /** Runs what the connection has read (from its data event) or queues it for the turn. */
   run(conn: Conn): void;
@@ -56,11 +47,6 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   let touched = new Set<Conn>(); // connections with replies to release after the commit
   let tasks: (() => void)[] = [];
   let scheduled = false;
-  /** Turns the open batch has run, and when the first one began (performance.now()). */
-  let rounds = 0;
-  let openedAt = 0;
-  /** Wakes a gathering batch whose answers might not resume anyone (their connection closed). */
-  let gatherTimer: ReturnType<typeof setTimeout> | null = null;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
   /** Connections with output not yet sent, and those held back for the budget (--max-conn-memory). */
@@ -152,12 +138,10 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     return true;
   }
 
-  function turn(force = false): void {
+  function turn(): void {
     scheduled = false;
-    const busy = batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT);
-    // The open batch has gathered its share while the last commits: the landing schedules the turn again.
-    if (busy && (force || rounds >= GATHER_ROUNDS || store.awaiting === undefined)) return;
-    if (rounds++ === 0) openedAt = performance.now();
+    // The landing of a batch schedules the turn again.
+    if (batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT)) return;
     runTasks();
     const run = runnable;
     runnable = new Set();
@@ -165,10 +149,6 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     for (const conn of run) runConn(conn);
     current = null;
     if (runnable.size > 0) schedule();
-    if (busy || (!force && gathering())) return; // the landing, or the answers, run the turn again
-    rounds = 0;
-    if (gatherTimer !== null) clearTimeout(gatherTimer);
-    gatherTimer = null;
     const release = touched;
     touched = new Set();
     const started = store.dirty() ? performance.now() : -1;
@@ -180,18 +160,6 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
         schedule();
       });
     } else finish(release);
-  }
-
-  /** Whether the open batch waits for its takes' answers instead of committing now. */
-  function gathering(): boolean {
-    if ((store.awaiting?.() ?? 0) === 0 || rounds >= GATHER_ROUNDS) return false;
-    const left = GATHER_MS - (performance.now() - openedAt);
-    if (left <= 0) return false;
-    gatherTimer ??= setTimeout(() => {
-      gatherTimer = null;
-      schedule();
-    }, left);
-    return true;
   }
 
   function finish(release: Set<Conn>): void {
@@ -280,7 +248,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
       schedule();
     },
-    turnNow: () => turn(true),
+    turnNow: () => turn(),
     idle: (conn) => !runnable.has(conn) && conn.session.held.length === 0 && conn.unsent.length === 0,
     afterCommit: null,
   };

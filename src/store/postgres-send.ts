@@ -34,37 +34,24 @@ export type Op =
   | { k: "sweep"; now: number; limit: number };
 
 export interface Tx extends Changes {
+  /** What the batch does, in the order its requests asked; sent whole at commit. */
   ops: Op[];
-  /** The statements sent so far, in order; rejects with the first failure. */
-  chain: Promise<void> | null;
+  /** Counter changes of `deltas` that the statements count in Postgres themselves (see count()). */
+  counted: Map<string, Delta>;
   failed: StoreError | null;
-  /** Undone by rollback(): its statements stop, it never commits, its changes are forgotten. */
+  /** Undone by rollback(): it never commits, its changes are forgotten. */
   undone: boolean;
   /** Queues whose messages may have become available: notified at commit. */
   wake: Set<string>;
-  /** Resolves once the connection may carry the next transaction (COMMIT or ROLLBACK sent). */
-  handOff: Promise<void>;
-  handedOff: () => void;
-  /** Settles with the commit's outcome. */
-  outcome: Promise<void>;
   timer: ReturnType<typeof setTimeout> | null;
-  /** A flush is due once this event-loop iteration ends (takes were asked for). */
-  flushing: boolean;
   /** Waiting for the counters read after this batch's COMMIT. */
   refreshers: (() => void)[];
   /** Undoes this batch's changes to `held`, newest last. */
   heldUndo: (() => void)[];
-  /** Takes sent and not answered yet: failed with the batch. */
-  asked: Take[];
-  /** Takes asked for and not answered yet (the turn waits for them: store.awaiting). */
-  unanswered: number;
-  /** A round of its statements is out: ops asked for meanwhile wait for the next (postgres.ts flush). */
-  sending: boolean;
   /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
   broken: Promise<never>;
   breakNow: (e: StoreError) => void;
 }
-
 
 /** What sending needs from the store. */
 export interface Sender {
@@ -84,7 +71,11 @@ export function createSender(deps: Sender) {
     return m;
   };
 
-  /** Sends ops as statements, one per run of like ops, all pipelined; resolves when all answered. */
+    /**
+   * Sends ops as statements, one per run of like ops, all pipelined: every statement is on the
+   * connection when this returns (the statement functions call execute() before their first
+   * await), so the caller can put COMMIT behind them. Resolves when all have answered.
+   */
   async function send(tx: Tx, c: SQL, sent: Op[]): Promise<void> {
     const ops = gather(sent);
     const pending: Promise<unknown>[] = [];
@@ -105,8 +96,9 @@ export function createSender(deps: Sender) {
    * one per connection (pair load interleaves set, get, set, get). Only one connection's order
    * must hold: every reply of the batch leaves at its commit, so requests of different
    * connections in it are concurrent and may run in any order. A connection stops at its take
-   * until it is answered, so its take is its last op in a round: moving takes after the other
-   * ops, and sets before confirms and releases (other rows), keeps each connection's order.
+   * until it is answered, which is after its batch was sent, so its take is its last op in the
+   * batch: moving takes after the other ops, and sets before confirms and releases (other rows),
+   * keeps each connection's order.
    * Drop, flush and sweep stay where they are, and nothing moves across them.
    */
   function gather(ops: Op[]): Op[] {
@@ -143,7 +135,8 @@ export function createSender(deps: Sender) {
       case "release": {
         const run = op.k === "confirm" ? st.confirm(c, col((o) => o.id), node) : st.release(c, col((o) => o.id), node);
         return run.then((found) => {
-          // Not found: a flush or drop elsewhere deleted it; undo what was counted for it.
+          // Not found: a flush or drop elsewhere deleted it; undo what the view counted for it
+          // (the statement counted in Postgres only what it found).
           const ids = new Set(found.map((r) => r.id));
           for (const o of ops as Extract<Op, { k: "confirm" | "release" }>[]) {
             if (ids.has(o.id) || tx.undone || !view.has(o.queue)) continue;
@@ -157,11 +150,11 @@ export function createSender(deps: Sender) {
       case "flush":
         return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
       case "sweep":
-        return st.sweep(c, op.limit).then((rows) => settleRemoved(tx, rows, true));
+        return st.sweep(c, op.limit, node).then((rows) => settleRemoved(tx, rows, true));
     }
   }
 
-  /** Counts what a flush or sweep removed (a flush counted its queues as emptied already). */
+  /** Counts in the view what a sweep removed (the statement counted it in Postgres; a flush counted its queues as emptied already). */
   function settleRemoved(tx: Tx, rows: Removed[], expired: boolean): void {
     if (tx.undone) return;
     for (const r of rows) {
@@ -179,7 +172,7 @@ export function createSender(deps: Sender) {
       // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
       if (mode === "peek") rows = await st.peek(c, queues);
       else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), node);
-      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length));
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), node);
     } catch (e) {
       for (const t of list) t.fail(reason(e));
       throw e;

@@ -55,6 +55,22 @@ export function statements(schema: string) {
   const removed = (from: string) =>
     `SELECT queue, count(*)::int AS n, sum(len)::float8 AS bytes, count(owner)::int AS open FROM ${from} GROUP BY queue`;
   const rows = (r: any[]): Row[] => r as Row[];
+  /**
+   * Adds counter changes to this node's rows ($node): `select` yields (queue, total, fetched,
+   * items, bytes, open, expired), one row per queue. A statement whose effect is only known in
+   * Postgres (a take, a confirm, a sweep) counts it itself, in the same statement, since the
+   * batch's own counter upsert is sent before any answer comes back.
+   */
+  const upsert = (node: string, select: string) =>
+    `INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired) SELECT ${node}, * FROM (${select}) s
+     ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
+       items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
+       expired = ${C}.expired + excluded.expired`;
+  /** Per queue of `from` (rows with queue and len): its counter change, each column an expression. */
+  const perQueue = (from: string, c: { fetched?: string; items?: string; bytes?: string; open?: string; expired?: string }) =>
+    `SELECT queue, 0::int8 AS total, (${c.fetched ?? "0"})::int8 AS fetched, (${c.items ?? "0"})::int8 AS items,
+       (${c.bytes ?? "0"})::int8 AS bytes, (${c.open ?? "0"})::int8 AS open, (${c.expired ?? "0"})::int8 AS expired
+     FROM ${from} GROUP BY queue`;
   /** Moves the counter rows of `nodes` into node 0's, keeping every sum. */
   const fold = (sql: SQL, nodes: number[]) =>
     sql.unsafe(
@@ -103,12 +119,22 @@ export function statements(schema: string) {
          ON CONFLICT (id) DO NOTHING`,
         [ids, queues, flags, created, expires, bodies],
       ).execute(),
-    dequeue: async (sql: SQL, queues: string[], counts: number[]) =>
-      rows(await sql.unsafe(`WITH picked AS (${pick}) DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}`, [queues, counts]).execute()),
+    /** Takes the heads of `queues` ($2: how many of each) and counts them as fetched on `node`. */
+    dequeue: async (sql: SQL, queues: string[], counts: number[], node: number) =>
+      rows(
+        await sql.unsafe(
+          `WITH picked AS (${pick}), d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}, length(body) AS len),
+             c AS (${upsert("$3::int", perQueue("d", { fetched: "count(*)", items: "-count(*)", bytes: "-sum(len)" }))})
+           SELECT id, queue, flags, expires, body FROM d`,
+          [queues, counts, node],
+        ).execute(),
+      ),
     open: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $3 WHERE id IN (SELECT id FROM picked) RETURNING ${message}`,
+          `WITH picked AS (${pick}), u AS (UPDATE ${M} SET owner = $3 WHERE id IN (SELECT id FROM picked) RETURNING ${message}),
+             c AS (${upsert("$3::int", perQueue("u", { open: "count(*)" }))})
+           SELECT * FROM u`,
           [queues, counts, node],
         ).execute(),
       ),
@@ -121,13 +147,21 @@ export function statements(schema: string) {
           [queues],
         ).execute(),
       ),
-    /** Deletes messages this node holds open; returns those it found. */
+    /** Deletes messages this node holds open and counts them as fetched; returns those it found. */
     confirm: async (sql: SQL, ids: number[], node: number) =>
-      (await sql.unsafe(`DELETE FROM ${M} WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id::float8 AS id`, [ids, node]).execute()) as { id: number }[],
+      (await sql.unsafe(
+        `WITH d AS (DELETE FROM ${M} WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id, queue, length(body) AS len),
+           c AS (${upsert("$2::int", perQueue("d", { fetched: "count(*)", items: "-count(*)", bytes: "-sum(len)", open: "-count(*)" }))})
+         SELECT id::float8 AS id FROM d`,
+        [ids, node],
+      ).execute()) as { id: number }[],
     release: async (sql: SQL, ids: number[], node: number) =>
-      (await sql.unsafe(`UPDATE ${M} SET owner = NULL WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id::float8 AS id`, [ids, node]).execute()) as {
-        id: number;
-      }[],
+      (await sql.unsafe(
+        `WITH u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id, queue),
+           c AS (${upsert("$2::int", perQueue("u", { open: "-count(*)" }))})
+         SELECT id::float8 AS id FROM u`,
+        [ids, node],
+      ).execute()) as { id: number }[],
     flush: async (sql: SQL, queues: string[] | null) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
@@ -143,13 +177,30 @@ export function statements(schema: string) {
           [queues],
         ).execute()) as { queue: string }[]
       ).map((r) => r.queue),
-    sweep: async (sql: SQL, limit: number) =>
+    /** Deletes up to `limit` expired messages and counts them as expired on `node`. */
+    sweep: async (sql: SQL, limit: number, node: number) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} WHERE id IN (
            SELECT id FROM ${M} m WHERE m.expires > 0 AND m.expires <= ${pgNow} AND m.owner IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED)
-           RETURNING queue, length(body) AS len, owner) ${removed("d")}`,
-        [limit],
+           RETURNING queue, length(body) AS len, owner),
+           c AS (${upsert("$2::int", perQueue("d", { items: "-count(*)", bytes: "-sum(len)", expired: "count(*)" }))})
+         ${removed("d")}`,
+        [limit, node],
       ).execute()) as Removed[],
+    /**
+     * The first statement of every batch: the batches of one connection are pipelined, each sent
+     * whole without waiting for the one before, so a batch that failed must fail every later one
+     * (they were built on it, batch.ts). The connection's setting mcq.batch names the last batch
+     * that committed on it (a failed transaction undoes its SET); a batch whose predecessor is not
+     * there fails here. `previous` '' starts a fresh connection's chain.
+     */
+    guard: (sql: SQL, batch: string, previous: string) =>
+      sql.unsafe(
+        // current_setting is not immutable: the ELSE branch is not folded when the statement is planned.
+        `SELECT CASE WHEN coalesce(current_setting('mcq.batch', true), '') = $2 THEN set_config('mcq.batch', $1, false)
+           ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
+        [batch, previous],
+      ).execute(),
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
       const cols: [string[], number[], number[], number[], number[], number[], number[]] = [[], [], [], [], [], [], []];

@@ -125,17 +125,10 @@ export interface QueueStore {
    */
   refresh?(): Promise<void>;
   /**
-   * Batches this store lets commit at once (default 2, turn.ts). A store that sends one batch
-   * only once the last one's COMMIT was sent says 1: the open batch then gathers every request
-   * that arrives meanwhile, instead of one batch per connection following each other.
+   * Batches this store lets commit at once (default 2, turn.ts). Past it, the open batch waits
+   * until one lands, gathering every request that arrives meanwhile.
    */
   maxInFlight?: number;
-  /**
-   * Takes of the open batch that the store has not answered yet (a networked store). The turn
-   * waits for them, a bounded time, before it commits: their gets then end in this batch and
-   * their connections go on in it, instead of one get per connection per commit (turn.ts).
-   */
-  awaiting?(): number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   /** Closes the store; a networked store resolves once its last batch has committed. */

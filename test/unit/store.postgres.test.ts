@@ -15,13 +15,41 @@ async function open(schema = freshSchema("store")): Promise<PostgresStore> {
   return s;
 }
 
+/**
+ * The store as the contract drives it: a take is answered once its batch is sent, so each take
+ * commits the batch (the server's turn commits after its requests ran; a test awaits in between).
+ */
+function takesCommit(s: PostgresStore): PostgresStore {
+  const w: PostgresStore = Object.create(s);
+  let sent: Promise<unknown> = Promise.resolve();
+  for (const verb of ["dequeue", "peek", "open"] as const) {
+    w[verb] = (queue: string, now: number) => {
+      const taken = s[verb](queue, now);
+      sent = Promise.resolve(s.commit()).catch(() => {});
+      return taken;
+    };
+  }
+  // commit() also waits for the batches the takes sent: after it, other nodes see them.
+  w.commit = async () => {
+    await sent;
+    await s.commit();
+  };
+  return w;
+}
+
 if (havePostgres("store.postgres")) {
   afterAll(async () => {
     await Bun.sleep(50); // the stores' close() finishes in the background
     await dropSchemas(schemas);
   });
 
-  storeContract("postgres", () => open(), { idsAtEnqueue: false, syncSweep: false, exactOldest: false, clock: "database" });
+  storeContract("postgres", async () => takesCommit(await open()), {
+    idsAtEnqueue: false,
+    syncSweep: false,
+    exactOldest: false,
+    clock: "database",
+    takesAtCommit: true,
+  });
 
   describe("postgres store", () => {
     test("two nodes on one schema: each message is taken once, and counters are summed over nodes", async () => {
@@ -32,8 +60,9 @@ if (havePostgres("store.postgres")) {
       await a.commit();
       const takes = [];
       for (let i = 0; i < 12; i++) takes.push(a.dequeue("q", 1), b.dequeue("q", 1));
-      const got = await Promise.all(takes);
+      const answers = Promise.all(takes); // answered once their batches are sent
       await Promise.all([a.commit(), b.commit()]);
+      const got = await answers;
       const bodies = got.filter((m) => m !== null).map((m) => Buffer.from(m!.body).toString());
       expect(bodies.length).toBe(20);
       expect(new Set(bodies).size).toBe(20);
@@ -46,8 +75,8 @@ if (havePostgres("store.postgres")) {
 
     test("expiry follows Postgres's clock, not a node's: nodes whose clocks are hours apart agree", async () => {
       const schema = freshSchema("clock");
-      const behind = await open(schema); // its clock is an hour slow
-      const ahead = await open(schema); // its clock is an hour fast
+      const behind = takesCommit(await open(schema)); // its clock is an hour slow
+      const ahead = takesCommit(await open(schema)); // its clock is an hour fast
       const slow = Date.now() - 3_600_000;
       const fast = Date.now() + 3_600_000;
       behind.enqueue("c", 0, Buffer.from("lives a minute"), slow + 60_000, slow);
