@@ -101,6 +101,18 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
    * if it ran (and counted its bytes).
    */
   function runConn(conn: Conn): boolean {
+    if (store.answersAtCommit !== true) return runRequests(conn);
+    // A closing connection's deferred get was answered: its replies leave with the next commit.
+    if (conn.state === "closing" && conn.session.held.length > 0) touched.add(conn);
+    store.actor = conn.session.id; // the store keeps this session's ops in order
+    try {
+      return runRequests(conn);
+    } finally {
+      store.actor = 0;
+    }
+  }
+
+  function runRequests(conn: Conn): boolean {
     if ((conn.state !== "reading" && conn.state !== "waiting") || conn.overBudget) return false;
     const s = conn.session;
     touched.add(conn);

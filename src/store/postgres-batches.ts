@@ -24,7 +24,9 @@ export interface BatchDeps {
   timeoutMs: number;
   /** Batches sent before the last one's outcome is known (store.maxInFlight). */
   inFlight: number;
-  send(tx: Tx, c: SQL, ops: Op[]): Promise<void>;
+  send(tx: Tx, c: SQL): Promise<void>;
+  /** The session whose requests run now (store.actor), 0 for none. */
+  actor(): number;
   /** The connection, walking the host list again if the last one was dropped. */
   connection(): Promise<SQL>;
   /** The connection now, or null once dropped. */
@@ -61,7 +63,7 @@ export function createBatches(d: BatchDeps) {
     const broken = new Promise<never>((_, fail) => (breakNow = fail));
     broken.catch(() => {});
     const tx: Tx = {
-      ops: [], counted: new Map(), failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
+      ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
       timer: null, refreshers: [], heldUndo: [], broken, breakNow,
     };
     recent.push(tx);
@@ -108,7 +110,7 @@ export function createBatches(d: BatchDeps) {
       chainOn = c;
       lastBatch = String(batchNo);
     }
-    parts.push(d.send(tx, c, tx.ops));
+    parts.push(d.send(tx, c));
     // Sent before any take has answered: what a take changes, its statement counts itself.
     const deltas = uncounted(tx);
     if (deltas.size > 0) parts.push(st.count(c, d.node, deltas));
@@ -148,12 +150,21 @@ export function createBatches(d: BatchDeps) {
   }
 
   function take(mode: Mode, queue: string, now: number): Promise<Message | null> {
-    return new Promise<Message | null>((ok, fail) => cur.ops.push({ k: "take", t: { mode, queue, now, ok, fail } }));
+    return new Promise<Message | null>((ok, fail) => add({ k: "take", t: { mode, queue, now, ok, fail } }));
   }
 
   function op(o: Op): void {
     if (d.closed()) throw new StoreError("Postgres: store closed");
+    add(o);
+  }
+
+  /** Adds an op to the open batch, in its session's layer (Tx.layers). */
+  function add(o: Op): void {
+    const actor = d.actor();
+    const layer = cur.takesBy.get(actor) ?? 0;
+    if (o.k === "take") cur.takesBy.set(actor, layer + 1);
     cur.ops.push(o);
+    cur.layers.push(layer);
   }
 
   /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */

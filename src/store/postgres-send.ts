@@ -36,6 +36,14 @@ export type Op =
 export interface Tx extends Changes {
   /** What the batch does, in the order its requests asked; sent whole at commit. */
   ops: Op[];
+  /**
+   * Per op, its layer: how many takes its session asked for before it in this batch. A session
+   * runs on past a get whose answer is pending (get.ts deferGet), so its ops after a take must
+   * stay after that take; ops of one layer may be reordered (gather).
+   */
+  layers: number[];
+  /** Takes asked for in this batch, per session (store.actor). */
+  takesBy: Map<number, number>;
   /** Counter changes of `deltas` that the statements count in Postgres themselves (see count()). */
   counted: Map<string, Delta>;
   failed: StoreError | null;
@@ -76,8 +84,8 @@ export function createSender(deps: Sender) {
    * connection when this returns (the statement functions call execute() before their first
    * await), so the caller can put COMMIT behind them. Resolves when all have answered.
    */
-  async function send(tx: Tx, c: SQL, sent: Op[]): Promise<void> {
-    const ops = gather(sent);
+  async function send(tx: Tx, c: SQL): Promise<void> {
+    const ops = gather(tx.ops, tx.layers);
     const pending: Promise<unknown>[] = [];
     for (let i = 0; i < ops.length; ) {
       let j = i + 1;
@@ -92,30 +100,31 @@ export function createSender(deps: Sender) {
   }
 
   /**
-   * Puts like ops next to each other, so that a round costs one statement per kind rather than
-   * one per connection (pair load interleaves set, get, set, get). Only one connection's order
-   * must hold: every reply of the batch leaves at its commit, so requests of different
-   * connections in it are concurrent and may run in any order. A connection stops at its take
-   * until it is answered, which is after its batch was sent, so its take is its last op in the
-   * batch: moving takes after the other ops, and sets before confirms and releases (other rows),
-   * keeps each connection's order.
+   * Puts like ops next to each other, so that a batch costs one statement per kind and layer
+   * rather than one per connection (pair load interleaves set, get, set, get). Only one session's
+   * order must hold: every reply of the batch leaves at its commit, so requests of different
+   * connections in it are concurrent and may run in any order. A session's ops are in layers,
+   * split by its takes (Tx.layers): sorting by layer, then kind, keeps its takes in order and
+   * each of its ops on the same side of each of its takes; within a layer, its take sorts last,
+   * and moving sets before confirms and releases (other rows) changes nothing it could see.
    * Drop, flush and sweep stay where they are, and nothing moves across them.
    */
-  function gather(ops: Op[]): Op[] {
+  function gather(ops: Op[], layers: number[]): Op[] {
     if (ops.length < 3) return ops;
     const out: Op[] = [];
-    let segment: Op[] = [];
+    let segment: number[] = [];
     const close = () => {
-      out.push(...segment.sort((a, b) => rank(a) - rank(b)));
+      segment.sort((a, b) => layers[a]! - layers[b]! || rank(ops[a]!) - rank(ops[b]!) || a - b);
+      for (const i of segment) out.push(ops[i]!);
       segment = [];
     };
-    for (const o of ops) {
-      if (rank(o) >= 0) segment.push(o);
+    ops.forEach((o, i) => {
+      if (rank(o) >= 0) segment.push(i);
       else {
         close();
         out.push(o);
       }
-    }
+    });
     close();
     return out;
   }

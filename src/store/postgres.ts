@@ -147,7 +147,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   }
 
   const batches = createBatches({
-    st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, connection, client: () => client, replaceConnection, reason,
+    st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
     log: options.log, closed: () => closed, sums,
   });
   const { take, op, refresh } = batches;
@@ -160,6 +160,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     node,
     onAvailable: null,
     maxInFlight: IN_FLIGHT,
+    answersAtCommit: true,
+    actor: 0,
     describe: () => `${url.safe} (writing to ${host}, node ${node})`,
     refresh,
 

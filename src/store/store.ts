@@ -125,6 +125,16 @@ export interface QueueStore {
    */
   refresh?(): Promise<void>;
   /**
+   * Takes are answered once their batch is sent, at commit (Postgres: no transaction waits open
+   * for the caller). A plain get then need not stop its connection: it takes its place in the
+   * batch, its reply is filled when the store answers, and the connection's next requests run
+   * meanwhile (get.ts deferGet). Such a store may reorder a batch's ops (like ones together), so it
+   * must keep each session's order: `actor` says whose requests run now.
+   */
+  answersAtCommit?: boolean;
+  /** The session whose requests run now (turn.ts sets it; 0: none, housekeeping). */
+  actor?: number;
+  /**
    * Batches this store lets commit at once (default 2, turn.ts). Past it, the open batch waits
    * until one lands, gathering every request that arrives meanwhile.
    */
