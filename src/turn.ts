@@ -21,6 +21,13 @@ const REQUESTS_PER_TURN = 1024;
  * Past the limit, the open batch waits (in memory: nothing of it is sent) until one lands.
  */
 const MAX_IN_FLIGHT = 2;
+/**
+ * A store that answers at commit (Postgres) pays one COMMIT, one fsync, per batch whatever its
+ * size. The connections a landing answered send their next requests within a round trip: the open
+ * batch waits for them at most GATHER_MS, in memory (nothing of it is sent, no transaction is
+ * open), so one commit carries them all rather than the first few.
+ */
+const GATHER_MS = 2;
 export interface Turns {
   /** Runs what the connection has read (from its data event) or queues it for the turn. */
   run(conn: Conn): void;
@@ -47,6 +54,10 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   let touched = new Set<Conn>(); // connections with replies to release after the commit
   let tasks: (() => void)[] = [];
   let scheduled = false;
+  /** Connections the last landing answered that have not sent a request since, and when it landed. */
+  const expecting = new Set<Conn>();
+  let landedAt = 0;
+  let gatherTimer: ReturnType<typeof setTimeout> | null = null;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
   /** Connections with output not yet sent, and those held back for the budget (--max-conn-memory). */
@@ -135,6 +146,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
       const req = conn.framer.next();
       if (req === null) break;
+      if (expecting.size > 0) expecting.delete(conn);
       if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       const before = s.held.length;
       const outcome = execute(ctx, s, req);
@@ -161,6 +173,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     for (const conn of run) runConn(conn);
     current = null;
     if (runnable.size > 0) schedule();
+    if (gathering()) return; // the answered connections' requests, or the timer, run the turn again
     const release = touched;
     touched = new Set();
     const started = store.dirty() ? performance.now() : -1;
@@ -174,11 +187,33 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     } else finish(release);
   }
 
+  /** Whether the open batch waits for the connections the last landing answered (GATHER_MS). */
+  function gathering(): boolean {
+    if (expecting.size === 0 || !store.dirty()) return false;
+    const left = GATHER_MS - (performance.now() - landedAt);
+    if (left <= 0) {
+      expecting.clear();
+      return false;
+    }
+    gatherTimer ??= setTimeout(() => {
+      gatherTimer = null;
+      schedule();
+    }, left);
+    return true;
+  }
+
   function finish(release: Set<Conn>): void {
     heldOut = 0; // written out now, or counted as unsent
+    const gather = store.answersAtCommit === true;
+    if (gather) {
+      expecting.clear();
+      landedAt = performance.now();
+    }
     for (const conn of release) {
       if (conn.state === "closed") continue;
-      stats.bytesWritten += flushHeld(conn, batch.durable);
+      const wrote = flushHeld(conn, batch.durable);
+      stats.bytesWritten += wrote;
+      if (gather && wrote > 0 && conn.state === "reading" && conn.session.held.length === 0) expecting.add(conn);
       if (conn.gone) {
         lost(conn);
         continue;
@@ -251,6 +286,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       overBudget.delete(conn);
       account(conn);
       runnable.delete(conn);
+      expecting.delete(conn);
       touched.delete(conn);
       try {
         endSession(ctx, conn.session, lost);
