@@ -94,6 +94,30 @@ if (havePostgres("store.postgres")) {
       ahead.close();
     });
 
+    test("the guard: batches pipelined on one connection, the one after a failed one fails in Postgres too", async () => {
+      const { SQL } = await import("bun");
+      const { statements } = await import("../../src/store/postgres-sql");
+      const st = statements("public");
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      // Four batches sent at once, as the store sends them with MCQ_PG_IN_FLIGHT > 1; the second fails.
+      const batch = (n: string, previous: string, fail = false) => {
+        const parts = [sql.unsafe("BEGIN").execute(), st.guard(sql, n, previous)];
+        if (fail) parts.push(sql.unsafe("SELECT 1/0").execute());
+        parts.push(sql.unsafe("COMMIT").execute());
+        return Promise.allSettled(parts).then((r) => r.map((x) => (x.status === "fulfilled" ? (x.value as { command: string }).command : "error")));
+      };
+      const sent = [batch("1", ""), batch("2", "1", true), batch("3", "2"), batch("4", "3")];
+      expect(await Promise.all(sent)).toEqual([
+        ["BEGIN", "SELECT", "COMMIT"],
+        ["BEGIN", "SELECT", "error", "ROLLBACK"],
+        ["BEGIN", "error", "ROLLBACK"],
+        ["BEGIN", "error", "ROLLBACK"],
+      ]);
+      // A fresh chain on the connection (after the store replaced it, or with nothing in flight) goes on.
+      expect(await batch("5", "1")).toEqual(["BEGIN", "SELECT", "COMMIT"]);
+      await sql.close();
+    });
+
     test("a schema newer than this mcq knows is refused", async () => {
       const schema = freshSchema("newer");
       const s = await open(schema);
