@@ -162,7 +162,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     return true;
   }
 
-  function turn(): void {
+  function turn(force = false): void {
     scheduled = false;
     // The landing of a batch schedules the turn again.
     if (batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT)) return;
@@ -173,7 +173,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     for (const conn of run) runConn(conn);
     current = null;
     if (runnable.size > 0) schedule();
-    if (gathering()) return; // the answered connections' requests, or the timer, run the turn again
+    if (!force && gathering()) return; // the answered connections' requests, or the timer, run the turn again
     const release = touched;
     touched = new Set();
     const started = store.dirty() ? performance.now() : -1;
@@ -296,7 +296,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
       schedule();
     },
-    turnNow: () => turn(),
+    turnNow: () => turn(true),
     idle: (conn) => !runnable.has(conn) && conn.session.held.length === 0 && conn.unsent.length === 0,
     afterCommit: null,
   };
