@@ -10,7 +10,7 @@ import { REPLY, serverError, statLine } from "./protocol/reply";
 import type { Request } from "./protocol/types";
 import { newReply, put, say, settle, type Reply, type Session } from "./session";
 import { resetStats } from "./stats";
-import { StoreError, StoreRefused } from "./store/store";
+import { StoreError, StoreRefused, type QueueDetail } from "./store/store";
 
 /** What the connection does next: take the next request, wait (a blocking get), or close. */
 export type Outcome = "next" | "wait" | "close";
@@ -151,6 +151,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         return "next";
       }
       const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
+      if (n instanceof Promise) return redriveLater(ctx, s, n);
       batch.depends(say(s, `OK ${n}\r\n`));
       if (n > 0) serveWaiters(ctx, req.to);
       return "next";
@@ -159,6 +160,26 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       say(s, req.reply);
       return req.close ? "close" : "next";
   }
+}
+
+/**
+ * A store that counts a redrive when it has run it (Postgres): the reply takes its place now and
+ * is filled in then, before its batch commits; the moved messages wake waiters through the store.
+ */
+function redriveLater(ctx: Context, s: Session, n: Promise<number>): Outcome {
+  const reply = newReply(false);
+  s.held.push(reply);
+  ctx.batch.depends(reply);
+  n.then(
+    (count) => {
+      if (reply.complete) return; // its batch failed meanwhile: SERVER_ERROR was said
+      put(reply, `OK ${count}\r\n`);
+      reply.complete = true;
+      ctx.resume(s);
+    },
+    () => {}, // the batch fails with it, and that settles the reply
+  );
+  return "next";
 }
 
 /** `stats`, `stats reset`, `stats queue` and `stats queue <q>`. */
@@ -187,7 +208,7 @@ function statsReply(ctx: Context, s: Session, req: Extract<Request, { kind: "sta
         // Fields the queue features add come after the SPEC's six (DECISIONS), where the store has them.
         ...(d.delayed === undefined ? [] : [statLine("delayed", d.delayed)]),
         ...(d.deduplicated === undefined ? [] : [statLine("deduplicated", d.deduplicated)]),
-        ...limitLines(ctx, req.queue),
+        ...limitLines(ctx, req.queue, d),
       ];
       say(s, lines.join("") + REPLY.END);
       return "next";
@@ -216,19 +237,21 @@ function fanOut(ctx: Context, req: Extract<Request, { kind: "set" }>, now: numbe
 }
 
 /** With limits configured: the settings in force for the queue, and what discard_old dropped. */
-function limitLines(ctx: Context, queue: string): string[] {
+function limitLines(ctx: Context, queue: string, d: QueueDetail | null): string[] {
   const limits = ctx.limits;
   if (limits === undefined) return [];
   const s = limits.settings(queue);
   const lines: string[] = [];
   if (limits.limited) {
     lines.push(statLine("max_items", s.maxItems), statLine("max_bytes", s.maxBytes), statLine("discard_old", s.discardOld ? 1 : 0));
-    lines.push(statLine("discarded", limits.discarded(queue)));
+    lines.push(statLine("discarded", d?.discarded ?? limits.discarded(queue)));
   }
   if (ctx.fanout?.enabled) lines.push(statLine("fanout_refused", limits.fanoutRefusedCount(queue)));
   if (limits.deadLettering) {
     lines.push(statLine("max_deliveries", s.maxDeliveries), statLine("dlq", s.dlq ?? `${queue}.dlq`));
-    lines.push(statLine("dead_lettered", limits.deadLettered(queue)), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));
+    // A store shared by nodes counts them itself, over every node (Postgres).
+    const lettered = d?.deadLettered ?? limits.deadLettered(queue);
+    lines.push(statLine("dead_lettered", lettered), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));
   }
   return lines;
 }

@@ -24,6 +24,8 @@ import { AuthFileError } from "./auth";
 import { ListenError, startServer, type Server } from "./server";
 import { TlsError, type LoadedTls } from "./tls";
 import { openPostgresStore } from "./store/postgres";
+import type { DeadLetterPolicy } from "./store/postgres-features";
+import { createQueueLimits } from "./queue-limits";
 import { parseStoreUrl } from "./store/postgres-hosts";
 import { openSqliteStore, StoreLockedError } from "./store/sqlite";
 import { withFaults } from "./store/faults";
@@ -75,7 +77,7 @@ async function main(): Promise<void> {
   const store = await openStore(config, log, (n) => (returned = n));
   if (store.deadLetters === undefined && (config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0))) {
     await store.close();
-    fail("max_deliveries (dead letters) is not supported by the Postgres store yet", 1);
+    fail("max_deliveries (dead letters) is not supported by this store", 1);
   }
   if (config.unixSocket !== null) {
     await prepareUnixSocket(config.unixSocket).catch((e: Error) => {
@@ -239,6 +241,20 @@ function testClock(log: Logger): (() => number) | undefined {
 /** Milliseconds a Postgres batch may take before it fails with SERVER_ERROR (never a hang). */
 const POSTGRES_TIMEOUT_MS = 5000;
 
+/**
+ * With dead letters configured: where the Postgres store moves an open message of a dead node,
+ * opened `deliveries` times, as queue-limits.ts decides for a live node's abort; null to return it.
+ */
+function deadLetterPolicy(config: Config): DeadLetterPolicy | null {
+  const limits = createQueueLimits(config);
+  if (!limits.deadLettering) return null;
+  return (queue, deliveries) => {
+    const s = limits.settings(queue);
+    if (s.maxDeliveries === 0 || deliveries < s.maxDeliveries) return null;
+    return s.dlq ?? (queue.length + 4 <= 250 ? `${queue}.dlq` : null);
+  };
+}
+
 /** The store (Postgres with --store, else SQLite in the data directory), or exit 1 saying why not. */
 async function openStore(config: Config, log: Logger, onReturned: (count: number) => void): Promise<QueueStore> {
   if (config.store === null) checkHome(config.home);
@@ -251,6 +267,7 @@ async function openStore(config: Config, log: Logger, onReturned: (count: number
             timeoutMs: POSTGRES_TIMEOUT_MS,
             log: (level, message) => log[level](message),
             home: config.home,
+            deadLetter: deadLetterPolicy(config),
           });
     const faults = process.env.MCQ_FAULTS;
     if (!faults) return store;

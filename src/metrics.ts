@@ -105,7 +105,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
     other.fetched += q.fetched;
     other.open += q.open;
     other.delayed += q.delayed ?? 0;
-    other.deadLettered += ctx.limits?.deadLettered(q.name) ?? 0;
+    other.deadLettered += q.deadLettered ?? ctx.limits?.deadLettered(q.name) ?? 0;
     top.offer(q);
     if (clock.over()) await clock.next();
   }
@@ -124,7 +124,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
       fetched: q.fetched,
       open: q.open,
       delayed: q.delayed ?? 0,
-      deadLettered: ctx.limits?.deadLettered(q.name) ?? 0,
+      deadLettered: q.deadLettered ?? ctx.limits?.deadLettered(q.name) ?? 0,
       oldestAgeSeconds: (detail?.oldestAgeMs ?? 0) / 1000,
       waiters: waiters.get(q.name) ?? 0,
     };

@@ -26,8 +26,12 @@
  * skipped on error ("swallowed"); with an invalid <bytes> its length is unknown, so it
  * is not.
  */
-import type { GetKey, Request, SetOptions } from "./types";
+import type { GetKey, SetOptions } from "./types";
 import { REPLY } from "./reply";
+import { ADMIN } from "./parse-admin";
+import { CR, LF, MAX_BYTES, MAX_NAME, type Parsed, SLASH, decodeName, number, reply, request, signedInt32, tokenize, validName, word } from "./tokens";
+
+export type { Parsed } from "./tokens";
 
 export interface Limits {
   /** Longest command line, without its "\r\n". */
@@ -36,18 +40,6 @@ export interface Limits {
   maxBody: number;
 }
 
-export type Parsed =
-  /** Not enough input yet. `need` is the total length (from start) known to be required, or 0. */
-  | { type: "more"; need: number }
-  /** A request (or an error reply) that ends at `next`; then `skip` more bytes are to be discarded. */
-  | { type: "request"; req: Request; next: number; skip: number };
-
-const LF = 10;
-const CR = 13;
-const SP = 32;
-const SLASH = 47;
-const MAX_NAME = 250;
-const MAX_BYTES = 2147483647;
 const MAX_FLAGS = 4294967295;
 /** A blocking get waits at most this long (setTimeout's limit is 2^31-1 ms). */
 const MAX_WAIT_MS = 2147483647;
@@ -58,10 +50,6 @@ const NO_OPTIONS: SetOptions = { delay: 0, id: null };
 const MAX_TOKEN = 128;
 
 const MORE_UNKNOWN: Parsed = { type: "more", need: 0 };
-
-function reply(text: string, next: number, skip = 0, close = false): Parsed {
-  return { type: "request", req: { kind: "error", reply: text, close }, next, skip };
-}
 
 /** Parses the request at `buf[start]`; `end` is the end of the valid input. */
 export function parseRequest(buf: Buffer, start: number, end: number, limits: Limits): Parsed {
@@ -84,80 +72,11 @@ export function parseRequest(buf: Buffer, start: number, end: number, limits: Li
   const next = nl + 1;
   if (tokens.length === 0) return reply(REPLY.ERROR, next);
   const command = commandWord(buf, tokens[0]!, tokens[1]!);
-  const words = tokens.length / 2;
-  switch (command) {
-    case "get":
-    case "gets":
-      return parseGet(buf, tokens, next, command === "gets");
-    case "set":
-      return parseSet(buf, tokens, next, end, limits);
-    case "delete": {
-      if (words < 2 || words > 4) return reply(REPLY.ERROR, next);
-      const queue = name(buf, tokens, 1);
-      // memcached's optional time must be 0: a queue cannot delete later.
-      const tail = rest(buf, tokens, 2);
-      if (queue === null || !(tail === "" || tail === "0" || tail === "noreply" || tail === "0 noreply")) {
-        return reply(REPLY.BAD_FORMAT, next);
-      }
-      return request({ kind: "delete", queue, noreply: tail.endsWith("noreply") }, next);
-    }
-    case "flush": {
-      if (words < 2 || words > 3) return reply(REPLY.ERROR, next);
-      const queue = name(buf, tokens, 1);
-      const noreply = words === 3;
-      if (queue === null || (noreply && word(buf, tokens, 2) !== "noreply")) return reply(REPLY.BAD_FORMAT, next);
-      return request({ kind: "flush", queue, noreply }, next);
-    }
-    case "flush_all": {
-      if (words > 3) return reply(REPLY.ERROR, next);
-      // memcached takes an optional delay; a queue has nothing to delay, so any number means "now".
-      let noreply = false;
-      for (let i = 1; i < words; i++) {
-        const w = word(buf, tokens, i);
-        if (w === "noreply" && i === words - 1) noreply = true;
-        else if (i !== 1 || !/^\d{1,10}$/.test(w)) return reply(REPLY.BAD_FORMAT, next);
-      }
-      return request({ kind: "flush_all", noreply }, next);
-    }
-    case "stats": {
-      if (words === 1) return request({ kind: "stats", section: "general" }, next);
-      const sub = word(buf, tokens, 1);
-      if (sub === "reset" && words === 2) return request({ kind: "stats", section: "reset" }, next);
-      if (sub === "queue" && words === 2) return request({ kind: "stats", section: "queues" }, next);
-      if (sub === "queue" && words === 3) {
-        const queue = name(buf, tokens, 2);
-        if (queue === null) return reply(REPLY.BAD_FORMAT, next);
-        return request({ kind: "stats_queue", queue }, next);
-      }
-      return reply(REPLY.ERROR, next);
-    }
-    case "version":
-      return words === 1 ? request({ kind: "version" }, next) : reply(REPLY.ERROR, next);
-    case "verbosity": {
-      if (words < 2 || words > 3) return reply(REPLY.ERROR, next);
-      const level = number(buf, tokens, 1, MAX_BYTES);
-      const noreply = words === 3;
-      if (level < 0 || (noreply && word(buf, tokens, 2) !== "noreply")) return reply(REPLY.BAD_FORMAT, next);
-      return request({ kind: "verbosity", level, noreply }, next);
-    }
-    case "quit":
-      return words === 1 ? request({ kind: "quit" }, next) : reply(REPLY.ERROR, next);
-    case "refresh_certs":
-      return words === 1 ? request({ kind: "refresh_certs" }, next) : reply(REPLY.ERROR, next);
-    case "redrive": {
-      if (words !== 3) return reply(REPLY.ERROR, next);
-      const from = name(buf, tokens, 1);
-      const to = name(buf, tokens, 2);
-      if (from === null || to === null) return reply(REPLY.BAD_FORMAT, next);
-      return request({ kind: "redrive", from, to }, next);
-    }
-    default:
-      return reply(REPLY.ERROR, next);
-  }
-}
-
-function request(req: Request, next: number): Parsed {
-  return { type: "request", req, next, skip: 0 };
+  if (command === "get" || command === "gets") return parseGet(buf, tokens, next, command === "gets");
+  if (command === "set") return parseSet(buf, tokens, next, end, limits);
+  // The other commands are rare: a table lookup, each in its own small parser (parse-admin.ts).
+  const parser = Object.hasOwn(ADMIN, command) ? ADMIN[command]! : null;
+  return parser === null ? reply(REPLY.ERROR, next) : parser(buf, tokens, next);
 }
 
 function parseSet(buf: Buffer, tokens: number[], next: number, end: number, limits: Limits): Parsed {
@@ -280,36 +199,6 @@ export function parseKey(buf: Buffer, from: number, to: number): GetKey | null {
   return key;
 }
 
-// One scratch array reused for every line: the parser is synchronous and tokens never outlive
-// the call, so there is no need to allocate a fresh array per request.
-const scratch: number[] = [];
-
-/** Start/end offsets of the space-separated tokens of a line, flattened: [s0, e0, s1, e1, …]. */
-function tokenize(buf: Buffer, from: number, to: number): number[] {
-  const tokens = scratch;
-  tokens.length = 0;
-  let i = from;
-  while (i < to) {
-    while (i < to && buf[i] === SP) i++;
-    if (i === to) break;
-    const s = i;
-    while (i < to && buf[i] !== SP) i++;
-    tokens.push(s, i);
-  }
-  return tokens;
-}
-
-function word(buf: Buffer, tokens: number[], i: number): string {
-  return buf.toString("latin1", tokens[2 * i]!, tokens[2 * i + 1]!);
-}
-
-/** The words from index `i` on, joined by one space. */
-function rest(buf: Buffer, tokens: number[], i: number): string {
-  const words: string[] = [];
-  for (let j = i; j < tokens.length / 2; j++) words.push(word(buf, tokens, j));
-  return words.join(" ");
-}
-
 /** The command word; get and set without a string allocation, since they are most requests. */
 function commandWord(buf: Buffer, from: number, to: number): string {
   if (to - from === 3 && buf[from + 1] === 0x65 && buf[from + 2] === 0x74) {
@@ -319,69 +208,3 @@ function commandWord(buf: Buffer, from: number, to: number): string {
   return buf.toString("latin1", from, to);
 }
 
-/**
- * The same few queue names arrive over and over: keep the last string seen per hash slot and
- * reuse it when the bytes match, instead of decoding a new one for every request.
- */
-const NAME_SLOTS = 1024;
-const names: (string | undefined)[] = new Array(NAME_SLOTS);
-
-function decodeName(buf: Buffer, from: number, to: number): string {
-  let hash = 0;
-  for (let i = from; i < to; i++) hash = (Math.imul(hash, 31) + buf[i]!) | 0;
-  const slot = hash & (NAME_SLOTS - 1);
-  const known = names[slot];
-  if (known !== undefined && known.length === to - from) {
-    let same = true;
-    for (let i = 0; i < known.length && same; i++) same = known.charCodeAt(i) === buf[from + i];
-    if (same) return known;
-  }
-  return (names[slot] = buf.toString("latin1", from, to));
-}
-
-function validName(buf: Buffer, from: number, to: number): boolean {
-  const length = to - from;
-  if (length < 1 || length > MAX_NAME) return false;
-  for (let i = from; i < to; i++) {
-    const c = buf[i]!;
-    if (c < 0x21 || c > 0x7e || c === SLASH) return false;
-  }
-  return true;
-}
-
-function name(buf: Buffer, tokens: number[], i: number): string | null {
-  const from = tokens[2 * i]!;
-  const to = tokens[2 * i + 1]!;
-  return validName(buf, from, to) ? decodeName(buf, from, to) : null;
-}
-
-/** An unsigned decimal of digits only, at most `max`; -1 if it is not one. */
-function number(buf: Buffer, tokens: number[], i: number, max: number): number {
-  const from = tokens[2 * i]!;
-  const to = tokens[2 * i + 1]!;
-  if (to - from > 20) return -1;
-  let n = 0;
-  for (let j = from; j < to; j++) {
-    const d = buf[j]! - 48;
-    if (d < 0 || d > 9) return -1;
-    n = n * 10 + d;
-  }
-  return n > max ? -1 : n;
-}
-
-/** A signed 32-bit decimal ("-" then 1 to 10 digits); null if it is not one. */
-function signedInt32(buf: Buffer, tokens: number[], i: number): number | null {
-  let from = tokens[2 * i]!;
-  const to = tokens[2 * i + 1]!;
-  const negative = buf[from] === 0x2d;
-  if (negative) from++;
-  if (to - from < 1 || to - from > 10) return null;
-  let n = 0;
-  for (let j = from; j < to; j++) {
-    const d = buf[j]! - 48;
-    if (d < 0 || d > 9) return null;
-    n = n * 10 + d;
-  }
-  if (negative) n = -n;
-  return n >= -2147483648 && n <= 2147483647 ? n : null;
-}

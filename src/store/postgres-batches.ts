@@ -146,7 +146,10 @@ export function createBatches(d: BatchDeps) {
     tx.breakNow(tx.failed);
     tx.refreshers.splice(0).forEach((ok) => ok());
     // Takes answered already ignore this (a promise settles once): their batch's failure cuts their replies.
-    for (const op of tx.ops) if (op.k === "take") op.t.fail(tx.failed);
+    for (const op of tx.ops) {
+      if (op.k === "take") op.t.fail(tx.failed);
+      else if (op.k === "feature" && op.f.k === "redrive") op.f.fail(tx.failed);
+    }
   }
 
   function take(mode: Mode, queue: string, now: number): Promise<Message | null> {

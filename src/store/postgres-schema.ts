@@ -8,6 +8,12 @@
  *                 up on one hot row; a queue exists while it has a row here.
  *   mcq_nodes     live nodes and their heartbeats; a node silent past the lease time is dead,
  *                 and any other node returns its open messages to their queues.
+ *   (version 2, the queue features: postgres-features.ts)
+ *   mcq_delayed   messages not yet due, by due time then arrival (Postgres's clock); each moves to
+ *                 mcq_messages under a new id once due.
+ *   mcq_dedup     the tokens of idempotent sets, each with the end of its window.
+ *   mcq_messages.deliveries  how often a message was opened (dead letters).
+ *   mcq_counters  gains delayed, deduplicated, dead_lettered and discarded.
  *
  * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
  * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
@@ -16,7 +22,7 @@
 import type { SQL } from "bun";
 import { StoreError } from "./store";
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /** MIGRATIONS[n] brings the schema from version n to n + 1. */
 const MIGRATIONS: string[] = [
@@ -45,6 +51,30 @@ const MIGRATIONS: string[] = [
      id serial PRIMARY KEY,
      started timestamptz NOT NULL DEFAULT now(),
      heartbeat timestamptz NOT NULL DEFAULT now());`,
+  // 1 -> 2: the queue features (issue 12). Only additions: a node of version 1 keeps working
+  // beside (it neither delays nor counts deliveries, and ignores the new counters).
+  `ALTER TABLE mcq_messages ADD COLUMN deliveries integer NOT NULL DEFAULT 0;
+   ALTER TABLE mcq_counters ADD COLUMN delayed bigint NOT NULL DEFAULT 0,
+     ADD COLUMN deduplicated bigint NOT NULL DEFAULT 0,
+     ADD COLUMN dead_lettered bigint NOT NULL DEFAULT 0,
+     ADD COLUMN discarded bigint NOT NULL DEFAULT 0;
+   CREATE TABLE mcq_delayed (
+     id bigserial PRIMARY KEY,
+     queue text NOT NULL,
+     flags bigint NOT NULL,
+     created bigint NOT NULL,
+     expires bigint NOT NULL,
+     due bigint NOT NULL,
+     deliveries integer NOT NULL DEFAULT 0,
+     body bytea NOT NULL);
+   CREATE INDEX mcq_delayed_due ON mcq_delayed (due, id);
+   CREATE INDEX mcq_delayed_queue ON mcq_delayed (queue);
+   CREATE TABLE mcq_dedup (
+     queue text NOT NULL,
+     token text NOT NULL,
+     until bigint NOT NULL,
+     PRIMARY KEY (queue, token));
+   CREATE INDEX mcq_dedup_until ON mcq_dedup (until);`,
 ];
 
 /**

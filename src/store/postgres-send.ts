@@ -5,13 +5,15 @@
  */
 import type { SQL } from "bun";
 import type { Delta, Removed, Row, Statements } from "./postgres-sql";
+import type { FeatureOp } from "./postgres-features";
 import type { Changes, View } from "./postgres-view";
 import { StoreError, type Message } from "./store";
 
 /** The order of like ops in a round (gather); kinds not here (drop, flush, sweep) are barriers. */
 const RANK: Partial<Record<Op["k"], number>> = { insert: 0, restore: 1, confirm: 2, release: 3 };
 const TAKE_RANK: Record<Mode, number> = { dequeue: 4, open: 5, peek: 6 };
-const rank = (o: Op) => (o.k === "take" ? TAKE_RANK[o.t.mode] : RANK[o.k] ?? -1);
+/** Sets with a delay or a token rank as sets (their order among sets holds); other features are barriers. */
+const rank = (o: Op) => (o.k === "take" ? TAKE_RANK[o.t.mode] : o.k === "feature" ? (o.f.k === "insert" ? 0 : -1) : RANK[o.k] ?? -1);
 
 /** Bodies larger than this are inserted one per statement (see postgres-sql.ts insert). */
 const LARGE_BODY = 64 * 1024;
@@ -31,7 +33,8 @@ export type Op =
   | { k: "confirm" | "release"; queue: string; id: number; bytes: number }
   | { k: "drop"; queue: string }
   | { k: "flush"; queue: string | null }
-  | { k: "sweep"; now: number; limit: number };
+  | { k: "sweep"; now: number; limit: number }
+  | { k: "feature"; f: FeatureOp };
 
 export interface Tx extends Changes {
   /** What the batch does, in the order its requests asked; sent whole at commit. */
@@ -67,8 +70,10 @@ export interface Sender {
   node: number;
   view: View;
   change(tx: Tx, queue: string, d: Partial<Delta>, created?: number): void;
-  hold(tx: Tx, id: number, h: { queue: string; bytes: number } | null): void;
+  hold(tx: Tx, id: number, h: { queue: string; bytes: number; deliveries?: number } | null): void;
   reason(e: unknown): StoreError;
+  /** The queue features' statements (postgres-features.ts). */
+  feature(tx: Tx, c: SQL, ops: FeatureOp[]): Promise<void>;
 }
 
 export function createSender(deps: Sender) {
@@ -89,7 +94,7 @@ export function createSender(deps: Sender) {
     const pending: Promise<unknown>[] = [];
     for (let i = 0; i < ops.length; ) {
       let j = i + 1;
-      const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k);
+      const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k === "feature" ? `feature:${o.f.k}` : o.k);
       const alone = (o: Op) => o.k === "flush" || o.k === "sweep" || (o.k === "insert" && o.body.length > LARGE_BODY);
       while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && !alone(ops[i]!) && !alone(ops[j]!)) j++;
       pending.push(statement(tx, c, ops.slice(i, j)));
@@ -160,6 +165,8 @@ export function createSender(deps: Sender) {
         return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
       case "sweep":
         return st.sweep(c, op.limit, node).then((rows) => settleRemoved(tx, rows, true));
+      case "feature":
+        return deps.feature(tx, c, (ops as Extract<Op, { k: "feature" }>[]).map((o) => o.f));
     }
   }
 
@@ -200,7 +207,7 @@ export function createSender(deps: Sender) {
         if (mode === "dequeue") change(tx, queue, { items: -1, bytes: -r.body.length, fetched: 1 });
         if (mode === "open") {
           change(tx, queue, { open: 1 });
-          hold(tx, r.id, { queue, bytes: r.body.length });
+          hold(tx, r.id, { queue, bytes: r.body.length, deliveries: r.deliveries });
         }
         t.ok(m);
       });

@@ -14,9 +14,53 @@ export interface Delta {
   bytes: number;
   open: number;
   expired: number;
+  /** The queue features' counters (schema version 2, postgres-features.ts). */
+  delayed: number;
+  deduplicated: number;
+  deadLettered: number;
+  discarded: number;
 }
 
-export const zero = (): Delta => ({ total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0 });
+export const zero = (): Delta => ({
+  total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0, delayed: 0, deduplicated: 0, deadLettered: 0, discarded: 0,
+});
+
+/** Delta's fields as mcq_counters' columns, in one order for every statement that lists them. */
+export const COUNTERS: [keyof Delta, string][] = [
+  ["total", "total"], ["fetched", "fetched"], ["items", "items"], ["bytes", "bytes"], ["open", "open"], ["expired", "expired"],
+  ["delayed", "delayed"], ["deduplicated", "deduplicated"], ["deadLettered", "dead_lettered"], ["discarded", "discarded"],
+];
+const COLUMNS = COUNTERS.map(([, c]) => c);
+/** `ON CONFLICT` adding the incoming row to the existing one, column by column. */
+const addUp = (table: string) => COLUMNS.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(", ");
+
+/** A counter change as SQL: per column (Delta's field), an expression; the others are 0. */
+export type CounterExprs = Partial<Record<keyof Delta, string>>;
+const columnsOf = (c: CounterExprs, wrap: (e: string) => string) =>
+  COUNTERS.map(([k, col]) => `${wrap(c[k] ?? "0")}::int8 AS ${col}`).join(", ");
+
+/**
+ * Adds counter changes to `node`'s rows of `table`: `select` yields (queue, then every column of
+ * COUNTERS), one row per queue. A statement whose effect is only known in Postgres (a take, a
+ * confirm, a sweep, a dedup turning a set away, a dead-letter move) counts it itself, in the same
+ * statement, since the batch's own counter upsert is sent before any answer comes back.
+ */
+export const upsertInto = (table: string, node: string, select: string) =>
+  `INSERT INTO ${table} (node, queue, ${COLUMNS.join(", ")}) SELECT ${node}, * FROM (${select}) s
+   ON CONFLICT (queue, node) DO UPDATE SET ${addUp(table)}`;
+
+/** Per queue of `from` (rows with a queue column): its counter change, each column an aggregate expression. */
+export const perQueue = (from: string, c: CounterExprs) => `SELECT queue, ${columnsOf(c, (e) => `(${e})`)} FROM ${from} GROUP BY queue`;
+
+/**
+ * Per queue: the sum of every row's change, over parts that each name their rows, the column
+ * holding the queue and per-row expressions (a move counts out of one queue and into another,
+ * and one queue may be both: one row per queue, or ON CONFLICT would meet it twice).
+ */
+export const perRows = (parts: { from: string; queue: string; c: CounterExprs }[]) =>
+  `SELECT queue, ${COLUMNS.map((c) => `sum(${c})::int8 AS ${c}`).join(", ")} FROM (${parts
+    .map((p) => `SELECT ${p.queue} AS queue, ${columnsOf(p.c, (e) => `(${e})`)} FROM ${p.from}`)
+    .join(" UNION ALL ")}) x GROUP BY queue`;
 
 export interface Row {
   id: number;
@@ -24,6 +68,8 @@ export interface Row {
   flags: number;
   expires: number;
   body: Uint8Array;
+  /** How often it was opened (an open returns it, counted: dead letters). */
+  deliveries?: number;
 }
 
 /** Per queue: messages and bytes a statement removed, and how many of them were open. */
@@ -55,31 +101,14 @@ export function statements(schema: string) {
   const removed = (from: string) =>
     `SELECT queue, count(*)::int AS n, sum(len)::float8 AS bytes, count(owner)::int AS open FROM ${from} GROUP BY queue`;
   const rows = (r: any[]): Row[] => r as Row[];
-  /**
-   * Adds counter changes to this node's rows ($node): `select` yields (queue, total, fetched,
-   * items, bytes, open, expired), one row per queue. A statement whose effect is only known in
-   * Postgres (a take, a confirm, a sweep) counts it itself, in the same statement, since the
-   * batch's own counter upsert is sent before any answer comes back.
-   */
-  const upsert = (node: string, select: string) =>
-    `INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired) SELECT ${node}, * FROM (${select}) s
-     ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
-       items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
-       expired = ${C}.expired + excluded.expired`;
-  /** Per queue of `from` (rows with queue and len): its counter change, each column an expression. */
-  const perQueue = (from: string, c: { fetched?: string; items?: string; bytes?: string; open?: string; expired?: string }) =>
-    `SELECT queue, 0::int8 AS total, (${c.fetched ?? "0"})::int8 AS fetched, (${c.items ?? "0"})::int8 AS items,
-       (${c.bytes ?? "0"})::int8 AS bytes, (${c.open ?? "0"})::int8 AS open, (${c.expired ?? "0"})::int8 AS expired
-     FROM ${from} GROUP BY queue`;
+  const upsert = (node: string, select: string) => upsertInto(C, node, select);
   /** Moves the counter rows of `nodes` into node 0's, keeping every sum. */
   const fold = (sql: SQL, nodes: number[]) =>
     sql.unsafe(
       `WITH gone AS (DELETE FROM ${C} WHERE node = ANY($1::int[]) RETURNING *),
-         sums AS (SELECT queue, sum(total) t, sum(fetched) f, sum(items) i, sum(bytes) b, sum(open) o, sum(expired) e FROM gone GROUP BY queue)
-       INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired) SELECT 0, queue, t, f, i, b, o, e FROM sums
-       ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
-         items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
-         expired = ${C}.expired + excluded.expired`,
+         sums AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue)
+       INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")}) SELECT 0, queue, ${COLUMNS.join(", ")} FROM sums
+       ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
       [nodes],
     ).execute();
 
@@ -132,7 +161,9 @@ export function statements(schema: string) {
     open: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}), u AS (UPDATE ${M} SET owner = $3 WHERE id IN (SELECT id FROM picked) RETURNING ${message}),
+          // An open counts a delivery (dead letters) and, in this node's counters, the message as open.
+          `WITH picked AS (${pick}),
+             u AS (UPDATE ${M} SET owner = $3, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM picked) RETURNING ${message}, deliveries),
              c AS (${upsert("$3::int", perQueue("u", { open: "count(*)" }))})
            SELECT * FROM u`,
           [queues, counts, node],
@@ -203,23 +234,18 @@ export function statements(schema: string) {
       ).execute(),
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
-      const cols: [string[], number[], number[], number[], number[], number[], number[]] = [[], [], [], [], [], [], []];
+      const queues: string[] = [];
+      const cols: number[][] = COUNTERS.map(() => []);
       for (const [q, d] of deltas) {
-        cols[0].push(q);
-        cols[1].push(d.total);
-        cols[2].push(d.fetched);
-        cols[3].push(d.items);
-        cols[4].push(d.bytes);
-        cols[5].push(d.open);
-        cols[6].push(d.expired);
+        queues.push(q);
+        COUNTERS.forEach(([k], i) => cols[i]!.push(d[k]));
       }
+      const params = COUNTERS.map((_, i) => `$${i + 3}::int8[]`).join(", ");
       return sql.unsafe(
-        `INSERT INTO ${C} (node, queue, total, fetched, items, bytes, open, expired)
-         SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
-         ON CONFLICT (queue, node) DO UPDATE SET total = ${C}.total + excluded.total, fetched = ${C}.fetched + excluded.fetched,
-           items = ${C}.items + excluded.items, bytes = ${C}.bytes + excluded.bytes, open = ${C}.open + excluded.open,
-           expired = ${C}.expired + excluded.expired`,
-        [node, ...cols],
+        `INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")})
+         SELECT $1, * FROM unnest($2::text[], ${params})
+         ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
+        [node, queues, ...cols],
       ).execute();
     },
     /** Wakes waiters on other nodes: delivered when the transaction commits. */
@@ -229,8 +255,7 @@ export function statements(schema: string) {
     totals: async (sql: SQL) =>
       (await sql.unsafe(
         `SELECT c.*, CASE WHEN c.items > 0 THEN (SELECT m.created::float8 FROM ${M} m WHERE m.queue = c.queue ORDER BY m.id LIMIT 1) END AS oldest
-         FROM (SELECT queue, sum(total)::float8 AS total, sum(fetched)::float8 AS fetched, sum(items)::float8 AS items,
-           sum(bytes)::float8 AS bytes, sum(open)::float8 AS open, sum(expired)::float8 AS expired FROM ${C} GROUP BY queue) c`,
+         FROM (SELECT queue, ${COUNTERS.map(([k, c]) => `sum(${c})::float8 AS "${k}"`).join(", ")} FROM ${C} GROUP BY queue) c`,
       ).execute()) as (Delta & { queue: string; oldest: number | null })[],
     register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
     heartbeat: (sql: SQL, node: number) => sql.unsafe(`UPDATE ${N} SET heartbeat = now() WHERE id = $1`, [node]).execute(),

@@ -4,7 +4,7 @@
  * synchronous verbs (has, list, detail, totals, summaries) answer from here; a refresh replaces
  * the sums and replays the deltas of the batches Postgres had not seen when it read them.
  */
-import type { Delta } from "./postgres-sql";
+import { COUNTERS, zero, type Delta } from "./postgres-sql";
 import type { QueueCounters, QueueDetail, QueueSummary, StoreTotals } from "./store";
 
 export interface Counters extends Delta {
@@ -19,7 +19,7 @@ export interface Changes {
   deltas: Map<string, Delta>;
 }
 
-const fresh = (): Counters => ({ total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0, oldest: 0 });
+const fresh = (): Counters => ({ ...zero(), oldest: 0 });
 
 export function createView() {
   let queues = new Map<string, Counters>();
@@ -34,12 +34,7 @@ export function createView() {
       sorted = null;
     }
     if (q.items === 0 && d.items > 0) q.oldest = created;
-    q.total += d.total;
-    q.fetched += d.fetched;
-    q.items += d.items;
-    q.bytes += d.bytes;
-    q.open += d.open;
-    q.expired += d.expired;
+    for (const [k] of COUNTERS) q[k] += d[k];
     if (q.items <= 0) q.oldest = 0;
     sums.items += d.items;
     sums.open += d.open;
@@ -67,6 +62,8 @@ export function createView() {
     items: q.items,
     bytes: q.bytes,
     open: q.open,
+    delayed: q.delayed,
+    deadLettered: q.deadLettered,
   });
 
   return {
@@ -109,7 +106,12 @@ export function createView() {
     detail(name: string, now: number): QueueDetail | null {
       const q = queues.get(name);
       if (q === undefined) return null;
-      return { ...summary(name, q), oldestAgeMs: q.items > 0 && q.oldest > 0 ? Math.max(0, now - q.oldest) : 0 };
+      return {
+        ...summary(name, q),
+        oldestAgeMs: q.items > 0 && q.oldest > 0 ? Math.max(0, now - q.oldest) : 0,
+        deduplicated: q.deduplicated,
+        discarded: q.discarded,
+      };
     },
     totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired: sums.expired }),
   };

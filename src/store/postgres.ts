@@ -35,6 +35,7 @@ import { createListener } from "./postgres-listen";
 import { createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
+import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { StoreError, type QueueStore } from "./store";
 
 export interface PostgresOptions {
@@ -45,6 +46,8 @@ export interface PostgresOptions {
   log: (level: "info" | "warn", message: string) => void;
   /** The data directory naming this node (postgres-home.ts), or null. */
   home: string | null;
+  /** With dead letters configured: where a message of a dead node goes, opened that often (postgres-features.ts). */
+  deadLetter?: DeadLetterPolicy | null;
 }
 
 export interface PostgresStore extends QueueStore {
@@ -80,15 +83,20 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
+  const view = createView();
+  /** Open messages this node holds: id → queue, size and how often it was opened. */
+  const held = new Map<number, { queue: string; bytes: number; deliveries?: number }>();
+  const features = createFeatures({
+    schema: url.schema, channel, node, st, view, held, log: options.log, deadLetter: options.deadLetter ?? null,
+    tx: () => tx(), op: (o) => op(o), change: (...a) => change(...a), hold: (...a) => hold(...a),
+    background: (fn) => batches.background(fn), closed: () => closed,
+  });
   if (claim?.previous != null) {
     // This directory's last server is gone (killed): its open messages go back now.
-    const back = await st.reap(sql, options.leaseS, claim.previous);
+    const back = await features.reap(sql, options.leaseS, claim.previous);
     if (back > 0) options.log("info", `Postgres: ${back} open messages of this directory's previous node returned`);
   }
   claim?.write(node);
-  const view = createView();
-  /** Open messages this node holds: id → queue and size. */
-  const held = new Map<number, { queue: string; bytes: number }>();
   const sums = await st.totals(sql);
   view.reset(sums, []);
   let lastBeat = Date.now();
@@ -122,10 +130,12 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
   }
 
-  const { send } = createSender({ st, node, view, change: (...a) => change(...a), hold: (...a) => hold(...a), reason });
+  const { send } = createSender({
+    st, node, view, change: (...a) => change(...a), hold: (...a) => hold(...a), reason, feature: (...a) => features.statement(...a),
+  });
 
   /** Changes what this node holds open, undone with the batch. */
-  function hold(tx: Tx, id: number, h: { queue: string; bytes: number } | null): void {
+  function hold(tx: Tx, id: number, h: { queue: string; bytes: number; deliveries?: number } | null): void {
     const before = held.get(id);
     if (h === null) held.delete(id);
     else held.set(id, h);
@@ -154,7 +164,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The open batch: what the verbs change goes into it. */
   const tx = () => batches.current();
 
-  const listener = createListener(channel, () => hostUrl, (queue) => store.onAvailable?.(queue), options.log);
+  const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
   const store: PostgresStore = {
     node,
@@ -166,6 +176,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     refresh,
 
     enqueue(queue, flags, body, expiresAt, now) {
+      if (features.enqueue(queue, flags, body, expiresAt, now)) return 0; // a fanout copy of a set with a token
       op({ k: "insert", queue, flags, created: now, expires: expiresAt, body: Buffer.from(body) });
       change(tx(), queue, { total: 1, items: 1, bytes: body.length }, now);
       tx().wake.add(queue);
@@ -201,6 +212,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     drop(queue) {
       const existed = view.drop(queue);
       op({ k: "drop", queue });
+      features.forget([queue], false); // its counter rows go with it
       tx().deltas.delete(queue); // its rows are deleted: only what follows the drop counts
       tx().counted.delete(queue);
       tx().dropped.add(queue);
@@ -211,11 +223,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       const q = view.get(queue);
       if (q === undefined) return;
       op({ k: "flush", queue });
+      features.forget([queue], true);
       change(tx(), queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
       for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
     },
     flushAll() {
       op({ k: "flush", queue: null });
+      features.forget(null, true);
       for (const { name } of view.list()) {
         const q = view.get(name)!;
         change(tx(), name, { items: -q.items, bytes: -q.bytes, open: -q.open });
@@ -244,7 +258,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         lastBeat = now;
         batches.background(async (c) => {
           await st.heartbeat(c, node);
-          const back = await st.reap(c, options.leaseS);
+          const back = await features.reap(c, options.leaseS);
           if (back > 0) {
             options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
             store.onAvailable?.(null);
@@ -263,8 +277,12 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         );
       }
     },
+    delays: features.delays,
+    dedup: features.dedup,
+    deadLetters: features.deadLetters,
     async close() {
       closed = true;
+      features.stop();
       await batches.settled(); // the last batch is committed (or failed) first
       const c = client;
       await listener.stop();
@@ -275,5 +293,6 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
   };
   listener.start();
+  features.recheck(); // delayed messages already waiting: the timer for the first due
   return store;
 }

@@ -34,6 +34,11 @@ export interface QueueSummary extends QueueCounters {
   open: number;
   /** Messages not yet due (Delays), where the store keeps them. */
   delayed?: number;
+  /**
+   * Where the store counts them itself, exact over every node (Postgres): messages moved to a
+   * dead-letter queue from this one. Else the server counts them (queue-limits.ts).
+   */
+  deadLettered?: number;
 }
 
 export interface QueueDetail extends QueueSummary {
@@ -43,6 +48,8 @@ export interface QueueDetail extends QueueSummary {
   delayed?: number;
   /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
   deduplicated?: number;
+  /** Where the store counts them itself (Postgres): messages discard_old dropped. */
+  discarded?: number;
 }
 
 export interface StoreTotals {
@@ -168,9 +175,9 @@ export interface DeadLetters {
   moveOpen(queue: string, id: number, target: string, now: number): boolean;
   /**
    * Moves every waiting message of `from` (not open, not delayed) to the tail of `to`, in order,
-   * with new ids and their delivery counts reset; returns how many.
+   * with new ids and their delivery counts reset; returns how many (a networked store: later).
    */
-  redrive(from: string, to: string, now: number): number;
+  redrive(from: string, to: string, now: number): Maybe<number>;
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { ToolError, openDataDir } from "./datadir";
-import { lines, parseLine, type Header } from "./format";
+import { lines, parseLine, type Header, type Line } from "./format";
 import { collectEvery, progress } from "./output";
 
 export interface LoadResult {
@@ -36,102 +36,121 @@ function statements(db: Database) {
   };
 }
 
+/** What a load has read so far, and what each kind of line does to it (one transaction). */
+function loader(st: ReturnType<typeof statements>, home: string, append: boolean) {
+  const last = st.lastId.values()[0]![0] as number;
+  /** Queue name → [id, messages added, bytes added]: the items counters are written once, at the end. */
+  const known = new Map<string, [number, number, number]>();
+  const counted = new Set<string>();
+  const state = {
+    header: null as Header | null,
+    legacy: false,
+    ended: false,
+    queues: 0,
+    count: 0,
+    next: last + 1,
+    /** A restore into a data directory that never held a message keeps the dumped ids (gets shows them). */
+    keepIds: false,
+  };
+  const queue = (name: string) => {
+    let q = known.get(name);
+    if (q !== undefined) return q;
+    const id = (st.queueId.values(name)[0]?.[0] as number | undefined) ?? (st.createQueue.values(name)[0]![0] as number);
+    known.set(name, (q = [id, 0, 0]));
+    return q;
+  };
+
+  function header(line: Header): void {
+    const at = st.loadedAt.values(line.id)[0]?.[0] as number | undefined;
+    if (at !== undefined && !append) {
+      throw new ToolError(`mcq load: dump ${line.id} was loaded into ${home} on ${new Date(at).toISOString()}; ` +
+        "nothing loaded (--append loads it again)");
+    }
+    state.header = line;
+    state.keepIds = last === 0;
+    if (state.keepIds) state.next = Math.max(state.next, line.lastId + 1);
+  }
+
+  function message(line: Extract<Line, { type: "message" }>, n: number): void {
+    const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
+    const body = Buffer.from(line.body, "base64");
+    let id = state.next++;
+    if (state.keepIds) {
+      if (line.id === undefined) throw new ToolError(`mcq load: line ${n}: a message without its id`);
+      id = line.id;
+      state.next = Math.max(state.next - 1, id + 1);
+    }
+    try {
+      const deliveries = line.deliveries ?? 0;
+      if ((line.due ?? 0) > 0) st.addDelayed.run(id, q[0], line.flags, line.created, line.expires, deliveries, line.due!, body);
+      else st.addMessage.run(id, q[0], line.flags, line.created, line.expires, deliveries, body);
+    } catch (e) {
+      // A dump holds each id once: only a file edited by hand can repeat one.
+      if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;
+      throw new ToolError(`mcq load: line ${n}: message id ${id} a second time`);
+    }
+    q[1]++;
+    q[2] += body.length;
+    state.count++;
+  }
+
+  /** One line of the dump, the `n`th of the file. */
+  function take(line: Line, n: number, notes: string[]): void {
+    if (state.ended) throw new ToolError(`mcq load: line ${n}: a line after the end line`);
+    if (state.header === null && !state.legacy) {
+      if (line.type === "dump") return header(line);
+      state.legacy = true;
+      notes.push("this dump has no id (written by mcq 1.0.0): loading it twice would add its messages twice");
+    }
+    if (line.type === "dump") throw new ToolError(`mcq load: line ${n}: a second header`);
+    if (line.type === "end") {
+      if (line.queues !== state.queues || line.messages !== state.count) {
+        throw new ToolError(`mcq load: line ${n}: the end line counts ${line.queues} queues and ${line.messages} messages; ` +
+          `the dump holds ${state.queues} and ${state.count}`);
+      }
+      state.ended = true;
+    } else if (line.type === "queue") {
+      if (counted.has(line.name)) throw new ToolError(`mcq load: line ${n}: queue ${line.name} a second time`);
+      counted.add(line.name);
+      st.addCounters.run(line.total, line.fetched, queue(line.name)[0]);
+      state.queues++;
+    } else if (line.type === "token") st.addToken.run(line.queue, line.token, line.until);
+    else message(line, n);
+  }
+
+  /** After the last line: the items counters, the last id, and the dump's id as loaded. */
+  function finish(n: number): void {
+    if (n === 0) throw new ToolError("mcq load: the input is empty: not a dump");
+    if (state.header !== null && !state.ended) {
+      throw new ToolError(`mcq load: the dump ends at line ${n} without its end line (cut short?); nothing loaded`);
+    }
+    for (const [id, items, bytes] of known.values()) st.addItems.run(items, bytes, id);
+    st.saveLastId.run(state.next - 1);
+    if (state.header !== null) st.recordLoad.run(state.header.id, Date.now(), state.count);
+  }
+
+  return { state, take, finish };
+}
+
 export async function load(home: string, input: AsyncIterable<Uint8Array>, append: boolean): Promise<LoadResult> {
   const db = openDataDir("load", home, true);
-  const st = statements(db);
   const notes: string[] = [];
   const shown = progress("loaded");
   db.run("BEGIN IMMEDIATE");
   try {
-    let header: Header | null = null;
-    let legacy = false;
-    let ended = false;
-    let queues = 0;
-    let count = 0;
-    const last = st.lastId.values()[0]![0] as number;
-    let next = last + 1;
-    /** A restore into a data directory that never held a message keeps the dumped ids (gets shows them). */
-    let keepIds = false;
-    /** Queue name → [id, messages added, bytes added]: the items counters are written once, at the end. */
-    const known = new Map<string, [number, number, number]>();
-    const counted = new Set<string>();
-    const queue = (name: string) => {
-      let q = known.get(name);
-      if (q !== undefined) return q;
-      const id = (st.queueId.values(name)[0]?.[0] as number | undefined) ?? (st.createQueue.values(name)[0]![0] as number);
-      known.set(name, (q = [id, 0, 0]));
-      return q;
-    };
+    const run = loader(statements(db), home, append);
     let n = 0;
     for await (const text of lines(input)) {
       collectEvery(++n);
       if (text.trim() === "") continue;
-      const line = parseLine(text, n);
-      if (ended) throw new ToolError(`mcq load: line ${n}: a line after the end line`);
-      if (header === null && !legacy) {
-        if (line.type === "dump") {
-          header = line;
-          const at = st.loadedAt.values(header.id)[0]?.[0] as number | undefined;
-          if (at !== undefined && !append) {
-            throw new ToolError(`mcq load: dump ${header.id} was loaded into ${home} on ${new Date(at).toISOString()}; ` +
-              "nothing loaded (--append loads it again)");
-          }
-          keepIds = last === 0;
-          if (keepIds) next = Math.max(next, header.lastId + 1);
-          continue;
-        }
-        legacy = true;
-        notes.push("this dump has no id (written by mcq 1.0.0): loading it twice would add its messages twice");
-      }
-      if (line.type === "dump") throw new ToolError(`mcq load: line ${n}: a second header`);
-      if (line.type === "end") {
-        if (line.queues !== queues || line.messages !== count) {
-          throw new ToolError(`mcq load: line ${n}: the end line counts ${line.queues} queues and ${line.messages} messages; ` +
-            `the dump holds ${queues} and ${count}`);
-        }
-        ended = true;
-        continue;
-      }
-      if (line.type === "queue") {
-        if (counted.has(line.name)) throw new ToolError(`mcq load: line ${n}: queue ${line.name} a second time`);
-        counted.add(line.name);
-        st.addCounters.run(line.total, line.fetched, queue(line.name)[0]);
-        queues++;
-        continue;
-      }
-      if (line.type === "token") {
-        st.addToken.run(line.queue, line.token, line.until);
-        continue;
-      }
-      const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
-      const body = Buffer.from(line.body, "base64");
-      let id = next++;
-      if (keepIds) {
-        if (line.id === undefined) throw new ToolError(`mcq load: line ${n}: a message without its id`);
-        id = line.id;
-        next = Math.max(next - 1, id + 1);
-      }
-      try {
-        const deliveries = line.deliveries ?? 0;
-        if ((line.due ?? 0) > 0) st.addDelayed.run(id, q[0], line.flags, line.created, line.expires, deliveries, line.due!, body);
-        else st.addMessage.run(id, q[0], line.flags, line.created, line.expires, deliveries, body);
-      } catch (e) {
-        // A dump holds each id once: only a file edited by hand can repeat one.
-        if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;
-        throw new ToolError(`mcq load: line ${n}: message id ${id} a second time`);
-      }
-      q[1]++;
-      q[2] += body.length;
-      shown.count(++count);
+      const before = run.state.count;
+      run.take(parseLine(text, n), n, notes);
+      if (run.state.count !== before) shown.count(run.state.count);
     }
-    if (n === 0) throw new ToolError("mcq load: the input is empty: not a dump");
-    if (header !== null && !ended) throw new ToolError(`mcq load: the dump ends at line ${n} without its end line (cut short?); nothing loaded`);
-    for (const [id, items, bytes] of known.values()) st.addItems.run(items, bytes, id);
-    st.saveLastId.run(next - 1);
-    if (header !== null) st.recordLoad.run(header.id, Date.now(), count);
+    run.finish(n);
     db.run("COMMIT");
     shown.done();
-    return { messages: count, notes };
+    return { messages: run.state.count, notes };
   } catch (e) {
     shown.done();
     try {

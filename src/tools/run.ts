@@ -17,7 +17,7 @@ import { checkHealth, healthCommand, target as healthTarget } from "./health";
 import { fileChunks } from "./format";
 import { load } from "./load";
 import { passwd } from "./passwd";
-import { redrive } from "./redrive";
+import { redrive, redrivePostgres } from "./redrive";
 import { queueTable, type Target } from "./stats";
 
 export const TOOLS = ["backup", "check", "dump", "load", "redrive", "stats", "passwd", "health"];
@@ -76,12 +76,15 @@ export async function runTool(name: string, argv: string[], mainHelp: () => void
       return 0;
     }
     if (name === "redrive") {
-      const cmd = command("redrive", "move the waiting messages of one queue to the tail of another (stop the server first)")
+      const cmd = command("redrive", "move the waiting messages of one queue to the tail of another (stop the server first, unless --store)")
         .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+        .option("--store <url>", "the queues in Postgres instead (postgres://…, as the server's --store); nodes may run meanwhile")
         .argument("<from>", "the queue to empty, e.g. jobs.dlq")
         .argument("<to>", "the queue to append to, e.g. jobs")
         .parse(argv, { from: "user" });
-      out(`OK ${redrive(cmd.opts<{ home: string }>().home, cmd.args[0]!, cmd.args[1]!)}`);
+      const o = cmd.opts<{ home: string; store?: string }>();
+      const [from, to] = [cmd.args[0]!, cmd.args[1]!];
+      out(`OK ${o.store === undefined ? redrive(o.home, from, to) : await redrivePostgres(o.store, from, to)}`);
       return 0;
     }
     if (name === "passwd") {

@@ -11,12 +11,16 @@ import { join } from "node:path";
 // @ts-expect-error: the package ships no types
 import Memcached from "memcached";
 import { startServer, stopAll, type Running } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
 let server: Running;
 beforeAll(async () => {
   server = await startServer();
 });
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 const PYTHON = "/usr/bin/python3";
 const hasPymemcache = Bun.spawnSync([PYTHON, "-c", "import pymemcache"]).exitCode === 0;
@@ -76,13 +80,14 @@ print(c.get("waitq/t=500"), c.get("waitq/t=50"), c.get_many(["waitq/peek", "nosu
   },
 );
 
-test.skipIf(!available("pymemcache", hasPymemcache, "apt-get install python3-pymemcache"))(
-  "pymemcache with issue 12's options: set q/delay= and q/id=, get q/abort/delay=",
-  async () => {
+test.skipIf(!available("pymemcache", hasPymemcache, "apt-get install python3-pymemcache")).each(STORES)(
+  "pymemcache with issue 12's options: set q/delay= and q/id=, get q/abort/delay= (%s store)",
+  async (store) => {
+    const own = await startOn(store);
     const script = `
 import time
 from pymemcache.client.base import Client
-c = Client(("127.0.0.1", ${server.port}))
+c = Client(("127.0.0.1", ${own.port}))
 assert c.set("pyd/delay=300", b"later", noreply=False)
 assert c.set("pyd", b"now", noreply=False)
 print(c.get("pyd"), c.get("pyd"))
@@ -98,6 +103,7 @@ print(c.get("pyr/t=3000"), time.monotonic() - started > 0.1)
     const r = Bun.spawnSync([PYTHON, "-c", script]);
     expect(r.stderr.toString()).toBe("");
     expect(r.stdout.toString()).toBe("b'now' None\nb'later'\nb'once' None\nb'job' None None\nb'job' True\n");
+    await own.kill();
   },
 );
 

@@ -6,8 +6,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { metricsUrl, runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 async function stat(c: Client, q: string): Promise<Record<string, number | string>> {
   const reply = await c.call(`stats queue ${q}\r\n`);
@@ -21,9 +25,9 @@ async function openAbort(c: Client, q: string): Promise<string> {
   return got;
 }
 
-describe("dead letters", () => {
+describe.each(STORES)("dead letters on %s", (store) => {
   test("opened max_deliveries times without a close, a message moves to <q>.dlq; counters and settings show", async () => {
-    const server = await startServer(["--max-deliveries", "2"]);
+    const server = await startOn(store, ["--max-deliveries", "2"]);
     const c = await server.connect();
     await c.call(set("q", "poison") + set("q", "fine"));
     expect(await openAbort(c, "q")).toBe(value("q/open", "poison") + "END\r\n");
@@ -49,14 +53,14 @@ describe("dead letters", () => {
   test("kill -9 right after the abort that moves it: the message is in exactly one queue", async () => {
     for (const waitForReply of [true, false]) {
       const home = join(tempDir(), "data");
-      let server = await startServer(["--max-deliveries", "1"], home);
+      let server = await startOn(store, ["--max-deliveries", "1"], home);
       let c = await server.connect();
       await c.call(set("k", "only"));
       expect(await c.call("get k/open\r\n")).toBe(value("k/open", "only") + "END\r\n");
       if (waitForReply) expect(await c.call("get k/abort\r\n")).toBe("END\r\n");
       else c.write("get k/abort\r\n");
       expect(await server.kill("SIGKILL")).not.toBe(0);
-      server = await startServer(["--max-deliveries", "1"], home);
+      server = await startOn(store, ["--max-deliveries", "1"], home);
       c = await server.connect();
       const both = await c.call("get k\r\nget k.dlq\r\n");
       const [inQ, inDlq] = [both.includes("VALUE k 0 4"), both.includes("VALUE k.dlq 0 4")];
@@ -72,7 +76,7 @@ describe("dead letters", () => {
   test("per-queue max_deliveries and dlq", async () => {
     const file = join(tempDir(), "mcq.toml");
     await Bun.write(file, '[queues."mail*"]\nmax_deliveries = 1\ndlq = "failed"\n[queues."x*"]\nmax_deliveries = 1\n');
-    const server = await startServer(["--config", file]);
+    const server = await startOn(store, ["--config", file]);
     const c = await server.connect();
     const long = "x".repeat(240);
     await c.call(set("mail.1", "m") + set(long, "l") + set("other", "o"));
@@ -87,13 +91,25 @@ describe("dead letters", () => {
     await server.kill();
   });
 
-  test("redrive <from> <to> answers OK <n> and moves the waiting messages in order; mcq redrive does it offline", async () => {
-    const server = await startServer();
+  test("redrive <from> <to> answers OK <n> and moves the waiting messages in order", async () => {
+    const server = await startOn(store);
     const c = await server.connect();
     await c.call(set("q.dlq", "a") + set("q.dlq", "b") + set("q", "c"));
     expect(await c.call("redrive q.dlq q\r\n")).toBe("OK 2\r\n");
     expect(await c.call("redrive nope q\r\nredrive q\r\nredrive a/b q\r\n")).toBe("OK 0\r\nERROR\r\nCLIENT_ERROR bad command line format\r\n");
     expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "c") + "END\r\n" + value("q", "a") + "END\r\n" + value("q", "b") + "END\r\n");
+    // In one batch with what follows: the moved messages are there for the next get.
+    expect(await c.call(set("r.dlq", "x") + "redrive r.dlq r\r\nget r\r\nstats queue r.dlq\r\n")).toMatch(
+      new RegExp(`^STORED\r\nOK 1\r\n${value("r", "x")}END\r\nSTAT items 0\r\n`),
+    );
+    await server.kill();
+  });
+});
+
+describe("mcq redrive", () => {
+  test("does it offline, refused beside the running server", async () => {
+    const server = await startServer();
+    const c = await server.connect();
     await c.call(set("z.dlq", "1") + set("z.dlq", "2"));
     // Offline: refused beside the running server, then done once it has stopped.
     const busy = await runCommand(["redrive", "-H", server.home, "z.dlq", "z"]);

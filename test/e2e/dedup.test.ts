@@ -6,17 +6,21 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 async function field(c: Client, q: string, name: string): Promise<number> {
   const reply = await c.call(`stats queue ${q}\r\n`);
   return Number(new RegExp(`STAT ${name} (\\d+)\\r\\n`).exec(reply)?.[1] ?? -1);
 }
 
-describe("set q/id=<token>", () => {
+describe.each(STORES)("set q/id=<token> on %s", (store) => {
   test("a retry with the same token answers STORED and stores nothing; other tokens and queues are apart", async () => {
-    const server = await startServer();
+    const server = await startOn(store);
     const c = await server.connect();
     const retry = "set j/id=order-17 0 0 5\r\nfirst\r\n";
     // Twice in one packet (one batch), then again later.
@@ -35,6 +39,17 @@ describe("set q/id=<token>", () => {
     expect(await c.call(`set j/id=${"t".repeat(129)} 0 0 1\r\nx\r\n`)).toBe("CLIENT_ERROR bad command line format\r\n");
     await server.kill();
   });
+
+  test("plain sets still work beside idempotent ones", async () => {
+    const server = await startOn(store);
+    const c = await server.connect();
+    expect(await c.call(set("plain", "a") + set("plain", "a"))).toBe("STORED\r\nSTORED\r\n");
+    expect(await field(c, "plain", "items")).toBe(2);
+    await server.kill();
+  });
+});
+
+describe("set q/id=<token>", () => {
 
   test("kill -9: tokens survive inside the window; once it has ended the token stores again", async () => {
     const home = join(tempDir(), "data");
@@ -63,12 +78,4 @@ describe("set q/id=<token>", () => {
       expect([r.code, r.stderr.trim().split("\n").length, r.stderr.includes("--dedup-window")]).toEqual([2, 1, true]);
     }
   });
-});
-
-test("plain sets still work beside idempotent ones", async () => {
-  const server = await startServer();
-  const c = await server.connect();
-  expect(await c.call(set("plain", "a") + set("plain", "a"))).toBe("STORED\r\nSTORED\r\n");
-  expect(await field(c, "plain", "items")).toBe(2);
-  await server.kill();
 });

@@ -6,8 +6,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 const MINUTE_LATER = { MCQ_CLOCK_OFFSET_MS: "61000" };
 const BAD = "CLIENT_ERROR bad command line format\r\n";
@@ -19,9 +23,10 @@ async function counts(c: Client, q: string): Promise<{ items: number; delayed: n
   return { items: field("items"), delayed: field("delayed"), open: field("open") };
 }
 
-describe("set q/delay=<ms>", () => {
+// On each store; what crosses a minute with the injected clock is SQLite's (postgres-features.test.ts waits instead).
+describe.each(STORES)("set q/delay=<ms> on %s", (store) => {
   test("a delayed message is stored, counted, and hidden from get, peek and open; bad delays are refused", async () => {
-    const server = await startServer();
+    const server = await startOn(store);
     const c = await server.connect();
     expect(await c.call("set d/delay=60000 5 0 5\r\nlater\r\n")).toBe("STORED\r\n");
     expect(await c.call(set("d", "now"))).toBe("STORED\r\n");
@@ -46,7 +51,7 @@ describe("set q/delay=<ms>", () => {
   });
 
   test("a blocking get is served once the delay has run, in due order, and not before", async () => {
-    const server = await startServer();
+    const server = await startOn(store);
     const [c, waiter] = [await server.connect(), await server.connect()];
     const started = Date.now();
     expect(await c.call("set w/delay=400 0 0 6\r\nsecond\r\nset w/delay=200 0 0 5\r\nfirst\r\n")).toBe("STORED\r\nSTORED\r\n");
@@ -58,6 +63,18 @@ describe("set q/delay=<ms>", () => {
     await server.kill();
   });
 
+  test("abort/delay=0 and a plain abort put the message back at once, at the head", async () => {
+    const server = await startOn(store);
+    const c = await server.connect();
+    await c.call(set("z", "one") + set("z", "two"));
+    expect(await c.call("get z/open\r\n")).toBe(value("z/open", "one") + "END\r\n");
+    expect(await c.call("get z/abort/delay=0\r\n")).toBe("END\r\n");
+    expect(await c.call("get z\r\n")).toBe(value("z", "one") + "END\r\n");
+    await server.kill();
+  });
+});
+
+describe("set q/delay=<ms>", () => {
   test("kill -9: a delayed message is neither lost nor early after a restart, and comes once due", async () => {
     const home = join(tempDir(), "data");
     let server = await startServer([], home);
@@ -105,16 +122,6 @@ describe("get q/abort/delay=<ms>", () => {
     server = await startServer([], home, undefined, MINUTE_LATER);
     c = await server.connect();
     expect(await c.call("get b\r\nget b\r\nget b\r\n")).toBe(value("b", "newer") + "END\r\n" + value("b", "job", 3) + "END\r\nEND\r\n");
-    await server.kill();
-  });
-
-  test("abort/delay=0 and a plain abort put the message back at once, at the head", async () => {
-    const server = await startServer();
-    const c = await server.connect();
-    await c.call(set("z", "one") + set("z", "two"));
-    expect(await c.call("get z/open\r\n")).toBe(value("z/open", "one") + "END\r\n");
-    expect(await c.call("get z/abort/delay=0\r\n")).toBe("END\r\n");
-    expect(await c.call("get z\r\n")).toBe(value("z", "one") + "END\r\n");
     await server.kill();
   });
 });

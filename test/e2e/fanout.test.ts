@@ -6,15 +6,19 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 const stat = async (c: Client, q: string) => c.call(`stats queue ${q}\r\n`);
 
-describe("fanout", () => {
+describe.each(STORES)("fanout on %s", (store) => {
   test("--fanout: a set reaches the parent and every existing child, each with its own FIFO", async () => {
     const home = join(tempDir(), "data");
-    let server = await startServer(["--fanout"], home);
+    let server = await startOn(store, ["--fanout"], home);
     let c = await server.connect();
     // The children come to exist: one by a get, one by a set.
     expect(await c.call("get feed+a\r\n" + set("feed+b", "own"))).toBe("END\r\nSTORED\r\n");
@@ -28,7 +32,7 @@ describe("fanout", () => {
     // kill -9 after the STORED: every copy is there (one commit).
     await c.call(set("feed", "three"));
     expect(await server.kill("SIGKILL")).not.toBe(0);
-    server = await startServer(["--fanout"], home);
+    server = await startOn(store, ["--fanout"], home);
     c = await server.connect();
     expect(await c.call("get feed\r\nget feed+a\r\nget feed+a\r\nget feed+a\r\nget feed+b\r\nget feed+b\r\n")).toBe(
       value("feed", "two") + "END\r\n" + value("feed+a", "two") + "END\r\n" + value("feed+a", "only a") + "END\r\n" +
@@ -42,7 +46,7 @@ describe("fanout", () => {
   test("a full child counts the copy it refused; the parent's set stands", async () => {
     const file = join(tempDir(), "mcq.toml");
     await Bun.write(file, '[queues."news"]\nfanout = true\n[queues."news+*"]\nmax_items = 1\n');
-    const server = await startServer(["--config", file]);
+    const server = await startOn(store, ["--config", file]);
     const c = await server.connect();
     await c.call("get news+x\r\n");
     expect(await c.call(set("news", "1") + set("news", "2"))).toBe("STORED\r\nSTORED\r\n");
@@ -51,6 +55,21 @@ describe("fanout", () => {
     await server.kill();
   });
 
+  test("a set with a token reaches the children once: its retry stores no copy either", async () => {
+    const server = await startOn(store, ["--fanout"]);
+    const c = await server.connect();
+    await c.call("get t+a\r\n");
+    const once = "set t/id=k1 0 0 1\r\nx\r\n";
+    expect(await c.call(once + once)).toBe("STORED\r\nSTORED\r\n");
+    expect(await c.call(once + set("t+a", "own"))).toBe("STORED\r\nSTORED\r\n");
+    expect(await c.call("get t+a\r\nget t+a\r\nget t+a\r\nget t\r\nget t\r\n")).toBe(
+      value("t+a", "x") + "END\r\n" + value("t+a", "own") + "END\r\nEND\r\n" + value("t", "x") + "END\r\nEND\r\n",
+    );
+    await server.kill();
+  });
+});
+
+describe("fanout", () => {
   test("without fanout, + is an ordinary name byte", async () => {
     const server = await startServer();
     const c = await server.connect();

@@ -6,8 +6,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 const FULL = "SERVER_ERROR queue full\r\n";
 
@@ -22,9 +26,9 @@ async function withConfig(toml: string, extra: string[] = []) {
   return startServer(["--config", file, ...extra]);
 }
 
-describe("per-queue limits", () => {
+describe.each(STORES)("per-queue limits on %s", (store) => {
   test("--max-items: a set to a full queue is refused and stores nothing; a get makes room", async () => {
-    const server = await startServer(["--max-items", "2"]);
+    const server = await startOn(store, ["--max-items", "2"]);
     const c = await server.connect();
     expect(await c.call(set("q", "a") + set("q", "b") + set("q", "c"))).toBe("STORED\r\nSTORED\r\n" + FULL);
     // noreply: no reply either way, and nothing stored.
@@ -37,6 +41,9 @@ describe("per-queue limits", () => {
     expect(await c.call("get q/close\r\n" + "set q/delay=60000 0 0 1\r\nh\r\n" + set("q", "i"))).toBe("END\r\nSTORED\r\n" + FULL);
     await server.kill();
   });
+});
+
+describe("per-queue limits", () => {
 
   test("--max-bytes counts bodies; a body larger than the limit is refused even with discard_old", async () => {
     const server = await withConfig('max-bytes = 10\n[queues."d*"]\ndiscard_old = true\n');

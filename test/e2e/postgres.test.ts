@@ -74,7 +74,7 @@ if (havePostgres("e2e postgres")) {
         }
       }
       for (const c of clients) expect(await c.call("stats queue jobs\r\n")).toBe(
-        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 300\r\nSTAT fetched 300\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
+        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 300\r\nSTAT fetched 300\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nSTAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n",
       );
     }, 30_000);
 
@@ -94,7 +94,7 @@ if (havePostgres("e2e postgres")) {
       const pairs = Array.from({ length: 200 }, (_, i) => set("p", `m${i}`) + "get p\r\n").join("");
       expect(await c.call(pairs)).toBe(Array.from({ length: 200 }, (_, i) => "STORED\r\n" + value("p", `m${i}`) + "END\r\n").join(""));
       expect(await c.call("stats queue p\r\n")).toBe(
-        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 200\r\nSTAT fetched 200\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
+        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 200\r\nSTAT fetched 200\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nSTAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n",
       );
     });
 
@@ -150,7 +150,7 @@ if (havePostgres("e2e postgres")) {
       expect(reply).toBe(value("dead/t=8000", "held") + "END\r\n");
       expect(took).toBeLessThan(2000 + 2000); // the timeout, plus one heartbeat period and a sweep
       expect(await other.call("stats queue dead\r\n")).toBe(
-        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nEND\r\n",
+        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nSTAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n",
       );
     }, 30_000);
 

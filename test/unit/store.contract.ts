@@ -4,6 +4,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { QueueStore } from "../../src/store/store";
+import { databaseClockFeatures } from "./store.contract-db";
 
 const enc = (s: string) => Buffer.from(s);
 const text = (m: { body: Uint8Array } | null) => (m === null ? null : Buffer.from(m.body).toString());
@@ -39,6 +40,9 @@ const LOCAL: StoreTraits = { idsAtEnqueue: true, syncSweep: true, exactOldest: t
 export function storeContract(name: string, make: () => QueueStore | Promise<QueueStore>, traits: StoreTraits = LOCAL): void {
   describe(`${name} store contract`, () => {
     const T = 1_000_000;
+    // Delays and dedup windows on the caller's clock; a database's clock: store.contract-db.ts.
+    const callerTest: typeof test = traits.clock === "database" ? ((() => {}) as unknown as typeof test) : test;
+    if (traits.clock === "database") databaseClockFeatures(make);
 
     test("FIFO per queue, ids increase, unknown queues are empty", async () => {
       const s = await make();
@@ -272,7 +276,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
     describe("delays", () => {
       const delayed = (s: QueueStore) => s.detail("q", T)?.delayed;
 
-      test("a delayed message stays hidden until due, then takes its place by due time, then arrival", async () => {
+      callerTest("a delayed message stays hidden until due, then takes its place by due time, then arrival", async () => {
         const s = await make();
         if (s.delays === undefined) return void (await s.close()); // this store has no delays
         const d = s.delays;
@@ -300,7 +304,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
         await s.close();
       });
 
-      test("release with a delay hides the open message until due; promoteDue names the queues; rollback undoes", async () => {
+      callerTest("release with a delay hides the open message until due; promoteDue names the queues; rollback undoes", async () => {
         const s = await make();
         if (s.delays === undefined) return void (await s.close());
         const d = s.delays;
@@ -351,7 +355,7 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
     });
 
     describe("dedup", () => {
-      test("a token is seen within its window, across a commit, and undone by a rollback; sweep forgets ended ones", async () => {
+      callerTest("a token is seen within its window, across a commit, and undone by a rollback; sweep forgets ended ones", async () => {
         const s = await make();
         if (s.dedup === undefined) return void (await s.close()); // this store has no idempotent sets
         const d = s.dedup;
@@ -396,13 +400,13 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
         // Redrive: the waiting messages of q.dlq go to q's tail, in order; an open one stays.
         const held = (await s.open("q.dlq", T))!;
         expect(text(held)).toBe("old");
-        expect(d.redrive("q.dlq", "q", T)).toBe(1);
+        expect(await d.redrive("q.dlq", "q", T)).toBe(1);
         await s.commit();
         expect([await s.dequeue("q", T), await s.dequeue("q", T), await s.dequeue("q", T)].map(text)).toEqual(["m2", "m3", "m1"]);
         const back = (await s.open("q", T))!;
         expect(back).toBeNull();
         expect(s.detail("q.dlq", T)).toMatchObject({ items: 1, open: 1 });
-        expect(d.redrive("nope", "q", T)).toBe(0);
+        expect(await d.redrive("nope", "q", T)).toBe(0);
         await s.commit();
         await s.close();
       });

@@ -29,6 +29,18 @@ function takesCommit(s: PostgresStore): PostgresStore {
       return taken;
     };
   }
+  // A redrive's count is answered the same way.
+  const dl = s.deadLetters!;
+  w.deadLetters = {
+    ...dl,
+    redrive: (from, to, now) => {
+      const n = dl.redrive(from, to, now);
+      sent = Promise.resolve(s.commit()).catch(() => {});
+      return n;
+    },
+  };
+  // The store calls its own onAvailable: the contract's notices must reach it, not this wrapper.
+  Object.defineProperty(w, "onAvailable", { get: () => s.onAvailable, set: (f) => (s.onAvailable = f) });
   // commit() also waits for the batches the takes sent: after it, other nodes see them.
   w.commit = async () => {
     await sent;
@@ -118,6 +130,38 @@ if (havePostgres("store.postgres")) {
       await sql.close();
     });
 
+    test("a schema made by version 1 (before the queue features) migrates, and its data stays", async () => {
+      const schema = freshSchema("v1");
+      schemas.push(schema);
+      const { SQL } = await import("bun");
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      // Version 1 as it shipped: the tables, one waiting message and its counters.
+      await sql.unsafe(`CREATE SCHEMA ${schema}; SET search_path TO ${schema};
+        CREATE TABLE mcq_version (version integer NOT NULL); INSERT INTO mcq_version VALUES (1);
+        CREATE TABLE mcq_messages (id bigserial PRIMARY KEY, queue text NOT NULL, flags bigint NOT NULL, created bigint NOT NULL,
+          expires bigint NOT NULL, owner integer, body bytea NOT NULL);
+        CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
+        CREATE TABLE mcq_counters (queue text NOT NULL, node integer NOT NULL, total bigint NOT NULL DEFAULT 0,
+          fetched bigint NOT NULL DEFAULT 0, items bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
+          open bigint NOT NULL DEFAULT 0, expired bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, node));
+        CREATE TABLE mcq_nodes (id serial PRIMARY KEY, started timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL DEFAULT now());
+        INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 7, 1, 0, 'kept');
+        INSERT INTO mcq_counters (queue, node, total, items, bytes) VALUES ('old', 0, 1, 1, 4);`).simple();
+      const s = await open(schema);
+      expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 1, delayed: 0, deduplicated: 0 });
+      const opened = s.open("old", 1); // answered once its batch is sent
+      await s.commit();
+      const m = (await opened)!;
+      expect([Buffer.from(m.body).toString(), m.flags, s.deadLetters!.deliveries("old", m.id)]).toEqual(["kept", 7, 1]);
+      expect(s.confirm("old", m.id)).toBe(true);
+      s.delays!.enqueue("old", 0, Buffer.from("later"), 0, 1, 60_001);
+      await s.commit();
+      expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 2, fetched: 1, delayed: 1 });
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(2);
+      await sql.close();
+      await s.close();
+    });
+
     test("a schema newer than this mcq knows is refused", async () => {
       const schema = freshSchema("newer");
       const s = await open(schema);
@@ -127,7 +171,7 @@ if (havePostgres("store.postgres")) {
       const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
       await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 99`);
       await sql.close();
-      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (1): upgrade mcq`);
+      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (2): upgrade mcq`);
     });
   });
 }
