@@ -107,8 +107,8 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         else ctx.log.warn(`noreply set refused: queue ${req.queue} is full`);
         return "next";
       }
-      if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now, now + delay);
-      else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.exptime), now);
+      if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now, now + delay);
+      else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now);
       if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
       if (ctx.fanout?.enabled) fanOut(ctx, req, now);
       stats.setHits++;
@@ -226,33 +226,40 @@ function fanOut(ctx: Context, req: Extract<Request, { kind: "set" }>, now: numbe
   const { delay } = req.options;
   for (const child of fanout.children(req.queue)) {
     if (ctx.limits !== undefined && !ctx.limits.admit(ctx, child, req.data.length)) {
-      ctx.limits.fanoutRefused(child);
+      ctx.limits.fanoutRefused(ctx, child);
       continue;
     }
-    const expires = expiresAt(ctx, req.exptime);
+    const expires = expiresAt(ctx, child, req.exptime); // the child's own expiry
     if (delay > 0) ctx.store.delays!.enqueue(child, req.flags, req.data, expires, now, now + delay);
     else ctx.store.enqueue(child, req.flags, req.data, expires, now);
     if (delay === 0) serveWaiters(ctx, child);
   }
 }
 
-/** With limits configured: the settings in force for the queue, and what discard_old dropped. */
+/**
+ * The settings in force for the queue and the counters of its features, each group only on a
+ * server where some queue uses the feature (so a plain server's reply keeps the SPEC's fields).
+ * The counters are the store's where it keeps them (SQLite: `features`; Postgres: summed over
+ * nodes), else this server's since its start (queue-limits.ts).
+ */
 function limitLines(ctx: Context, queue: string, d: QueueDetail | null): string[] {
   const limits = ctx.limits;
   if (limits === undefined) return [];
   const s = limits.settings(queue);
+  const counts = d?.features ?? limits.counted(queue);
   const lines: string[] = [];
   if (limits.limited) {
     lines.push(statLine("max_items", s.maxItems), statLine("max_bytes", s.maxBytes), statLine("discard_old", s.discardOld ? 1 : 0));
-    lines.push(statLine("discarded", d?.discarded ?? limits.discarded(queue)));
+    lines.push(statLine("discarded", d?.discarded ?? counts.discarded));
   }
-  if (ctx.fanout?.enabled) lines.push(statLine("fanout_refused", limits.fanoutRefusedCount(queue)));
+  if (ctx.fanout?.enabled) lines.push(statLine("fanout_refused", counts.fanoutRefused));
   if (limits.deadLettering) {
     lines.push(statLine("max_deliveries", s.maxDeliveries), statLine("dlq", s.dlq ?? `${queue}.dlq`));
-    // A store shared by nodes counts them itself, over every node (Postgres).
-    const lettered = d?.deadLettered ?? limits.deadLettered(queue);
-    lines.push(statLine("dead_lettered", lettered), statLine("dead_letter_skipped", limits.deadLetterSkipped(queue)));
+    lines.push(statLine("dead_lettered", d?.deadLettered ?? counts.deadLettered), statLine("dead_letter_skipped", counts.deadLetterSkipped));
   }
+  if (limits.table.leases) lines.push(statLine("open_timeout", s.openTimeoutMs));
+  // As the config file spells it: false, true, or the lifetime in seconds.
+  if (limits.table.expiring) lines.push(statLine("expiry", !s.expiry ? "false" : s.lifetimeS > 0 ? s.lifetimeS : "true"));
   return lines;
 }
 
@@ -325,9 +332,15 @@ function refreshCerts(ctx: Context, s: Session): Outcome {
   return "next";
 }
 
-/** When a message set now with `exptime` expires (ms since the epoch), 0 for never. */
-export function expiresAt(ctx: Context, exptime: number): number {
-  if (!ctx.config.expiry || exptime === 0) return 0;
+/**
+ * When a message set now into `queue` with `exptime` expires (ms since the epoch), 0 for never:
+ * the queue's expiry setting (--expiry, or `expiry` in its table) says whether exptime counts,
+ * and a lifetime (`expiry = <s>`) stands in for an exptime of 0.
+ */
+export function expiresAt(ctx: Context, queue: string, exptime: number): number {
+  const s = ctx.limits?.settings(queue);
+  if (!(s?.expiry ?? ctx.config.expiry)) return 0;
+  if (exptime === 0) return s === undefined || s.lifetimeS === 0 ? 0 : ctx.now() + s.lifetimeS * 1000;
   if (exptime < 0) return 1; // memcached: a negative exptime is already expired
   return exptime <= RELATIVE_LIMIT_S ? ctx.now() + exptime * 1000 : exptime * 1000;
 }

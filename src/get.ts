@@ -187,6 +187,9 @@ function refuse(ctx: Context, s: Session, keys: GetKey[]): string | null {
   return after > ctx.config.maxOpen ? REPLY.TOO_MANY_OPEN : null;
 }
 
+/** The lease of an open message of `queue` in ms (open_timeout, else --open-timeout); 0 = none. */
+const leaseMs = (ctx: Context, queue: string) => ctx.limits?.settings(queue).openTimeoutMs ?? ctx.config.openTimeoutMs;
+
 const wantsMessage = (key: GetKey) => !key.abort && !key.touch && !(key.close && !key.open);
 
 export function countMiss(ctx: Context): void {
@@ -203,7 +206,7 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     stats.getCmds++;
     const lease = s.leases.get(key.queue);
     if (lease !== undefined) {
-      s.leases.set(key.queue, ctx.now() + ctx.config.openTimeoutMs);
+      s.leases.set(key.queue, ctx.now() + leaseMs(ctx, key.queue));
       changeSession(ctx, s, () => s.opens.has(key.queue) && s.leases.set(key.queue, lease));
     }
     return true;
@@ -267,7 +270,8 @@ function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: M
   if (key.open) {
     s.opens.set(key.queue, message.id);
     const wasExpired = s.expired.delete(key.queue); // a new open starts afresh
-    if (ctx.config.openTimeoutMs > 0) s.leases.set(key.queue, now + ctx.config.openTimeoutMs);
+    const lease = leaseMs(ctx, key.queue);
+    if (lease > 0) s.leases.set(key.queue, now + lease);
     changeSession(ctx, s, () => {
       s.opens.delete(key.queue);
       s.leases.delete(key.queue);
@@ -352,7 +356,7 @@ function giveBackTaken(ctx: Context, queue: string, id: number): void {
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
-/** With --open-timeout: messages open longer than their lease go back to their queues. */
+/** With --open-timeout or open_timeout: messages open longer than their lease go back to their queues. */
 export function expireLeases(ctx: Context, now: number): void {
   for (const s of ctx.sessions) {
     for (const [queue, until] of s.leases) {

@@ -33,13 +33,13 @@ export function startHousekeeping(ctx: Context, turns: Turns, conns: Set<Conn>, 
 
   function tick(): void {
     for (const retry of takeRetries()) turns.task(retry);
-    if (config.expiry) turns.task(() => void store.sweepExpired(ctx.now(), SWEEP_BATCH));
+    if (config.expiry || ctx.limits?.table.expiring) turns.task(() => void store.sweepExpired(ctx.now(), SWEEP_BATCH));
     // Delayed messages that came due: gets waiting on their queues are served now.
     const dedup = store.dedup;
     if (dedup !== undefined) turns.task(() => void dedup.sweep(ctx.now(), SWEEP_BATCH));
     const delays = store.delays;
     if (delays !== undefined) turns.task(() => delays.promoteDue(ctx.now(), PROMOTE_BATCH).forEach((q) => serveWaiters(ctx, q)));
-    if (config.openTimeoutMs > 0) turns.task(() => expireLeases(ctx, ctx.now()));
+    if (config.openTimeoutMs > 0 || ctx.limits?.table.leases) turns.task(() => expireLeases(ctx, ctx.now()));
     if (config.idleTimeoutS > 0) closeIdle(ctx.now() - config.idleTimeoutS * 1000);
     upkeepDue = true;
     turns.task(() => {}); // a turn runs, and after its commit the upkeep

@@ -23,7 +23,7 @@ export interface QueueMetrics {
   open: number;
   /** Messages stored but not yet due (0 on a store without delays). */
   delayed: number;
-  /** Messages moved to the dead-letter queue since the start (max_deliveries). */
+  /** Messages moved to the dead-letter queue (max_deliveries), as `stats queue` counts them. */
   deadLettered: number;
   oldestAgeSeconds: number;
   waiters: number;
@@ -105,7 +105,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
     other.fetched += q.fetched;
     other.open += q.open;
     other.delayed += q.delayed ?? 0;
-    other.deadLettered += q.deadLettered ?? ctx.limits?.deadLettered(q.name) ?? 0;
+    other.deadLettered += deadLettered(ctx, q);
     top.offer(q);
     if (clock.over()) await clock.next();
   }
@@ -124,7 +124,7 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
       fetched: q.fetched,
       open: q.open,
       delayed: q.delayed ?? 0,
-      deadLettered: q.deadLettered ?? ctx.limits?.deadLettered(q.name) ?? 0,
+      deadLettered: deadLettered(ctx, q),
       oldestAgeSeconds: (detail?.oldestAgeMs ?? 0) / 1000,
       waiters: waiters.get(q.name) ?? 0,
     };
@@ -135,6 +135,11 @@ async function queueMetrics(ctx: Context, now: number, clock: TurnClock) {
   }
   return { queues, otherQueues: other };
 }
+
+/** Kept by the store with the queue's counters, or counted by the server since the start. */
+/** Kept by the store (SQLite: features; Postgres: summed over nodes), else counted by this server since its start. */
+const deadLettered = (ctx: Context, q: QueueSummary) =>
+  q.features?.deadLettered ?? q.deadLettered ?? ctx.limits?.counted(q.name).deadLettered ?? 0;
 
 /** The `limit` deepest queues (ties: the first name), kept in a heap whose root is the least deep. */
 function deepest(limit: number) {
@@ -248,7 +253,7 @@ export function prometheus(s: Snapshot, clock?: TurnClock): Promise<ReadableStre
       await slice();
     }
     await perQueue("mcq_queue_delayed", "gauge", "Messages stored but not yet due (set /delay=, get /abort/delay=).", (q) => q.delayed);
-    await perQueue("mcq_queue_dead_lettered_total", "counter", "Messages moved to the dead-letter queue since the start.", (q) => q.deadLettered);
+    await perQueue("mcq_queue_dead_lettered_total", "counter", "Messages moved to the dead-letter queue.", (q) => q.deadLettered);
     await perQueue("mcq_queue_waiters", "gauge", "Blocking gets waiting on the queue.", (q) => q.waiters);
   }, clock);
 }

@@ -7,17 +7,19 @@
  * `[queues."<glob>"]` table (queue-config.ts). A set that would take its queue past a limit is
  * refused, `SERVER_ERROR queue full`, and stores nothing; with discard_old the queue's oldest
  * messages are dropped instead, in the set's batch, and counted as discarded.
+ * The counters are the store's (countFeature), saved in the batch they count in; on a store that
+ * does not keep them they are counted here, since the start. The settings table also holds each
+ * queue's open_timeout and expiry, which get.ts and commands.ts read.
  */
 import type { Context } from "./context";
 import { createQueueSettings, type QueueRule, type QueueSettings, type QueueSettingsTable } from "./queue-config";
+import type { FeatureCounter, FeatureCounts } from "./store/store";
 
 export interface QueueLimits {
   /** The settings in force for a queue. */
   settings(queue: string): QueueSettings;
   /** Whether a set of `bytes` may go into `queue`, after discarding what discard_old allows. */
   admit(ctx: Context, queue: string, bytes: number): boolean;
-  /** Messages discard_old dropped from `queue` since the start. */
-  discarded(queue: string): number;
   /** Whether any queue has a limit (stats show the settings only then). */
   readonly limited: boolean;
   /** Whether any queue has max_deliveries (stats show the dead-letter fields only then). */
@@ -29,27 +31,45 @@ export interface QueueLimits {
   deadLetter(ctx: Context, queue: string, id: number): string | null;
   /** The settings table (fanout.ts reads it too). */
   readonly table: QueueSettingsTable;
-  /** A copy a fanout did not store in `queue` because it was full; and how many so far. */
-  fanoutRefused(queue: string): void;
-  fanoutRefusedCount(queue: string): number;
-  /** Messages moved to a dead-letter queue from `queue`, and ones that could not be (no name). */
-  deadLettered(queue: string): number;
-  deadLetterSkipped(queue: string): number;
+  /** A copy a fanout did not store in `queue` because it was full. */
+  fanoutRefused(ctx: Context, queue: string): void;
+  /**
+   * The feature counters of `queue` on a store that does not keep them (no countFeature): counted
+   * here, since the start. A store that keeps them reports them in its detail (QueueSummary.features).
+   */
+  counted(queue: string): Omit<FeatureCounts, "deduplicated">;
 }
 
 /** The longest queue name (docs/protocol.md). */
 const MAX_NAME = 250;
-const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+type Local = Omit<FeatureCounts, "deduplicated">;
+const ZERO: Local = { discarded: 0, deadLettered: 0, deadLetterSkipped: 0, fanoutRefused: 0 };
 
-export function createQueueLimits(config: { maxItems: number; maxBytes: number; maxDeliveries: number; queueRules: QueueRule[] }): QueueLimits {
+export interface LimitsConfig {
+  maxItems: number;
+  maxBytes: number;
+  maxDeliveries: number;
+  openTimeoutMs: number;
+  expiry: boolean;
+  queueRules: QueueRule[];
+}
+
+export function createQueueLimits(config: LimitsConfig): QueueLimits {
   const table: QueueSettingsTable = createQueueSettings(
-    { maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null, fanout: false },
+    {
+      maxItems: config.maxItems, maxBytes: config.maxBytes, discardOld: false, maxDeliveries: config.maxDeliveries, dlq: null,
+      fanout: false, openTimeoutMs: config.openTimeoutMs, expiry: config.expiry, lifetimeS: 0,
+    },
     config.queueRules,
   );
-  const dropped = new Map<string, number>();
-  const lettered = new Map<string, number>();
-  const skipped = new Map<string, number>();
-  const refusedCopies = new Map<string, number>();
+  /** Counters of the queues of a store that does not keep them (store.ts, countFeature). */
+  const local = new Map<string, Local>();
+  function count(ctx: Context, queue: string, counter: Exclude<FeatureCounter, "deduplicated">): void {
+    if (ctx.store.countFeature !== undefined) return ctx.store.countFeature(queue, counter);
+    let c = local.get(queue);
+    if (c === undefined) local.set(queue, (c = { ...ZERO }));
+    c[counter]++;
+  }
   const deadLettering = config.maxDeliveries > 0 || config.queueRules.some((r) => (r.settings.maxDeliveries ?? 0) > 0);
 
   const over = (s: QueueSettings, items: number, bytes: number, adding: number) =>
@@ -58,11 +78,9 @@ export function createQueueLimits(config: { maxItems: number; maxBytes: number; 
   return {
     limited: table.limited,
     table,
-    fanoutRefused: (queue) => void bump(refusedCopies, queue),
-    fanoutRefusedCount: (queue) => refusedCopies.get(queue) ?? 0,
+    fanoutRefused: (ctx, queue) => count(ctx, queue, "fanoutRefused"),
+    counted: (queue) => local.get(queue) ?? ZERO,
     deadLettering,
-    deadLettered: (queue) => lettered.get(queue) ?? 0,
-    deadLetterSkipped: (queue) => skipped.get(queue) ?? 0,
     deadLetter(ctx, queue, id) {
       if (!deadLettering) return null;
       const s = table.of(queue);
@@ -70,15 +88,14 @@ export function createQueueLimits(config: { maxItems: number; maxBytes: number; 
       if (s.maxDeliveries === 0 || store === undefined || store.deliveries(queue, id) < s.maxDeliveries) return null;
       const target = s.dlq ?? (queue.length + 4 <= MAX_NAME ? `${queue}.dlq` : null);
       if (target === null || target === queue) {
-        bump(skipped, queue);
+        count(ctx, queue, "deadLetterSkipped");
         return null;
       }
       if (!store.moveOpen(queue, id, target, ctx.now())) return null;
-      bump(lettered, queue);
+      count(ctx, queue, "deadLettered");
       return target;
     },
     settings: (queue) => table.of(queue),
-    discarded: (queue) => dropped.get(queue) ?? 0,
     admit(ctx, queue, bytes) {
       if (!table.limited) return true;
       const s = table.of(queue);
@@ -96,7 +113,7 @@ export function createQueueLimits(config: { maxItems: number; maxBytes: number; 
         if (taken === null || taken instanceof Promise) return false;
         items--;
         held -= taken.body.length;
-        dropped.set(queue, (dropped.get(queue) ?? 0) + 1);
+        count(ctx, queue, "discarded");
       }
       return true;
     },

@@ -3,7 +3,7 @@
  * and a store for command-layer tests. A batch is undone by restoring a snapshot taken
  * at its first change, which is simple and fine at test sizes.
  */
-import type { Message, QueueCounters, QueueDetail, QueueSummary, SyncQueueStore } from "./store";
+import type { FeatureCounter, FeatureCounts, Message, QueueCounters, QueueDetail, QueueSummary, SyncQueueStore } from "./store";
 
 interface Entry extends Omit<Message, "expires"> {
   created: number;
@@ -19,7 +19,12 @@ interface Queue {
   total: number;
   fetched: number;
   entries: Entry[];
+  /** Copied with the queue by change(), so a rollback undoes a count as it undoes a set. */
+  features: FeatureCounts;
 }
+
+const noFeatures = (): FeatureCounts => ({ deduplicated: 0, discarded: 0, deadLettered: 0, deadLetterSkipped: 0, fanoutRefused: 0 });
+const newQueue = (): Queue => ({ total: 0, fetched: 0, entries: [], features: noFeatures() });
 
 export function createMemoryStore(): SyncQueueStore {
   let queues = new Map<string, Queue>();
@@ -27,13 +32,12 @@ export function createMemoryStore(): SyncQueueStore {
   let expired = 0;
   /** Idempotency tokens ("<queue>\n<token>", a byte no name has) and the end of their window. */
   let tokens = new Map<string, number>();
-  const deduplicated = new Map<string, number>();
   let snapshot: { queues: Map<string, Queue>; lastId: number; expired: number; tokens: Map<string, number> } | null = null;
 
   function change(): void {
     if (snapshot !== null) return;
     const copy = new Map<string, Queue>();
-    for (const [name, q] of queues) copy.set(name, { ...q, entries: q.entries.map((e) => ({ ...e })) });
+    for (const [name, q] of queues) copy.set(name, { ...q, entries: q.entries.map((e) => ({ ...e })), features: { ...q.features } });
     snapshot = { queues: copy, lastId, expired, tokens: new Map(tokens) };
   }
 
@@ -66,7 +70,7 @@ export function createMemoryStore(): SyncQueueStore {
   function enqueue(name: string, flags: number, body: Uint8Array, expiresAt: number, now: number, due: number): number {
     change();
     let q = queues.get(name);
-    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    if (q === undefined) queues.set(name, (q = newQueue()));
     promote(q, now); // what is due by now goes before this message
     const id = ++lastId;
     q.entries.push({ id, flags, body: Uint8Array.from(body), created: now, expiresAt, opened: false, due: due > now ? due : 0 });
@@ -77,7 +81,7 @@ export function createMemoryStore(): SyncQueueStore {
   /** The queue `name`, created if need be, with what is due by now moved to its tail. */
   function into(name: string, now: number): Queue {
     let q = queues.get(name);
-    if (q === undefined) queues.set(name, (q = { total: 0, fetched: 0, entries: [] }));
+    if (q === undefined) queues.set(name, (q = newQueue()));
     promote(q, now);
     return q;
   }
@@ -103,7 +107,14 @@ export function createMemoryStore(): SyncQueueStore {
     bytes: bytes(q),
     open: openCount(q),
     delayed: q.entries.filter((e) => e.due > 0).length,
+    features: { ...q.features },
   });
+
+  function countFeature(name: string, counter: FeatureCounter): void {
+    if (!queues.has(name)) return;
+    change(); // first, so that a rollback undoes the count as it undoes a set
+    queues.get(name)!.features[counter]++;
+  }
 
   return {
     enqueue: (name, flags, body, expiresAt, now) => enqueue(name, flags, body, expiresAt, now, 0),
@@ -143,7 +154,7 @@ export function createMemoryStore(): SyncQueueStore {
     restore(name, m, now) {
       change();
       let q = queues.get(name);
-      if (q === undefined) queues.set(name, (q = { total: 1, fetched: 1, entries: [] }));
+      if (q === undefined) queues.set(name, (q = { ...newQueue(), total: 1, fetched: 1 }));
       q.fetched--;
       let at = q.entries.findIndex((e) => e.id > m.id);
       if (at < 0) at = q.entries.length;
@@ -194,8 +205,9 @@ export function createMemoryStore(): SyncQueueStore {
       const first = q.entries.find((e) => e.due === 0);
       const delayed = q.entries.filter((e) => e.due > 0).length;
       const oldestAgeMs = first === undefined ? 0 : Math.max(0, now - first.created);
-      return { ...summary(name, q), oldestAgeMs, delayed, deduplicated: deduplicated.get(name) ?? 0 };
+      return { ...summary(name, q), oldestAgeMs, delayed, deduplicated: q.features.deduplicated };
     },
+    countFeature,
     totals() {
       let items = 0;
       let open = 0;
@@ -263,7 +275,7 @@ export function createMemoryStore(): SyncQueueStore {
       seen(name, token, now) {
         const until = tokens.get(`${name}\n${token}`);
         if (until === undefined || until <= now) return false;
-        deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1);
+        countFeature(name, "deduplicated");
         return true;
       },
       remember(name, token, until) {

@@ -3,7 +3,7 @@
  * queue took with the end of its window, written in the batch of its set, so a token is durable
  * exactly when its message is, and kill -9 forgets neither. A token is looked up by its unique
  * index (one seek); housekeeping deletes the ones whose window ended, by the index on `until`.
- * The count of sets a token turned away is kept in memory only (since the server started).
+ * A set a token turned away is counted (`counted`: the queue's deduplicated, saved in the batch).
  */
 import type { Statement } from "bun:sqlite";
 import type { Dedup } from "./store";

@@ -2,8 +2,9 @@
  * The SQLite data file: opening it (pragmas, the exclusive lock), its schema, and checking it.
  * sqlite.ts builds the queue store on top.
  *
- * Layout (schema version 3, kept in PRAGMA user_version):
- *   queues(id, name, total, fetched, items, bytes, last_id)
+ * Layout (schema version 4, kept in PRAGMA user_version):
+ *   queues(id, name, total, fetched, items, bytes, last_id, deduplicated, discarded,
+ *          dead_lettered, dead_letter_skipped, fanout_refused)
  *                                                    one row per queue, with its counters as of
  *                                                    the last fold of counter_log
  *   counter_log(id, data)                            per batch, the counters of the queues it
@@ -30,7 +31,7 @@
  */
 import { Database } from "bun:sqlite";
 import { statSync } from "node:fs";
-import { COUNTER_LOG_SCHEMA } from "./counter-log";
+import { COUNTER_LOG_SCHEMA, FEATURE_COLUMNS, foldLegacyLog } from "./counter-log";
 import { FatalStoreError, StoreError } from "./store";
 
 export type SyncMode = "full" | "normal" | "off";
@@ -51,8 +52,13 @@ export interface SqliteOptions {
 }
 
 export const DB_FILE = "mcq.db";
-/** 1: queues and messages; 2: counter_log (counter-log.ts); 3: delayed and dedup. */
-const SCHEMA_VERSION = 3;
+/**
+ * 1: queues and messages; 2: counter_log (counter-log.ts); 3: delayed and dedup; 4: the feature
+ * counters in queues and in the counter log (store.ts FeatureCounts).
+ */
+const SCHEMA_VERSION = 4;
+/** Schema 4: the queues table's feature counters (a v2 or v3 log is folded first: its rows are shorter). */
+const FEATURE_SCHEMA = FEATURE_COLUMNS.map((c) => `ALTER TABLE queues ADD COLUMN ${c} INTEGER NOT NULL DEFAULT 0`);
 const DELAYED_SCHEMA = [
   `CREATE TABLE delayed(
     id INTEGER PRIMARY KEY,
@@ -104,7 +110,7 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
     // Someone else's database is refused before anything in it is changed.
     const version = db.query("PRAGMA user_version").values()[0]![0] as number;
     const tables = db.query("SELECT count(*) FROM sqlite_master").values()[0]![0] as number;
-    if (version !== SCHEMA_VERSION && version !== 1 && version !== 2 && (version !== 0 || tables !== 0)) {
+    if (!(version >= 1 && version <= SCHEMA_VERSION) && (version !== 0 || tables !== 0)) {
       throw new StoreError(`${file} is not an mcq data file of a version this mcq reads (schema ${version})`);
     }
     // Only takes effect on a file without tables: it must come before the schema.
@@ -139,10 +145,13 @@ export function openDatabase(file: string, options: SqliteOptions): Database {
 export function migrate(db: Database): void {
   const version = db.query("PRAGMA user_version").values()[0]![0] as number;
   if (version === SCHEMA_VERSION) return;
-  if (version === 1 || version === 2) {
+  if (version >= 1 && version < SCHEMA_VERSION) {
+    // One transaction: a crash leaves the file at its old version, and the next start migrates it.
     db.transaction(() => {
       if (version === 1) db.run(COUNTER_LOG_SCHEMA);
-      for (const statement of DELAYED_SCHEMA) db.run(statement);
+      else foldLegacyLog(db);
+      if (version < 3) for (const statement of DELAYED_SCHEMA) db.run(statement);
+      for (const statement of FEATURE_SCHEMA) db.run(statement);
       db.run(`PRAGMA user_version = ${SCHEMA_VERSION}`);
     })();
     return;
@@ -155,7 +164,8 @@ export function migrate(db: Database): void {
       fetched INTEGER NOT NULL DEFAULT 0,
       items INTEGER NOT NULL DEFAULT 0,
       bytes INTEGER NOT NULL DEFAULT 0,
-      last_id INTEGER NOT NULL DEFAULT 0)`);
+      last_id INTEGER NOT NULL DEFAULT 0,
+      ${FEATURE_COLUMNS.map((c) => `${c} INTEGER NOT NULL DEFAULT 0`).join(",\n      ")})`);
     db.run(`CREATE TABLE messages(
       id INTEGER PRIMARY KEY,
       qid INTEGER NOT NULL,

@@ -15,6 +15,7 @@
  *   a crash. This is the common case of a queue whose consumers keep up.
  */
 import type { Statement } from "bun:sqlite";
+import type { FeatureCounts } from "./store";
 
 /** Head messages read at once per queue (Queue.ahead). */
 export const READ_AHEAD = 64;
@@ -67,13 +68,17 @@ export interface Queue {
   /** Messages in the delayed table (counted in items too), and the earliest due time among them. */
   delayed: number;
   nextDue: number;
+  /** The feature counters (store.ts), saved with the others in the counter log. */
+  features: FeatureCounts;
 }
 
 export type Row = [id: number, flags: number, expires: number, body: Uint8Array, created?: number];
 /** `created` lets detail() tell the head's age without a query. */
 export type AheadRow = [id: number, flags: number, expires: number, body: Uint8Array | null, created: number];
 
-type Counters = Pick<Queue, "total" | "fetched" | "items" | "bytes" | "open">;
+type Counters = Pick<Queue, "total" | "fetched" | "items" | "bytes" | "open" | "features">;
+
+export const noFeatures = (): FeatureCounts => ({ deduplicated: 0, discarded: 0, deadLettered: 0, deadLetterSkipped: 0, fanoutRefused: 0 });
 
 export function newQueue(id: number, name: string, counters: Counters, empty: boolean): Queue {
   // A new queue is empty, so its read-ahead list (empty) is whole; a loaded one is read at first use.

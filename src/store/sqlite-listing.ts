@@ -30,6 +30,7 @@ const summary = (q: Queue): QueueSummary => ({
   bytes: q.bytes,
   open: q.open,
   delayed: q.delayed,
+  features: { ...q.features }, // a copy: a listing spread over turns sees each queue as it was
 });
 
 export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st: ListingStatements) {
@@ -103,7 +104,8 @@ export function createListing(queues: ReadonlyMap<string, Queue>, sums: Sums, st
       const q = queues.get(name);
       if (q === undefined) return null;
       const created = oldestCreated(q);
-      return { ...summary(q), oldestAgeMs: created === null ? 0 : Math.max(0, now - created), delayed: q.delayed };
+      const oldestAgeMs = created === null ? 0 : Math.max(0, now - created);
+      return { ...summary(q), oldestAgeMs, delayed: q.delayed, deduplicated: q.features.deduplicated };
     },
   };
 }

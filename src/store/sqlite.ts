@@ -16,18 +16,18 @@
  * not fit on the disk is refused before anything is written (space.ts).
  */
 import { join } from "node:path";
-import { pack, readLog } from "./counter-log";
+import { FEATURE_COLUMNS, pack, readLog, saveValues } from "./counter-log";
 import { createSpace } from "./space";
 import { createListing } from "./sqlite-listing";
 import { prepareStatements } from "./sqlite-statements";
-import { createHeads, newQueue, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
+import { createHeads, newQueue, noFeatures, PENDING_MAX_BODY, type Queue, type Row, type Sums } from "./sqlite-heads";
 import { createSnapshots } from "./sqlite-snapshot";
 import { createSqliteDelays } from "./sqlite-delays";
 import { createSqliteDedup } from "./sqlite-dedup";
 import { createSqliteDead } from "./sqlite-dead";
 import { featureVerbs, wholeQueueVerbs } from "./sqlite-verbs";
 import { checkAtStart, createFatal, DB_FILE, migrate, openDatabase, OUT_OF_SPACE, toStoreError, type SqliteOptions } from "./sqlite-file";
-import { StoreRefused, type Message, type StoreTotals, type SyncQueueStore } from "./store";
+import { StoreRefused, type FeatureCounter, type Message, type StoreTotals, type SyncQueueStore } from "./store";
 
 export { DB_FILE, StoreLockedError, type SqliteOptions, type SyncMode } from "./sqlite-file";
 
@@ -61,11 +61,13 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     byId.clear();
     changed.clear();
     unfolded.clear();
-    for (const [id, name, total, fetched, items, bytes] of db
-      .query("SELECT id, name, total, fetched, items, bytes FROM queues")
-      .values() as [number, string, number, number, number, number][]) {
+    type Loaded = [number, string, number, number, number, number, number, number, number, number, number];
+    for (const [id, name, total, fetched, items, bytes, deduplicated, discarded, deadLettered, deadLetterSkipped, fanoutRefused] of db
+      .query(`SELECT id, name, total, fetched, items, bytes, ${FEATURE_COLUMNS.join(", ")} FROM queues`)
+      .values() as Loaded[]) {
       const open = (countOpen.values(id)[0]![0] as number) ?? 0;
-      const q = newQueue(id, name, { total, fetched, items, bytes, open }, false);
+      const features = { deduplicated, discarded, deadLettered, deadLetterSkipped, fanoutRefused };
+      const q = newQueue(id, name, { total, fetched, items, bytes, open, features }, false);
       queues.set(name, q);
       byId.set(id, q);
     }
@@ -131,9 +133,15 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
       materialize(q);
     },
   });
-  /** Sets a token turned away, per queue, since the start (a rollback does not reload them). */
-  const deduplicated = new Map<string, number>();
-  const dedup = createSqliteDedup(st.sql, tx, () => inTx, (name) => deduplicated.set(name, (deduplicated.get(name) ?? 0) + 1));
+  /** Adds 1 to a feature counter of queue `name`, in the batch (store.ts, countFeature). */
+  function countFeature(name: string, counter: FeatureCounter): void {
+    const q = queues.get(name);
+    if (q === undefined) return; // no stats to show it in; a token may outlive its queue
+    tx();
+    q.features[counter]++;
+    changed.add(q);
+  }
+  const dedup = createSqliteDedup(st.sql, tx, () => inTx, (name) => countFeature(name, "deduplicated"));
 
   /** Returns q's open message `id` to its place; false if it was not open. */
   function releaseNow(q: Queue, id: number): boolean {
@@ -165,7 +173,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     let q = queues.get(name);
     if (q === undefined) {
       const id = (createQueue.values(name)[0]![0] as number);
-      q = newQueue(id, name, { total: 0, fetched: 0, items: 0, bytes: 0, open: 0 }, true);
+      q = newQueue(id, name, { total: 0, fetched: 0, items: 0, bytes: 0, open: 0, features: noFeatures() }, true);
       queues.set(name, q);
       byId.set(id, q);
       listing.added(q);
@@ -180,7 +188,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
    */
   function fold(): void {
     db.transaction(() => {
-      for (const q of unfolded) saveQueue.run(q.total, q.fetched, q.items, q.bytes, lastId, q.id);
+      for (const q of unfolded) saveQueue.run(...saveValues(q, lastId, q.id));
       clearLog.run();
     })();
     unfolded.clear();
@@ -297,12 +305,9 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
 
     summaries: listing.summaries,
 
-    detail: (name, now) =>
-      guard(() => {
-        const d = listing.detail(name, now);
-        if (d !== null) d.deduplicated = deduplicated.get(name) ?? 0;
-        return d;
-      }),
+    detail: (name, now) => guard(() => listing.detail(name, now)),
+
+    countFeature: (name, counter) => guard(() => countFeature(name, counter)),
 
     totals: (): StoreTotals => ({ queues: queues.size, items: sums.items, open: sums.open, expired }),
 

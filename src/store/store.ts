@@ -25,6 +25,25 @@ export interface QueueCounters {
   fetched: number;
 }
 
+/**
+ * The counters of the queue features (issue 12), per queue. A store that keeps them (countFeature)
+ * saves them with the batch that counted them, as it does total and fetched: exact after a
+ * restart or a crash, undone by a rollback, gone with a `delete` of the queue.
+ */
+export interface FeatureCounts {
+  /** Sets answered STORED without storing, their token seen (Dedup.seen counts them). */
+  deduplicated: number;
+  /** Messages discard_old dropped to make room for a set. */
+  discarded: number;
+  /** Messages moved to a dead-letter queue (max_deliveries). */
+  deadLettered: number;
+  /** Messages that stayed for want of a dead-letter queue name. */
+  deadLetterSkipped: number;
+  /** Fanout copies this queue did not take, being full. */
+  fanoutRefused: number;
+}
+export type FeatureCounter = keyof FeatureCounts;
+
 export interface QueueSummary extends QueueCounters {
   /** Messages stored now, open ones included. */
   items: number;
@@ -34,6 +53,8 @@ export interface QueueSummary extends QueueCounters {
   open: number;
   /** Messages not yet due (Delays), where the store keeps them. */
   delayed?: number;
+  /** The feature counters, where the store keeps them (countFeature). */
+  features?: FeatureCounts;
   /**
    * Where the store counts them itself, exact over every node (Postgres): messages moved to a
    * dead-letter queue from this one. Else the server counts them (queue-limits.ts).
@@ -46,7 +67,7 @@ export interface QueueDetail extends QueueSummary {
   oldestAgeMs: number;
   /** Messages stored (counted in items) that no get may return yet: a delay runs (Delays). */
   delayed?: number;
-  /** Sets answered STORED without storing, their token seen (Dedup); since the server started. */
+  /** Sets answered STORED without storing, their token seen (Dedup): features.deduplicated, where kept. */
   deduplicated?: number;
   /** Where the store counts them itself (Postgres): messages discard_old dropped. */
   discarded?: number;
@@ -104,6 +125,11 @@ export interface QueueStore {
   summaries(): IterableIterator<QueueSummary>;
   /** One queue's items and bytes, from memory (per-queue limits ask at every set); null if it does not exist. */
   size?(queue: string): { items: number; bytes: number } | null;
+  /**
+   * Adds 1 to a feature counter of `queue`, in the batch (FeatureCounts); nothing if the queue
+   * does not exist. A store without it leaves the command layer to count since the start.
+   */
+  countFeature?(queue: string, counter: FeatureCounter): void;
   /** One queue's counters and oldest age: no more than a couple of index lookups. */
   detail(queue: string, now: number): QueueDetail | null;
   totals(): StoreTotals;

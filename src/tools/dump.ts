@@ -6,22 +6,27 @@
  */
 import { randomUUID } from "node:crypto";
 import { ToolError, openDataDir } from "./datadir";
-import { FORMAT } from "./format";
+import { FEATURE_FIELDS, FORMAT } from "./format";
 import { collectEvery, lineWriter, progress } from "./output";
 
 export function dump(home: string, only: string | null, version: string, fd = 1): number {
   const db = openDataDir("dump", home, false);
   try {
+    type Queue = [number, string, number, number, ...number[]];
+    const columns = `id, name, total, fetched, ${FEATURE_FIELDS.join(", ")}`; // the columns are named as the fields
     const queues = only === null
-      ? db.query("SELECT id, name, total, fetched FROM queues ORDER BY name").values() as [number, string, number, number][]
-      : db.query("SELECT id, name, total, fetched FROM queues WHERE name = ?").values(only) as [number, string, number, number][];
+      ? db.query(`SELECT ${columns} FROM queues ORDER BY name`).values() as Queue[]
+      : db.query(`SELECT ${columns} FROM queues WHERE name = ?`).values(only) as Queue[];
     if (only !== null && queues.length === 0) throw new ToolError(`mcq dump: no queue ${only} in ${home}`);
     const out = lineWriter(fd);
     const shown = progress("dumped");
     const lastId = db.query("SELECT max(coalesce((SELECT max(last_id) FROM queues), 0), coalesce((SELECT max(id) FROM messages), 0), " +
       "coalesce((SELECT max(id) FROM delayed), 0))").values()[0]![0] as number;
     out.line(JSON.stringify({ type: "dump", format: FORMAT, id: randomUUID(), created: Date.now(), mcq: version, lastId }));
-    for (const [, name, total, fetched] of queues) out.line(JSON.stringify({ type: "queue", name, total, fetched }));
+    for (const [, name, total, fetched, ...counts] of queues) {
+      const features = Object.fromEntries(FEATURE_FIELDS.map((f, i) => [f, counts[i]!]).filter(([, n]) => n !== 0));
+      out.line(JSON.stringify({ type: "queue", name, total, fetched, ...features }));
+    }
     // Waiting messages in queue order, then the delayed ones (due is 0 for the others).
     const messages = db.query(
       "SELECT id, flags, created, expires, deliveries, 0 AS due, body FROM messages WHERE qid = ?1 " +

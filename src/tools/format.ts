@@ -1,7 +1,9 @@
 /**
  * The dump format (one versioned format for dump, load and backups), JSON Lines:
  *   {"type":"dump","format":1,"id":"<uuid>","created":1764000000000,"mcq":"1.0.0","lastId":9}
- *   {"type":"queue","name":"jobs","total":12,"fetched":4}          one per queue, first
+ *   {"type":"queue","name":"jobs","total":12,"fetched":4}          one per queue, first; with its
+ *                                                                feature counters that are not 0
+ *                                                                (FEATURE_FIELDS: "discarded":2…)
  *   {"type":"message","queue":"jobs","id":9,"flags":0,"created":…,"expires":0,"body":"<base64>"}
  *   {"type":"message",…,"due":1764000060000,"deliveries":2}     format 2: a delayed message (due, ms)
  *                                                                and how often it was opened
@@ -15,6 +17,7 @@
  * 0: no header, no id, no end); load reads it, and says that it cannot tell it was loaded before.
  */
 import { open } from "node:fs/promises";
+import { FEATURE_COLUMNS } from "../store/counter-log";
 import { ToolError } from "./datadir";
 
 /** 2 (issue 12): due times, delivery counts and dedup tokens; load reads 1 and 2. */
@@ -34,7 +37,20 @@ export interface QueueLine {
   name: string;
   total: number;
   fetched: number;
+  /** The feature counters (stats queue's names; absent: 0). Added by load like total and fetched. */
+  deduplicated?: number;
+  discarded?: number;
+  dead_lettered?: number;
+  dead_letter_skipped?: number;
+  fanout_refused?: number;
 }
+
+/**
+ * A queue line's feature counters, named as the queues table's columns (store/counter-log.ts). Optional
+ * fields of format 2, so a dump with them still loads into an mcq that does not know them (which
+ * leaves them out, as it kept them only since its start).
+ */
+export const FEATURE_FIELDS = FEATURE_COLUMNS;
 export interface MessageLine {
   type: "message";
   queue: string;
@@ -87,6 +103,7 @@ export function parseLine(text: string, n: number): Line {
     case "queue":
       if (typeof l.name !== "string" || !NAME.test(l.name)) throw bad("bad queue name");
       if (!whole(l.total) || !whole(l.fetched)) throw bad("bad counters");
+      if (FEATURE_FIELDS.some((f) => l[f] !== undefined && !whole(l[f]))) throw bad("bad feature counters");
       return l as unknown as QueueLine;
     case "message":
       if (typeof l.queue !== "string" || !NAME.test(l.queue)) throw bad("bad queue name");

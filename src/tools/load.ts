@@ -7,7 +7,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { ToolError, openDataDir } from "./datadir";
-import { lines, parseLine, type Header, type Line } from "./format";
+import { FEATURE_FIELDS, lines, parseLine, type Header, type Line } from "./format";
 import { collectEvery, progress } from "./output";
 
 export interface LoadResult {
@@ -22,7 +22,7 @@ function statements(db: Database) {
   return {
     queueId: db.query("SELECT id FROM queues WHERE name = ?"),
     createQueue: db.query("INSERT INTO queues(name) VALUES (?) RETURNING id"),
-    addCounters: db.query("UPDATE queues SET total = total + ?, fetched = fetched + ? WHERE id = ?"),
+    addCounters: db.query(`UPDATE queues SET total = total + ?, fetched = fetched + ?, ${FEATURE_FIELDS.map((f) => `${f} = ${f} + ?`).join(", ")} WHERE id = ?`),
     addMessage: db.query("INSERT INTO messages(id, qid, flags, created, expires, deliveries, body) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     addDelayed: db.query("INSERT INTO delayed(id, qid, flags, created, expires, deliveries, due, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
     // A token loaded twice keeps the later end of its window.
@@ -112,7 +112,7 @@ function loader(st: ReturnType<typeof statements>, home: string, append: boolean
     } else if (line.type === "queue") {
       if (counted.has(line.name)) throw new ToolError(`mcq load: line ${n}: queue ${line.name} a second time`);
       counted.add(line.name);
-      st.addCounters.run(line.total, line.fetched, queue(line.name)[0]);
+      st.addCounters.run(line.total, line.fetched, ...FEATURE_FIELDS.map((f) => line[f] ?? 0), queue(line.name)[0]);
       state.queues++;
     } else if (line.type === "token") st.addToken.run(line.queue, line.token, line.until);
     else message(line, n);

@@ -86,7 +86,13 @@ describe("per-queue limits", () => {
 
   test("a bad queue table or limit stops the start with one line and exit 2", async () => {
     const cases: [string, string][] = [
-      ['[queues."q*"]\nopen_timeout = 3\n', 'mcq: --config FILE: [queues."q*"]: unknown key open_timeout (known: max_items, max_bytes, discard_old, max_deliveries, dlq, fanout)'],
+      ['[queues."q*"]\nopen_timout = 3\n', 'mcq: --config FILE: [queues."q*"]: unknown key open_timout (known: max_items, max_bytes, discard_old, max_deliveries, dlq, fanout, open_timeout, expiry)'],
+      ['[queues."q*"]\nopen_timeout = -1\n', 'mcq: --config FILE: [queues."q*"]: open_timeout must be a whole number from 0 (no lease) to 2147483647'],
+      ['[queues."q*"]\nopen_timeout = 2147483648\n', 'mcq: --config FILE: [queues."q*"]: open_timeout must be a whole number from 0 (no lease) to 2147483647'],
+      ['[queues."q*"]\nopen_timeout = "5s"\n', 'mcq: --config FILE: [queues."q*"]: open_timeout must be a whole number from 0 (no lease) to 2147483647'],
+      ['[queues."q*"]\nexpiry = 0\n', 'mcq: --config FILE: [queues."q*"]: expiry must be true, false, or a lifetime in seconds from 1 to 2592000'],
+      ['[queues."q*"]\nexpiry = 2592001\n', 'mcq: --config FILE: [queues."q*"]: expiry must be true, false, or a lifetime in seconds from 1 to 2592000'],
+      ['[queues."q*"]\nexpiry = "yes"\n', 'mcq: --config FILE: [queues."q*"]: expiry must be true, false, or a lifetime in seconds from 1 to 2592000'],
       ['[queues."q*"]\ndlq = "a b"\n', 'mcq: --config FILE: [queues."q*"]: dlq must be a queue name (1 to 250 printable bytes without "/")'],
       ['[queues."q*"]\nmax_items = -1\n', 'mcq: --config FILE: [queues."q*"]: max_items must be a whole number from 0 (no limit) to 1000000000000'],
       ['[queues."q*"]\ndiscard_old = 1\n', 'mcq: --config FILE: [queues."q*"]: discard_old must be true or false'],

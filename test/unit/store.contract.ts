@@ -411,5 +411,38 @@ export function storeContract(name: string, make: () => QueueStore | Promise<Que
         await s.close();
       });
     });
+
+    describe("feature counters", () => {
+      test("countFeature counts in the batch: a commit keeps it, a rollback undoes it, a delete forgets it", async () => {
+        const s = await make();
+        if (s.countFeature === undefined) return void (await s.close()); // this store leaves them to the server
+        const count = s.countFeature.bind(s);
+        s.enqueue("q", 0, enc("m"), 0, T);
+        await s.commit();
+        count("q", "discarded");
+        count("q", "deadLettered");
+        count("q", "deadLettered");
+        count("q", "fanoutRefused");
+        count("q", "deadLetterSkipped");
+        count("nope", "discarded"); // no queue: nothing, and no queue made
+        await s.commit();
+        const counted = { deduplicated: 0, discarded: 1, deadLettered: 2, deadLetterSkipped: 1, fanoutRefused: 1 };
+        expect(s.detail("q", T)?.features).toEqual(counted);
+        expect([...s.summaries()].find((q) => q.name === "q")?.features).toEqual(counted);
+        expect(s.has("nope")).toBe(false);
+        count("q", "discarded");
+        expect(s.dirty()).toBe(true);
+        s.rollback();
+        expect(s.detail("q", T)?.features).toEqual(counted);
+        s.flush("q"); // a flush keeps the counters, as it keeps total and fetched
+        await s.commit();
+        expect(s.detail("q", T)?.features).toEqual(counted);
+        s.drop("q");
+        s.enqueue("q", 0, enc("m"), 0, T);
+        await s.commit();
+        expect(s.detail("q", T)?.features).toEqual({ deduplicated: 0, discarded: 0, deadLettered: 0, deadLetterSkipped: 0, fanoutRefused: 0 });
+        await s.close();
+      });
+    });
   });
 }

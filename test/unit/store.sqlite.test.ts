@@ -113,35 +113,9 @@ describe("sqlite file", () => {
     s.commit();
     s.close();
     const db = new Database(join(dir, "mcq.db"), { readonly: true });
-    expect(db.query("PRAGMA user_version").values()[0]![0]).toBe(3);
+    expect(db.query("PRAGMA user_version").values()[0]![0]).toBe(4);
     expect(db.query("SELECT total, fetched, items, bytes FROM queues").values()).toEqual([[6, 4, 2, 5]]);
     db.close();
-  });
-
-  test("a file of schema version 2 (mcq before delays) gains the delayed and dedup tables and keeps its messages", () => {
-    const dir = fresh();
-    // Version 2 is version 3 without the delayed and dedup tables: make one, then take them away.
-    let s = openSqliteStore(dir, options);
-    for (const b of ["a", "b"]) s.enqueue("v2", 1, Buffer.from(b), 0, 1);
-    s.commit();
-    s.close();
-    const v2 = new Database(join(dir, "mcq.db"));
-    v2.run("DROP TABLE delayed");
-    v2.run("DROP TABLE dedup");
-    v2.run("PRAGMA user_version = 2");
-    v2.close();
-    s = openSqliteStore(dir, options);
-    expect(s.detail("v2", 1)).toMatchObject({ items: 2, delayed: 0 });
-    expect(Buffer.from(s.dequeue("v2", 1)!.body).toString()).toBe("a");
-    s.delays!.enqueue("v2", 0, Buffer.from("later"), 0, 1, 1000);
-    s.commit();
-    s.close();
-    s = openSqliteStore(dir, options);
-    expect(s.detail("v2", 1)).toMatchObject({ items: 2, delayed: 1 });
-    expect([s.dequeue("v2", 999), s.dequeue("v2", 999)].map((m) => m && Buffer.from(m.body).toString())).toEqual(["b", null]);
-    expect(Buffer.from(s.dequeue("v2", 1000)!.body).toString()).toBe("later");
-    s.commit();
-    s.close();
   });
 
   test("idempotency tokens survive a reopen until their window ends", () => {
