@@ -162,6 +162,50 @@ if (havePostgres("store.postgres")) {
       await s.close();
     });
 
+    test("feature counters are exact in Postgres: each statement counts what only it knows (dedup across nodes, abort/delay, dead letters, redrive, flush)", async () => {
+      const schema = freshSchema("exact");
+      const T = 1_000_000;
+      const enc = (b: string) => Buffer.from(b);
+      const a = takesCommit(await open(schema));
+      const b = takesCommit(await open(schema));
+      const set = (s: PostgresStore, body: string, token: string) => {
+        if (s.dedup!.seen("q", token, T)) return;
+        s.enqueue("q", 0, enc(body), 0, T);
+        s.dedup!.remember("q", token, T + 60_000);
+      };
+      set(a, "m1", "t1");
+      await a.commit();
+      set(b, "m1 again", "t1"); // Postgres turns it away: b's batch had counted it as stored
+      await b.commit();
+      for (const body of ["m2", "m3", "m4"]) a.enqueue("q", 0, enc(body), 0, T);
+      a.delays!.enqueue("q", 0, enc("later"), 0, T, T + 60_000);
+      await a.commit();
+      const m1 = (await a.open("q", T))!;
+      expect(a.delays!.release("q", m1.id, T + 60_000, T)).toBe(true); // abort/delay
+      const m2 = (await a.open("q", T))!;
+      expect(a.deadLetters!.moveOpen("q", m2.id, "q.dlq", T)).toBe(true);
+      await a.commit();
+      expect(await a.deadLetters!.redrive("q.dlq", "q", T)).toBe(1);
+      await a.commit();
+      a.delays!.enqueue("f", 0, enc("flushed"), 0, T, T + 60_000);
+      await a.commit();
+      a.flush("f");
+      await a.commit();
+      // A node started now knows only what Postgres counted; the first node, refreshed, agrees.
+      const fresh = await open(schema);
+      await a.refresh!();
+      const want = {
+        q: { total: 6, items: 5, fetched: 1, open: 0, delayed: 2, deduplicated: 1, deadLettered: 1 },
+        "q.dlq": { total: 1, items: 0, fetched: 1, open: 0, delayed: 0 },
+        f: { total: 1, items: 0, delayed: 0 },
+      };
+      for (const [q, counts] of Object.entries(want)) {
+        expect(fresh.detail(q, T)).toMatchObject(counts);
+        expect(a.detail(q, T)).toMatchObject(counts);
+      }
+      await Promise.all([a.close(), b.close(), fresh.close()]);
+    });
+
     test("a schema newer than this mcq knows is refused", async () => {
       const schema = freshSchema("newer");
       const s = await open(schema);
