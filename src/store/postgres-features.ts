@@ -21,10 +21,13 @@
  * Dead letters. An open counts a delivery (postgres-sql.ts open); the server decides at an abort,
  * disconnect or lease expiry (queue-limits.ts) and moveOpen moves the message in the batch of
  * that abort, DELETE and INSERT in one statement. A node that dies holding messages open: the
- * node that reaps it moves those opened max_deliveries times, in the reap's transaction.
+ * node that reaps it moves those opened max_deliveries times, one statement per reap (reap()).
  *
  * Counters (delayed, deduplicated, dead_lettered) are columns of mcq_counters, per node and summed
- * when read, like the others: exact over nodes and persistent.
+ * when read, like the others: exact over nodes and persistent. A batch is sent whole at commit,
+ * its counter upsert before any statement answers (postgres-batches.ts): a count only a statement
+ * knows (a set turned away, a move or an abort/delay that found its row, a redrive) is counted by
+ * that statement itself, and its answer brings only this node's view along.
  */
 import type { SQL } from "bun";
 import { featureStatements, type FeatureInsert } from "./postgres-features-sql";
