@@ -15,11 +15,9 @@
  *   bun run stress --minutes 1 --phase faults
  * test/e2e/stress.test.ts runs a short form in npm test.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { INJECTED } from "../src/store/faults";
-import { serverCommand, tempDir } from "../test/e2e/harness";
+import { cleanUpOnExit, removeDir, serverCommand, tempDir, tmpfsDir } from "../test/e2e/harness";
 import { drain, recovers, stop } from "./stress-end";
 import { createModel } from "./stress-model";
 import { createRun, result, runSteps, serverErrors, start, type Phase, type PhaseName, type PhaseReport, type StressReport } from "./stress-run";
@@ -87,7 +85,7 @@ async function runPhase(name: PhaseName, seed: number, steps: number, command: s
   const started = Date.now();
   let mount: string | null = null;
   if (phase.disk) {
-    mount = mountTmpfs();
+    mount = tmpfsDir("mcq-stress-full-", TMPFS_MB);
     if (mount === null) {
       const why = "cannot mount a tmpfs (needs root)";
       if (process.env.CI === "true") report.failure = `seed ${report.seed} phase ${name}: ${why}, and CI=true does not skip`;
@@ -108,8 +106,7 @@ async function runPhase(name: PhaseName, seed: number, steps: number, command: s
     await stop(run);
     const errors = serverErrors(run);
     if (report.failure !== null && errors.length > 0) report.failure += `\n  the server logged:\n    ${errors.join("\n    ")}`;
-    if (mount !== null) Bun.spawnSync(["umount", "-l", mount]);
-    rmSync(mount ?? join(home, ".."), { recursive: true, force: true });
+    removeDir(join(home, "..")); // a tmpfs is unmounted first
   }
   return { ...result(run), ms: Date.now() - started };
 }
@@ -119,14 +116,8 @@ function emptyReport(phase: PhaseName, skipped: string): PhaseReport {
   return { ...counts, phase, steps: 0, ms: 0, actions: {}, checkpoints: 0, drained: 0, injected: 0, skipped };
 }
 
-function mountTmpfs(): string | null {
-  const dir = mkdtempSync(join(tmpdir(), "mcq-stress-full-"));
-  if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", `size=${TMPFS_MB}m`, "tmpfs", dir]).exitCode === 0) return dir;
-  rmSync(dir, { recursive: true, force: true });
-  return null;
-}
-
 if (import.meta.main) {
+  cleanUpOnExit(); // interrupted, it kills its servers and unmounts its tmpfs
   const argv = process.argv.slice(2);
   const flag = (name: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
   const given = flag("--seed");

@@ -16,7 +16,7 @@
  * test/e2e/postgres-torture.test.ts runs a short form in `npm test`.
  */
 import { join } from "node:path";
-import { Client, startServer, tempDir, type Running } from "../test/e2e/harness";
+import { Client, cleanUpOnExit, startServer, tempDir, type Running } from "../test/e2e/harness";
 
 export interface NodesTortureOptions {
   /** A Postgres URL naming the schema the nodes share. */
@@ -240,6 +240,7 @@ export async function tortureNodes(options: NodesTortureOptions): Promise<NodesT
 }
 
 if (import.meta.main) {
+  cleanUpOnExit(); // its data directories go at the end, and when interrupted
   const argv = process.argv.slice(2);
   const value = (flag: string) => argv[argv.indexOf(flag) + 1];
   const store = argv.includes("--store") ? value("--store")! : process.env.MCQ_TEST_PG;

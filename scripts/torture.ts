@@ -19,7 +19,7 @@
  * test/e2e/torture.test.ts runs a short form (3 kills) in `npm test`.
  */
 import { join } from "node:path";
-import { Client, startServer, tempDir, type Running } from "../test/e2e/harness";
+import { Client, cleanUpOnExit, startServer, tempDir, type Running } from "../test/e2e/harness";
 
 export interface TortureOptions {
   kills: number;
@@ -370,6 +370,7 @@ async function drain(rig: Rig, log: (l: string) => void): Promise<{ items: numbe
 }
 
 if (import.meta.main) {
+  cleanUpOnExit(); // its data directories go at the end, and when interrupted
   const argv = process.argv.slice(2);
   const value = (flag: string) => argv[argv.indexOf(flag) + 1];
   const kills = argv.includes("--kills") ? Number(value("--kills")) : 10;

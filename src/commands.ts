@@ -73,7 +73,7 @@ function failed(ctx: Context, s: Session, req: Request | null, own: Reply | null
 }
 
 function run(ctx: Context, s: Session, req: Request): Outcome {
-  const { store, stats, batch } = ctx;
+  const { store, batch } = ctx;
   switch (req.kind) {
     case "get":
       if (ctx.fanout?.enabled) for (const key of req.keys) ctx.fanout.seen(key.queue);
@@ -82,40 +82,8 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
         return "next";
       }
       return startGet(ctx, s, req) ? "next" : "wait";
-    case "set": {
-      stats.setCmds++;
-      if (!store.has(req.queue) && store.totals().queues >= ctx.config.maxQueues) {
-        if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
-        return "next";
-      }
-      const { delay, id: token } = req.options;
-      const unsupported = delay > 0 && store.delays === undefined ? REPLY.NO_DELAYS
-        : token !== null && store.dedup === undefined ? REPLY.NO_DEDUP : null;
-      if (unsupported !== null) {
-        if (!req.noreply) say(s, unsupported);
-        return "next";
-      }
-      const now = ctx.now();
-      // A producer's retry: its first set is stored (or in this very batch, and fails with it).
-      if (token !== null && store.dedup!.seen(req.queue, token, now)) {
-        stats.setHits++;
-        if (!req.noreply) batch.depends(say(s, REPLY.STORED));
-        return "next";
-      }
-      if (ctx.limits !== undefined && !ctx.limits.admit(ctx, req.queue, req.data.length)) {
-        if (!req.noreply) say(s, REPLY.QUEUE_FULL);
-        else ctx.log.warn(`noreply set refused: queue ${req.queue} is full`);
-        return "next";
-      }
-      if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now, now + delay);
-      else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now);
-      if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
-      if (ctx.fanout?.enabled) fanOut(ctx, req, now);
-      stats.setHits++;
-      if (!req.noreply) batch.depends(say(s, REPLY.STORED));
-      if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
-      return "next";
-    }
+    case "set":
+      return runSet(ctx, s, req);
     case "delete": {
       const found = store.drop(req.queue);
       ctx.fanout?.dropped(req.queue);
@@ -145,21 +113,63 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
       return "close";
     case "refresh_certs":
       return refreshCerts(ctx, s);
-    case "redrive": {
-      if (store.deadLetters === undefined) {
-        say(s, REPLY.NO_REDRIVE);
-        return "next";
-      }
-      const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
-      if (n instanceof Promise) return redriveLater(ctx, s, n);
-      batch.depends(say(s, `OK ${n}\r\n`));
-      if (n > 0) serveWaiters(ctx, req.to);
-      return "next";
-    }
+    case "redrive":
+      return runRedrive(ctx, s, req);
     case "error":
       say(s, req.reply);
       return req.close ? "close" : "next";
   }
+}
+
+/** A set: refused (too many queues, no such feature, queue full), deduplicated, or stored and waiters served. */
+function runSet(ctx: Context, s: Session, req: Extract<Request, { kind: "set" }>): Outcome {
+  const { store, stats, batch } = ctx;
+  stats.setCmds++;
+  if (!store.has(req.queue) && store.totals().queues >= ctx.config.maxQueues) {
+    if (!req.noreply) say(s, REPLY.TOO_MANY_QUEUES);
+    return "next";
+  }
+  const { delay, id: token } = req.options;
+  const unsupported = delay > 0 && store.delays === undefined ? REPLY.NO_DELAYS
+    : token !== null && store.dedup === undefined ? REPLY.NO_DEDUP : null;
+  if (unsupported !== null) {
+    if (!req.noreply) say(s, unsupported);
+    return "next";
+  }
+  const now = ctx.now();
+  // A producer's retry: its first set is stored (or in this very batch, and fails with it).
+  if (token !== null && store.dedup!.seen(req.queue, token, now)) {
+    stats.setHits++;
+    if (!req.noreply) batch.depends(say(s, REPLY.STORED));
+    return "next";
+  }
+  if (ctx.limits !== undefined && !ctx.limits.admit(ctx, req.queue, req.data.length)) {
+    if (!req.noreply) say(s, REPLY.QUEUE_FULL);
+    else ctx.log.warn(`noreply set refused: queue ${req.queue} is full`);
+    return "next";
+  }
+  if (delay > 0) store.delays!.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now, now + delay);
+  else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now);
+  if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
+  if (ctx.fanout?.enabled) fanOut(ctx, req, now);
+  stats.setHits++;
+  if (!req.noreply) batch.depends(say(s, REPLY.STORED));
+  if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)
+  return "next";
+}
+
+/** `redrive <from> <to>`: OK <n> once the move is in the batch (later, on a store that counts it remotely). */
+function runRedrive(ctx: Context, s: Session, req: Extract<Request, { kind: "redrive" }>): Outcome {
+  const { store, batch } = ctx;
+  if (store.deadLetters === undefined) {
+    say(s, REPLY.NO_REDRIVE);
+    return "next";
+  }
+  const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
+  if (n instanceof Promise) return redriveLater(ctx, s, n);
+  batch.depends(say(s, `OK ${n}\r\n`));
+  if (n > 0) serveWaiters(ctx, req.to);
+  return "next";
 }
 
 /**

@@ -168,10 +168,14 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     // Answer what was already read: waiting gets end as if their time ran out.
     endAllWaits(ctx);
     for (const conn of conns) turns.resume(conn);
+    // A request the connection has begun to read was sent before the stop: its rest is read and
+    // it is answered too (seen under load: a set whose body was still arriving behind a waiting
+    // get). The loop looks at the sockets at least once, for bytes that had already arrived.
+    const answered = (conn: Conn) => turns.idle(conn) && (conn.framer.pending() === 0 || conn.state === "closing");
     const deadline = performance.now() + STOP_FLUSH_MS;
-    for (;;) {
+    for (let looked = false; ; looked = true) {
       turns.turnNow();
-      if ([...conns].every(turns.idle) || performance.now() > deadline) break;
+      if ((looked && [...conns].every(answered)) || performance.now() > deadline) break;
       await Bun.sleep(1);
     }
     // Open messages (and any reply that could not be sent) go back to their queues; give-backs a

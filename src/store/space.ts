@@ -20,6 +20,20 @@
  * WAL are looked at again when a set does not fit the last look (see check()), and at every
  * maintain(); in between, what was admitted since counts against the last look.
  *
+ * The reserve's share of the disk is never room for sets: while its file (reserve.ts) holds the
+ * share, sets see the rest of the room; once the file is given back, they still do not see the
+ * share. It is for what cannot be refused: the pages a checkpoint adds to the file for frames the
+ * WAL holds beyond its end, give-backs (restore), the WAL frames of gets, and rows SQLite writes
+ * whole again (a message opened a second time: its record changes size, so its new pages are
+ * written before its old ones are freed, past the file's end when nothing is free). Before, sets
+ * took the share once the file was given back, and the next such growth found no room: the
+ * checkpoint could not grow the file, so the WAL never restarted and every batch, gets and
+ * give-backs included, failed until a restart (stress seed 1058551878). Now a checkpoint that
+ * cannot grow the file gives the reserve back and is run again at once, and what cannot be
+ * refused grows into the share. Once it has used part of the share, sets take only the free
+ * pages beyond those that make up for it, and housekeeping gives those back to the disk (a
+ * vacuum step, however few), so the share is whole again before sets grow the file.
+ *
  * Low on room (the reserve given back, or less than LOW_ROOM_BYTES free), every commit is
  * followed by a checkpoint, so that the next batch restarts the WAL and reuses its file instead
  * of growing it, and maintain() keeps the WAL file instead of cutting it to nothing. Before, the
@@ -55,6 +69,8 @@ export interface Space {
   committed(): void;
   /** The batch was rolled back; just after the reserve was given back, the WAL is checkpointed. */
   rolledBack(): void;
+  /** A message that may not be refused (a give-back) takes room: counted, never refused. */
+  charge(length: number): void;
   /** SQLite reported a full disk: give the reserve back. */
   full(): void;
   /** maintain()'s step, between batches: look again, give free pages back, checkpoint. */
@@ -131,11 +147,24 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
     return walRestarts ? Math.min(walBytes, WAL_LIMIT_BYTES) : 0;
   }
 
+  /**
+   * The room sets may use: all of it while the reserve file holds the reserve's share, none of
+   * that share once the file is given back (the share is for what cannot be refused). Negative
+   * when what cannot be refused has used part of the share.
+   */
+  function spare(): number {
+    return room - (reserve.held() ? 0 : reserve.bytes);
+  }
+
   function fitsBytes(extra: number): boolean {
     const adding = since + batch + extra;
     const walGrowth = Math.max(0, adding + SLACK_BYTES - walCredit());
-    const fileGrowth = Math.max(0, adding - freeBytes) + pendingGrowth;
-    return walGrowth + fileGrowth <= room;
+    const freeLeft = freeBytes - adding;
+    const fileGrowth = Math.max(0, -freeLeft) + pendingGrowth;
+    if (walGrowth + fileGrowth > Math.max(0, spare())) return false;
+    // Short of the reserve's share: free pages that make up for it stay free, for housekeeping
+    // to give back to the disk (vacuumPages), and sets take only what is free beyond them.
+    return spare() >= 0 || freeLeft >= -spare();
   }
 
   /**
@@ -152,16 +181,34 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
 
   function checkpoint(mode: keyof typeof checkpoints): void {
     if (holding) return;
-    const [busy, log, done] = checkpoints[mode].values()[0] as number[];
+    let r: number[];
+    try {
+      r = checkpoints[mode].values()[0] as number[];
+    } catch (e) {
+      // The file could not grow by the pages the WAL holds beyond its end: that is what the
+      // reserve is for. Give it back and copy the WAL at once, so that the WAL restarts.
+      if ((e as { code?: string }).code !== "SQLITE_FULL" || !reserve.held()) throw e;
+      giveBack();
+      r = checkpoints[mode].values()[0] as number[];
+    }
+    const [busy, log, done] = r;
     walRestarts = busy === 0 && log === done;
   }
 
   /** Free pages a vacuum step may give back now: the pages it moves go through the WAL first. */
   function vacuumPages(): number {
     const free = freeBytes / pageSize;
-    if (free <= VACUUM_MIN_PAGES) return 0;
+    // A few free pages are kept for reuse, unless the reserve's share is short of them.
+    if (free <= VACUUM_MIN_PAGES && spare() >= 0) return 0;
     const afford = Math.floor(Math.max(0, walCredit() + room - SLACK_BYTES) / (pageSize * VACUUM_WAL_FACTOR));
     return Math.min(VACUUM_STEP_PAGES, free, afford);
+  }
+
+  /** Gives the reserve file back to the file system (its share stays out of sets' reach). */
+  function giveBack(): void {
+    reserve.release();
+    low = true;
+    lookedAt = -Infinity; // the next set that does not fit looks again at once
   }
 
   look();
@@ -204,13 +251,16 @@ export function createSpace(db: Database, dir: string, file: string, sql: (text:
       }
     },
 
+    charge(length) {
+      batch += cost(length);
+    },
+
     full() {
       if (reserve.held()) {
-        reserve.release();
+        giveBack();
         released = true;
       }
       low = true;
-      lookedAt = -Infinity; // the next set that does not fit looks again at once
     },
 
     housekeep() {

@@ -27,6 +27,8 @@ export interface VerbState {
   /** Counts messages the sweep deleted. */
   expired: (n: number) => void;
   inTx: () => boolean;
+  /** A message that must be written whatever the room (a give-back): counted against it. */
+  charge: (length: number) => void;
 }
 
 type Verbs = Pick<SyncQueueStore, "restore" | "drop" | "flush" | "flushAll" | "sweepExpired">;
@@ -42,6 +44,7 @@ export function wholeQueueVerbs(c: VerbState): Verbs {
       // Its id may lie in the head rows taken in this batch and not yet deleted: delete those
       // first, and drop the read-ahead, which the message now precedes.
       heads.forget(q);
+      c.charge(m.body.length);
       st.insert.run(m.id, q.id, m.flags, now, m.expires, m.body);
       q.items++;
       sums.items++;

@@ -212,6 +212,7 @@ export function openSqliteStore(dir: string, options: SqliteOptions): SyncQueueS
     st, guard, tx, queues, byId, heads, listing, changed, unfolded, sums, queueFor, emptied,
     expired: (n) => void (expired += n),
     inTx: () => inTx,
+    charge: (length) => space.charge(length),
   });
 
   return {

@@ -30,87 +30,112 @@ function stdinStream(): AsyncIterable<Uint8Array> {
   return Bun.stdin.stream() as unknown as AsyncIterable<Uint8Array>;
 }
 
+type Print = (line: string) => void;
+
+async function backupTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const cmd = command("backup", "write a consistent snapshot of the data file, while its server serves or not")
+    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .argument("<file>", "the snapshot to write (must not exist); restore: copy it to <new dir>/mcq.db, start with -H")
+    .parse(argv, { from: "user" });
+  out(await backup(cmd.opts<{ home: string }>().home, cmd.args[0]!));
+  return 0;
+}
+
+async function checkTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const o = command("check", "verify a data directory offline (stop the server first)")
+    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .parse(argv, { from: "user" })
+    .opts<{ home: string }>();
+  return check(o.home, out);
+}
+
+async function dumpTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const o = command("dump", "write the queues of a data directory as a versioned dump in JSON Lines (stop the server first)")
+    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .option("--queue <name>", "only this queue")
+    .parse(argv, { from: "user" })
+    .opts<{ home: string; queue?: string }>();
+  err(`dumped ${dump(o.home, o.queue ?? null, pkg.version)} messages`);
+  return 0;
+}
+
+async function loadTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const cmd = command("load", "add the queues of a `mcq dump` file to a data directory, once (stop the server first)")
+    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .option("--append", "load a dump again that was loaded before (its messages are added twice)")
+    .argument("<file>", "the dump, or - for stdin")
+    .parse(argv, { from: "user" });
+  const file = cmd.args[0]!;
+  const o = cmd.opts<{ home: string; append?: boolean }>();
+  if (file !== "-" && !(await Bun.file(file).exists())) throw new ToolError(`mcq load: cannot read ${file}: no such file`);
+  const input = file === "-" ? stdinStream() : fileChunks(file);
+  const result = await load(o.home, input, o.append === true);
+  for (const note of result.notes) err(`mcq load: note: ${note}`);
+  err(`loaded ${result.messages} messages`);
+  return 0;
+}
+
+async function redriveTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const cmd = command("redrive", "move the waiting messages of one queue to the tail of another (stop the server first, unless --store)")
+    .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .option("--store <url>", "the queues in Postgres instead (postgres://…, as the server's --store); nodes may run meanwhile")
+    .argument("<from>", "the queue to empty, e.g. jobs.dlq")
+    .argument("<to>", "the queue to append to, e.g. jobs")
+    .parse(argv, { from: "user" });
+  const o = cmd.opts<{ home: string; store?: string }>();
+  const [from, to] = [cmd.args[0]!, cmd.args[1]!];
+  out(`OK ${o.store === undefined ? redrive(o.home, from, to) : await redrivePostgres(o.store, from, to)}`);
+  return 0;
+}
+
+async function passwdTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const cmd = command("passwd", "print an authfile line (-Y) with a hashed password read from the terminal or stdin")
+    .option("--bcrypt", "bcrypt instead of argon2id")
+    .option("--rights <rights>", "a third field, e.g. read=jobs.*,write=jobs.*")
+    .argument("<user>", "the user name")
+    .parse(argv, { from: "user" });
+  const o = cmd.opts<{ bcrypt?: boolean; rights?: string }>();
+  return await passwd(cmd.args[0]!, { algorithm: o.bcrypt ? "bcrypt" : "argon2id", rights: o.rights }, out);
+}
+
+async function healthTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const result = await checkHealth(healthTarget(healthCommand().parse(argv, { from: "user" }).opts()));
+  (result.ok ? out : err)(result.line);
+  return result.ok ? 0 : 1;
+}
+
+async function statsTool(argv: string[], out: Print, err: Print): Promise<number> {
+  const o = command("stats", "print the queues of a running server as a table")
+  .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)
+  .option("-s, --unix-socket <path>", "the server's unix socket, instead of --addr")
+  .parse(argv, { from: "user" })
+  .opts<{ addr: string; unixSocket?: string }>();
+  const address = o.unixSocket === undefined ? parseHttpAddress(o.addr) : null;
+  if (o.unixSocket === undefined && address === null) throw new ToolError(`mcq stats: --addr wants host:port, not ${o.addr}`);
+  const target: Target = o.unixSocket !== undefined ? { unix: o.unixSocket } : address!;
+  process.stdout.write(await queueTable(target));
+  return 0;
+}
+
+/** Each tool parses its own flags and returns its exit code; a thrown ToolError or usage error is handled by runTool. */
+const RUN: Record<string, (argv: string[], out: Print, err: Print) => Promise<number>> = {
+  backup: backupTool,
+  check: checkTool,
+  dump: dumpTool,
+  load: loadTool,
+  redrive: redriveTool,
+  passwd: passwdTool,
+  health: healthTool,
+  stats: statsTool,
+};
+
 /** Runs one tool; `mainHelp` prints mcq's own help (for a bare `mcq help`). */
 export async function runTool(name: string, argv: string[], mainHelp: () => void): Promise<number> {
   const out = (line: string) => process.stdout.write(line + "\n");
   const err = (line: string) => process.stderr.write(line + "\n");
   try {
     if (name === "help") return help(argv, mainHelp);
-    if (name === "backup") {
-      const cmd = command("backup", "write a consistent snapshot of the data file, while its server serves or not")
-        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-        .argument("<file>", "the snapshot to write (must not exist); restore: copy it to <new dir>/mcq.db, start with -H")
-        .parse(argv, { from: "user" });
-      out(await backup(cmd.opts<{ home: string }>().home, cmd.args[0]!));
-      return 0;
-    }
-    if (name === "check") {
-      const o = command("check", "verify a data directory offline (stop the server first)")
-        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-        .parse(argv, { from: "user" })
-        .opts<{ home: string }>();
-      return check(o.home, out);
-    }
-    if (name === "dump") {
-      const o = command("dump", "write the queues of a data directory as a versioned dump in JSON Lines (stop the server first)")
-        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-        .option("--queue <name>", "only this queue")
-        .parse(argv, { from: "user" })
-        .opts<{ home: string; queue?: string }>();
-      err(`dumped ${dump(o.home, o.queue ?? null, pkg.version)} messages`);
-      return 0;
-    }
-    if (name === "load") {
-      const cmd = command("load", "add the queues of a `mcq dump` file to a data directory, once (stop the server first)")
-        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-        .option("--append", "load a dump again that was loaded before (its messages are added twice)")
-        .argument("<file>", "the dump, or - for stdin")
-        .parse(argv, { from: "user" });
-      const file = cmd.args[0]!;
-      const o = cmd.opts<{ home: string; append?: boolean }>();
-      if (file !== "-" && !(await Bun.file(file).exists())) throw new ToolError(`mcq load: cannot read ${file}: no such file`);
-      const input = file === "-" ? stdinStream() : fileChunks(file);
-      const result = await load(o.home, input, o.append === true);
-      for (const note of result.notes) err(`mcq load: note: ${note}`);
-      err(`loaded ${result.messages} messages`);
-      return 0;
-    }
-    if (name === "redrive") {
-      const cmd = command("redrive", "move the waiting messages of one queue to the tail of another (stop the server first, unless --store)")
-        .option("-H, --home <dir>", "data directory", DEFAULTS.home)
-        .option("--store <url>", "the queues in Postgres instead (postgres://…, as the server's --store); nodes may run meanwhile")
-        .argument("<from>", "the queue to empty, e.g. jobs.dlq")
-        .argument("<to>", "the queue to append to, e.g. jobs")
-        .parse(argv, { from: "user" });
-      const o = cmd.opts<{ home: string; store?: string }>();
-      const [from, to] = [cmd.args[0]!, cmd.args[1]!];
-      out(`OK ${o.store === undefined ? redrive(o.home, from, to) : await redrivePostgres(o.store, from, to)}`);
-      return 0;
-    }
-    if (name === "passwd") {
-      const cmd = command("passwd", "print an authfile line (-Y) with a hashed password read from the terminal or stdin")
-        .option("--bcrypt", "bcrypt instead of argon2id")
-        .option("--rights <rights>", "a third field, e.g. read=jobs.*,write=jobs.*")
-        .argument("<user>", "the user name")
-        .parse(argv, { from: "user" });
-      const o = cmd.opts<{ bcrypt?: boolean; rights?: string }>();
-      return await passwd(cmd.args[0]!, { algorithm: o.bcrypt ? "bcrypt" : "argon2id", rights: o.rights }, out);
-    }
-    if (name === "health") {
-      const result = await checkHealth(healthTarget(healthCommand().parse(argv, { from: "user" }).opts()));
-      (result.ok ? out : err)(result.line);
-      return result.ok ? 0 : 1;
-    }
-    const o = command("stats", "print the queues of a running server as a table")
-      .option("--addr <host:port>", "the server", `127.0.0.1:${DEFAULTS.port}`)
-      .option("-s, --unix-socket <path>", "the server's unix socket, instead of --addr")
-      .parse(argv, { from: "user" })
-      .opts<{ addr: string; unixSocket?: string }>();
-    const address = o.unixSocket === undefined ? parseHttpAddress(o.addr) : null;
-    if (o.unixSocket === undefined && address === null) throw new ToolError(`mcq stats: --addr wants host:port, not ${o.addr}`);
-    const target: Target = o.unixSocket !== undefined ? { unix: o.unixSocket } : address!;
-    process.stdout.write(await queueTable(target));
-    return 0;
+    return await (Object.hasOwn(RUN, name) ? RUN[name]! : statsTool)(argv, out, err);
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === "commander.helpDisplayed") return 0;

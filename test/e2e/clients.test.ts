@@ -5,12 +5,11 @@
  * missing outside CI the test is skipped with a message saying how to install it.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 // @ts-expect-error: the package ships no types
 import Memcached from "memcached";
-import { startServer, stopAll, type Running } from "./harness";
+import { startServer, stopAll, tempDir, type Running } from "./harness";
 import { dropStoreSchemas, startOn, STORES } from "./stores";
 
 let server: Running;
@@ -129,7 +128,7 @@ test("npm memcached", async () => {
 test.skipIf(!available("libmemcached tools", hasLibmemcached, "apt-get install libmemcached-tools"))(
   "libmemcached: memccp, memccat, memcrm",
   () => {
-    const dir = mkdtempSync(join(tmpdir(), "mcq-memccp-"));
+    const dir = tempDir("mcq-memccp-");
     const servers = `--servers=127.0.0.1:${server.port}`;
     const run = (...args: string[]) => {
       const r = Bun.spawnSync(args, { cwd: dir });

@@ -20,8 +20,13 @@ export function serverCommand(): string[] {
 /** Every directory tempDir made; test/setup.ts removes them after the run, so runs leave nothing in /tmp. */
 const madeDirs: string[] = [];
 
+/** The tempDirs that tmpfsDir mounted a tmpfs on. */
+const mounted: string[] = [];
+
 /** Removes every directory tempDir made (bun test runs no process "exit" handlers, so a preload's afterAll calls this). */
 export function removeTempDirs(): void {
+  // Lazily: a server killed a moment ago may still hold files there.
+  for (const dir of mounted.splice(0)) Bun.spawnSync(["umount", "-l", dir]);
   for (const dir of madeDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 }
 
@@ -29,6 +34,42 @@ export function tempDir(prefix = "mcq-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   madeDirs.push(dir);
   return dir;
+}
+
+/** A tempDir with a fresh tmpfs of `mb` MB mounted on it, or null where mounting is not allowed (needs root). */
+export function tmpfsDir(prefix: string, mb: number): string | null {
+  const dir = tempDir(prefix);
+  if (Bun.spawnSync(["mount", "-t", "tmpfs", "-o", `size=${mb}m`, "tmpfs", dir]).exitCode !== 0) return null;
+  mounted.push(dir);
+  return dir;
+}
+
+/** Unmounts (if tmpfsDir mounted it) and removes one directory now, rather than after the run. */
+export function removeDir(dir: string): void {
+  if (mounted.includes(dir)) {
+    mounted.splice(mounted.indexOf(dir), 1);
+    Bun.spawnSync(["umount", "-l", dir]);
+  }
+  if (madeDirs.includes(dir)) madeDirs.splice(madeDirs.indexOf(dir), 1);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * At exit, and on SIGINT or SIGTERM (then exit 130 or 143), the servers still running are killed
+ * and every tempDir goes, its tmpfs unmounted: an interrupted run leaves nothing in /tmp.
+ */
+export function cleanUpOnExit(): void {
+  const cleanUp = () => {
+    for (const server of running) server.proc.kill("SIGKILL");
+    removeTempDirs();
+  };
+  process.on("exit", cleanUp);
+  for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+    process.on(signal, () => {
+      cleanUp();
+      process.exit(code);
+    });
+  }
 }
 
 export interface Running {

@@ -21,19 +21,16 @@
  *      fail too"), and so do give-backs and lease expiries that share the batch.
  */
 import { afterAll, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { serverCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { removeDir, serverCommand, set, startServer, stopAll, tempDir, tmpfsDir, value, type Client } from "./harness";
 
-const mountPoint = mkdtempSync(join(tmpdir(), "mcq-findings-"));
-const mounted = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mountPoint]).exitCode === 0;
-if (!mounted) console.warn(`stress finding 6 skipped: cannot mount a tmpfs at ${mountPoint} (needs root)`);
+const mountPoint = tmpfsDir("mcq-findings-", 16);
+const mounted = mountPoint !== null;
+if (!mounted) console.warn("stress finding 6 skipped: cannot mount a tmpfs (needs root)");
 
 afterAll(async () => {
   await stopAll();
-  if (mounted) Bun.spawnSync(["umount", mountPoint]);
-  rmSync(mountPoint, { recursive: true, force: true });
+  if (mounted) removeDir(mountPoint);
 });
 
 /** A set into fail-* poisons the commit of the batch it is in (src/store/faults.ts). */
@@ -114,7 +111,7 @@ test("stress finding 5: after a lease ran out, an open undone with its batch doe
 // Under CI a full disk is never skipped: not being able to mount is a failure there.
 test.skipIf(!mounted && process.env.CI !== "true")("stress finding 6: on a full disk, a get is not failed by a set refused after it", async () => {
   expect(mounted).toBe(true);
-  const s = await startServer([], join(mountPoint, "data"));
+  const s = await startServer([], join(mountPoint!, "data"));
   const a = await s.connect();
   const body = "x".repeat(64 * 1024);
   let reply = "";

@@ -4,9 +4,8 @@
  * of head ids across hundreds of messages, releases into the middle of it, rollbacks and sweeps.
  */
 import { expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
+import { tempDir } from "../e2e/harness";
 import { createMemoryStore } from "../../src/store/memory";
 import { openSqliteStore } from "../../src/store/sqlite";
 import type { Message, SyncQueueStore as QueueStore } from "../../src/store/store";
@@ -16,7 +15,7 @@ const view = (m: Message | null) => (m === null ? null : { flags: m.flags, body:
 
 for (const seed of [1, 2, 3]) {
   test(`seed ${seed}: 5000 random operations agree`, () => {
-    const dir = mkdtempSync(join(tmpdir(), "mcq-diff-"));
+    const dir = tempDir("mcq-diff-"); // removed below, or after the run if the test fails
     let sqlite = openSqliteStore(dir, { sync: "off", cacheMb: 8 });
     const memory = createMemoryStore();
     const rnd = random(seed);

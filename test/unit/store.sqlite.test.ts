@@ -1,16 +1,16 @@
 /** The SQLite store: the shared contract, plus what only a file can show. */
 import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { tempDir } from "../e2e/harness";
 import { openSqliteStore, StoreLockedError } from "../../src/store/sqlite";
 import { FatalStoreError, StoreError } from "../../src/store/store";
 import { storeContract } from "./store.contract";
 
 const dirs: string[] = [];
 const fresh = () => {
-  const d = mkdtempSync(join(tmpdir(), "mcq-store-"));
+  const d = tempDir("mcq-store-");
   dirs.push(d);
   return d;
 };

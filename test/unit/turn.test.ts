@@ -5,9 +5,8 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
+import { tempDir } from "../e2e/harness";
 import { createBatch } from "../../src/batch";
 import { DEFAULTS } from "../../src/config";
 import { createConn, type Conn } from "../../src/conn";
@@ -25,7 +24,7 @@ const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 function sqlite(): QueueStore {
-  const dir = mkdtempSync(join(tmpdir(), "mcq-turn-"));
+  const dir = tempDir("mcq-turn-");
   dirs.push(dir);
   return openSqliteStore(dir, { sync: "off", cacheMb: 8 });
 }
