@@ -152,6 +152,7 @@ function runSet(ctx: Context, s: Session, req: Extract<Request, { kind: "set" }>
   else store.enqueue(req.queue, req.flags, req.data, expiresAt(ctx, req.queue, req.exptime), now);
   if (token !== null) store.dedup!.remember(req.queue, token, now + ctx.config.dedupWindowMs);
   if (ctx.fanout?.enabled) fanOut(ctx, req, now);
+  if (token !== null) store.dedup!.settled?.();
   stats.setHits++;
   if (!req.noreply) batch.depends(say(s, REPLY.STORED));
   if (delay === 0) serveWaiters(ctx, req.queue); // a delayed one is served once due (housekeeping.ts)

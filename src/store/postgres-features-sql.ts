@@ -59,7 +59,8 @@ export function featureStatements(schema: string, channel: string) {
       const out = (await sql.unsafe(
         `WITH r AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int[], $6::int[], $8::int8[], $9::text[], $10::text[], $11::bool[], $12::int8[])
              WITH ORDINALITY AS r(queue, flags, created, expires, off, len, delay, token, tq, own, win, i)),
-           tok AS (INSERT INTO ${DD} AS d (queue, token, until) SELECT tq, token, ${pgNow} + win FROM r WHERE own AND token IS NOT NULL
+           -- Token rows in one order on every node: two batches with the same tokens in other orders would deadlock.
+           tok AS (INSERT INTO ${DD} AS d (queue, token, until) SELECT tq, token, ${pgNow} + win FROM r WHERE own AND token IS NOT NULL ORDER BY tq, token
              ON CONFLICT (queue, token) DO UPDATE SET until = excluded.until WHERE d.until <= ${pgNow} RETURNING queue, token),
            ok AS (SELECT r.*, CASE WHEN r.expires = 0 THEN 0 ELSE r.expires - r.created + ${pgNow} END AS exp FROM r
              WHERE r.token IS NULL OR EXISTS (SELECT 1 FROM tok WHERE tok.queue = r.tq AND tok.token = r.token)),

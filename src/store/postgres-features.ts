@@ -203,7 +203,11 @@ export function createFeatures(d: FeatureDeps) {
       let set = tokens.get(tx);
       if (set === undefined) tokens.set(tx, (set = new Set()));
       set.add(`${queue}\0${token}`);
+      // Until settled(): the fanout copies of this very set, which commands.ts makes next.
       guard = { queue, token, children: new Set() };
+    },
+    settled() {
+      guard = null;
     },
     sweep() {
       if (Date.now() - lastSweep >= TOKEN_SWEEP_MS && !d.closed()) {
@@ -234,8 +238,9 @@ export function createFeatures(d: FeatureDeps) {
     },
     redrive(from, to, now): Maybe<number> {
       guard = null;
-      if (from === to || !d.view.has(from)) return 0;
+      // Postgres decides what `from` holds: this node's view may not have seen another node's sets yet.
       // Answered when its statement is, once the batch is sent at commit; it counts what it moved.
+      if (from === to) return 0;
       const n = new Promise<number>((ok, fail) => feature({ k: "redrive", from, to, now, ok, fail }));
       d.tx().wake.add(to); // NOTIFY is sent with the batch, before the count is known
       return n;

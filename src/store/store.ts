@@ -215,6 +215,11 @@ export interface Dedup {
   seen(queue: string, token: string, now: number): boolean;
   /** Remembers that `queue` took a set with `token`, until `until` (ms). */
   remember(queue: string, token: string, until: number): void;
+  /**
+   * The set that remembered a token, and its fanout copies, are all in the batch: no later set
+   * depends on that token (a store that ties the copies to it, Postgres, stops doing so here).
+   */
+  settled?(): void;
   /** Forgets up to `limit` tokens whose window ended; returns how many. */
   sweep(now: number, limit: number): number;
 }

@@ -45,6 +45,13 @@ describe.each(STORES)("set q/id=<token> on %s", (store) => {
     const c = await server.connect();
     expect(await c.call(set("plain", "a") + set("plain", "a"))).toBe("STORED\r\nSTORED\r\n");
     expect(await field(c, "plain", "items")).toBe(2);
+    // A later plain set, even to a queue named like a fanout child of the token's queue, depends on no
+    // token: in another batch, and in the same one.
+    expect(await c.call("set tq/id=T1 0 0 1\r\na\r\n")).toBe("STORED\r\n");
+    expect(await c.call(set("tq+x", "b"))).toBe("STORED\r\n");
+    expect(await c.call("set tq/id=T2 0 0 1\r\nc\r\n" + set("tq+y", "d"))).toBe("STORED\r\nSTORED\r\n");
+    expect(await c.call("get tq+x\r\nget tq+y\r\n")).toBe(value("tq+x", "b") + "END\r\n" + value("tq+y", "d") + "END\r\n");
+    expect(await field(c, "tq+x", "total")).toBe(1);
     await server.kill();
   });
 });

@@ -39,6 +39,15 @@ async function twoNodes(extra: string[] = []) {
 
 if (havePostgres("issue 12 on Postgres")) {
   describe("issue 12 on Postgres, two nodes", () => {
+    test("redrive on a node that has not yet seen the source queue moves what Postgres holds", async () => {
+      const { clients: [a, b] } = await twoNodes(["--max-deliveries", "1"]);
+      expect(await a.call(set("fresh.dlq", "m1") + set("fresh.dlq", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      // Node b learns of other nodes' queues only at its next refresh; the redrive must not wait for it.
+      expect(await b.call("redrive fresh.dlq fresh\r\n")).toBe("OK 2\r\n");
+      expect(await b.call("get fresh\r\nget fresh\r\nget fresh\r\n")).toBe(value("fresh", "m1") + "END\r\n" + value("fresh", "m2") + "END\r\nEND\r\n");
+      expect(await stat(a, "fresh.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
+    });
+
     test("a token seen on either node dedups, also when both nodes set it at once; counters are summed and kept", async () => {
       const { url, homes, nodes, clients: [a, b] } = await twoNodes(["--max-deliveries", "2"]);
       expect(await a.call("set i/id=t 0 0 1\r\nx\r\n")).toBe("STORED\r\n");
