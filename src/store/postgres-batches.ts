@@ -31,7 +31,8 @@ export interface BatchDeps {
   connection(): Promise<SQL>;
   /** The connection now, or null once dropped. */
   client(): SQL | null;
-  replaceConnection(): void;
+  /** Drops the connection (`only`: if it is still that one, not the one made since). */
+  replaceConnection(only?: SQL | null): void;
   reason(e: unknown): StoreError;
   log(level: "info" | "warn", message: string): void;
   closed(): boolean;
@@ -63,7 +64,7 @@ export function createBatches(d: BatchDeps) {
     const broken = new Promise<never>((_, fail) => (breakNow = fail));
     broken.catch(() => {});
     const tx: Tx = {
-      ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
+      ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, sentOn: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
       timer: null, refreshers: [], heldUndo: [], broken, breakNow,
     };
     recent.push(tx);
@@ -103,6 +104,7 @@ export function createBatches(d: BatchDeps) {
    */
   function sendTx(tx: Tx, c: SQL): Promise<void> {
     if (tx.failed !== null) return Promise.reject(tx.failed); // timed out waiting for a connection
+    tx.sentOn = c;
     const parts: Promise<unknown>[] = [c.unsafe("BEGIN").execute()];
     // With one batch in flight at most, none is sent before the last one's outcome: no guard needed.
     if (d.inFlight > 1) {
@@ -136,8 +138,21 @@ export function createBatches(d: BatchDeps) {
   function startTimer(tx: Tx): void {
     tx.timer = setTimeout(() => {
       failTx(tx, new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`));
-      d.replaceConnection();
+      d.replaceConnection(tx.sentOn);
     }, d.timeoutMs);
+  }
+
+  /**
+   * A statement of the batch failed in Postgres: its transaction is aborted, so the batch is failed
+   * now, before its takes are rejected (postgres-send.ts), and its connection is dropped now: a
+   * batch sent after the undo (batch.ts lets the next one go once this one is undone) goes on a
+   * new connection, not behind this one's remains, where dropping it later would leave its own
+   * COMMIT's outcome unknown.
+   */
+  function statementFailed(tx: Tx, e: unknown): void {
+    if (tx.failed !== null) return;
+    failTx(tx, e);
+    d.replaceConnection(tx.sentOn);
   }
 
   function failTx(tx: Tx, e: unknown): void {
@@ -172,9 +187,10 @@ export function createBatches(d: BatchDeps) {
 
   /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
   function background(fn: (c: SQL) => Promise<void>): void {
-    background_ = onConnection(fn).catch((e) => {
+    let on: SQL | null = null;
+    background_ = onConnection((c) => fn((on = c))).catch((e) => {
       d.log("warn", `Postgres: ${reason(e).message}`);
-      d.replaceConnection();
+      d.replaceConnection(on); // not a connection made since, which may carry a batch
     });
   }
 
@@ -218,7 +234,7 @@ export function createBatches(d: BatchDeps) {
         if (tx.timer !== null) clearTimeout(tx.timer);
         failTx(tx, e);
         commitFailed = true;
-        d.replaceConnection(); // its transaction is aborted or its state unknown: start afresh
+        d.replaceConnection(tx.sentOn); // its transaction is aborted or its state unknown: start afresh
         throw tx.failed;
       },
     );
@@ -251,6 +267,7 @@ export function createBatches(d: BatchDeps) {
     current: () => cur,
     take,
     op,
+    failed: statementFailed,
     background,
     refresh,
     commit,

@@ -50,6 +50,8 @@ export interface Tx extends Changes {
   /** Counter changes of `deltas` that the statements count in Postgres themselves (see count()). */
   counted: Map<string, Delta>;
   failed: StoreError | null;
+  /** The connection the batch was sent on (null until sent): only that one is dropped when it fails. */
+  sentOn: SQL | null;
   /** Undone by rollback(): it never commits, its changes are forgotten. */
   undone: boolean;
   /** Queues whose messages may have become available: notified at commit. */
@@ -74,6 +76,12 @@ export interface Sender {
   reason(e: unknown): StoreError;
   /** The queue features' statements (postgres-features.ts). */
   feature(tx: Tx, c: SQL, ops: FeatureOp[]): Promise<void>;
+  /**
+   * A statement of the batch failed: the batch is failed now (postgres-batches.ts failTx), before
+   * any take is rejected. A take's rejection reaches batch.fail() at once (get-deferred.ts), and
+   * the store must then know which batch to undo: this one, not only the open one.
+   */
+  failed(tx: Tx, e: unknown): void;
 }
 
 export function createSender(deps: Sender) {
@@ -97,7 +105,12 @@ export function createSender(deps: Sender) {
       const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k === "feature" ? `feature:${o.f.k}` : o.k);
       const alone = (o: Op) => o.k === "flush" || o.k === "sweep" || (o.k === "insert" && o.body.length > LARGE_BODY);
       while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && !alone(ops[i]!) && !alone(ops[j]!)) j++;
-      pending.push(statement(tx, c, ops.slice(i, j)));
+      pending.push(
+        statement(tx, c, ops.slice(i, j)).catch((e) => {
+          deps.failed(tx, e); // the first failing statement names the failure, not the ones aborted after it
+          throw e;
+        }),
+      );
       i = j;
     }
     const results = await Promise.allSettled(pending);
@@ -190,7 +203,8 @@ export function createSender(deps: Sender) {
       else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), node);
       else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), node);
     } catch (e) {
-      for (const t of list) t.fail(reason(e));
+      deps.failed(tx, e); // fails the batch first, then its takes (with the batch's reason)
+      for (const t of list) t.fail(tx.failed ?? reason(e));
       throw e;
     }
     if (tx.undone) {

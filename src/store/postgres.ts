@@ -123,7 +123,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
    * against a Postgres that is down keeps every new connection of the process from succeeding,
    * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts).
    */
-  function replaceConnection(): void {
+  function replaceConnection(only: SQL | null = null): void {
+    if (only !== null && client !== only) return; // replaced already
     const old = client;
     client = null;
     listener.pause();
@@ -132,6 +133,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const { send } = createSender({
     st, node, view, change: (...a) => change(...a), hold: (...a) => hold(...a), reason, feature: (...a) => features.statement(...a),
+    failed: (...a) => batches.failed(...a),
   });
 
   /** Changes what this node holds open, undone with the batch. */
