@@ -320,10 +320,15 @@ export function createFeatures(d: FeatureDeps) {
 
   /**
    * Returns the open messages of dead nodes (postgres-sql.ts reap), after moving to their
-   * dead-letter queues those opened max_deliveries times. Each statement commits on its own, as
-   * background work on the store's connection must (no transaction is held open between batches):
-   * the move is one statement (DELETE and INSERT, counted in it), so after kill -9 of the reaper
-   * too, each message is in exactly one queue. Returns how many came back or moved.
+   * dead-letter queues those opened max_deliveries times. No BEGIN is awaited on the store's one
+   * connection (a batch sent meanwhile would land inside it): each step commits on its own, and
+   * each is safe if the reaper is killed right after it:
+   * - deadNodes, openOf: reads only.
+   * - move: one statement (DELETE and INSERT, counted in it): each moved message is in exactly one
+   *   queue, and the dead nodes' rows are still there, so the next reaper finds the rest.
+   * - notify: a wake-up only; a waiter missing it looks again at its next notice or timeout.
+   * - st.reap: one statement (nodes' rows deleted, their messages freed, counters folded).
+   * Returns how many came back or moved.
    */
   async function reap(c: SQL, leaseS: number, only: number | null = null): Promise<number> {
     if (d.deadLetter === null) return d.st.reap(c, leaseS, only);

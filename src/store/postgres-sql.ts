@@ -102,15 +102,23 @@ export function statements(schema: string) {
     `SELECT queue, count(*)::int AS n, sum(len)::float8 AS bytes, count(owner)::int AS open FROM ${from} GROUP BY queue`;
   const rows = (r: any[]): Row[] => r as Row[];
   const upsert = (node: string, select: string) => upsertInto(C, node, select);
-  /** Moves the counter rows of `nodes` into node 0's, keeping every sum. */
-  const fold = (sql: SQL, nodes: number[]) =>
-    sql.unsafe(
-      `WITH gone AS (DELETE FROM ${C} WHERE node = ANY($1::int[]) RETURNING *),
-         sums AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue)
-       INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")}) SELECT 0, queue, ${COLUMNS.join(", ")} FROM sums
-       ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
-      [nodes],
-    ).execute();
+  /** See reap below: dead nodes' rows deleted, their messages freed, their counters moved into node 0's. */
+  async function reap(sql: SQL, leaseS: number, only: number | null): Promise<number> {
+    const folded = COLUMNS.map((c) => (c === "open" ? "coalesce(s.open, 0) - coalesce(r.n, 0)" : `coalesce(s.${c}, 0)`)).join(", ");
+    const rows = (await sql.unsafe(
+      `WITH dead AS (DELETE FROM ${N} WHERE ${only === null ? "heartbeat < now() - make_interval(secs => $1)" : "id = $1"} RETURNING id),
+         freed AS (UPDATE ${M} SET owner = NULL WHERE owner IN (SELECT id FROM dead) RETURNING queue),
+         r AS (SELECT queue, count(*) AS n FROM freed GROUP BY queue),
+         gone AS (DELETE FROM ${C} WHERE node IN (SELECT id FROM dead) RETURNING *),
+         s AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue),
+         f AS (INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")})
+           SELECT 0, coalesce(s.queue, r.queue), ${folded} FROM s FULL JOIN r ON r.queue = s.queue
+           ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)})
+       SELECT coalesce(sum(n), 0)::int AS n FROM r`,
+      [only ?? leaseS],
+    ).execute()) as { n: number }[];
+    return rows[0]!.n;
+  }
 
   return {
     /**
@@ -260,35 +268,16 @@ export function statements(schema: string) {
     register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
     heartbeat: (sql: SQL, node: number) => sql.unsafe(`UPDATE ${N} SET heartbeat = now() WHERE id = $1`, [node]).execute(),
     /**
-     * Nodes silent for `leaseS` seconds are dead: their open messages go back to their queues, and
-     * their counter rows are folded into node 0's (minus those opens), so rows do not pile up.
+     * Nodes silent for `leaseS` seconds (or the one given) are dead: their open messages go back to
+     * their queues, and their counter rows are folded into node 0's (minus those opens), so rows do
+     * not pile up. One statement (data-modifying CTEs), so it commits whole on its own: the batches
+     * sent on the same connection meanwhile must not land inside a transaction of ours, and a
+     * reaper killed half-way must not leave the node's row deleted and its messages still owned by
+     * it (no reaper would ever find them). Returns how many messages came back.
      */
-    reap: async (sql: SQL, leaseS: number, only: number | null = null) => {
-      const dead = ((await sql.unsafe(
-        only === null
-          ? `DELETE FROM ${N} WHERE heartbeat < now() - make_interval(secs => $1) RETURNING id`
-          : `DELETE FROM ${N} WHERE id = $1 RETURNING id`,
-        [only ?? leaseS],
-      ).execute()) as { id: number }[]).map((r) => r.id);
-      if (dead.length === 0) return 0;
-      const released = (await sql.unsafe(
-        `WITH r AS (UPDATE ${M} SET owner = NULL WHERE owner = ANY($1::int[]) RETURNING queue) SELECT queue, count(*)::int AS n FROM r GROUP BY queue`,
-        [dead],
-      ).execute()) as { queue: string; n: number }[];
-      await fold(sql, dead);
-      if (released.length > 0) {
-        await sql.unsafe(
-          `UPDATE ${C} c SET open = c.open - r.n FROM unnest($1::text[], $2::int[]) AS r(queue, n) WHERE c.node = 0 AND c.queue = r.queue`,
-          [released.map((r) => r.queue), released.map((r) => r.n)],
-        ).execute();
-      }
-      return released.reduce((n, r) => n + r.n, 0);
-    },
-    /** A clean stop: this node's row goes, and its counters are folded into node 0's. */
-    leave: async (sql: SQL, node: number) => {
-      await sql.unsafe(`DELETE FROM ${N} WHERE id = $1`, [node]).execute();
-      await fold(sql, [node]);
-    },
+    reap: (sql: SQL, leaseS: number, only: number | null = null) => reap(sql, leaseS, only),
+    /** A clean stop: this node reaps itself (what it still holds open goes back: no node is left to). */
+    leave: (sql: SQL, node: number) => reap(sql, 0, node),
   };
 }
 

@@ -206,6 +206,40 @@ if (havePostgres("store.postgres")) {
       await Promise.all([a.close(), b.close(), fresh.close()]);
     });
 
+    test("the reaper is one statement: made to fail half-way (freeing the messages), it leaves the dead node for the next reap, whose open message then comes back; a clean stop frees what its node still holds", async () => {
+      const { SQL } = await import("bun");
+      const { statements } = await import("../../src/store/postgres-sql");
+      const schema = freshSchema("reap");
+      const a = takesCommit(await open(schema));
+      const b = takesCommit(await open(schema));
+      a.enqueue("r", 0, Buffer.from("held by a"), 0, 1);
+      a.enqueue("r", 0, Buffer.from("held by b"), 0, 1);
+      await a.commit();
+      const m = (await a.open("r", 1))!;
+      await a.commit();
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      const owner = async (id: number) => (await sql.unsafe(`SELECT owner FROM ${schema}.mcq_messages WHERE id = $1`, [id]))[0].owner;
+      expect(await owner(m.id)).toBe(a.node);
+      // Node a is dead (as after kill -9): the reaper's freeing of its messages fails in Postgres.
+      await sql.unsafe(`CREATE FUNCTION ${schema}.nofree() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'nofree'; END $$`);
+      await sql.unsafe(`CREATE TRIGGER nofree BEFORE UPDATE ON ${schema}.mcq_messages FOR EACH ROW WHEN (NEW.owner IS NULL) EXECUTE FUNCTION ${schema}.nofree()`);
+      const st = statements(schema);
+      await expect(st.reap(sql, 30, a.node)).rejects.toThrow("nofree");
+      await sql.unsafe(`DROP TRIGGER nofree ON ${schema}.mcq_messages`);
+      expect(await st.reap(sql, 30, a.node)).toBe(1); // a's row was not deleted without its messages
+      expect(await owner(m.id)).toBeNull();
+      // b opens one and stops cleanly without giving it back: leaving frees it (no node would reap it).
+      const n = (await b.open("r", 1))!;
+      await b.commit();
+      expect(await owner(n.id)).toBe(b.node);
+      await b.close();
+      expect(await owner(n.id)).toBeNull();
+      const fresh = await open(schema);
+      expect(fresh.detail("r", 1)).toMatchObject({ items: 2, open: 0 });
+      await Promise.all([a.close(), fresh.close()]);
+      await sql.close();
+    });
+
     test("a schema newer than this mcq knows is refused", async () => {
       const schema = freshSchema("newer");
       const s = await open(schema);
