@@ -23,8 +23,14 @@ export interface Batch {
   onUndo(fn: () => void): void;
   /** The open batch's number: a take issued now belongs to it (see fail). */
   epoch(): number;
-  /** Where the first batch not yet durable began in the reply, or null if it is all durable. */
-  markOf(reply: Reply): Mark | null;
+  /** The batch that took the reply's `index`-th message (a plain get's), from its marks. */
+  takenIn(reply: Reply, index: number): number;
+  /**
+   * Whether batch `epoch` is durable, undone, or still open or committing. Only true of a batch
+   * not older than the oldest batch in flight: an older undone one reads as durable (see get.ts
+   * giveBackTake, which follows a batch in flight with onUndo instead).
+   */
+  outcome(epoch: number): "durable" | "undone" | "pending";
   /** Whether everything the reply reports is durable: it may be sent. */
   durable(reply: Reply): boolean;
   /**
@@ -157,7 +163,17 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
       return true;
     },
     epoch: () => open.epoch,
-    markOf: (reply) => (reply.epoch > durable ? reply.marks?.find((m) => m.epoch > durable) ?? NOTHING : null),
+    takenIn(reply, index) {
+      if (reply.epoch <= durable) return reply.epoch;
+      // Without marks, the one batch not durable touched it while it was empty: every take is its.
+      let epoch = durable;
+      for (const m of reply.marks ?? [{ ...NOTHING, epoch: reply.epoch }]) {
+        if (m.taken > index) break;
+        epoch = m.epoch; // the last batch that began in the reply before this take was put in
+      }
+      return epoch;
+    },
+    outcome: (epoch) => (epoch <= durable ? "durable" : wasUndone(epoch) ? "undone" : "pending"),
     durable: (reply) => reply.epoch <= durable,
     fail,
     commit,

@@ -3,7 +3,8 @@
  * each reply is filled in its place when the store answers (docs/design.md "Running past a get").
  */
 import type { Context } from "./context";
-import { countMiss, restore } from "./get";
+import { countMiss } from "./get";
+import { restore } from "./give-back";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { Request } from "./protocol/types";
 import { put, settle, type Reply, type Session } from "./session";
@@ -42,7 +43,7 @@ export function deferGet(ctx: Context, s: Session, req: Extract<Request, { kind:
       if (reply.complete) return; // its batch failed, and the take with it
       if (s.closed) {
         // Nobody will read it: what it took goes back.
-        if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, committed: false });
+        if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, takenIn: epoch });
         return;
       }
       const filled = ctx.batch.within(epoch, () => {

@@ -9,7 +9,7 @@ import { execute, resumeSession } from "./commands";
 import { connBytes } from "./config";
 import { drainUnsent, flushHeld, heldBytes, undelivered, updateReading, type Conn } from "./conn";
 import type { Context } from "./context";
-import { endSession } from "./get";
+import { endSession } from "./give-back";
 import type { Request } from "./protocol/types";
 import { observeCommit } from "./stats";
 
@@ -278,7 +278,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
     },
     closed(conn) {
-      const lost = undelivered(conn, batch.markOf);
+      const lost = undelivered(conn, batch.takenIn);
       conn.state = "closed";
       stats.bufferedBytes -= conn.buffered;
       conn.buffered = 0;

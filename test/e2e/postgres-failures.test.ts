@@ -8,15 +8,47 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
-import { set, startServer, stopAll, tempDir, value, type Running } from "./harness";
+import { metricsUrl, set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
 const schemas: string[] = [];
 
-async function node(): Promise<{ server: Running; schema: string; sql: SQL }> {
+async function node(extra: string[] = []): Promise<{ server: Running; schema: string; sql: SQL }> {
   const schema = freshSchema("fail");
   schemas.push(schema);
-  const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+  const server = await startServer(["--store", pgStoreUrl(schema), ...extra], join(tempDir(), "data"));
   return { server, schema, sql: new SQL(PG_URL!, { max: 1 }) };
+}
+
+/** Another session holding mcq_messages locked: the node's next statement on it waits. */
+async function lockMessages(schema: string): Promise<SQL> {
+  const locker = new SQL(PG_URL!, { max: 1 });
+  await locker.unsafe("BEGIN");
+  await locker.unsafe(`LOCK TABLE ${schema}.mcq_messages IN ACCESS EXCLUSIVE MODE`);
+  return locker;
+}
+
+/** Waits until a statement of the node on `schema` waits for the lock (each check is a query, awaited). */
+async function blocked(sql: SQL, schema: string): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    const [{ n }] = await sql.unsafe(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 IN query) > 0`,
+      [`${schema}.mcq_messages`],
+    );
+    if (n > 0) return;
+  }
+  throw new Error("the node's statement never waited for the lock");
+}
+
+/** Waits until the server counts `n` client connections (--http's /stats.json: answered while a batch is in flight). */
+async function connections(server: Running, n: number): Promise<void> {
+  const url = `${await metricsUrl(server.stderr)}/stats.json`;
+  for (let i = 0; i < 2000; i++) if (((await (await fetch(url)).json()) as { connections: number }).connections === n) return;
+  throw new Error(`never ${n} connections`);
+}
+
+/** Waits until the server has counted `n` store failures (each check is a stats reply, awaited). */
+async function storeErrors(c: Client, n: number): Promise<void> {
+  while (!(await c.call("stats\r\n")).includes(`STAT store_errors ${n}\r\n`));
 }
 
 /** Makes `event` on mcq_messages fail in Postgres for rows matching `when` (a trigger condition). */
@@ -54,5 +86,37 @@ if (havePostgres("e2e postgres failures")) {
       c.close();
       await sql.close();
     }, 30_000);
+
+    // The take of batch E is answered after its client left, and the give-back goes in batch E+1;
+    // E commits (the message is gone from Postgres) and E+1 fails: the give-back must be redone.
+    const forms = [
+      { get: "get q", how: "a deferred get (get-deferred.ts)", event: "INSERT", when: "NEW.queue = 'q'" },
+      { get: "get q x", how: "a get of two keys (get.ts)", event: "INSERT", when: "NEW.queue = 'q'" },
+      { get: "get q/open", how: "an open (get.ts, released)", event: "UPDATE", when: "NEW.queue = 'q' AND NEW.owner IS NULL" },
+    ];
+    for (const f of forms) {
+      test(`${f.how} whose client left before Postgres answered: its message comes back though the give-back's batch failed`, async () => {
+        const { server, schema, sql } = await node(["--http", "127.0.0.1:0"]);
+        const c = await server.connect();
+        expect(await c.call(set("q", "m"))).toBe("STORED\r\n");
+        const locker = await lockMessages(schema);
+        const getter = await server.connect();
+        getter.write(`${f.get}\r\n`);
+        await blocked(sql, schema);
+        getter.close();
+        await connections(server, 1); // the server saw it leave: the take answers to a closed session
+        // The take's batch goes on and commits; the give-back (a restore, or a release) fails in Postgres.
+        await locker.unsafe(`CREATE FUNCTION ${schema}.noback() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'noback'; END $$`);
+        await locker.unsafe(`CREATE TRIGGER noback BEFORE ${f.event} ON ${schema}.mcq_messages FOR EACH ROW WHEN (${f.when}) EXECUTE FUNCTION ${schema}.noback()`);
+        await locker.unsafe("COMMIT");
+        await storeErrors(c, 1);
+        await sql.unsafe(`DROP TRIGGER noback ON ${schema}.mcq_messages`);
+        expect(await c.call("get q/t=5000\r\n", 8000)).toBe(value("q/t=5000", "m") + "END\r\n");
+        expect(await c.call("stats queue q\r\n")).toContain("STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\n");
+        expect(await rows(sql, schema, "q")).toBe(0);
+        c.close();
+        await Promise.all([locker.close(), sql.close()]);
+      }, 30_000);
+    }
   });
 }
