@@ -4,7 +4,7 @@
  */
 import type { Context } from "./context";
 import { countMiss } from "./get";
-import { restore } from "./give-back";
+import { fromAnswer, restore } from "./give-back";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { Request } from "./protocol/types";
 import { put, settle, type Reply, type Session } from "./session";
@@ -43,7 +43,7 @@ export function deferGet(ctx: Context, s: Session, req: Extract<Request, { kind:
       if (reply.complete) return; // its batch failed, and the take with it
       if (s.closed) {
         // Nobody will read it: what it took goes back.
-        if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, takenIn: epoch });
+        if (message !== null && !key.peek) fromAnswer(ctx, () => restore(ctx, { queue: key.queue, message, takenIn: epoch }));
         return;
       }
       const filled = ctx.batch.within(epoch, () => {

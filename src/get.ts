@@ -13,7 +13,7 @@ import type { Context } from "./context";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { GetKey, Request } from "./protocol/types";
 import { deferGet, deferrable } from "./get-deferred";
-import { giveBackTake, restore } from "./give-back";
+import { fromAnswer, giveBackTake, restore } from "./give-back";
 import { newReply, put, say, settle, type PendingGet, type Session } from "./session";
 import { StoreError, type Message } from "./store/store";
 
@@ -258,8 +258,8 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
         throw new StoreError("Postgres: the batch was undone");
       }
       // The connection closed while the store answered: what it took goes back.
-      if (message !== null && key.open) giveBackTaken(ctx, key.queue, message.id, epoch);
-      else if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, takenIn: epoch });
+      if (message !== null && key.open) fromAnswer(ctx, () => giveBackTaken(ctx, key.queue, message.id, epoch));
+      else if (message !== null && !key.peek) fromAnswer(ctx, () => restore(ctx, { queue: key.queue, message, takenIn: epoch }));
       return false;
     });
   }

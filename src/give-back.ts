@@ -67,3 +67,17 @@ export function giveBackTake(ctx: Context, takenIn: number, giveBack: () => void
   }
   giveBack();
 }
+
+/**
+ * Runs a give-back from a take's answer (a promise handler, outside any request): a failure goes
+ * through batch.fail(), never out of the handler. The stop waits for the batches in flight before
+ * the store closes (server.ts settle), so a closed store here means that wait ran out.
+ */
+export function fromAnswer(ctx: Context, giveBack: () => void): void {
+  try {
+    giveBack();
+  } catch (e) {
+    if (ctx.stopping) ctx.log.error(`stopping: a message taken for a connection that closed could not go back (${(e as Error).message})`);
+    else ctx.batch.fail(e);
+  }
+}

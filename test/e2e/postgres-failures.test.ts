@@ -118,5 +118,28 @@ if (havePostgres("e2e postgres failures")) {
         await Promise.all([locker.close(), sql.close()]);
       }, 30_000);
     }
+
+    test("SIGTERM while a get's take waits in Postgres, its client gone: the stop waits for it, and the message goes back before the store closes", async () => {
+      const { server, schema, sql } = await node(["--http", "127.0.0.1:0"]);
+      const c = await server.connect();
+      expect(await c.call(set("q", "m"))).toBe("STORED\r\n");
+      c.close();
+      const locker = await lockMessages(schema);
+      const getter = await server.connect();
+      getter.write("get q\r\n");
+      await blocked(sql, schema);
+      getter.close();
+      await connections(server, 0);
+      const exited = server.kill("SIGTERM");
+      // With no connection left to answer, the stop reaches the store within a few ms of this line;
+      // nothing can be awaited in between (the take holds the store's one connection).
+      while (!server.stderr().includes("SIGTERM: stopping")) await Bun.sleep(5);
+      await Bun.sleep(300);
+      await locker.unsafe("COMMIT"); // the take deletes the row and answers to a session gone
+      expect(await exited).toBe(0);
+      expect(await rows(sql, schema, "q")).toBe(1);
+      expect(server.stderr()).not.toContain("error");
+      await Promise.all([locker.close(), sql.close()]);
+    }, 30_000);
   });
 }
