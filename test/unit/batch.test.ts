@@ -67,3 +67,34 @@ test("a later batch's failure leaves a VALUE taken in an earlier batch; that bat
   expect(c.ran).toBe(true);
   expect(batch.durable(c.reply)).toBe(true);
 });
+
+test("takenIn and outcome: each message a get took is tied to the batch that took it, and that batch's fate is known", async () => {
+  const { store, landings } = laterStore();
+  const batch = createBatch(store, () => {});
+  const reply = newReply(true);
+  const take = (body: string) => {
+    batch.depends(reply);
+    put(reply, `VALUE q 0 1\r\n${body}\r\n`);
+    reply.values++;
+    (reply.taken ??= []).push("q", { id: 1, flags: 0, expires: 0, body: Buffer.from(body) }, reply.pieces.length - 1);
+  };
+  const first = batch.epoch();
+  take("a");
+  const landed1 = batch.commit(); // batch 1 in flight
+  const second = batch.epoch();
+  take("b");
+  take("c");
+  const landed2 = batch.commit();
+  expect([0, 1, 2].map((i) => batch.takenIn(reply, i))).toEqual([first, second, second]);
+  expect(batch.outcome(first)).toBe("pending");
+  landings[0]!.ok();
+  await landed1;
+  expect(batch.outcome(first)).toBe("durable");
+  expect([0, 1, 2].map((i) => batch.takenIn(reply, i))).toEqual([first, second, second]);
+  landings[1]!.fail(new StoreError("commit failed"));
+  await Promise.resolve(landed2).catch(() => {});
+  expect(batch.outcome(second)).toBe("undone");
+  expect(batch.outcome(batch.epoch())).toBe("pending"); // the open batch
+  expect(reply.pieces.join("")).toBe("VALUE q 0 1\r\na\r\nEND\r\n"); // cut back to batch 2's mark
+  expect(batch.takenIn(reply, 0)).toBe(0); // settled: what is left is durable
+});
