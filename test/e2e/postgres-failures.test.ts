@@ -29,7 +29,7 @@ async function lockMessages(schema: string): Promise<SQL> {
 
 /** Waits until a statement of the node on `schema` waits for the lock (each check is a query, awaited). */
 async function blocked(sql: SQL, schema: string): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
     const [{ n }] = await sql.unsafe(
       `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 IN query) > 0`,
       [`${schema}.mcq_messages`],
@@ -42,7 +42,10 @@ async function blocked(sql: SQL, schema: string): Promise<void> {
 /** Waits until the server counts `n` client connections (--http's /stats.json: answered while a batch is in flight). */
 async function connections(server: Running, n: number): Promise<void> {
   const url = `${await metricsUrl(server.stderr)}/stats.json`;
-  for (let i = 0; i < 2000; i++) if (((await (await fetch(url)).json()) as { connections: number }).connections === n) return;
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
+    const stats = (await (await fetch(url)).json()) as { connections: number };
+    if (stats.connections === n) return;
+  }
   throw new Error(`never ${n} connections`);
 }
 
