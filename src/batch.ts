@@ -23,10 +23,23 @@ export interface Batch {
   onUndo(fn: () => void): void;
   /** The open batch's number: a take issued now belongs to it (see fail). */
   epoch(): number;
-  /** Where the first batch not yet durable began in the reply, or null if it is all durable. */
-  markOf(reply: Reply): Mark | null;
+  /** The batch that took the reply's `index`-th message (a plain get's), from its marks. */
+  takenIn(reply: Reply, index: number): number;
+  /**
+   * Whether batch `epoch` is durable, undone, or still open or committing. Only true of a batch
+   * not older than the oldest batch in flight: an older undone one reads as durable (see get.ts
+   * giveBackTake, which follows a batch in flight with onUndo instead).
+   */
+  outcome(epoch: number): "durable" | "undone" | "pending";
   /** Whether everything the reply reports is durable: it may be sent. */
   durable(reply: Reply): boolean;
+  /**
+   * Runs `fn` as part of batch `epoch`, which may be committing already: what it marks (depends)
+   * and registers (onUndo) goes with that batch, not the open one. A networked store answers a
+   * take once its batch is sent (Postgres): the reply reports that batch's change and must be cut
+   * if, and only if, that batch fails. False, without running `fn`, if the batch was undone.
+   */
+  within(epoch: number, fn: () => void): boolean;
   /** Undoes the batch `epoch` (default: the open one) and every later one, after a failure. */
   fail(error: unknown, epoch?: number): void;
   /** Commits the open batch; a failure undoes it instead. Resolves once it is durable or undone. */
@@ -53,9 +66,15 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
   let chain: Promise<void> = Promise.resolve();
 
   const next = () => (open = { epoch: open.epoch + 1, replies: [], undo: [] });
-
+  /** The batch depends() and onUndo() go to (within()): null for the open one. */
+  let target: Open | null = null;
+  /** Set by within() for a batch that is durable already: nothing it reports can be undone. */
+  let settledTarget = false;
+  /** A batch neither open, nor in flight, nor durable was undone. */
+  const wasUndone = (epoch: number) => epoch > durable && epoch < open.epoch && !flying.some((b) => b.epoch === epoch);
 
   function fail(e: unknown, from = open.epoch): void {
+    if (wasUndone(from)) return; // a late failure of a batch undone already: nothing more to undo
     const error = e instanceof StoreError ? e : new StoreError(String(e));
     onFailure(error);
     try {
@@ -115,10 +134,12 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
 
   return {
     depends(reply) {
-      if (reply.epoch === open.epoch) return;
+      if (settledTarget) return;
+      const b = target ?? open;
+      if (reply.epoch >= b.epoch) return;
       const before = reply.epoch;
-      reply.epoch = open.epoch;
-      open.replies.push(reply);
+      reply.epoch = b.epoch;
+      b.replies.push(reply);
       if (!reply.get) return; // a one-line reply is replaced whole on a failure: no mark needed
       if (before <= durable) reply.marks = null; // its older marks are durable: forget them
       // A get with nothing in it yet needs no mark: without one, a failure cuts it to nothing.
@@ -126,11 +147,33 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
       // It was touched while empty by a batch not yet durable: that batch's mark is "nothing".
       if (reply.marks === null && before > durable) reply.marks = [{ ...NOTHING, epoch: before }];
       const taken = takenCount(reply);
-      (reply.marks ??= []).push({ epoch: open.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken });
+      (reply.marks ??= []).push({ epoch: b.epoch, pieces: reply.pieces.length, size: reply.size, values: reply.values, taken });
     },
-    onUndo: (fn) => void open.undo.push(fn),
+    onUndo: (fn) => void (settledTarget || (target ?? open).undo.push(fn)),
+    within(epoch, fn) {
+      if (wasUndone(epoch)) return false;
+      const before = [target, settledTarget] as const;
+      target = epoch === open.epoch ? open : flying.find((b) => b.epoch === epoch) ?? null;
+      settledTarget = epoch <= durable;
+      try {
+        fn();
+      } finally {
+        [target, settledTarget] = before;
+      }
+      return true;
+    },
     epoch: () => open.epoch,
-    markOf: (reply) => (reply.epoch > durable ? reply.marks?.find((m) => m.epoch > durable) ?? NOTHING : null),
+    takenIn(reply, index) {
+      if (reply.epoch <= durable) return reply.epoch;
+      // Without marks, the one batch not durable touched it while it was empty: every take is its.
+      let epoch = durable;
+      for (const m of reply.marks ?? [{ ...NOTHING, epoch: reply.epoch }]) {
+        if (m.taken > index) break;
+        epoch = m.epoch; // the last batch that began in the reply before this take was put in
+      }
+      return epoch;
+    },
+    outcome: (epoch) => (epoch <= durable ? "durable" : wasUndone(epoch) ? "undone" : "pending"),
     durable: (reply) => reply.epoch <= durable,
     fail,
     commit,

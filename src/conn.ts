@@ -12,7 +12,7 @@
  * output they queued reaches maxUnsent; a get reply stops adding VALUEs at its budget (get.ts).
  */
 import type { Socket } from "bun";
-import type { Undelivered } from "./get";
+import type { Undelivered } from "./give-back";
 import type { Framer } from "./protocol/framer";
 import { takenAt, takenCount, type Reply, type Session, type Taken } from "./session";
 
@@ -165,17 +165,17 @@ export function drainUnsent(conn: Conn): boolean {
 
 /**
  * The messages plain gets took for this connection that never reached its socket: those in
- * held replies (taken in the open batch when `mark` says so) and those in unsent output.
+ * held replies (each with the batch that took it, `takenIn`: batch.ts) and those in unsent
+ * output (durable: a reply leaves only then).
  */
-export function undelivered(conn: Conn, markOf: (reply: Reply) => { taken: number } | null): Undelivered[] {
+export function undelivered(conn: Conn, takenIn: (reply: Reply, index: number) => number): Undelivered[] {
   const out: Undelivered[] = [];
   for (const reply of conn.session.held) {
     if (reply.taken === null) continue;
-    const committed = markOf(reply)?.taken ?? takenCount(reply);
-    takenList(reply).forEach((t, i) => out.push({ queue: t.queue, message: t.message, committed: i < committed }));
+    takenList(reply).forEach((t, i) => out.push({ queue: t.queue, message: t.message, takenIn: takenIn(reply, i) }));
   }
   for (const chunk of conn.unsent) {
-    for (const m of chunk.messages ?? []) out.push({ queue: m.queue, message: m.message, committed: true });
+    for (const m of chunk.messages ?? []) out.push({ queue: m.queue, message: m.message, takenIn: 0 });
   }
   conn.session.held = [];
   conn.unsent = [];

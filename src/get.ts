@@ -12,8 +12,10 @@ import { connBytes } from "./config";
 import type { Context } from "./context";
 import { REPLY, valueHeader } from "./protocol/reply";
 import type { GetKey, Request } from "./protocol/types";
+import { deferGet, deferrable } from "./get-deferred";
+import { fromAnswer, giveBackTake, restore } from "./give-back";
 import { newReply, put, say, settle, type PendingGet, type Session } from "./session";
-import type { Message } from "./store/store";
+import { StoreError, type Message } from "./store/store";
 
 const CRLF = "\r\n";
 
@@ -37,6 +39,7 @@ export function startGet(ctx: Context, s: Session, req: Extract<Request, { kind:
   const reply = newReply(true);
   s.held.push(reply);
   if (rests) ctx.batch.depends(reply);
+  if (deferrable(ctx, s, req)) return deferGet(ctx, s, req, reply);
   // The session's last get is reused when nothing outlived it (a take answered later keeps it).
   let g = s.spareGet;
   if (g === null) g = { req, index: 0, reply, state: "running", timer: null, deadline: -1, escaped: false };
@@ -190,7 +193,7 @@ const leaseMs = (ctx: Context, queue: string) => ctx.limits?.settings(queue).ope
 
 const wantsMessage = (key: GetKey) => !key.abort && !key.touch && !(key.close && !key.open);
 
-function countMiss(ctx: Context): void {
+export function countMiss(ctx: Context): void {
   ctx.stats.getCmds++;
   ctx.stats.getMisses++;
 }
@@ -246,11 +249,17 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
   const now = ctx.now();
   const taken = key.open ? store.open(key.queue, now) : key.peek ? store.peek(key.queue, now) : store.dequeue(key.queue, now);
   if (taken instanceof Promise) {
+    const epoch = ctx.batch.epoch(); // the batch the take is part of; it may commit before the answer
     return taken.then((message) => {
-      if (s.get === g) return append(ctx, s, key, g, message, now);
+      if (s.get === g) {
+        let hit = false;
+        if (ctx.batch.within(epoch, () => (hit = append(ctx, s, key, g, message, now)))) return hit;
+        // Its batch failed meanwhile: the store undid the take as well.
+        throw new StoreError("Postgres: the batch was undone");
+      }
       // The connection closed while the store answered: what it took goes back.
-      if (message !== null && key.open) giveBackTaken(ctx, key.queue, message.id);
-      else if (message !== null && !key.peek) restore(ctx, { queue: key.queue, message, committed: false });
+      if (message !== null && key.open) fromAnswer(ctx, () => giveBackTaken(ctx, key.queue, message.id, epoch));
+      else if (message !== null && !key.peek) fromAnswer(ctx, () => restore(ctx, { queue: key.queue, message, takenIn: epoch }));
       return false;
     });
   }
@@ -342,10 +351,12 @@ function releaseOrphan(ctx: Context, queue: string, id: number): void {
   if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
-/** An open whose connection closed before the store answered: released in the same batch. */
-function giveBackTaken(ctx: Context, queue: string, id: number): void {
-  if (deadLetter(ctx, queue, id)) return;
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+/** An open of batch `takenIn` whose connection closed before the store answered: released. */
+function giveBackTaken(ctx: Context, queue: string, id: number, takenIn: number): void {
+  giveBackTake(ctx, takenIn, () => {
+    if (deadLetter(ctx, queue, id)) return;
+    if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+  });
 }
 
 /** With --open-timeout or open_timeout: messages open longer than their lease go back to their queues. */
@@ -358,41 +369,4 @@ export function expireLeases(ctx: Context, now: number): void {
       else s.leases.delete(queue);
     }
   }
-}
-
-/** A message taken by a reply that never reached the socket; `committed` if its get was. */
-export interface Undelivered {
-  queue: string;
-  message: Message;
-  committed: boolean;
-}
-
-/**
- * A connection ended: its wait is dropped, its open messages go back to their queues, and so do
- * the messages of replies it was never sent (a message whose reply never reached the socket is
- * not consumed).
- */
-export function endSession(ctx: Context, s: Session, undelivered: Undelivered[]): void {
-  s.closed = true;
-  endWait(ctx, s, "gone");
-  let failed = false;
-  const attempt = (fn: () => void) => {
-    try {
-      fn();
-    } catch (e) {
-      // Each give-back registered its own retry; the rest go on in a fresh batch.
-      ctx.batch.fail(e);
-      failed = true;
-    }
-  };
-  for (const [queue, id] of [...s.opens]) attempt(() => giveBack(ctx, s, queue, id, "gone"));
-  // A message taken in a batch that failed is back already: only committed takes are returned.
-  for (const u of undelivered) if (u.committed || !failed) attempt(() => restore(ctx, u));
-}
-
-function restore(ctx: Context, u: Undelivered): void {
-  // Taken in this batch, a failure undoes the take too; taken earlier, it must be tried again.
-  if (u.committed) ctx.batch.onUndo(() => ctx.retry(() => restore(ctx, u)));
-  ctx.store.restore(u.queue, u.message, ctx.now());
-  serveWaiters(ctx, u.queue);
 }

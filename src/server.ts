@@ -178,24 +178,41 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       if ((looked && [...conns].every(answered)) || performance.now() > deadline) break;
       await Bun.sleep(1);
     }
-    // Open messages (and any reply that could not be sent) go back to their queues; give-backs a
-    // failed batch left to redo are tried again, a few times, before the store closes.
+    // Open messages (and any reply that could not be sent) go back to their queues (settle).
     for (const conn of [...conns]) {
       drop(conn);
       conn.socket.end();
     }
-    for (let i = 0; i < 3; i++) {
-      const redo = retries;
-      retries = [];
-      redo.forEach((task) => turns.task(task));
-      turns.turnNow();
-      if (retries.length === 0) break;
-    }
+    await settle();
+    if (ctx.batch.inFlight() > 0) log.error("stopping with a batch still committing after 5 s: the store closes under it");
     if (retries.length > 0) {
       log.error(`stopping with ${retries.length} give-backs not done (the store kept failing): open messages ` +
         "return at the next start; a message whose reply was never sent stays consumed");
     }
     await store.close();
+  }
+
+  /**
+   * Before the store closes, nothing may be in flight: a take Postgres answers after its
+   * connection was dropped gives its message back (give-back.ts) in a batch committed here, not
+   * into a closed store (the message would stay consumed, unanswered). Give-backs a failed batch
+   * left to redo are tried again, a few times. Each batch ends within the store's own timeout; this
+   * waits at most STOP_FLUSH_MS more.
+   */
+  async function settle(): Promise<void> {
+    const deadline = performance.now() + STOP_FLUSH_MS;
+    for (let tries = 0; ; ) {
+      if (ctx.batch.inFlight() === 0 && !store.dirty() && retries.length > 0 && tries < 3) {
+        tries++;
+        const redo = retries;
+        retries = [];
+        redo.forEach((task) => turns.task(task));
+      }
+      turns.turnNow();
+      const busy = ctx.batch.inFlight() > 0 || store.dirty() || (retries.length > 0 && tries < 3);
+      if (!busy || performance.now() > deadline) return;
+      await Bun.sleep(1);
+    }
   }
 
   const main = listeners.list[0]!;

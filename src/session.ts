@@ -159,12 +159,14 @@ export interface Session {
   onGetSettled: (() => void) | null;
   /** The connection is gone: nothing more is sent. */
   closed: boolean;
+  /** Plain gets whose store has not answered yet, while the connection went on (get.ts deferGet). */
+  deferred: number;
 }
 
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, spareGet: null, changedIn: 0, onGetSettled: null, closed: false };
+  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, spareGet: null, changedIn: 0, onGetSettled: null, closed: false, deferred: 0 };
 }
 
 /** Appends a complete one-line reply. */

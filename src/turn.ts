@@ -9,7 +9,7 @@ import { execute, resumeSession } from "./commands";
 import { connBytes } from "./config";
 import { drainUnsent, flushHeld, heldBytes, undelivered, updateReading, type Conn } from "./conn";
 import type { Context } from "./context";
-import { endSession } from "./get";
+import { endSession } from "./give-back";
 import type { Request } from "./protocol/types";
 import { observeCommit } from "./stats";
 
@@ -18,18 +18,16 @@ const REQUESTS_PER_TURN = 1024;
 /**
  * Batches committing at once (docs/design.md): while one waits on a networked store, the next
  * runs. A synchronous store (SQLite) is durable before its turn ends and never has one in flight.
+ * Past the limit, the open batch waits (in memory: nothing of it is sent) until one lands.
  */
 const MAX_IN_FLIGHT = 2;
 /**
- * Gathering (a networked store): while a batch commits, or while the open batch's takes are
- * unanswered, the open batch does not commit; its connections run again as their takes answer,
- * so one commit carries many gets per connection instead of one. It commits after at most
- * GATHER_ROUNDS turns or GATHER_MS, whatever is outstanding: a take answered after that ends its
- * get in the next batch, as before.
+ * A store that answers at commit (Postgres) pays one COMMIT, one fsync, per batch whatever its
+ * size. The connections a landing answered send their next requests within a round trip: the open
+ * batch waits for them at most GATHER_MS, in memory (nothing of it is sent, no transaction is
+ * open), so one commit carries them all rather than the first few.
  */
-const GATHER_ROUNDS = 16;
-const GATHER_MS = 10;
-
+const GATHER_MS = 2;
 export interface Turns {
   /** Runs what the connection has read (from its data event) or queues it for the turn. */
   run(conn: Conn): void;
@@ -56,10 +54,9 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   let touched = new Set<Conn>(); // connections with replies to release after the commit
   let tasks: (() => void)[] = [];
   let scheduled = false;
-  /** Turns the open batch has run, and when the first one began (performance.now()). */
-  let rounds = 0;
-  let openedAt = 0;
-  /** Wakes a gathering batch whose answers might not resume anyone (their connection closed). */
+  /** Connections the last landing answered that have not sent a request since, and when it landed. */
+  const expecting = new Set<Conn>();
+  let landedAt = 0;
   let gatherTimer: ReturnType<typeof setTimeout> | null = null;
   const inputLimit = config.maxLine + config.maxBody + 2;
   const outputLimit = Math.min(config.maxUnsent, connBytes(config));
@@ -115,6 +112,18 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
    * if it ran (and counted its bytes).
    */
   function runConn(conn: Conn): boolean {
+    if (store.answersAtCommit !== true) return runRequests(conn);
+    // A closing connection's deferred get was answered: its replies leave with the next commit.
+    if (conn.state === "closing" && conn.session.held.length > 0) touched.add(conn);
+    store.actor = conn.session.id; // the store keeps this session's ops in order
+    try {
+      return runRequests(conn);
+    } finally {
+      store.actor = 0;
+    }
+  }
+
+  function runRequests(conn: Conn): boolean {
     if ((conn.state !== "reading" && conn.state !== "waiting") || conn.overBudget) return false;
     const s = conn.session;
     touched.add(conn);
@@ -137,6 +146,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
       const req = conn.framer.next();
       if (req === null) break;
+      if (expecting.size > 0) expecting.delete(conn);
       if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       const before = s.held.length;
       const outcome = execute(ctx, s, req);
@@ -154,10 +164,8 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
 
   function turn(force = false): void {
     scheduled = false;
-    const busy = batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT);
-    // The open batch has gathered its share while the last commits: the landing schedules the turn again.
-    if (busy && (force || rounds >= GATHER_ROUNDS || store.awaiting === undefined)) return;
-    if (rounds++ === 0) openedAt = performance.now();
+    // The landing of a batch schedules the turn again.
+    if (batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT)) return;
     runTasks();
     const run = runnable;
     runnable = new Set();
@@ -165,10 +173,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     for (const conn of run) runConn(conn);
     current = null;
     if (runnable.size > 0) schedule();
-    if (busy || (!force && gathering())) return; // the landing, or the answers, run the turn again
-    rounds = 0;
-    if (gatherTimer !== null) clearTimeout(gatherTimer);
-    gatherTimer = null;
+    if (!force && gathering()) return; // the answered connections' requests, or the timer, run the turn again
     const release = touched;
     touched = new Set();
     const started = store.dirty() ? performance.now() : -1;
@@ -182,11 +187,14 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     } else finish(release);
   }
 
-  /** Whether the open batch waits for its takes' answers instead of committing now. */
+  /** Whether the open batch waits for the connections the last landing answered (GATHER_MS). */
   function gathering(): boolean {
-    if ((store.awaiting?.() ?? 0) === 0 || rounds >= GATHER_ROUNDS) return false;
-    const left = GATHER_MS - (performance.now() - openedAt);
-    if (left <= 0) return false;
+    if (expecting.size === 0 || !store.dirty()) return false;
+    const left = GATHER_MS - (performance.now() - landedAt);
+    if (left <= 0) {
+      expecting.clear();
+      return false;
+    }
     gatherTimer ??= setTimeout(() => {
       gatherTimer = null;
       schedule();
@@ -196,9 +204,16 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
 
   function finish(release: Set<Conn>): void {
     heldOut = 0; // written out now, or counted as unsent
+    const gather = store.answersAtCommit === true;
+    if (gather) {
+      expecting.clear();
+      landedAt = performance.now();
+    }
     for (const conn of release) {
       if (conn.state === "closed") continue;
-      stats.bytesWritten += flushHeld(conn, batch.durable);
+      const wrote = flushHeld(conn, batch.durable);
+      stats.bytesWritten += wrote;
+      if (gather && wrote > 0 && conn.state === "reading" && conn.session.held.length === 0) expecting.add(conn);
       if (conn.gone) {
         lost(conn);
         continue;
@@ -263,7 +278,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       }
     },
     closed(conn) {
-      const lost = undelivered(conn, batch.markOf);
+      const lost = undelivered(conn, batch.takenIn);
       conn.state = "closed";
       stats.bufferedBytes -= conn.buffered;
       conn.buffered = 0;
@@ -271,6 +286,7 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
       overBudget.delete(conn);
       account(conn);
       runnable.delete(conn);
+      expecting.delete(conn);
       touched.delete(conn);
       try {
         endSession(ctx, conn.session, lost);

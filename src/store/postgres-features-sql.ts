@@ -5,6 +5,7 @@
  * Like postgres-sql.ts, each statement takes a whole group of like operations of one batch.
  */
 import type { SQL } from "bun";
+import { perQueue, perRows, upsertInto } from "./postgres-sql";
 
 /** A set with a delay or a token (or a fanout copy guarded by its parent's token). */
 export interface FeatureInsert {
@@ -32,15 +33,22 @@ export function featureStatements(schema: string, channel: string) {
   const pgNow = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
   /** A node hears of the earliest new due time (postgres-features.ts arm): delivered at commit. */
   const dueNotice = (from: string) => `SELECT pg_notify('${channel}', ' due ' || min(due)) FROM ${from} HAVING count(*) > 0`;
+  /**
+   * Counts in `node`'s rows what only the statement knows (postgres-sql.ts upsertInto): the
+   * batch's own counter upsert is sent with the batch, before any statement has answered.
+   */
+  const upsert = (node: string, select: string) => upsertInto(C, node, select);
 
   return {
     /**
      * Stores sets with a delay or a token in one statement. A token is written unless a live one
      * is there (ON CONFLICT waits for another node's uncommitted set of it, then sees it); a row
-     * whose token was not written is not stored. Returns the ordinals (1-based) of those rows,
-     * and the earliest due time written.
+     * whose token was not written is not stored. The batch counts every row as stored: this
+     * statement takes back, in `node`'s counters, what it turned away, and counts the sets
+     * themselves (own rows) as deduplicated. Returns the ordinals (1-based) of those rows, and
+     * the earliest due time written.
      */
-    insert: async (sql: SQL, rows: FeatureInsert[]): Promise<{ turnedAway: number[]; due: number | null }> => {
+    insert: async (sql: SQL, rows: FeatureInsert[], node: number): Promise<{ turnedAway: number[]; due: number | null }> => {
       const offsets: number[] = [];
       let at = 1;
       for (const r of rows) {
@@ -61,26 +69,34 @@ export function featureStatements(schema: string, channel: string) {
            later AS (INSERT INTO ${DL} (queue, flags, created, expires, due, body)
              SELECT queue, flags, created, exp, ${pgNow} + delay, substring($7::bytea FROM off FOR len) FROM ok WHERE delay > 0 ORDER BY i
              RETURNING due),
-           notice AS (${dueNotice("later")})
+           notice AS (${dueNotice("later")}),
+           away AS (SELECT * FROM r WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.i = r.i)),
+           c AS (${upsert("$13::int", perRows([{ from: "away", queue: "queue", c: {
+             total: "-1", items: "-1", bytes: "-len", delayed: "CASE WHEN delay > 0 THEN -1 ELSE 0 END", deduplicated: "CASE WHEN own THEN 1 ELSE 0 END",
+           } }]))})
          SELECT (SELECT count(*) FROM notice)::int AS n, (SELECT min(due) FROM later)::float8 AS due,
-           coalesce((SELECT string_agg(r.i::text, ',') FROM r WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.i = r.i)), '') AS dup`,
+           coalesce((SELECT string_agg(i::text, ',') FROM away), '') AS dup`,
         [col((r) => r.queue), col((r) => r.flags), col((r) => r.created), col((r) => r.expires), offsets, col((r) => r.body.length),
           Buffer.concat(col((r) => r.body)), col((r) => r.delay), col((r) => r.token), col((r) => r.tokenQueue), col((r) => r.own),
-          col((r) => r.window)],
+          col((r) => r.window), node],
       ).execute()) as { dup: string; due: number | null }[];
       // One row, always: the notice is sent whether or not a set was turned away.
       const { dup, due } = out[0]!;
       return { turnedAway: dup === "" ? [] : dup.split(",").map(Number), due };
     },
 
-    /** Open messages of `node` back to mcq_delayed, due after their delay; returns the ids found and the earliest due. */
+    /**
+     * Open messages of `node` back to mcq_delayed, due after their delay, counted (open to
+     * delayed) in `node`'s rows as they are found; returns the ids found and the earliest due.
+     */
     later: async (sql: SQL, ids: number[], delays: number[], node: number): Promise<{ found: Set<number>; due: number | null }> => {
       const out = (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} m USING unnest($1::int8[], $2::int8[]) AS r(id, delay) WHERE m.id = r.id AND m.owner = $3
              RETURNING m.*, r.delay),
            i AS (INSERT INTO ${DL} (queue, flags, created, expires, due, deliveries, body)
              SELECT queue, flags, created, expires, ${pgNow} + delay, deliveries, body FROM d ORDER BY id RETURNING due),
-           notice AS (${dueNotice("i")})
+           notice AS (${dueNotice("i")}),
+           c AS (${upsert("$3::int", perQueue("d", { open: "-count(*)", delayed: "count(*)" }))})
          SELECT d.id::float8 AS id, (SELECT count(*) FROM notice)::int AS n, (SELECT min(due) FROM i)::float8 AS due FROM d`,
         [ids, delays, node],
       ).execute()) as { id: number; due: number }[];
@@ -90,35 +106,54 @@ export function featureStatements(schema: string, channel: string) {
     /**
      * Moves open messages (of `owners`) to the tails of their targets, under new ids, their
      * delivery counts reset: the DELETE and the INSERT are one statement, so after kill -9 each
-     * is in exactly one queue. Returns the ids found, with their bodies' lengths.
+     * is in exactly one queue. What it moved is counted in `node`'s rows, out of the queue (as
+     * fetched and dead-lettered) and into the target. Returns the ids found, with their bodies' lengths.
      */
-    move: async (sql: SQL, ids: number[], targets: string[], owners: number[]) =>
+    move: async (sql: SQL, ids: number[], targets: string[], owners: number[], node: number) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} m USING unnest($1::int8[], $2::text[]) WITH ORDINALITY AS r(id, target, i)
-             WHERE m.id = r.id AND m.owner = ANY($3::int[]) RETURNING m.id, m.flags, m.created, m.expires, m.body, r.target, r.i),
-           i AS (INSERT INTO ${M} (queue, flags, created, expires, body) SELECT target, flags, created, expires, body FROM d ORDER BY i)
+             WHERE m.id = r.id AND m.owner = ANY($3::int[]) RETURNING m.id, m.queue, m.flags, m.created, m.expires, m.body, r.target, r.i),
+           i AS (INSERT INTO ${M} (queue, flags, created, expires, body) SELECT target, flags, created, expires, body FROM d ORDER BY i),
+           c AS (${upsert("$4::int", perRows([
+             { from: "d", queue: "queue", c: { items: "-1", bytes: "-length(body)", open: "-1", fetched: "1", deadLettered: "1" } },
+             { from: "d", queue: "target", c: { total: "1", items: "1", bytes: "length(body)" } },
+           ]))})
          SELECT id::float8 AS id, length(body)::int AS bytes FROM d`,
-        [ids, targets, owners],
+        [ids, targets, owners, node],
       ).execute()) as { id: number; bytes: number }[],
 
-    /** Every waiting message of `from` to the tail of `to`, in order, under new ids, counts reset. */
-    redrive: async (sql: SQL, from: string, to: string) =>
+    /**
+     * Every waiting message of `from` to the tail of `to`, in order, under new ids, counts reset;
+     * counted in `node`'s rows (out of `from` as fetched, into `to`), since only this statement knows how many.
+     */
+    redrive: async (sql: SQL, from: string, to: string, node: number) =>
       ((await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM ${M} WHERE queue = $1 AND owner IS NULL ORDER BY id FOR UPDATE SKIP LOCKED)
              RETURNING id, flags, created, expires, body),
            i AS (INSERT INTO ${M} (queue, flags, created, expires, body) SELECT $2, flags, created, expires, body FROM d ORDER BY id
-             RETURNING length(body) AS len)
+             RETURNING queue, length(body) AS len),
+           c AS (${upsert("$3::int", perRows([
+             { from: "i", queue: "$1::text", c: { items: "-1", bytes: "-len", fetched: "1" } },
+             { from: "i", queue: "queue", c: { total: "1", items: "1", bytes: "len" } },
+           ]))})
          SELECT count(*)::int AS n, coalesce(sum(len), 0)::float8 AS bytes FROM i`,
-        [from, to],
+        [from, to, node],
       ).execute()) as { n: number; bytes: number }[])[0]!,
 
-    /** Deletes the delayed messages of `queues` (null: all), as a flush or drop does; how many per queue. */
-    forget: async (sql: SQL, queues: string[] | null) =>
-      (await sql.unsafe(
-        `WITH d AS (DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue)
-         SELECT queue, count(*)::int AS n FROM d GROUP BY queue`,
-        queues === null ? [] : [queues],
-      ).execute()) as { queue: string; n: number }[],
+    /**
+     * Deletes the delayed messages of `queues` (null: all), as a flush or drop does; how many per
+     * queue. A flush's are counted out of `delayed` in `node`'s rows (node null: a drop, whose
+     * counter rows are gone).
+     */
+    forget: async (sql: SQL, queues: string[] | null, node: number | null) => {
+      const params: unknown[] = [];
+      const where = queues === null ? "" : `WHERE queue = ANY($${params.push(queues)}::text[])`;
+      const count = node === null ? "" : `, c AS (${upsert(`$${params.push(node)}::int`, perQueue("d", { delayed: "-count(*)" }))})`;
+      return (await sql.unsafe(
+        `WITH d AS (DELETE FROM ${DL} ${where} RETURNING queue) ${count} SELECT queue, count(*)::int AS n FROM d GROUP BY queue`,
+        params,
+      ).execute()) as { queue: string; n: number }[];
+    },
 
     /**
      * Moves up to `limit` due messages to the tails of their queues (by due time, then arrival),
@@ -159,12 +194,12 @@ export function featureStatements(schema: string, channel: string) {
         [owners],
       ).execute()) as { id: number; queue: string; deliveries: number }[],
 
-    /** Nodes silent for `leaseS` seconds (or the one given), locked until the reap commits. */
+    /** Nodes silent for `leaseS` seconds (or the one given). */
     deadNodes: async (sql: SQL, leaseS: number, only: number | null) =>
       ((await sql.unsafe(
         only === null
-          ? `SELECT id FROM ${schema}.mcq_nodes WHERE heartbeat < now() - make_interval(secs => $1) FOR UPDATE`
-          : `SELECT id FROM ${schema}.mcq_nodes WHERE id = $1 FOR UPDATE`,
+          ? `SELECT id FROM ${schema}.mcq_nodes WHERE heartbeat < now() - make_interval(secs => $1)`
+          : `SELECT id FROM ${schema}.mcq_nodes WHERE id = $1`,
         [only ?? leaseS],
       ).execute()) as { id: number }[]).map((r) => r.id),
 

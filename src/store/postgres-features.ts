@@ -21,10 +21,13 @@
  * Dead letters. An open counts a delivery (postgres-sql.ts open); the server decides at an abort,
  * disconnect or lease expiry (queue-limits.ts) and moveOpen moves the message in the batch of
  * that abort, DELETE and INSERT in one statement. A node that dies holding messages open: the
- * node that reaps it moves those opened max_deliveries times, in the reap's transaction.
+ * node that reaps it moves those opened max_deliveries times, one statement per reap (reap()).
  *
  * Counters (delayed, deduplicated, dead_lettered) are columns of mcq_counters, per node and summed
- * when read, like the others: exact over nodes and persistent.
+ * when read, like the others: exact over nodes and persistent. A batch is sent whole at commit,
+ * its counter upsert before any statement answers (postgres-batches.ts): a count only a statement
+ * knows (a set turned away, a move or an abort/delay that found its row, a redrive) is counted by
+ * that statement itself, and its answer brings only this node's view along.
  */
 import type { SQL } from "bun";
 import { featureStatements, type FeatureInsert } from "./postgres-features-sql";
@@ -38,7 +41,7 @@ export type FeatureOp =
   | { k: "later"; queue: string; id: number; delay: number; bytes: number }
   | { k: "move"; queue: string; id: number; target: string; bytes: number; created: number }
   | { k: "redrive"; from: string; to: string; now: number; ok: (n: number) => void; fail: (e: unknown) => void }
-  | { k: "forget"; queues: string[] | null };
+  | { k: "forget"; queues: string[] | null; counted: boolean };
 
 /** Where a message opened `deliveries` times goes when it comes back: its dead-letter queue, or null. */
 export type DeadLetterPolicy = (queue: string, deliveries: number) => string | null;
@@ -51,13 +54,15 @@ export interface FeatureDeps {
   view: View;
   tx(): Tx;
   op(o: Op): void;
-  change(tx: Tx, queue: string, d: Partial<Delta>, created?: number): void;
+  /** Counts in the view and the batch; `counted`: the op's own statement counts it in Postgres (postgres.ts). */
+  change(tx: Tx, queue: string, d: Partial<Delta>, created?: number, counted?: boolean): void;
   held: Map<number, { queue: string; bytes: number; deliveries?: number }>;
   hold(tx: Tx, id: number, h: { queue: string; bytes: number; deliveries?: number } | null): void;
-  /** Runs `fn` between batches on the store's connection (postgres-batches.ts background). */
+  /**
+   * Runs `fn` between batches on the store's connection (postgres-batches.ts background). No
+   * transaction is open there between batches: each of its statements commits on its own.
+   */
   background(fn: (c: SQL) => Promise<void>): void;
-  /** Sends the open batch's ops soon (an answer is awaited). */
-  kick(): void;
   closed(): boolean;
   log(level: "info" | "warn", message: string): void;
   deadLetter: DeadLetterPolicy | null;
@@ -137,7 +142,7 @@ export function createFeatures(d: FeatureDeps) {
       const tx = d.tx();
       d.hold(tx, id, null);
       feature({ k: "later", queue, id, delay: Math.max(1, dueAt - now), bytes: h.bytes });
-      d.change(tx, queue, { open: -1, delayed: 1 });
+      d.change(tx, queue, { open: -1, delayed: 1 }, 0, true); // the statement counts what it finds
       return true;
     },
     promoteDue() {
@@ -225,130 +230,125 @@ export function createFeatures(d: FeatureDeps) {
       const tx = d.tx();
       d.hold(tx, id, null);
       feature({ k: "move", queue, id, target, bytes: h.bytes, created: now });
-      d.change(tx, queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1, deadLettered: 1 });
-      d.change(tx, target, { total: 1, items: 1, bytes: h.bytes }, now);
+      // The statement counts what it finds (postgres-features-sql.ts move).
+      d.change(tx, queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1, deadLettered: 1 }, 0, true);
+      d.change(tx, target, { total: 1, items: 1, bytes: h.bytes }, now, true);
       tx.wake.add(target);
       return true;
     },
     redrive(from, to, now): Maybe<number> {
       guard = null;
       // Postgres decides what `from` holds: this node's view may not have seen another node's sets yet.
+      // Answered when its statement is, once the batch is sent at commit; it counts what it moved.
       if (from === to) return 0;
       const n = new Promise<number>((ok, fail) => feature({ k: "redrive", from, to, now, ok, fail }));
-      d.kick();
+      d.tx().wake.add(to); // NOTIFY is sent with the batch, before the count is known
       return n;
     },
   };
 
-  /** Runs a run of like feature ops of one batch, in order (postgres-send.ts). */
-  async function statement(tx: Tx, c: SQL, ops: FeatureOp[]): Promise<void> {
+  /**
+   * Runs a run of like feature ops of one batch (postgres-send.ts). Every statement is put on the
+   * connection before this returns (the batch's COMMIT goes right behind); what only a statement
+   * knows, it counts in Postgres itself, and its answer only brings the view along.
+   */
+  function statement(tx: Tx, c: SQL, ops: FeatureOp[]): Promise<void> {
     const op = ops[0]!;
+    const all = (each: Promise<void>[]) => Promise.all(each).then(() => {});
     switch (op.k) {
       case "insert": {
         const rows = ops as Extract<FeatureOp, { k: "insert" }>[];
-        const { turnedAway, due } = await fst.insert(c, rows);
-        if (tx.undone) return;
-        // This node's timer at once; the others' at the commit's notice (and this one's again).
-        if (due !== null) arm(due);
-        for (const i of turnedAway) {
-          // Its token was live: nothing stored. Undo what the set counted; the set itself counts it.
-          const r = rows[i - 1]!;
-          d.change(tx, r.queue, { total: -1, items: -1, bytes: -r.body.length, delayed: r.delay > 0 ? -1 : 0, deduplicated: r.own ? 1 : 0 });
-        }
-        return;
+        return fst.insert(c, rows, d.node).then(({ turnedAway, due }) => {
+          if (tx.undone) return;
+          // This node's timer at once; the others' at the commit's notice (and this one's again).
+          if (due !== null) arm(due);
+          for (const i of turnedAway) {
+            // Its token was live: nothing stored. The statement took back what the set counted.
+            const r = rows[i - 1]!;
+            d.change(tx, r.queue, { total: -1, items: -1, bytes: -r.body.length, delayed: r.delay > 0 ? -1 : 0, deduplicated: r.own ? 1 : 0 });
+          }
+        });
       }
       case "later": {
         const rows = ops as Extract<FeatureOp, { k: "later" }>[];
-        const { found, due } = await fst.later(c, rows.map((o) => o.id), rows.map((o) => o.delay), d.node);
-        if (due !== null && !tx.undone) arm(due);
-        for (const o of rows) if (!found.has(o.id) && !tx.undone && d.view.has(o.queue)) d.change(tx, o.queue, { open: 1, delayed: -1 });
-        return;
+        return fst.later(c, rows.map((o) => o.id), rows.map((o) => o.delay), d.node).then(({ found, due }) => {
+          if (due !== null && !tx.undone) arm(due);
+          for (const o of rows) if (!found.has(o.id) && !tx.undone && d.view.has(o.queue)) d.change(tx, o.queue, { open: 1, delayed: -1 });
+        });
       }
       case "move": {
         const rows = ops as Extract<FeatureOp, { k: "move" }>[];
-        const found = new Set((await fst.move(c, rows.map((o) => o.id), rows.map((o) => o.target), [d.node])).map((r) => r.id));
-        for (const o of rows) {
-          // Not found: a flush or drop elsewhere deleted it; undo what was counted for it.
-          if (found.has(o.id) || tx.undone) continue;
-          if (d.view.has(o.queue)) d.change(tx, o.queue, { items: 1, bytes: o.bytes, open: 1, fetched: -1, deadLettered: -1 });
-          d.change(tx, o.target, { total: -1, items: -1, bytes: -o.bytes });
-        }
-        return;
+        return fst.move(c, rows.map((o) => o.id), rows.map((o) => o.target), [d.node], d.node).then((moved) => {
+          const found = new Set(moved.map((r) => r.id));
+          for (const o of rows) {
+            // Not found: a flush or drop elsewhere deleted it; the view counted it, the statement did not.
+            if (found.has(o.id) || tx.undone) continue;
+            if (d.view.has(o.queue)) d.change(tx, o.queue, { items: 1, bytes: o.bytes, open: 1, fetched: -1, deadLettered: -1 });
+            d.change(tx, o.target, { total: -1, items: -1, bytes: -o.bytes });
+          }
+        });
       }
       case "redrive":
-        for (const o of ops as Extract<FeatureOp, { k: "redrive" }>[]) {
-          try {
-            const r = await fst.redrive(c, o.from, o.to);
-            if (r.n > 0 && !tx.undone) {
-              d.change(tx, o.from, { items: -r.n, bytes: -r.bytes, fetched: r.n });
-              d.change(tx, o.to, { total: r.n, items: r.n, bytes: r.bytes }, o.now);
-              tx.wake.add(o.to);
-            }
-            o.ok(r.n);
-          } catch (e) {
-            o.fail(e);
-            throw e;
-          }
-        }
-        return;
+        return all(
+          (ops as Extract<FeatureOp, { k: "redrive" }>[]).map((o) =>
+            fst.redrive(c, o.from, o.to, d.node).then(
+              (r) => {
+                if (r.n > 0 && !tx.undone) {
+                  d.change(tx, o.from, { items: -r.n, bytes: -r.bytes, fetched: r.n });
+                  d.change(tx, o.to, { total: r.n, items: r.n, bytes: r.bytes }, o.now);
+                }
+                o.ok(r.n);
+              },
+              (e) => {
+                o.fail(e);
+                throw e;
+              },
+            ),
+          ),
+        );
       case "forget":
-        for (const o of ops as Extract<FeatureOp, { k: "forget" }>[]) {
-          // Counted from what Postgres deleted, not from the view (which may not have seen a move yet).
-          for (const r of await fst.forget(c, o.queues)) if (!tx.undone && d.view.has(r.queue)) d.change(tx, r.queue, { delayed: -r.n });
-        }
-        return;
+        return all(
+          (ops as Extract<FeatureOp, { k: "forget" }>[]).map((o) =>
+            // Counted from what Postgres deleted, not from the view (which may not have seen a move yet).
+            fst.forget(c, o.queues, o.counted ? d.node : null).then((rows) => {
+              for (const r of rows) if (!tx.undone && d.view.has(r.queue)) d.change(tx, r.queue, { delayed: -r.n });
+            }),
+          ),
+        );
     }
   }
 
   /**
-   * Returns the open messages of dead nodes (postgres-sql.ts reap), in one transaction with the
-   * dead-letter moves of those opened max_deliveries times: after kill -9 of the reaper too, each
-   * message is in exactly one queue. Without dead letters it is one transaction too: its
-   * statements delete the dead nodes' rows and then free their messages, and a reaper killed
-   * between them would leave those messages owned by a node no longer there. Returns how many
-   * came back or moved.
+   * Returns the open messages of dead nodes (postgres-sql.ts reap), after moving to their
+   * dead-letter queues those opened max_deliveries times. No BEGIN is awaited on the store's one
+   * connection (a batch sent meanwhile would land inside it): each step commits on its own, and
+   * each is safe if the reaper is killed right after it:
+   * - deadNodes, openOf: reads only.
+   * - move: one statement (DELETE and INSERT, counted in it): each moved message is in exactly one
+   *   queue, and the dead nodes' rows are still there, so the next reaper finds the rest.
+   * - notify: a wake-up only; a waiter missing it looks again at its next notice or timeout.
+   * - st.reap: one statement (nodes' rows deleted, their messages freed, counters folded).
+   * Returns how many came back or moved.
    */
   async function reap(c: SQL, leaseS: number, only: number | null = null): Promise<number> {
-    await c.unsafe("BEGIN").execute();
-    try {
-      const dead = d.deadLetter === null ? [] : await fst.deadNodes(c, leaseS, only);
-      let moved = 0;
-      if (dead.length > 0) {
-        const moves: { id: number; queue: string; target: string }[] = [];
-        for (const m of await fst.openOf(c, dead)) {
-          const target = d.deadLetter!(m.queue, m.deliveries);
-          if (target !== null && target !== m.queue) moves.push({ id: m.id, queue: m.queue, target });
-        }
-        if (moves.length > 0) moved = await moveReaped(c, moves, dead);
+    if (d.deadLetter === null) return d.st.reap(c, leaseS, only);
+    const dead = await fst.deadNodes(c, leaseS, only);
+    let moved = 0;
+    if (dead.length > 0) {
+      const moves: { id: number; queue: string; target: string }[] = [];
+      for (const m of await fst.openOf(c, dead)) {
+        const target = d.deadLetter(m.queue, m.deliveries);
+        if (target !== null && target !== m.queue) moves.push({ id: m.id, queue: m.queue, target });
       }
-      const back = await d.st.reap(c, leaseS, only);
-      await c.unsafe("COMMIT").execute();
-      if (moved > 0) d.log("info", `Postgres: ${moved} open messages of dead nodes moved to their dead-letter queues`);
-      return back + moved;
-    } catch (e) {
-      await c.unsafe("ROLLBACK").execute().catch(() => {});
-      throw e;
+      if (moves.length > 0) {
+        // Into this node's counter rows, like any change it makes; the opens were the dead node's.
+        moved = (await fst.move(c, moves.map((m) => m.id), moves.map((m) => m.target), dead, d.node)).length;
+        if (moved > 0) await fst.notify(c, [...new Set(moves.map((m) => m.target))]);
+      }
     }
-  }
-
-  async function moveReaped(c: SQL, moves: { id: number; queue: string; target: string }[], dead: number[]): Promise<number> {
-    const queueOf = new Map(moves.map((m) => [m.id, m.queue]));
-    const found = await fst.move(c, moves.map((m) => m.id), moves.map((m) => m.target), dead);
-    const deltas = new Map<string, Delta>();
-    const add = (q: string, x: Partial<Delta>) => {
-      const sum = deltas.get(q) ?? zero();
-      for (const [k, v] of Object.entries(x) as [keyof Delta, number][]) sum[k] += v;
-      deltas.set(q, sum);
-    };
-    const targetOf = new Map(moves.map((m) => [m.id, m.target]));
-    for (const r of found) {
-      add(queueOf.get(r.id)!, { items: -1, bytes: -r.bytes, open: -1, fetched: 1, deadLettered: 1 });
-      add(targetOf.get(r.id)!, { total: 1, items: 1, bytes: r.bytes });
-    }
-    // Into this node's rows, like any change it makes; the opens were the dead node's.
-    if (deltas.size > 0) await d.st.count(c, d.node, deltas);
-    if (found.length > 0) await fst.notify(c, [...new Set(targetOf.values())]);
-    return found.length;
+    const back = await d.st.reap(c, leaseS, only);
+    if (moved > 0) d.log("info", `Postgres: ${moved} open messages of dead nodes moved to their dead-letter queues`);
+    return back + moved;
   }
 
   return {
@@ -366,9 +366,9 @@ export function createFeatures(d: FeatureDeps) {
       return true;
     },
     /** Delayed messages of the queues (null: all) go with a flush or a drop. */
-    forget(queues: string[] | null): void {
+    forget(queues: string[] | null, counted: boolean): void {
       guard = null;
-      feature({ k: "forget", queues });
+      feature({ k: "forget", queues, counted });
     },
     /** A notification's payload; true if it was the features' own (` due <t>`). */
     notice(payload: string): boolean {

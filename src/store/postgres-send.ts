@@ -37,37 +37,34 @@ export type Op =
   | { k: "feature"; f: FeatureOp };
 
 export interface Tx extends Changes {
+  /** What the batch does, in the order its requests asked; sent whole at commit. */
   ops: Op[];
-  /** The statements sent so far, in order; rejects with the first failure. */
-  chain: Promise<void> | null;
+  /**
+   * Per op, its layer: how many takes its session asked for before it in this batch. A session
+   * runs on past a get whose answer is pending (get.ts deferGet), so its ops after a take must
+   * stay after that take; ops of one layer may be reordered (gather).
+   */
+  layers: number[];
+  /** Takes asked for in this batch, per session (store.actor). */
+  takesBy: Map<number, number>;
+  /** Counter changes of `deltas` that the statements count in Postgres themselves (see count()). */
+  counted: Map<string, Delta>;
   failed: StoreError | null;
-  /** Undone by rollback(): its statements stop, it never commits, its changes are forgotten. */
+  /** The connection the batch was sent on (null until sent): only that one is dropped when it fails. */
+  sentOn: SQL | null;
+  /** Undone by rollback(): it never commits, its changes are forgotten. */
   undone: boolean;
   /** Queues whose messages may have become available: notified at commit. */
   wake: Set<string>;
-  /** Resolves once the connection may carry the next transaction (COMMIT or ROLLBACK sent). */
-  handOff: Promise<void>;
-  handedOff: () => void;
-  /** Settles with the commit's outcome. */
-  outcome: Promise<void>;
   timer: ReturnType<typeof setTimeout> | null;
-  /** A flush is due once this event-loop iteration ends (takes were asked for). */
-  flushing: boolean;
   /** Waiting for the counters read after this batch's COMMIT. */
   refreshers: (() => void)[];
   /** Undoes this batch's changes to `held`, newest last. */
   heldUndo: (() => void)[];
-  /** Takes sent and not answered yet: failed with the batch. */
-  asked: Take[];
-  /** Takes asked for and not answered yet (the turn waits for them: store.awaiting). */
-  unanswered: number;
-  /** A round of its statements is out: ops asked for meanwhile wait for the next (postgres.ts flush). */
-  sending: boolean;
   /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
   broken: Promise<never>;
   breakNow: (e: StoreError) => void;
 }
-
 
 /** What sending needs from the store. */
 export interface Sender {
@@ -79,6 +76,12 @@ export interface Sender {
   reason(e: unknown): StoreError;
   /** The queue features' statements (postgres-features.ts). */
   feature(tx: Tx, c: SQL, ops: FeatureOp[]): Promise<void>;
+  /**
+   * A statement of the batch failed: the batch is failed now (postgres-batches.ts failTx), before
+   * any take is rejected. A take's rejection reaches batch.fail() at once (get-deferred.ts), and
+   * the store must then know which batch to undo: this one, not only the open one.
+   */
+  failed(tx: Tx, e: unknown): void;
 }
 
 export function createSender(deps: Sender) {
@@ -89,16 +92,25 @@ export function createSender(deps: Sender) {
     return m;
   };
 
-  /** Sends ops as statements, one per run of like ops, all pipelined; resolves when all answered. */
-  async function send(tx: Tx, c: SQL, sent: Op[]): Promise<void> {
-    const ops = gather(sent);
+    /**
+   * Sends ops as statements, one per run of like ops, all pipelined: every statement is on the
+   * connection when this returns (the statement functions call execute() before their first
+   * await), so the caller can put COMMIT behind them. Resolves when all have answered.
+   */
+  async function send(tx: Tx, c: SQL): Promise<void> {
+    const ops = gather(tx.ops, tx.layers);
     const pending: Promise<unknown>[] = [];
     for (let i = 0; i < ops.length; ) {
       let j = i + 1;
       const kind = (o: Op) => (o.k === "take" ? `take:${o.t.mode}` : o.k === "feature" ? `feature:${o.f.k}` : o.k);
       const alone = (o: Op) => o.k === "flush" || o.k === "sweep" || (o.k === "insert" && o.body.length > LARGE_BODY);
       while (j < ops.length && kind(ops[j]!) === kind(ops[i]!) && !alone(ops[i]!) && !alone(ops[j]!)) j++;
-      pending.push(statement(tx, c, ops.slice(i, j)));
+      pending.push(
+        statement(tx, c, ops.slice(i, j)).catch((e) => {
+          deps.failed(tx, e); // the first failing statement names the failure, not the ones aborted after it
+          throw e;
+        }),
+      );
       i = j;
     }
     const results = await Promise.allSettled(pending);
@@ -106,29 +118,31 @@ export function createSender(deps: Sender) {
   }
 
   /**
-   * Puts like ops next to each other, so that a round costs one statement per kind rather than
-   * one per connection (pair load interleaves set, get, set, get). Only one connection's order
-   * must hold: every reply of the batch leaves at its commit, so requests of different
-   * connections in it are concurrent and may run in any order. A connection stops at its take
-   * until it is answered, so its take is its last op in a round: moving takes after the other
-   * ops, and sets before confirms and releases (other rows), keeps each connection's order.
+   * Puts like ops next to each other, so that a batch costs one statement per kind and layer
+   * rather than one per connection (pair load interleaves set, get, set, get). Only one session's
+   * order must hold: every reply of the batch leaves at its commit, so requests of different
+   * connections in it are concurrent and may run in any order. A session's ops are in layers,
+   * split by its takes (Tx.layers): sorting by layer, then kind, keeps its takes in order and
+   * each of its ops on the same side of each of its takes; within a layer, its take sorts last,
+   * and moving sets before confirms and releases (other rows) changes nothing it could see.
    * Drop, flush and sweep stay where they are, and nothing moves across them.
    */
-  function gather(ops: Op[]): Op[] {
+  function gather(ops: Op[], layers: number[]): Op[] {
     if (ops.length < 3) return ops;
     const out: Op[] = [];
-    let segment: Op[] = [];
+    let segment: number[] = [];
     const close = () => {
-      out.push(...segment.sort((a, b) => rank(a) - rank(b)));
+      segment.sort((a, b) => layers[a]! - layers[b]! || rank(ops[a]!) - rank(ops[b]!) || a - b);
+      for (const i of segment) out.push(ops[i]!);
       segment = [];
     };
-    for (const o of ops) {
-      if (rank(o) >= 0) segment.push(o);
+    ops.forEach((o, i) => {
+      if (rank(o) >= 0) segment.push(i);
       else {
         close();
         out.push(o);
       }
-    }
+    });
     close();
     return out;
   }
@@ -148,7 +162,8 @@ export function createSender(deps: Sender) {
       case "release": {
         const run = op.k === "confirm" ? st.confirm(c, col((o) => o.id), node) : st.release(c, col((o) => o.id), node);
         return run.then((found) => {
-          // Not found: a flush or drop elsewhere deleted it; undo what was counted for it.
+          // Not found: a flush or drop elsewhere deleted it; undo what the view counted for it
+          // (the statement counted in Postgres only what it found).
           const ids = new Set(found.map((r) => r.id));
           for (const o of ops as Extract<Op, { k: "confirm" | "release" }>[]) {
             if (ids.has(o.id) || tx.undone || !view.has(o.queue)) continue;
@@ -162,13 +177,13 @@ export function createSender(deps: Sender) {
       case "flush":
         return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
       case "sweep":
-        return st.sweep(c, op.limit).then((rows) => settleRemoved(tx, rows, true));
+        return st.sweep(c, op.limit, node).then((rows) => settleRemoved(tx, rows, true));
       case "feature":
         return deps.feature(tx, c, (ops as Extract<Op, { k: "feature" }>[]).map((o) => o.f));
     }
   }
 
-  /** Counts what a flush or sweep removed (a flush counted its queues as emptied already). */
+  /** Counts in the view what a sweep removed (the statement counted it in Postgres; a flush counted its queues as emptied already). */
   function settleRemoved(tx: Tx, rows: Removed[], expired: boolean): void {
     if (tx.undone) return;
     for (const r of rows) {
@@ -186,9 +201,10 @@ export function createSender(deps: Sender) {
       // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
       if (mode === "peek") rows = await st.peek(c, queues);
       else if (mode === "open") rows = await st.open(c, queues, queues.map((q) => groups.get(q)!.length), node);
-      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length));
+      else rows = await st.dequeue(c, queues, queues.map((q) => groups.get(q)!.length), node);
     } catch (e) {
-      for (const t of list) t.fail(reason(e));
+      deps.failed(tx, e); // fails the batch first, then its takes (with the batch's reason)
+      for (const t of list) t.fail(tx.failed ?? reason(e));
       throw e;
     }
     if (tx.undone) {

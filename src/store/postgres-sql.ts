@@ -34,6 +34,34 @@ const COLUMNS = COUNTERS.map(([, c]) => c);
 /** `ON CONFLICT` adding the incoming row to the existing one, column by column. */
 const addUp = (table: string) => COLUMNS.map((c) => `${c} = ${table}.${c} + excluded.${c}`).join(", ");
 
+/** A counter change as SQL: per column (Delta's field), an expression; the others are 0. */
+export type CounterExprs = Partial<Record<keyof Delta, string>>;
+const columnsOf = (c: CounterExprs, wrap: (e: string) => string) =>
+  COUNTERS.map(([k, col]) => `${wrap(c[k] ?? "0")}::int8 AS ${col}`).join(", ");
+
+/**
+ * Adds counter changes to `node`'s rows of `table`: `select` yields (queue, then every column of
+ * COUNTERS), one row per queue. A statement whose effect is only known in Postgres (a take, a
+ * confirm, a sweep, a dedup turning a set away, a dead-letter move) counts it itself, in the same
+ * statement, since the batch's own counter upsert is sent before any answer comes back.
+ */
+export const upsertInto = (table: string, node: string, select: string) =>
+  `INSERT INTO ${table} (node, queue, ${COLUMNS.join(", ")}) SELECT ${node}, * FROM (${select}) s
+   ON CONFLICT (queue, node) DO UPDATE SET ${addUp(table)}`;
+
+/** Per queue of `from` (rows with a queue column): its counter change, each column an aggregate expression. */
+export const perQueue = (from: string, c: CounterExprs) => `SELECT queue, ${columnsOf(c, (e) => `(${e})`)} FROM ${from} GROUP BY queue`;
+
+/**
+ * Per queue: the sum of every row's change, over parts that each name their rows, the column
+ * holding the queue and per-row expressions (a move counts out of one queue and into another,
+ * and one queue may be both: one row per queue, or ON CONFLICT would meet it twice).
+ */
+export const perRows = (parts: { from: string; queue: string; c: CounterExprs }[]) =>
+  `SELECT queue, ${COLUMNS.map((c) => `sum(${c})::int8 AS ${c}`).join(", ")} FROM (${parts
+    .map((p) => `SELECT ${p.queue} AS queue, ${columnsOf(p.c, (e) => `(${e})`)} FROM ${p.from}`)
+    .join(" UNION ALL ")}) x GROUP BY queue`;
+
 export interface Row {
   id: number;
   queue: string;
@@ -73,15 +101,24 @@ export function statements(schema: string) {
   const removed = (from: string) =>
     `SELECT queue, count(*)::int AS n, sum(len)::float8 AS bytes, count(owner)::int AS open FROM ${from} GROUP BY queue`;
   const rows = (r: any[]): Row[] => r as Row[];
-  /** Moves the counter rows of `nodes` into node 0's, keeping every sum. */
-  const fold = (sql: SQL, nodes: number[]) =>
-    sql.unsafe(
-      `WITH gone AS (DELETE FROM ${C} WHERE node = ANY($1::int[]) RETURNING *),
-         sums AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue)
-       INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")}) SELECT 0, queue, ${COLUMNS.join(", ")} FROM sums
-       ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)}`,
-      [nodes],
-    ).execute();
+  const upsert = (node: string, select: string) => upsertInto(C, node, select);
+  /** See reap below: dead nodes' rows deleted, their messages freed, their counters moved into node 0's. */
+  async function reap(sql: SQL, leaseS: number, only: number | null): Promise<number> {
+    const folded = COLUMNS.map((c) => (c === "open" ? "coalesce(s.open, 0) - coalesce(r.n, 0)" : `coalesce(s.${c}, 0)`)).join(", ");
+    const rows = (await sql.unsafe(
+      `WITH dead AS (DELETE FROM ${N} WHERE ${only === null ? "heartbeat < now() - make_interval(secs => $1)" : "id = $1"} RETURNING id),
+         freed AS (UPDATE ${M} SET owner = NULL WHERE owner IN (SELECT id FROM dead) RETURNING queue),
+         r AS (SELECT queue, count(*) AS n FROM freed GROUP BY queue),
+         gone AS (DELETE FROM ${C} WHERE node IN (SELECT id FROM dead) RETURNING *),
+         s AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue),
+         f AS (INSERT INTO ${C} (node, queue, ${COLUMNS.join(", ")})
+           SELECT 0, coalesce(s.queue, r.queue), ${folded} FROM s FULL JOIN r ON r.queue = s.queue
+           ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)})
+       SELECT coalesce(sum(n), 0)::int AS n FROM r`,
+      [only ?? leaseS],
+    ).execute()) as { n: number }[];
+    return rows[0]!.n;
+  }
 
   return {
     /**
@@ -119,13 +156,24 @@ export function statements(schema: string) {
          ON CONFLICT (id) DO NOTHING`,
         [ids, queues, flags, created, expires, bodies],
       ).execute(),
-    dequeue: async (sql: SQL, queues: string[], counts: number[]) =>
-      rows(await sql.unsafe(`WITH picked AS (${pick}) DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}`, [queues, counts]).execute()),
+    /** Takes the heads of `queues` ($2: how many of each) and counts them as fetched on `node`. */
+    dequeue: async (sql: SQL, queues: string[], counts: number[], node: number) =>
+      rows(
+        await sql.unsafe(
+          `WITH picked AS (${pick}), d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}, length(body) AS len),
+             c AS (${upsert("$3::int", perQueue("d", { fetched: "count(*)", items: "-count(*)", bytes: "-sum(len)" }))})
+           SELECT id, queue, flags, expires, body FROM d`,
+          [queues, counts, node],
+        ).execute(),
+      ),
     open: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}) UPDATE ${M} SET owner = $3, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM picked)
-           RETURNING ${message}, deliveries`,
+          // An open counts a delivery (dead letters) and, in this node's counters, the message as open.
+          `WITH picked AS (${pick}),
+             u AS (UPDATE ${M} SET owner = $3, deliveries = deliveries + 1 WHERE id IN (SELECT id FROM picked) RETURNING ${message}, deliveries),
+             c AS (${upsert("$3::int", perQueue("u", { open: "count(*)" }))})
+           SELECT * FROM u`,
           [queues, counts, node],
         ).execute(),
       ),
@@ -138,13 +186,21 @@ export function statements(schema: string) {
           [queues],
         ).execute(),
       ),
-    /** Deletes messages this node holds open; returns those it found. */
+    /** Deletes messages this node holds open and counts them as fetched; returns those it found. */
     confirm: async (sql: SQL, ids: number[], node: number) =>
-      (await sql.unsafe(`DELETE FROM ${M} WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id::float8 AS id`, [ids, node]).execute()) as { id: number }[],
+      (await sql.unsafe(
+        `WITH d AS (DELETE FROM ${M} WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id, queue, length(body) AS len),
+           c AS (${upsert("$2::int", perQueue("d", { fetched: "count(*)", items: "-count(*)", bytes: "-sum(len)", open: "-count(*)" }))})
+         SELECT id::float8 AS id FROM d`,
+        [ids, node],
+      ).execute()) as { id: number }[],
     release: async (sql: SQL, ids: number[], node: number) =>
-      (await sql.unsafe(`UPDATE ${M} SET owner = NULL WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id::float8 AS id`, [ids, node]).execute()) as {
-        id: number;
-      }[],
+      (await sql.unsafe(
+        `WITH u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($1::int8[]) AND owner = $2 RETURNING id, queue),
+           c AS (${upsert("$2::int", perQueue("u", { open: "-count(*)" }))})
+         SELECT id::float8 AS id FROM u`,
+        [ids, node],
+      ).execute()) as { id: number }[],
     flush: async (sql: SQL, queues: string[] | null) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
@@ -160,13 +216,30 @@ export function statements(schema: string) {
           [queues],
         ).execute()) as { queue: string }[]
       ).map((r) => r.queue),
-    sweep: async (sql: SQL, limit: number) =>
+    /** Deletes up to `limit` expired messages and counts them as expired on `node`. */
+    sweep: async (sql: SQL, limit: number, node: number) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} WHERE id IN (
            SELECT id FROM ${M} m WHERE m.expires > 0 AND m.expires <= ${pgNow} AND m.owner IS NULL LIMIT $1 FOR UPDATE SKIP LOCKED)
-           RETURNING queue, length(body) AS len, owner) ${removed("d")}`,
-        [limit],
+           RETURNING queue, length(body) AS len, owner),
+           c AS (${upsert("$2::int", perQueue("d", { items: "-count(*)", bytes: "-sum(len)", expired: "count(*)" }))})
+         ${removed("d")}`,
+        [limit, node],
       ).execute()) as Removed[],
+    /**
+     * The first statement of every batch: the batches of one connection are pipelined, each sent
+     * whole without waiting for the one before, so a batch that failed must fail every later one
+     * (they were built on it, batch.ts). The connection's setting mcq.batch names the last batch
+     * that committed on it (a failed transaction undoes its SET); a batch whose predecessor is not
+     * there fails here. `previous` '' starts a fresh connection's chain.
+     */
+    guard: (sql: SQL, batch: string, previous: string) =>
+      sql.unsafe(
+        // current_setting is not immutable: the ELSE branch is not folded when the statement is planned.
+        `SELECT CASE WHEN coalesce(current_setting('mcq.batch', true), '') = $2 THEN set_config('mcq.batch', $1, false)
+           ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
+        [batch, previous],
+      ).execute(),
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
       const queues: string[] = [];
@@ -195,35 +268,16 @@ export function statements(schema: string) {
     register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
     heartbeat: (sql: SQL, node: number) => sql.unsafe(`UPDATE ${N} SET heartbeat = now() WHERE id = $1`, [node]).execute(),
     /**
-     * Nodes silent for `leaseS` seconds are dead: their open messages go back to their queues, and
-     * their counter rows are folded into node 0's (minus those opens), so rows do not pile up.
+     * Nodes silent for `leaseS` seconds (or the one given) are dead: their open messages go back to
+     * their queues, and their counter rows are folded into node 0's (minus those opens), so rows do
+     * not pile up. One statement (data-modifying CTEs), so it commits whole on its own: the batches
+     * sent on the same connection meanwhile must not land inside a transaction of ours, and a
+     * reaper killed half-way must not leave the node's row deleted and its messages still owned by
+     * it (no reaper would ever find them). Returns how many messages came back.
      */
-    reap: async (sql: SQL, leaseS: number, only: number | null = null) => {
-      const dead = ((await sql.unsafe(
-        only === null
-          ? `DELETE FROM ${N} WHERE heartbeat < now() - make_interval(secs => $1) RETURNING id`
-          : `DELETE FROM ${N} WHERE id = $1 RETURNING id`,
-        [only ?? leaseS],
-      ).execute()) as { id: number }[]).map((r) => r.id);
-      if (dead.length === 0) return 0;
-      const released = (await sql.unsafe(
-        `WITH r AS (UPDATE ${M} SET owner = NULL WHERE owner = ANY($1::int[]) RETURNING queue) SELECT queue, count(*)::int AS n FROM r GROUP BY queue`,
-        [dead],
-      ).execute()) as { queue: string; n: number }[];
-      await fold(sql, dead);
-      if (released.length > 0) {
-        await sql.unsafe(
-          `UPDATE ${C} c SET open = c.open - r.n FROM unnest($1::text[], $2::int[]) AS r(queue, n) WHERE c.node = 0 AND c.queue = r.queue`,
-          [released.map((r) => r.queue), released.map((r) => r.n)],
-        ).execute();
-      }
-      return released.reduce((n, r) => n + r.n, 0);
-    },
-    /** A clean stop: this node's row goes, and its counters are folded into node 0's. */
-    leave: async (sql: SQL, node: number) => {
-      await sql.unsafe(`DELETE FROM ${N} WHERE id = $1`, [node]).execute();
-      await fold(sql, [node]);
-    },
+    reap: (sql: SQL, leaseS: number, only: number | null = null) => reap(sql, leaseS, only),
+    /** A clean stop: this node reaps itself (what it still holds open goes back: no node is left to). */
+    leave: (sql: SQL, node: number) => reap(sql, 0, node),
   };
 }
 

@@ -2,17 +2,20 @@
  * The QueueStore on Postgres (`--store postgres://…`): many mcq nodes on one database, none of
  * them holding queue state that another could not serve.
  *
- * Group commit: a batch is one Postgres transaction (postgres-batches.ts). Its operations are
- * sent in rounds, like ones together (postgres-send.ts): every set of a round is one multi-row
- * INSERT, every plain get one `DELETE … FOR UPDATE SKIP LOCKED … RETURNING`, and so on; the
- * counters this node changed are one upsert of its own rows, then COMMIT. STORED leaves only
- * after COMMIT succeeded. Takes answer before the commit, and the turn waits for them a bounded
- * time (store.awaiting, turn.ts), so their connections go on inside the same batch.
+ * Group commit: a batch (one event-loop turn's operations, turn.ts) is one Postgres transaction,
+ * sent whole when the turn commits (postgres-batches.ts): BEGIN, its operations with like ones
+ * together (postgres-send.ts: every set one multi-row INSERT, every plain get one `DELETE … FOR
+ * UPDATE SKIP LOCKED … RETURNING` that also counts what it took), the upsert of this node's
+ * counter rows, NOTIFY and COMMIT, pipelined in one write. No transaction stays open across
+ * turns, nor while mcq waits for anything: Postgres holds it only while it runs those statements.
+ * STORED leaves only after COMMIT succeeded. A take is answered when its statement is, before
+ * the COMMIT's answer; the get's reply depends on that batch (batch.within) and leaves once it is
+ * durable, while the connection runs on into the next batch.
  *
- * One connection carries every batch, in order: a batch's BEGIN is sent only once the previous
- * one's COMMIT was, so the node sees its own writes in order and a get never misses a message
- * this node stored before it. While one batch commits, the next runs its requests and queues its
- * statements behind. A batch stays open for a few milliseconds at most (turn.ts GATHER_MS).
+ * One connection carries every batch, in order, so the node sees its own writes in order and a
+ * get never misses a message this node stored before it. Several batches may be in flight on it
+ * (MCQ_PG_IN_FLIGHT, default 1: see IN_FLIGHT); the guard statement then fails in Postgres every
+ * batch sent after one that failed.
  *
  * Failure: any statement that fails, and any batch that takes longer than `timeoutMs`, fails the
  * batch (StoreError "Postgres: <reason>", which clients see as SERVER_ERROR) and every later one,
@@ -60,6 +63,13 @@ export interface PostgresStore extends QueueStore {
 
 /** How often (ms) an idle node reads every node's counters again. */
 const REFRESH_MS = 1000;
+/**
+ * Batches sent before the last one has committed, pipelined on the connection (turn.ts waits
+ * beyond that). One is fastest here (docs/performance.md): Postgres runs one connection's
+ * transactions one after the other, each COMMIT its own fsync, so a second batch in flight only
+ * splits the connections that wait on gets into two smaller batches.
+ */
+const IN_FLIGHT = Math.max(1, Number(process.env.MCQ_PG_IN_FLIGHT ?? 1));
 
 const reason = (e: unknown) =>
   e instanceof StoreError ? e : new StoreError(`Postgres: ${(e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ")}`, { cause: e });
@@ -79,7 +89,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const features = createFeatures({
     schema: url.schema, channel, node, st, view, held, log: options.log, deadLetter: options.deadLetter ?? null,
     tx: () => tx(), op: (o) => op(o), change: (...a) => change(...a), hold: (...a) => hold(...a),
-    background: (fn) => batches.background(fn), kick: () => batches.kick(), closed: () => closed,
+    background: (fn) => batches.background(fn), closed: () => closed,
   });
   if (claim?.previous != null) {
     // This directory's last server is gone (killed): its open messages go back now.
@@ -113,7 +123,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
    * against a Postgres that is down keeps every new connection of the process from succeeding,
    * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts).
    */
-  function replaceConnection(): void {
+  function replaceConnection(only: SQL | null = null): void {
+    if (only !== null && client !== only) return; // replaced already
     const old = client;
     client = null;
     listener.pause();
@@ -122,6 +133,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const { send } = createSender({
     st, node, view, change: (...a) => change(...a), hold: (...a) => hold(...a), reason, feature: (...a) => features.statement(...a),
+    failed: (...a) => batches.failed(...a),
   });
 
   /** Changes what this node holds open, undone with the batch. */
@@ -132,16 +144,22 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     tx.heldUndo.push(() => (before === undefined ? held.delete(id) : held.set(id, before)));
   }
 
-  function change(tx: Tx, queue: string, d: Partial<Delta>, created = 0): void {
+  /**
+   * Counts a change in the view and in the batch. `counted`: the batch's statement counts it in
+   * Postgres itself (confirm, release: only what they find), so the batch's upsert leaves it out.
+   */
+  function change(tx: Tx, queue: string, d: Partial<Delta>, created = 0, counted = false): void {
     const full = { ...zero(), ...d };
     view.add(queue, full, created);
-    let sum = tx.deltas.get(queue);
-    if (sum === undefined) tx.deltas.set(queue, (sum = zero()));
-    for (const k of Object.keys(full) as (keyof Delta)[]) sum[k] += full[k];
+    for (const into of counted ? [tx.deltas, tx.counted] : [tx.deltas]) {
+      let sum = into.get(queue);
+      if (sum === undefined) into.set(queue, (sum = zero()));
+      for (const k of Object.keys(full) as (keyof Delta)[]) sum[k] += full[k];
+    }
   }
 
   const batches = createBatches({
-    st, node, channel, view, timeoutMs: options.timeoutMs, send, connection, client: () => client, replaceConnection, reason,
+    st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
     log: options.log, closed: () => closed, sums,
   });
   const { take, op, refresh } = batches;
@@ -153,8 +171,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const store: PostgresStore = {
     node,
     onAvailable: null,
-    maxInFlight: Number(process.env.MCQ_PG_IN_FLIGHT ?? 1),
-    awaiting: () => tx().unanswered,
+    maxInFlight: IN_FLIGHT,
+    answersAtCommit: true,
+    actor: 0,
     describe: () => `${url.safe} (writing to ${host}, node ${node})`,
     refresh,
 
@@ -173,7 +192,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (h === undefined || h.queue !== queue) return false;
       hold(tx(), id, null);
       op({ k: "confirm", queue, id, bytes: h.bytes });
-      change(tx(), queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1 });
+      change(tx(), queue, { items: -1, bytes: -h.bytes, open: -1, fetched: 1 }, 0, true);
       return true;
     },
     release(queue, id) {
@@ -181,7 +200,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (h === undefined || h.queue !== queue) return false;
       hold(tx(), id, null);
       op({ k: "release", queue, id, bytes: h.bytes });
-      change(tx(), queue, { open: -1 });
+      change(tx(), queue, { open: -1 }, 0, true);
       tx().wake.add(queue);
       return true;
     },
@@ -195,8 +214,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     drop(queue) {
       const existed = view.drop(queue);
       op({ k: "drop", queue });
-      features.forget([queue]);
+      features.forget([queue], false); // its counter rows go with it
       tx().deltas.delete(queue); // its rows are deleted: only what follows the drop counts
+      tx().counted.delete(queue);
       tx().dropped.add(queue);
       for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
       return existed;
@@ -205,13 +225,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       const q = view.get(queue);
       if (q === undefined) return;
       op({ k: "flush", queue });
-      features.forget([queue]);
+      features.forget([queue], true);
       change(tx(), queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
       for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
     },
     flushAll() {
       op({ k: "flush", queue: null });
-      features.forget(null);
+      features.forget(null, true);
       for (const { name } of view.list()) {
         const q = view.get(name)!;
         change(tx(), name, { items: -q.items, bytes: -q.bytes, open: -q.open });
@@ -234,7 +254,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     dirty: () => batches.dirty(),
     writable: () => !batches.failing() && !closed,
     maintain() {
-      if (closed || tx().chain !== null) return;
+      if (closed || batches.dirty()) return;
       const now = Date.now();
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;

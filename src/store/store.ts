@@ -158,17 +158,20 @@ export interface QueueStore {
    */
   refresh?(): Promise<void>;
   /**
-   * Batches this store lets commit at once (default 2, turn.ts). A store that sends one batch
-   * only once the last one's COMMIT was sent says 1: the open batch then gathers every request
-   * that arrives meanwhile, instead of one batch per connection following each other.
+   * Takes are answered once their batch is sent, at commit (Postgres: no transaction waits open
+   * for the caller). A plain get then need not stop its connection: it takes its place in the
+   * batch, its reply is filled when the store answers, and the connection's next requests run
+   * meanwhile (get.ts deferGet). Such a store may reorder a batch's ops (like ones together), so it
+   * must keep each session's order: `actor` says whose requests run now.
+   */
+  answersAtCommit?: boolean;
+  /** The session whose requests run now (turn.ts sets it; 0: none, housekeeping). */
+  actor?: number;
+  /**
+   * Batches this store lets commit at once (default 2, turn.ts). Past it, the open batch waits
+   * until one lands, gathering every request that arrives meanwhile.
    */
   maxInFlight?: number;
-  /**
-   * Takes of the open batch that the store has not answered yet (a networked store). The turn
-   * waits for them, a bounded time, before it commits: their gets then end in this batch and
-   * their connections go on in it, instead of one get per connection per commit (turn.ts).
-   */
-  awaiting?(): number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   /** Closes the store; a networked store resolves once its last batch has committed. */

@@ -28,9 +28,10 @@ export async function redrivePostgres(url: string, from: string, to: string): Pr
     throw new ToolError(`mcq redrive: cannot open the Postgres store ${safe}: ${(e as Error).message}`);
   }
   try {
-    const n = await store.deadLetters!.redrive(from, to, Date.now());
+    // Its count answers once the batch is sent, at commit.
+    const n = store.deadLetters!.redrive(from, to, Date.now());
     await store.commit();
-    return n;
+    return await n;
   } catch (e) {
     throw new ToolError(`mcq redrive: ${(e as Error).message}`);
   } finally {

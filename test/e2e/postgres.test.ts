@@ -78,6 +78,26 @@ if (havePostgres("e2e postgres")) {
       );
     }, 30_000);
 
+    test("one connection's pipeline keeps its order while it runs past gets Postgres has not answered", async () => {
+      const [server] = await nodes(1);
+      const c = await server!.connect();
+      // One write: the plain gets do not stop the connection (get.ts deferGet), so every request
+      // below runs in one batch, yet no get returns a message this connection set after it.
+      const pipeline = "get q\r\n" + set("q", "a") + "get q\r\nget q\r\n" + set("q", "b") + set("q", "c") +
+        "get q/peek\r\nget q\r\n" + set("r", "x") + "get r/open\r\nget r/close\r\nget q\r\nget q\r\n";
+      expect(await c.call(pipeline)).toBe(
+        "END\r\n" + "STORED\r\n" + value("q", "a") + "END\r\n" + "END\r\n" + "STORED\r\nSTORED\r\n" +
+          value("q/peek", "b") + "END\r\n" + value("q", "b") + "END\r\n" + "STORED\r\n" + value("r/open", "x") + "END\r\n" +
+          "END\r\n" + value("q", "c") + "END\r\n" + "END\r\n",
+      );
+      // 200 pipelined set+get pairs: each get takes the message of the set before it.
+      const pairs = Array.from({ length: 200 }, (_, i) => set("p", `m${i}`) + "get p\r\n").join("");
+      expect(await c.call(pairs)).toBe(Array.from({ length: 200 }, (_, i) => "STORED\r\n" + value("p", `m${i}`) + "END\r\n").join(""));
+      expect(await c.call("stats queue p\r\n")).toBe(
+        "STAT items 0\r\nSTAT bytes 0\r\nSTAT total 200\r\nSTAT fetched 200\r\nSTAT open 0\r\nSTAT oldest_age_ms 0\r\nSTAT delayed 0\r\nSTAT deduplicated 0\r\nEND\r\n",
+      );
+    });
+
     test("a set on node A wakes a blocking get on node B within 100 ms (LISTEN/NOTIFY)", async () => {
       const [a, b] = await nodes(2);
       const producer = await a!.connect();

@@ -15,13 +15,53 @@ async function open(schema = freshSchema("store")): Promise<PostgresStore> {
   return s;
 }
 
+/**
+ * The store as the contract drives it: a take is answered once its batch is sent, so each take
+ * commits the batch (the server's turn commits after its requests ran; a test awaits in between).
+ */
+function takesCommit(s: PostgresStore): PostgresStore {
+  const w: PostgresStore = Object.create(s);
+  let sent: Promise<unknown> = Promise.resolve();
+  for (const verb of ["dequeue", "peek", "open"] as const) {
+    w[verb] = (queue: string, now: number) => {
+      const taken = s[verb](queue, now);
+      sent = Promise.resolve(s.commit()).catch(() => {});
+      return taken;
+    };
+  }
+  // A redrive's count is answered the same way.
+  const dl = s.deadLetters!;
+  w.deadLetters = {
+    ...dl,
+    redrive: (from, to, now) => {
+      const n = dl.redrive(from, to, now);
+      sent = Promise.resolve(s.commit()).catch(() => {});
+      return n;
+    },
+  };
+  // The store calls its own onAvailable: the contract's notices must reach it, not this wrapper.
+  Object.defineProperty(w, "onAvailable", { get: () => s.onAvailable, set: (f) => (s.onAvailable = f) });
+  // commit() also waits for the batches the takes sent: after it, other nodes see them.
+  w.commit = async () => {
+    await sent;
+    await s.commit();
+  };
+  return w;
+}
+
 if (havePostgres("store.postgres")) {
   afterAll(async () => {
     await Bun.sleep(50); // the stores' close() finishes in the background
     await dropSchemas(schemas);
   });
 
-  storeContract("postgres", () => open(), { idsAtEnqueue: false, syncSweep: false, exactOldest: false, clock: "database" });
+  storeContract("postgres", async () => takesCommit(await open()), {
+    idsAtEnqueue: false,
+    syncSweep: false,
+    exactOldest: false,
+    clock: "database",
+    takesAtCommit: true,
+  });
 
   describe("postgres store", () => {
     test("two nodes on one schema: each message is taken once, and counters are summed over nodes", async () => {
@@ -32,8 +72,9 @@ if (havePostgres("store.postgres")) {
       await a.commit();
       const takes = [];
       for (let i = 0; i < 12; i++) takes.push(a.dequeue("q", 1), b.dequeue("q", 1));
-      const got = await Promise.all(takes);
+      const answers = Promise.all(takes); // answered once their batches are sent
       await Promise.all([a.commit(), b.commit()]);
+      const got = await answers;
       const bodies = got.filter((m) => m !== null).map((m) => Buffer.from(m!.body).toString());
       expect(bodies.length).toBe(20);
       expect(new Set(bodies).size).toBe(20);
@@ -46,8 +87,8 @@ if (havePostgres("store.postgres")) {
 
     test("expiry follows Postgres's clock, not a node's: nodes whose clocks are hours apart agree", async () => {
       const schema = freshSchema("clock");
-      const behind = await open(schema); // its clock is an hour slow
-      const ahead = await open(schema); // its clock is an hour fast
+      const behind = takesCommit(await open(schema)); // its clock is an hour slow
+      const ahead = takesCommit(await open(schema)); // its clock is an hour fast
       const slow = Date.now() - 3_600_000;
       const fast = Date.now() + 3_600_000;
       behind.enqueue("c", 0, Buffer.from("lives a minute"), slow + 60_000, slow);
@@ -63,6 +104,30 @@ if (havePostgres("store.postgres")) {
       await Promise.all([behind.commit(), ahead.commit()]);
       behind.close();
       ahead.close();
+    });
+
+    test("the guard: batches pipelined on one connection, the one after a failed one fails in Postgres too", async () => {
+      const { SQL } = await import("bun");
+      const { statements } = await import("../../src/store/postgres-sql");
+      const st = statements("public");
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      // Four batches sent at once, as the store sends them with MCQ_PG_IN_FLIGHT > 1; the second fails.
+      const batch = (n: string, previous: string, fail = false) => {
+        const parts = [sql.unsafe("BEGIN").execute(), st.guard(sql, n, previous)];
+        if (fail) parts.push(sql.unsafe("SELECT 1/0").execute());
+        parts.push(sql.unsafe("COMMIT").execute());
+        return Promise.allSettled(parts).then((r) => r.map((x) => (x.status === "fulfilled" ? (x.value as { command: string }).command : "error")));
+      };
+      const sent = [batch("1", ""), batch("2", "1", true), batch("3", "2"), batch("4", "3")];
+      expect(await Promise.all(sent)).toEqual([
+        ["BEGIN", "SELECT", "COMMIT"],
+        ["BEGIN", "SELECT", "error", "ROLLBACK"],
+        ["BEGIN", "error", "ROLLBACK"],
+        ["BEGIN", "error", "ROLLBACK"],
+      ]);
+      // A fresh chain on the connection (after the store replaced it, or with nothing in flight) goes on.
+      expect(await batch("5", "1")).toEqual(["BEGIN", "SELECT", "COMMIT"]);
+      await sql.close();
     });
 
     test("a schema made by version 1 (before the queue features) migrates, and its data stays", async () => {
@@ -84,7 +149,9 @@ if (havePostgres("store.postgres")) {
         INSERT INTO mcq_counters (queue, node, total, items, bytes) VALUES ('old', 0, 1, 1, 4);`).simple();
       const s = await open(schema);
       expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 1, delayed: 0, deduplicated: 0 });
-      const m = (await s.open("old", 1))!;
+      const opened = s.open("old", 1); // answered once its batch is sent
+      await s.commit();
+      const m = (await opened)!;
       expect([Buffer.from(m.body).toString(), m.flags, s.deadLetters!.deliveries("old", m.id)]).toEqual(["kept", 7, 1]);
       expect(s.confirm("old", m.id)).toBe(true);
       s.delays!.enqueue("old", 0, Buffer.from("later"), 0, 1, 60_001);
@@ -93,6 +160,84 @@ if (havePostgres("store.postgres")) {
       expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(2);
       await sql.close();
       await s.close();
+    });
+
+    test("feature counters are exact in Postgres: each statement counts what only it knows (dedup across nodes, abort/delay, dead letters, redrive, flush)", async () => {
+      const schema = freshSchema("exact");
+      const T = 1_000_000;
+      const enc = (b: string) => Buffer.from(b);
+      const a = takesCommit(await open(schema));
+      const b = takesCommit(await open(schema));
+      const set = (s: PostgresStore, body: string, token: string) => {
+        if (s.dedup!.seen("q", token, T)) return;
+        s.enqueue("q", 0, enc(body), 0, T);
+        s.dedup!.remember("q", token, T + 60_000);
+      };
+      set(a, "m1", "t1");
+      await a.commit();
+      set(b, "m1 again", "t1"); // Postgres turns it away: b's batch had counted it as stored
+      await b.commit();
+      for (const body of ["m2", "m3", "m4"]) a.enqueue("q", 0, enc(body), 0, T);
+      a.delays!.enqueue("q", 0, enc("later"), 0, T, T + 60_000);
+      await a.commit();
+      const m1 = (await a.open("q", T))!;
+      expect(a.delays!.release("q", m1.id, T + 60_000, T)).toBe(true); // abort/delay
+      const m2 = (await a.open("q", T))!;
+      expect(a.deadLetters!.moveOpen("q", m2.id, "q.dlq", T)).toBe(true);
+      await a.commit();
+      expect(await a.deadLetters!.redrive("q.dlq", "q", T)).toBe(1);
+      await a.commit();
+      a.delays!.enqueue("f", 0, enc("flushed"), 0, T, T + 60_000);
+      await a.commit();
+      a.flush("f");
+      await a.commit();
+      // A node started now knows only what Postgres counted; the first node, refreshed, agrees.
+      const fresh = await open(schema);
+      await a.refresh!();
+      const want = {
+        q: { total: 6, items: 5, fetched: 1, open: 0, delayed: 2, deduplicated: 1, deadLettered: 1 },
+        "q.dlq": { total: 1, items: 0, fetched: 1, open: 0, delayed: 0 },
+        f: { total: 1, items: 0, delayed: 0 },
+      };
+      for (const [q, counts] of Object.entries(want)) {
+        expect(fresh.detail(q, T)).toMatchObject(counts);
+        expect(a.detail(q, T)).toMatchObject(counts);
+      }
+      await Promise.all([a.close(), b.close(), fresh.close()]);
+    });
+
+    test("the reaper is one statement: made to fail half-way (freeing the messages), it leaves the dead node for the next reap, whose open message then comes back; a clean stop frees what its node still holds", async () => {
+      const { SQL } = await import("bun");
+      const { statements } = await import("../../src/store/postgres-sql");
+      const schema = freshSchema("reap");
+      const a = takesCommit(await open(schema));
+      const b = takesCommit(await open(schema));
+      a.enqueue("r", 0, Buffer.from("held by a"), 0, 1);
+      a.enqueue("r", 0, Buffer.from("held by b"), 0, 1);
+      await a.commit();
+      const m = (await a.open("r", 1))!;
+      await a.commit();
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      const owner = async (id: number) => (await sql.unsafe(`SELECT owner FROM ${schema}.mcq_messages WHERE id = $1`, [id]))[0].owner;
+      expect(await owner(m.id)).toBe(a.node);
+      // Node a is dead (as after kill -9): the reaper's freeing of its messages fails in Postgres.
+      await sql.unsafe(`CREATE FUNCTION ${schema}.nofree() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'nofree'; END $$`);
+      await sql.unsafe(`CREATE TRIGGER nofree BEFORE UPDATE ON ${schema}.mcq_messages FOR EACH ROW WHEN (NEW.owner IS NULL) EXECUTE FUNCTION ${schema}.nofree()`);
+      const st = statements(schema);
+      await expect(st.reap(sql, 30, a.node)).rejects.toThrow("nofree");
+      await sql.unsafe(`DROP TRIGGER nofree ON ${schema}.mcq_messages`);
+      expect(await st.reap(sql, 30, a.node)).toBe(1); // a's row was not deleted without its messages
+      expect(await owner(m.id)).toBeNull();
+      // b opens one and stops cleanly without giving it back: leaving frees it (no node would reap it).
+      const n = (await b.open("r", 1))!;
+      await b.commit();
+      expect(await owner(n.id)).toBe(b.node);
+      await b.close();
+      expect(await owner(n.id)).toBeNull();
+      const fresh = await open(schema);
+      expect(fresh.detail("r", 1)).toMatchObject({ items: 2, open: 0 });
+      await Promise.all([a.close(), fresh.close()]);
+      await sql.close();
     });
 
     test("a schema newer than this mcq knows is refused", async () => {
