@@ -280,6 +280,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     delays: features.delays,
     dedup: features.dedup,
     deadLetters: features.deadLetters,
+    discardOld: features.discardOld,
     async close() {
       closed = true;
       features.stop();
