@@ -43,7 +43,9 @@ export type FeatureOp =
   | { k: "move"; queue: string; id: number; target: string; bytes: number; created: number }
   | { k: "redrive"; from: string; to: string; now: number; ok: (n: number) => void; fail: (e: unknown) => void }
   | { k: "forget"; queues: string[] | null; counted: boolean }
-  | DiscardOp;
+  | DiscardOp
+  /** A batch whose only change is a count (postgres.ts countFeature): sent, as a batch without ops is not. */
+  | { k: "counted" };
 
 /** Where a message opened `deliveries` times goes when it comes back: its dead-letter queue, or null. */
 export type DeadLetterPolicy = (queue: string, deliveries: number) => string | null;
@@ -318,6 +320,8 @@ export function createFeatures(d: FeatureDeps) {
             ),
           ),
         );
+      case "counted":
+        return Promise.resolve();
       case "discard":
         return discard.statement(tx, c, ops as DiscardOp[]);
       case "forget":

@@ -281,6 +281,12 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     dedup: features.dedup,
     deadLetters: features.deadLetters,
     discardOld: features.discardOld,
+    countFeature(queue, counter) {
+      // The counters the server decides; the statements that know the others count them.
+      if ((counter !== "deadLetterSkipped" && counter !== "fanoutRefused") || !view.has(queue)) return;
+      if (tx().ops.length === 0) op({ k: "feature", f: { k: "counted" } });
+      change(tx(), queue, { [counter]: 1 });
+    },
     async close() {
       closed = true;
       features.stop();
