@@ -103,8 +103,10 @@ export function createQueueLimits(config: LimitsConfig): QueueLimits {
       if (s.maxBytes > 0 && bytes > s.maxBytes) return false; // no discarding makes room for it
       const size = ctx.store.size?.(queue) ?? null;
       if (size === null || !over(s, size.items, size.bytes, bytes)) return true;
-      // A store shared by nodes answers takes later (Postgres): it cannot discard inside this set.
-      if (!s.discardOld || ctx.store.refresh !== undefined) return false;
+      if (!s.discardOld) return false;
+      // A store shared by nodes (Postgres) decides what to drop in its own transaction.
+      if (ctx.store.discardOld !== undefined) return ctx.store.discardOld(queue, s.maxItems, s.maxBytes, bytes);
+      if (ctx.store.refresh !== undefined) return false; // takes answered later: it cannot discard inside this set
       // Drop the oldest messages that may be handed out until the set fits (open and delayed ones
       // stay). They count as fetched too: they left the queue.
       let { items, bytes: held } = size;

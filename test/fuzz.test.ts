@@ -4,18 +4,27 @@
  * and huge lengths, truncated lines, one-byte splits) go to the parser and to a live server. The
  * parser must never throw and must give the same requests however the bytes are split; the
  * server must never die, must keep serving well-formed clients, and its memory must stay bounded.
+ * The live server runs on each store (test/e2e/stores.ts: Postgres too when MCQ_TEST_PG is set)
+ * with the queue features on (limits with discard_old, dead letters, fanout, leases), so the
+ * feature options reach their store paths; on Postgres a node started afterwards must then read
+ * the same counters as the fuzzed one (every count is in Postgres, none only in a node's memory).
  */
-import { afterAll, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { createFramer } from "../src/protocol/framer";
 import type { Request } from "../src/protocol/types";
-import { Client, startServer, stopAll, type Running } from "./e2e/harness";
+import { Client, startServer, stopAll, tempDir, type Running } from "./e2e/harness";
+import { dropStoreSchemas, startOn, storeArgs, STORES } from "./e2e/stores";
 import { random } from "./random";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261124);
 const ROUNDS = Number(process.env.FUZZ_ROUNDS ?? 300);
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 const VALID = [
   "set q 0 0 5\r\nhello\r\n",
@@ -31,7 +40,15 @@ const VALID = [
   "set q/id=tok 0 0 1\r\ni\r\n",
   "set q/delay=5/id=t2 0 0 1 noreply\r\nb\r\n",
   "get q/abort/delay=15\r\n",
+  "get q/touch\r\n",
+  "get q/open/t=5\r\n",
+  "set q/delay=2592000001 0 0 1\r\nx\r\n",
+  `set q/id=${"t".repeat(129)} 0 0 1\r\nx\r\n`,
+  "set q+c 0 0 1\r\nc\r\n",
+  "get q+c/open\r\n",
+  "set q/id=f 0 0 3\r\nfan\r\n",
   "redrive q q2\r\n",
+  "redrive q.dlq q\r\n",
   "delete q\r\n",
   "flush q noreply\r\n",
   "stats\r\n",
@@ -102,8 +119,14 @@ test(`parser: ${ROUNDS * 10} hostile inputs never throw and split the same way (
   }
 });
 
-test(`live server: ${ROUNDS} hostile connections, then a well-formed client is served (seed ${SEED})`, async () => {
-  const server: Running = await startServer(["-B", "1048576"]);
+/** The queue features on: a small limit with discard_old, dead letters after 2 deliveries, fanout, a lease. */
+const FEATURES = '[queues."q*"]\nmax_items = 5\ndiscard_old = true\nmax_deliveries = 2\nfanout = true\nopen_timeout = 50\n';
+
+describe.each(STORES)("on %s", (store) => test(`live server: ${ROUNDS} hostile connections, then a well-formed client is served (seed ${SEED})`, async () => {
+  const config = join(tempDir(), "mcq.toml");
+  await Bun.write(config, FEATURES);
+  const args = ["-B", "1048576", "--config", config];
+  const server: Running = await startOn(store, args);
   const rnd = random(SEED + 1);
   const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${server.proc.pid}/status`, "utf8"))?.[1]) * 1024;
   let peak = 0;
@@ -125,5 +148,31 @@ test(`live server: ${ROUNDS} hostile connections, then a well-formed client is s
   }
   expect(server.proc.exitCode).toBeNull();
   expect(peak).toBeLessThan(300 * 1024 * 1024);
+  if (store === "postgres") await sameCounters(server, args);
   expect(await server.kill()).toBe(0);
-}, 120_000);
+}, 120_000));
+
+const COUNTED = ["total", "discarded", "deduplicated", "fanout_refused", "dead_lettered", "dead_letter_skipped"];
+
+/**
+ * A second node on the same Postgres reads the counters the fuzzed node reports. The last hostile
+ * connections may still be closing on the server (a close returns open messages, which may move
+ * to a dead-letter queue): the two are read again until they agree, for at most 5 s.
+ */
+async function sameCounters(server: Running, args: string[]): Promise<void> {
+  const other = await startServer([...args, ...storeArgs("postgres", server.home)], join(tempDir(), "other"));
+  const [a, b] = [await server.connect(), await other.connect()];
+  const read = async (c: Client) => {
+    let out = "";
+    for (const q of ["q", "q2", "q+c", "q.dlq"]) {
+      const lines = (await c.call(`stats queue ${q}\r\n`)).split("\r\n");
+      out += `${q}: ${lines.filter((l) => COUNTED.includes(l.split(" ")[1] ?? "")).join(", ")}\n`;
+    }
+    return out;
+  };
+  let [want, got] = [await read(a), await read(b)];
+  for (const until = Date.now() + 5000; got !== want && Date.now() < until; await Bun.sleep(50)) [want, got] = [await read(a), await read(b)];
+  expect(want).toContain("STAT total ");
+  expect(got).toBe(want);
+  expect(await other.kill()).toBe(0);
+}

@@ -25,12 +25,26 @@ export interface FeatureInsert {
   window: number;
 }
 
+/** A discard_old before a set (postgres-discard.ts): the limits, the set's size, the batch's changes so far. */
+export interface Discard {
+  queue: string;
+  maxItems: number;
+  maxBytes: number;
+  adding: number;
+  pendItems: number;
+  pendBytes: number;
+  /** The token the set depends on (its own, or its parent's for a fanout copy), and its queue; or null. */
+  token: string | null;
+  tokenQueue: string | null;
+}
+
 export function featureStatements(schema: string, channel: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const DL = `${schema}.mcq_delayed`;
   const DD = `${schema}.mcq_dedup`;
   const pgNow = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
+  const live = `m.owner IS NULL AND (m.expires = 0 OR m.expires > ${pgNow})`;
   /** A node hears of the earliest new due time (postgres-features.ts arm): delivered at commit. */
   const dueNotice = (from: string) => `SELECT pg_notify('${channel}', ' due ' || min(due)) FROM ${from} HAVING count(*) > 0`;
   /**
@@ -63,7 +77,10 @@ export function featureStatements(schema: string, channel: string) {
            tok AS (INSERT INTO ${DD} AS d (queue, token, until) SELECT tq, token, ${pgNow} + win FROM r WHERE own AND token IS NOT NULL ORDER BY tq, token
              ON CONFLICT (queue, token) DO UPDATE SET until = excluded.until WHERE d.until <= ${pgNow} RETURNING queue, token),
            ok AS (SELECT r.*, CASE WHEN r.expires = 0 THEN 0 ELSE r.expires - r.created + ${pgNow} END AS exp FROM r
-             WHERE r.token IS NULL OR EXISTS (SELECT 1 FROM tok WHERE tok.queue = r.tq AND tok.token = r.token)),
+             WHERE r.token IS NULL OR EXISTS (SELECT 1 FROM tok WHERE tok.queue = r.tq AND tok.token = r.token)
+               -- A fanout copy whose parent's statement came before (a discard_old between them): the
+               -- token row this transaction wrote.
+               OR (NOT r.own AND EXISTS (SELECT 1 FROM ${DD} t WHERE t.queue = r.tq AND t.token = r.token AND t.xmin = pg_current_xact_id()::xid))),
            now_ AS (INSERT INTO ${M} (queue, flags, created, expires, body)
              SELECT queue, flags, created, exp, substring($7::bytea FROM off FOR len) FROM ok WHERE delay = 0 ORDER BY i),
            later AS (INSERT INTO ${DL} (queue, flags, created, expires, due, body)
@@ -138,6 +155,36 @@ export function featureStatements(schema: string, channel: string) {
            ]))})
          SELECT count(*)::int AS n, coalesce(sum(len), 0)::float8 AS bytes FROM i`,
         [from, to, node],
+      ).execute()) as { n: number; bytes: number }[])[0]!,
+
+    /**
+     * discard_old (postgres-discard.ts): drops the oldest messages of `d.queue` that may be handed
+     * out (not open, not delayed, not expired) until a set of `d.adding` bytes fits its limits,
+     * judged on what Postgres holds: every node's counter rows, plus the batch's own changes not
+     * yet counted there (`pendItems`, `pendBytes`). Rows another node has locked are skipped,
+     * an open one is never dropped. Nothing is dropped for a set that a live token turns away
+     * (one not written by this transaction: a fanout copy's parent may have written it just
+     * before). Counted in `node`'s rows as fetched and discarded; returns what it dropped.
+     */
+    discard: async (sql: SQL, d: Discard, node: number) =>
+      ((await sql.unsafe(
+        `WITH RECURSIVE s AS (SELECT coalesce(sum(items), 0) + $5::int8 AS items, coalesce(sum(bytes), 0) + $6::int8 AS bytes FROM ${C} WHERE queue = $1),
+           need AS (SELECT CASE WHEN $2::int8 > 0 THEN items + 1 - $2::int8 ELSE 0 END AS n,
+               CASE WHEN $3::int8 > 0 THEN bytes + $4::int8 - $3::int8 ELSE 0 END AS b FROM s
+             WHERE $7::text IS NULL OR NOT EXISTS (SELECT 1 FROM ${DD} t WHERE t.queue = $8::text AND t.token = $7::text
+               AND t.until > ${pgNow} AND t.xmin <> pg_current_xact_id()::xid)),
+           -- The oldest first, one index step at a time, until enough items and bytes are found.
+           w AS ((SELECT m.id, length(m.body)::int8 AS total, 1 AS k FROM ${M} m, need WHERE (need.n > 0 OR need.b > 0)
+               AND m.queue = $1 AND ${live} ORDER BY m.id LIMIT 1)
+             UNION ALL
+             SELECT x.id, w.total + x.len, w.k + 1 FROM w CROSS JOIN need CROSS JOIN LATERAL (
+               SELECT m.id, length(m.body)::int8 AS len FROM ${M} m WHERE m.queue = $1 AND ${live} AND m.id > w.id ORDER BY m.id LIMIT 1) x
+             WHERE w.k < need.n OR w.total < need.b),
+           pick AS (SELECT id FROM ${M} WHERE id IN (SELECT id FROM w) AND owner IS NULL FOR UPDATE SKIP LOCKED),
+           d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM pick) RETURNING queue, length(body) AS len),
+           c AS (${upsert("$9::int", perQueue("d", { items: "-count(*)", bytes: "-sum(len)", fetched: "count(*)", discarded: "count(*)" }))})
+         SELECT count(*)::int AS n, coalesce(sum(len), 0)::float8 AS bytes FROM d`,
+        [d.queue, d.maxItems, d.maxBytes, d.adding, d.pendItems, d.pendBytes, d.token, d.tokenQueue, node],
       ).execute()) as { n: number; bytes: number }[])[0]!,
 
     /**

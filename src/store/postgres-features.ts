@@ -30,6 +30,7 @@
  * that statement itself, and its answer brings only this node's view along.
  */
 import type { SQL } from "bun";
+import { createDiscard, type DiscardOp } from "./postgres-discard";
 import { featureStatements, type FeatureInsert } from "./postgres-features-sql";
 import { zero, type Delta, type Statements } from "./postgres-sql";
 import type { Op, Tx } from "./postgres-send";
@@ -41,7 +42,10 @@ export type FeatureOp =
   | { k: "later"; queue: string; id: number; delay: number; bytes: number }
   | { k: "move"; queue: string; id: number; target: string; bytes: number; created: number }
   | { k: "redrive"; from: string; to: string; now: number; ok: (n: number) => void; fail: (e: unknown) => void }
-  | { k: "forget"; queues: string[] | null; counted: boolean };
+  | { k: "forget"; queues: string[] | null; counted: boolean }
+  | DiscardOp
+  /** A batch whose only change is a count (postgres.ts countFeature): sent, as a batch without ops is not. */
+  | { k: "counted" };
 
 /** Where a message opened `deliveries` times goes when it comes back: its dead-letter queue, or null. */
 export type DeadLetterPolicy = (queue: string, deliveries: number) => string | null;
@@ -82,6 +86,10 @@ export function createFeatures(d: FeatureDeps) {
   /** A set with a token just enqueued: its fanout copies (`<q>+…`) depend on its token. */
   let guard: { queue: string; token: string; children: Set<string> } | null = null;
   const feature = (f: FeatureOp) => d.op({ k: "feature", f });
+  const discard = createDiscard({
+    node: d.node, view: d.view, tx: d.tx, feature, change: (tx, q, delta) => d.change(tx, q, delta),
+    parentToken: (queue) => (guard !== null && queue.startsWith(`${guard.queue}+`) && !guard.children.has(queue) ? guard : null),
+  }, fst);
 
   // ---- the due timer: one per node, for the earliest due time it knows of ----
   /** Postgres's clock minus this node's, at the last reading. */
@@ -196,6 +204,12 @@ export function createFeatures(d: FeatureDeps) {
         tx.ops[tx.ops.length - 1] = { k: "feature", f };
       } else if (last?.k === "feature" && last.f.k === "insert" && last.f.queue === queue) f = last.f;
       else throw new Error(`dedup.remember(${queue}) without its set`);
+      // A discard_old just before it drops nothing if the token turns the set away.
+      const before = tx.ops[tx.ops.length - 2];
+      if (before?.k === "feature" && before.f.k === "discard" && before.f.queue === queue) {
+        before.f.token = token;
+        before.f.tokenQueue = queue;
+      }
       f.token = token;
       f.tokenQueue = queue;
       f.own = true;
@@ -306,6 +320,10 @@ export function createFeatures(d: FeatureDeps) {
             ),
           ),
         );
+      case "counted":
+        return Promise.resolve();
+      case "discard":
+        return discard.statement(tx, c, ops as DiscardOp[]);
       case "forget":
         return all(
           (ops as Extract<FeatureOp, { k: "forget" }>[]).map((o) =>
@@ -357,6 +375,7 @@ export function createFeatures(d: FeatureDeps) {
     deadLetters,
     statement,
     reap,
+    discardOld: discard.discardOld,
     /** Sets of a plain enqueue: a fanout copy of a set with a token goes through insert(). */
     enqueue(queue: string, flags: number, body: Uint8Array, expires: number, created: number): boolean {
       if (guard === null) return false;

@@ -14,6 +14,8 @@
  *   mcq_dedup     the tokens of idempotent sets, each with the end of its window.
  *   mcq_messages.deliveries  how often a message was opened (dead letters).
  *   mcq_counters  gains delayed, deduplicated, dead_lettered and discarded.
+ *   (version 3)
+ *   mcq_counters  gains dead_letter_skipped and fanout_refused (counted by the server, kept per node).
  *
  * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
  * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
@@ -22,7 +24,7 @@
 import type { SQL } from "bun";
 import { StoreError } from "./store";
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** MIGRATIONS[n] brings the schema from version n to n + 1. */
 const MIGRATIONS: string[] = [
@@ -75,6 +77,10 @@ const MIGRATIONS: string[] = [
      until bigint NOT NULL,
      PRIMARY KEY (queue, token));
    CREATE INDEX mcq_dedup_until ON mcq_dedup (until);`,
+  // 2 -> 3: the two feature counters that were per node and not kept. Only additions: a node of
+  // version 2 keeps working beside (docs/design.md says what it does not count).
+  `ALTER TABLE mcq_counters ADD COLUMN dead_letter_skipped bigint NOT NULL DEFAULT 0,
+     ADD COLUMN fanout_refused bigint NOT NULL DEFAULT 0;`,
 ];
 
 /**

@@ -19,16 +19,21 @@ export interface Delta {
   deduplicated: number;
   deadLettered: number;
   discarded: number;
+  /** Schema version 3: counted by the server (queue-limits.ts), kept per node like the others. */
+  deadLetterSkipped: number;
+  fanoutRefused: number;
 }
 
 export const zero = (): Delta => ({
   total: 0, fetched: 0, items: 0, bytes: 0, open: 0, expired: 0, delayed: 0, deduplicated: 0, deadLettered: 0, discarded: 0,
+  deadLetterSkipped: 0, fanoutRefused: 0,
 });
 
 /** Delta's fields as mcq_counters' columns, in one order for every statement that lists them. */
 export const COUNTERS: [keyof Delta, string][] = [
   ["total", "total"], ["fetched", "fetched"], ["items", "items"], ["bytes", "bytes"], ["open", "open"], ["expired", "expired"],
   ["delayed", "delayed"], ["deduplicated", "deduplicated"], ["deadLettered", "dead_lettered"], ["discarded", "discarded"],
+  ["deadLetterSkipped", "dead_letter_skipped"], ["fanoutRefused", "fanout_refused"],
 ];
 const COLUMNS = COUNTERS.map(([, c]) => c);
 /** `ON CONFLICT` adding the incoming row to the existing one, column by column. */

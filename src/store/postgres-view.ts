@@ -64,6 +64,11 @@ export function createView() {
     open: q.open,
     delayed: q.delayed,
     deadLettered: q.deadLettered,
+    // Every feature counter summed over nodes and kept (commands.ts limitLines reads them here).
+    features: {
+      deduplicated: q.deduplicated, discarded: q.discarded, deadLettered: q.deadLettered,
+      deadLetterSkipped: q.deadLetterSkipped, fanoutRefused: q.fanoutRefused,
+    },
   });
 
   return {

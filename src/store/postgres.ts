@@ -282,6 +282,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     delays: features.delays,
     dedup: features.dedup,
     deadLetters: features.deadLetters,
+    discardOld: features.discardOld,
+    countFeature(queue, counter) {
+      // The counters the server decides; the statements that know the others count them.
+      if ((counter !== "deadLetterSkipped" && counter !== "fanoutRefused") || !view.has(queue)) return;
+      if (tx().ops.length === 0) op({ k: "feature", f: { k: "counted" } });
+      change(tx(), queue, { [counter]: 1 });
+    },
     async close() {
       closed = true;
       features.stop();

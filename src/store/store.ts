@@ -130,6 +130,13 @@ export interface QueueStore {
    * does not exist. A store without it leaves the command layer to count since the start.
    */
   countFeature?(queue: string, counter: FeatureCounter): void;
+  /**
+   * discard_old on a store shared by nodes (Postgres): puts in the batch, before the set of
+   * `adding` bytes that follows, the drop of the oldest messages of `queue` that may be handed out
+   * until the set fits max_items/max_bytes, decided and counted (discarded) by the store. False if
+   * the set must be refused all the same (open and delayed messages alone fill the queue).
+   */
+  discardOld?(queue: string, maxItems: number, maxBytes: number, adding: number): boolean;
   /** One queue's counters and oldest age: no more than a couple of index lookups. */
   detail(queue: string, now: number): QueueDetail | null;
   totals(): StoreTotals;

@@ -16,6 +16,19 @@ afterAll(async () => {
 const stat = async (c: Client, q: string) => c.call(`stats queue ${q}\r\n`);
 
 describe.each(STORES)("fanout on %s", (store) => {
+  test("a full child with discard_old drops its oldest for a copy, and nothing for a set its token turns away", async () => {
+    const file = join(tempDir(), "mcq.toml");
+    await Bun.write(file, '[queues."f+*"]\nmax_items = 1\ndiscard_old = true\n');
+    const server = await startOn(store, ["--fanout", "--config", file]);
+    const c = await server.connect();
+    expect(await c.call(set("f+c", "old") + "set f/id=t 0 0 1\r\nn\r\n")).toBe("STORED\r\nSTORED\r\n");
+    expect(await c.call("set f/id=t 0 0 1\r\nr\r\n")).toBe("STORED\r\n");
+    expect(await stat(c, "f+c")).toContain("STAT items 1\r\nSTAT bytes 1\r\nSTAT total 2\r\nSTAT fetched 1\r\n");
+    expect(await stat(c, "f+c")).toContain("STAT discarded 1\r\n");
+    expect(await c.call("get f+c\r\nget f+c\r\n")).toBe(value("f+c", "n") + "END\r\nEND\r\n");
+    await server.kill();
+  });
+
   test("--fanout: a set reaches the parent and every existing child, each with its own FIFO", async () => {
     const home = join(tempDir(), "data");
     let server = await startOn(store, ["--fanout"], home);

@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
-import { dropStoreSchemas, startOn, STORES } from "./stores";
+import { dropStoreSchemas, startOn, STORES, type StoreKind } from "./stores";
 
 afterAll(async () => {
   await stopAll();
@@ -20,10 +20,10 @@ async function stat(c: Client, q: string): Promise<Record<string, number>> {
   return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
 }
 
-async function withConfig(toml: string, extra: string[] = []) {
+async function withConfig(toml: string, extra: string[] = [], store: StoreKind = "sqlite", home = join(tempDir(), "data")) {
   const file = join(tempDir(), "mcq.toml");
   await Bun.write(file, toml);
-  return startServer(["--config", file, ...extra]);
+  return startOn(store, ["--config", file, ...extra], home);
 }
 
 describe.each(STORES)("per-queue limits on %s", (store) => {
@@ -41,12 +41,8 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     expect(await c.call("get q/close\r\n" + "set q/delay=60000 0 0 1\r\nh\r\n" + set("q", "i"))).toBe("END\r\nSTORED\r\n" + FULL);
     await server.kill();
   });
-});
-
-describe("per-queue limits", () => {
-
   test("--max-bytes counts bodies; a body larger than the limit is refused even with discard_old", async () => {
-    const server = await withConfig('max-bytes = 10\n[queues."d*"]\ndiscard_old = true\n');
+    const server = await withConfig('max-bytes = 10\n[queues."d*"]\ndiscard_old = true\n', [], store);
     const c = await server.connect();
     expect(await c.call(set("q", "12345") + set("q", "67890") + set("q", "x"))).toBe("STORED\r\nSTORED\r\n" + FULL);
     expect(await c.call(set("d", "12345678901"))).toBe(FULL);
@@ -63,6 +59,8 @@ describe("per-queue limits", () => {
         '[queues."jobs.mail*"]\nmax_items = 1\ndiscard_old = true\n' +
         '[queues."jobs.mail*x"]\nmax_items = 7\n' +
         '[queues."*"]\nmax_bytes = 1000\n',
+      [],
+      store,
     );
     const c = await server.connect();
     expect(await stat(c, "jobs.mail")).toEqual({}); // no such queue yet: END only
@@ -75,6 +73,37 @@ describe("per-queue limits", () => {
     expect(await stat(c, "other")).toMatchObject({ max_items: 100, max_bytes: 1000 });
     await server.kill();
   });
+
+  test("discard_old: the oldest messages that may be handed out go, in the set's commit; open and delayed ones stay", async () => {
+    const home = join(tempDir(), "data");
+    const server = await withConfig('[queues."d*"]\nmax_items = 2\ndiscard_old = true\n', [], store, home);
+    const c = await server.connect();
+    // Three sets in one batch: the third drops the first, which the same batch stored.
+    expect(await c.call(set("d", "a") + set("d", "b") + set("d", "c"))).toBe("STORED\r\n".repeat(3));
+    expect(await stat(c, "d")).toMatchObject({ items: 2, total: 3, fetched: 1, discarded: 1 });
+    // The oldest is open: the next one goes.
+    expect(await c.call("get d/open\r\n")).toBe(value("d/open", "b") + "END\r\n");
+    expect(await c.call(set("d", "e"))).toBe("STORED\r\n");
+    expect(await c.call("get d/close\r\nget d\r\nget d\r\n")).toBe("END\r\n" + value("d", "e") + "END\r\nEND\r\n");
+    // Open and delayed messages alone fill it: refused, nothing dropped.
+    expect(await c.call(set("d", "f") + "get d/open\r\n" + "set d/delay=60000 0 0 1\r\ng\r\n")).toBe("STORED\r\n" + value("d/open", "f") + "END\r\nSTORED\r\n");
+    expect(await c.call(set("d", "h"))).toBe(FULL);
+    expect(await stat(c, "d")).toMatchObject({ items: 2, open: 1, delayed: 1, total: 6, fetched: 4, discarded: 2 });
+    // A set its token turns away drops nothing.
+    expect(await c.call("get d/close\r\nset d/id=t 0 0 1\r\ni\r\n")).toBe("END\r\nSTORED\r\n");
+    expect(await c.call("set d/id=t 0 0 1\r\nj\r\n")).toBe("STORED\r\n");
+    expect(await stat(c, "d")).toMatchObject({ items: 2, delayed: 1, total: 7, deduplicated: 1, discarded: 2 });
+    // Kept: counted in the commit that dropped them.
+    expect(await server.kill("SIGKILL")).not.toBe(0);
+    const again = await withConfig('[queues."d*"]\nmax_items = 2\ndiscard_old = true\n', [], store, home);
+    const c2 = await again.connect();
+    expect(await stat(c2, "d")).toMatchObject({ items: 2, total: 7, fetched: 5, discarded: 2 });
+    expect(await c2.call("get d\r\nget d\r\n")).toBe(value("d", "i") + "END\r\nEND\r\n");
+    await again.kill();
+  });
+});
+
+describe("per-queue limits", () => {
 
   test("without limits, stats queue <q> shows no limit fields", async () => {
     const server = await startServer();

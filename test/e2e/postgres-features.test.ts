@@ -104,6 +104,25 @@ if (havePostgres("issue 12 on Postgres")) {
       expect(await a.call("get j/touch\r\n")).toBe("CLIENT_ERROR nothing is open on that queue on this connection\r\n");
       await Promise.all(nodes.map((n) => n.kill()));
     });
+
+    test("discard_old across nodes: each set drops by what Postgres holds, never a message open on the other node; counted once, kept", async () => {
+      const file = join(tempDir(), "mcq.toml");
+      await Bun.write(file, '[queues."d*"]\nmax_items = 2\ndiscard_old = true\n');
+      const { url, homes, nodes, clients: [a, b] } = await twoNodes(["--config", file]);
+      expect(await a.call(set("d", "x1") + set("d", "x2"))).toBe("STORED\r\nSTORED\r\n");
+      expect(await stat(b, "d")).toMatchObject({ items: 2 }); // b has read the counters: its view is full too
+      expect(await b.call("get d/open\r\n")).toBe(value("d/open", "x1") + "END\r\n");
+      // a does not know x1 is open on b: Postgres skips it and drops x2.
+      expect(await a.call(set("d", "x3"))).toBe("STORED\r\n");
+      // b's view still holds x1 and x2: Postgres holds x1 (open) and x3, and x3 goes.
+      expect(await b.call(set("d", "x4"))).toBe("STORED\r\n");
+      for (const c of [a, b]) expect(await stat(c, "d")).toMatchObject({ items: 2, open: 1, total: 4, fetched: 2, discarded: 2 });
+      expect(await b.call("get d/abort\r\n")).toBe("END\r\n");
+      expect(await a.call("get d\r\nget d\r\nget d\r\n")).toBe(value("d", "x1") + "END\r\n" + value("d", "x4") + "END\r\nEND\r\n");
+      expect(await Promise.all(nodes.map((n) => n.kill()))).toEqual([0, 0]);
+      const again = await startServer(["--store", url, "--config", file], homes[0]);
+      expect(await stat(await again.connect(), "d")).toMatchObject({ items: 0, total: 4, fetched: 4, discarded: 2 });
+    });
   });
 
   describe("mcq redrive --store", () => {

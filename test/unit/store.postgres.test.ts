@@ -61,6 +61,7 @@ if (havePostgres("store.postgres")) {
     exactOldest: false,
     clock: "database",
     takesAtCommit: true,
+    countedByVerbs: ["deduplicated", "discarded", "deadLettered"],
   });
 
   describe("postgres store", () => {
@@ -157,9 +158,44 @@ if (havePostgres("store.postgres")) {
       s.delays!.enqueue("old", 0, Buffer.from("later"), 0, 1, 60_001);
       await s.commit();
       expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 2, fetched: 1, delayed: 1 });
-      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(2);
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(3);
       await sql.close();
       await s.close();
+    });
+
+    test("a schema of version 2 (feature counters without dead_letter_skipped and fanout_refused) migrates; they are kept per node", async () => {
+      const schema = freshSchema("v2");
+      (await open(schema)).close();
+      await Bun.sleep(20);
+      const { SQL } = await import("bun");
+      const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
+      // Version 2 as it shipped is version 3 without the two columns; a queue with its counters.
+      await sql.unsafe(`SET search_path TO ${schema};
+        ALTER TABLE mcq_counters DROP COLUMN dead_letter_skipped, DROP COLUMN fanout_refused;
+        UPDATE mcq_version SET version = 2;
+        INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 0, 1, 0, 'kept');
+        INSERT INTO mcq_counters (queue, node, total, items, bytes, deduplicated, dead_lettered, discarded) VALUES ('old', 0, 3, 1, 4, 2, 1, 1);`).simple();
+      const a = await open(schema);
+      const none = { deduplicated: 2, deadLettered: 1, discarded: 1, deadLetterSkipped: 0, fanoutRefused: 0 };
+      expect(a.detail("old", 1)).toMatchObject({ items: 1, total: 3, features: none });
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(3);
+      // Counted by two nodes, each in its own row; a node started later reads their sum.
+      const b = await open(schema);
+      a.countFeature!("old", "fanoutRefused");
+      a.countFeature!("old", "deadLetterSkipped");
+      a.countFeature!("old", "deadLettered"); // counted by the move's own statement, not here
+      b.countFeature!("old", "fanoutRefused");
+      b.countFeature!("nowhere", "fanoutRefused"); // no such queue: counted nowhere
+      await Promise.all([a.commit(), b.commit()]);
+      const rows = await sql.unsafe(`SELECT node, fanout_refused::int AS f, dead_letter_skipped::int AS s FROM ${schema}.mcq_counters
+        WHERE queue = 'old' AND node IN (${a.node}, ${b.node}) ORDER BY node`);
+      expect(rows.map((r: any) => [r.f, r.s])).toEqual([[1, 1], [1, 0]]);
+      await Promise.all([a.close(), b.close()]);
+      const fresh = await open(schema);
+      expect(fresh.detail("old", 1)?.features).toEqual({ ...none, deadLetterSkipped: 1, fanoutRefused: 2 });
+      expect(fresh.detail("nowhere", 1)).toBeNull();
+      await sql.close();
+      await fresh.close();
     });
 
     test("feature counters are exact in Postgres: each statement counts what only it knows (dedup across nodes, abort/delay, dead letters, redrive, flush)", async () => {
@@ -249,7 +285,7 @@ if (havePostgres("store.postgres")) {
       const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
       await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 99`);
       await sql.close();
-      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (2): upgrade mcq`);
+      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (3): upgrade mcq`);
     });
   });
 }
