@@ -1,0 +1,278 @@
+/**
+ * Table health on the Postgres store (issue 10): does mcq hold a transaction open across turns,
+ * and do its tables and indexes come back close to their empty size under autovacuum once N
+ * messages have passed through?
+ *
+ *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--conns 50]
+ *       [--depth 16] [--settle 300] [--every 5] [--tune] [--json]
+ *
+ * It starts the real mcq (src/main.ts) on a fresh schema of the given Postgres, then mcbench
+ * (scripts/bench/mcbench.c, built with cc) sends N pairs (set, then get of the same queue: N
+ * messages in and out, 100 B each) and drains whatever is left. Meanwhile it samples
+ * pg_stat_activity every 100 ms (the oldest transaction of any client backend but its own, and
+ * the xid age of its xmin) and the sizes of mcq's tables every second (for the peak). After the
+ * load it samples the sizes every --every seconds until autovacuum has run on every mcq table that
+ * had dead rows at the end of the load, or --settle seconds have passed. It prints the sizes at
+ * start (empty), peak, end of load and the last sample, and the cluster's autovacuum settings.
+ *
+ * --tune applies the per-table storage parameters recommended in docs/performance.md
+ * ("Postgres table health") before the load. Cluster-wide settings (autovacuum_naptime) are the
+ * operator's: they are printed, not changed.
+ *
+ * Exit codes: 0 measured (the figures say whether the table came back); 1 an error (mcq did not
+ * start or exited, mcbench failed or counted errors, a query failed); 2 usage.
+ */
+import { SQL } from "bun";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dir, "../..");
+
+/** The per-table settings proposed in docs/performance.md, applied by --tune. */
+export const TUNED: Record<string, string> = {
+  mcq_messages: "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000, " +
+    "autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000, autovacuum_vacuum_cost_delay = 0",
+  mcq_counters: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
+  mcq_nodes: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
+};
+
+interface Options { store: string; messages: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
+
+function usage(why: string): never {
+  console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--conns C] [--depth D] ` +
+    "[--settle SECONDS] [--every SECONDS] [--tune] [--json]");
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { store: "", messages: 1_000_000, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
+  const numbers = { "--messages": "messages", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--tune") o.tune = true;
+    else if (a === "--json") o.json = true;
+    else if (a === "--store") o.store = argv[++i] ?? usage("--store needs a URL");
+    else if (a in numbers) {
+      const v = Number(argv[++i]);
+      if (!Number.isInteger(v) || v < 1) usage(`${a} needs a positive integer, got ${JSON.stringify(argv[i])}`);
+      o[numbers[a as keyof typeof numbers]] = v;
+    } else usage(`unknown argument ${JSON.stringify(a)}`);
+  }
+  if (!/^postgres(ql)?:\/\//.test(o.store)) usage(`--store: expected a postgres:// URL, got ${JSON.stringify(o.store)}`);
+  if (o.messages % o.conns !== 0) usage(`--messages (${o.messages}) must be a multiple of --conns (${o.conns}), so that every pair completes`);
+  return o;
+}
+
+/** One relation's sizes (bytes) and, for tables, its vacuum statistics. */
+interface Rel { name: string; table: string; kind: "table" | "index" | "toast"; bytes: number; live?: number; dead?: number; autovacuums?: number; lastAutovacuum?: string | null }
+interface Sample { at: number; rels: Rel[]; total: number }
+
+/** Every table, index and TOAST relation of the schema, with its size now. */
+async function sample(sql: SQL, schema: string): Promise<Sample> {
+  const rows: any[] = await sql.unsafe(
+    `SELECT c.relname AS name, c.relname AS "table", 'table' AS kind, pg_relation_size(c.oid) AS bytes,
+            s.n_live_tup AS live, s.n_dead_tup AS dead, s.autovacuum_count AS autovacuums, s.last_autovacuum::text AS "lastAutovacuum"
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+      WHERE n.nspname = $1 AND c.relkind = 'r'
+     UNION ALL
+     SELECT ic.relname, t.relname, 'index', pg_relation_size(ic.oid), NULL, NULL, NULL, NULL
+       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1
+     UNION ALL
+     SELECT t.relname || ' (toast)', t.relname, 'toast', pg_total_relation_size(t.reltoastrelid), NULL, NULL, NULL, NULL
+       FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = $1 AND t.relkind = 'r' AND t.reltoastrelid <> 0
+      ORDER BY 2, 3 DESC, 1`, [schema]);
+  const rels: Rel[] = rows.map((r) => ({
+    name: r.name, table: r.table, kind: r.kind, bytes: Number(r.bytes),
+    ...(r.kind === "table" ? { live: Number(r.live ?? 0), dead: Number(r.dead ?? 0), autovacuums: Number(r.autovacuums ?? 0), lastAutovacuum: r.lastAutovacuum } : {}),
+  }));
+  if (!rels.some((r) => r.name === "mcq_messages")) throw new Error(`schema ${schema} has no mcq_messages: did mcq create its schema?`);
+  return { at: Date.now(), rels, total: rels.reduce((s, r) => s + r.bytes, 0) };
+}
+
+/** The oldest open transaction (s) and xmin age (xids) of any client backend but ours, now. */
+async function transactions(sql: SQL): Promise<{ xactS: number; xminAge: number; idleInTx: number }> {
+  const [r]: any[] = await sql.unsafe(
+    `SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0) AS xact_s,
+            coalesce(max(age(backend_xmin)), 0) AS xmin_age,
+            count(*) FILTER (WHERE state LIKE 'idle in transaction%') AS idle_in_tx
+       FROM pg_stat_activity
+      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()`);
+  return { xactS: Number(r.xact_s), xminAge: Number(r.xmin_age), idleInTx: Number(r.idle_in_tx) };
+}
+
+/** The cluster settings that decide when autovacuum runs and how fast. */
+async function clusterSettings(sql: SQL): Promise<Record<string, string>> {
+  const rows: any[] = await sql.unsafe(
+    `SELECT name, setting, unit FROM pg_settings WHERE name IN ('server_version', 'autovacuum', 'autovacuum_naptime',
+       'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_threshold', 'autovacuum_vacuum_cost_delay',
+       'autovacuum_vacuum_cost_limit', 'autovacuum_max_workers', 'vacuum_cost_limit', 'synchronous_commit') ORDER BY name`);
+  return Object.fromEntries(rows.map((r) => [r.name, r.unit ? `${r.setting} ${r.unit}` : r.setting]));
+}
+
+async function tableOptions(sql: SQL, schema: string): Promise<Record<string, string[] | null>> {
+  const rows: any[] = await sql.unsafe(
+    `SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1`, [schema]);
+  return Object.fromEntries(rows.map((r) => [r.relname, r.reloptions]));
+}
+
+/** Starts mcq on the store; rejects with its stderr if it does not come up. */
+async function startMcq(storeUrl: string, home: string): Promise<{ port: number; proc: Bun.Subprocess<"ignore", "pipe", "pipe"> }> {
+  const proc = Bun.spawn([process.execPath, join(ROOT, "src/main.ts"), "-l", "127.0.0.1", "-p", "0", "-H", home, "--store", storeUrl],
+    { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  while (!/listening on .*:(\d+)/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`mcq did not start (exit ${await proc.exited}): ${(await new Response(proc.stderr).text()).trim()}`);
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  void proc.stdout.pipeTo(new WritableStream()).catch(() => {});
+  return { port: Number(/listening on .*:(\d+)/.exec(text)![1]), proc };
+}
+
+function buildMcbench(): string {
+  const source = join(ROOT, "scripts/bench/mcbench.c");
+  const bin = join(tmpdir(), `mcq-mcbench-health-${process.pid}`);
+  if (Bun.which("cc") === null) throw new Error("mcbench needs a C compiler (cc) to build scripts/bench/mcbench.c");
+  const built = Bun.spawnSync(["cc", "-O2", "-o", bin, source, "-lpthread"], { stderr: "pipe" });
+  if (built.exitCode !== 0) throw new Error(`cc failed on mcbench.c: ${built.stderr.toString()}`);
+  return bin;
+}
+
+/** Runs mcbench; resolves with its RESULT fields, rejects if it failed or counted an error. */
+async function mcbench(bin: string, port: number, args: string[]): Promise<Record<string, number>> {
+  const proc = Bun.spawn([bin, "-p", String(port), "-s", "100", "-t", "2", "-k", "health", ...args], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const line = /^RESULT .*$/m.exec(out)?.[0];
+  if (code !== 0 || line === undefined) throw new Error(`mcbench ${args.join(" ")} failed (exit ${code}): ${err.trim()} ${out.trim()}`);
+  const fields = Object.fromEntries([...line.matchAll(/(\w+)=([\d.]+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  if (fields.errors! > 0) throw new Error(`mcbench counted ${fields.errors} errors: ${line}`);
+  return fields;
+}
+
+const kb = (b: number) => `${Math.round(b / 1024).toLocaleString("en")} kB`;
+
+export async function main(o: Options): Promise<void> {
+  const schema = `mcq_health_${process.pid}`;
+  const storeUrl = `${o.store}${o.store.includes("?") ? "&" : "?"}schema=${schema}`;
+  const sql = new SQL(o.store, { max: 2 });
+  const home = mkdtempSync(join(tmpdir(), "mcq-health-"));
+  const bin = buildMcbench();
+  let mcq: Awaited<ReturnType<typeof startMcq>> | null = null;
+  try {
+    const settings = await clusterSettings(sql);
+    mcq = await startMcq(storeUrl, home);
+    const exited = mcq.proc.exited.then((c) => { throw new Error(`mcq exited (code ${c}) during the run`); });
+    if (o.tune) for (const [t, s] of Object.entries(TUNED)) await sql.unsafe(`ALTER TABLE ${schema}.${t} SET (${s})`);
+    const options = await tableOptions(sql, schema);
+    const start = await sample(sql, schema);
+    const result = await Promise.race([exited, load(o, sql, schema, bin, mcq.port)]);
+    const settled = await Promise.race([exited, settle(o, sql, schema, result.end)]);
+    report(o, { settings, options, start, ...result, ...settled });
+  } finally {
+    mcq?.proc.kill();
+    await mcq?.proc.exited;
+    await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch((e) => console.error(`pg-health: could not drop ${schema}: ${e.message}`));
+    await sql.close();
+    rmSync(home, { recursive: true, force: true });
+    if (existsSync(bin)) rmSync(bin);
+  }
+}
+
+/** The load: N pairs, then a drain; samples transactions (100 ms) and sizes (1 s) meanwhile. */
+async function load(o: Options, sql: SQL, schema: string, bin: string, port: number) {
+  let peak: Sample = await sample(sql, schema);
+  const tx = { xactS: 0, xminAge: 0, idleInTx: 0, samples: 0 };
+  let running = true;
+  let failure: unknown = null;
+  const watch = (async () => {
+    let lastSize = 0;
+    while (running) {
+      const t = await transactions(sql);
+      tx.xactS = Math.max(tx.xactS, t.xactS);
+      tx.xminAge = Math.max(tx.xminAge, t.xminAge);
+      tx.idleInTx += t.idleInTx;
+      tx.samples++;
+      if (Date.now() - lastSize >= 1000) {
+        lastSize = Date.now();
+        const s = await sample(sql, schema);
+        if (s.total > peak.total) peak = s;
+      }
+      await Bun.sleep(100);
+    }
+  })().catch((e) => { failure = e; });
+  const began = Date.now();
+  let pairs: Record<string, number>, drain: Record<string, number>;
+  try {
+    pairs = await mcbench(bin, port, ["-m", "pair", "-c", String(o.conns), "-P", String(o.depth), "-n", String(2 * o.messages)]);
+    drain = await mcbench(bin, port, ["-m", "drain", "-c", "4", "-P", "16"]);
+  } finally {
+    running = false;
+    await watch;
+  }
+  if (failure !== null) throw failure;
+  const secs = (Date.now() - began) / 1000;
+  const end = await sample(sql, schema);
+  if (end.total > peak.total) peak = end;
+  return { peak, end, tx, secs, pairs, drain };
+}
+
+/** After the load: samples every --every s until autovacuum has cleaned every table it left dead rows in, or --settle s. */
+async function settle(o: Options, sql: SQL, schema: string, end: Sample) {
+  const dirty = end.rels.filter((r) => r.kind === "table" && r.dead! > 0).map((r) => ({ name: r.name, runs: r.autovacuums! }));
+  const samples: Sample[] = [];
+  const deadline = Date.now() + o.settle * 1000;
+  let vacuumed = false;
+  while (!vacuumed && Date.now() < deadline) {
+    await Bun.sleep(o.every * 1000);
+    const s = await sample(sql, schema);
+    samples.push(s);
+    vacuumed = dirty.every((d) => s.rels.find((r) => r.name === d.name)!.autovacuums! > d.runs);
+    if (!o.json) console.error(`pg-health: +${Math.round((s.at - end.at) / 1000)} s total ${kb(s.total)}, mcq_messages ${kb(relBytes(s, "mcq_messages"))}` +
+      ` (dead rows ${s.rels.find((r) => r.name === "mcq_messages")!.dead})${vacuumed ? ", autovacuum has run on every table" : ""}`);
+  }
+  return { after: samples.at(-1) ?? end, settleSecs: ((samples.at(-1)?.at ?? end.at) - end.at) / 1000, vacuumed, waitedFor: dirty.map((d) => d.name) };
+}
+
+/** A table's bytes with its indexes and TOAST. */
+const relBytes = (s: Sample, table: string) => s.rels.filter((r) => r.table === table).reduce((n, r) => n + r.bytes, 0);
+
+function report(o: Options, r: {
+  settings: Record<string, string>; options: Record<string, string[] | null>; start: Sample; peak: Sample; end: Sample; after: Sample;
+  tx: { xactS: number; xminAge: number; idleInTx: number; samples: number }; secs: number; pairs: Record<string, number>;
+  drain: Record<string, number>; settleSecs: number; vacuumed: boolean; waitedFor: string[];
+}): void {
+  const names = r.start.rels.map((x) => x.name);
+  const at = (s: Sample, name: string) => s.rels.find((x) => x.name === name)?.bytes ?? 0;
+  if (o.json) {
+    const rels = names.map((n) => ({ name: n, start: at(r.start, n), peak: at(r.peak, n), end: at(r.end, n), after: at(r.after, n) }));
+    console.log(JSON.stringify({ ...o, store: undefined, ...r, rels }, null, 2));
+    return;
+  }
+  console.log(`pg-health: ${o.messages.toLocaleString("en")} messages of 100 B (mcbench pair ${o.conns}x${o.depth}, then drain) in ${r.secs.toFixed(0)} s` +
+    ` (${Math.round((2 * o.messages) / r.secs).toLocaleString("en")} ops/s); gets hit ${r.pairs.hits} + ${r.drain.hits} drained`);
+  console.log(`cluster: ${Object.entries(r.settings).map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  console.log(`table options: ${Object.entries(r.options).map(([k, v]) => `${k}=${v === null ? "default" : v.join(",")}`).join("; ")}`);
+  console.log(`transactions (${r.tx.samples} samples of pg_stat_activity, every 100 ms): oldest open transaction ${(r.tx.xactS * 1000).toFixed(0)} ms,` +
+    ` oldest xmin ${r.tx.xminAge} xids old, idle-in-transaction seen ${r.tx.idleInTx} times`);
+  console.log(`\n${"relation".padEnd(30)}${"empty".padStart(12)}${"peak".padStart(12)}${"end of load".padStart(14)}${`+${r.settleSecs.toFixed(0)} s`.padStart(12)}`);
+  for (const n of names) {
+    console.log(`${n.padEnd(30)}${kb(at(r.start, n)).padStart(12)}${kb(at(r.peak, n)).padStart(12)}${kb(at(r.end, n)).padStart(14)}${kb(at(r.after, n)).padStart(12)}`);
+  }
+  console.log(`${"all of mcq's relations".padEnd(30)}${kb(r.start.total).padStart(12)}${kb(r.peak.total).padStart(12)}${kb(r.end.total).padStart(14)}${kb(r.after.total).padStart(12)}`);
+  const tables = r.after.rels.filter((x) => x.kind === "table");
+  console.log(`\nlast sample: ${tables.map((t) => `${t.name} live ${t.live} dead ${t.dead} autovacuums ${t.autovacuums} (last ${t.lastAutovacuum ?? "never"})`).join("; ")}`);
+  console.log(r.vacuumed ? `autovacuum ran on ${r.waitedFor.join(", ") || "(no table had dead rows)"} within ${r.settleSecs.toFixed(0)} s of the end of the load`
+    : `autovacuum had not run on all of ${r.waitedFor.join(", ")} after ${r.settleSecs.toFixed(0)} s (--settle ${o.settle})`);
+}
+
+if (import.meta.main) {
+  await main(parseArgs(process.argv.slice(2))).catch((e) => {
+    console.error(`pg-health: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  });
+}
