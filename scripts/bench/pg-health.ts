@@ -3,8 +3,8 @@
  * and do its tables and indexes come back close to their empty size under autovacuum once N
  * messages have passed through?
  *
- *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--conns 50]
- *       [--depth 16] [--settle 300] [--every 5] [--tune] [--json]
+ *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--rounds 1]
+ *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--tune] [--json]
  *
  * It starts the real mcq (src/main.ts) on a fresh schema of the given Postgres, then mcbench
  * (scripts/bench/mcbench.c, built with cc) sends N pairs (set, then get of the same queue: N
@@ -37,17 +37,17 @@ export const TUNED: Record<string, string> = {
   mcq_nodes: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
 };
 
-interface Options { store: string; messages: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
+interface Options { store: string; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
 
 function usage(why: string): never {
-  console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--conns C] [--depth D] ` +
+  console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--rounds R] [--conns C] [--depth D] ` +
     "[--settle SECONDS] [--every SECONDS] [--tune] [--json]");
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { store: "", messages: 1_000_000, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
-  const numbers = { "--messages": "messages", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
+  const o: Options = { store: "", messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
+  const numbers = { "--messages": "messages", "--rounds": "rounds", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--tune") o.tune = true;
@@ -91,13 +91,18 @@ async function sample(sql: SQL, schema: string): Promise<Sample> {
   return { at: Date.now(), rels, total: rels.reduce((s, r) => s + r.bytes, 0) };
 }
 
-/** The oldest open transaction (s) of any client backend but ours, what that backend ran last, and the oldest xmin's age (xids), now. */
+/**
+ * The oldest open transaction (s) of any client backend but ours, what that backend ran last, and
+ * the oldest xmin's age (xids), now. Backends shown `idle` are left out: a LISTEN backend reads its
+ * notifications in a transaction of microseconds that pg_stat_activity shows as `idle` with the
+ * xact_start of its last statement (the LISTEN, minutes ago; seen with psql alone in Postgres 15).
+ */
 async function transactions(sql: SQL): Promise<{ xactS: number; xminAge: number; idleInTx: number; who: string }> {
   const rows: any[] = await sql.unsafe(
     `SELECT coalesce(extract(epoch FROM clock_timestamp() - xact_start), 0) AS xact_s, coalesce(age(backend_xmin), 0) AS xmin_age,
             state, pid, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query
        FROM pg_stat_activity
-      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'
       ORDER BY xact_start NULLS LAST`);
   const oldest = rows[0];
   return {
@@ -176,9 +181,13 @@ export async function main(o: Options): Promise<void> {
     if (o.tune) for (const [t, s] of Object.entries(TUNED)) await sql.unsafe(`ALTER TABLE ${schema}.${t} SET (${s})`);
     const options = await tableOptions(sql, schema);
     const start = await sample(sql, schema);
-    const result = await Promise.race([exited, load(o, sql, schema, bin, mcq.port)]);
-    const settled = await Promise.race([exited, settle(o, sql, schema, result.end)]);
-    report(o, { settings, options, start, ...result, ...settled });
+    // Each round is another N messages through the same tables: the sizes after round 2 and on
+    // say whether the space freed by vacuum is reused or the files keep growing.
+    for (let round = 1; round <= o.rounds; round++) {
+      const result = await Promise.race([exited, load(o, sql, schema, bin, mcq.port)]);
+      const settled = await Promise.race([exited, settle(o, sql, schema, result.end)]);
+      report(o, round, { settings, options, start, ...result, ...settled });
+    }
   } finally {
     mcq?.proc.kill();
     await mcq?.proc.exited;
@@ -251,7 +260,7 @@ async function settle(o: Options, sql: SQL, schema: string, end: Sample) {
 /** A table's bytes with its indexes and TOAST. */
 const relBytes = (s: Sample, table: string) => s.rels.filter((r) => r.table === table).reduce((n, r) => n + r.bytes, 0);
 
-function report(o: Options, r: {
+function report(o: Options, round: number, r: {
   settings: Record<string, string>; options: Record<string, string[] | null>; start: Sample; peak: Sample; end: Sample; after: Sample;
   tx: { xactS: number; xminAge: number; idleInTx: number; samples: number; who: string }; secs: number; pairs: Record<string, number>;
   drain: Record<string, number>; settleSecs: number; vacuumed: boolean;
@@ -260,10 +269,10 @@ function report(o: Options, r: {
   const at = (s: Sample, name: string) => s.rels.find((x) => x.name === name)?.bytes ?? 0;
   if (o.json) {
     const rels = names.map((n) => ({ name: n, start: at(r.start, n), peak: at(r.peak, n), end: at(r.end, n), after: at(r.after, n) }));
-    console.log(JSON.stringify({ ...o, store: undefined, ...r, rels }, null, 2));
+    console.log(JSON.stringify({ ...o, store: undefined, round, ...r, rels }, null, 2));
     return;
   }
-  console.log(`pg-health: ${o.messages.toLocaleString("en")} messages of 100 B (mcbench pair ${o.conns}x${o.depth}, then drain) in ${r.secs.toFixed(0)} s` +
+  console.log(`${round > 1 ? "\n" : ""}pg-health round ${round}/${o.rounds}: ${o.messages.toLocaleString("en")} messages of 100 B (mcbench pair ${o.conns}x${o.depth}, then drain) in ${r.secs.toFixed(0)} s` +
     ` (${Math.round((2 * o.messages) / r.secs).toLocaleString("en")} ops/s); gets hit ${r.pairs.hits} + ${r.drain.hits} drained`);
   console.log(`cluster: ${Object.entries(r.settings).map(([k, v]) => `${k}=${v}`).join(", ")}`);
   console.log(`table options: ${Object.entries(r.options).map(([k, v]) => `${k}=${v === null ? "default" : v.join(",")}`).join("; ")}`);
