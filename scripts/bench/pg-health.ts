@@ -4,16 +4,18 @@
  * messages have passed through?
  *
  *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--rounds 1]
- *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--tune] [--json]
+ *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--backlog] [--tune] [--json]
  *
  * It starts the real mcq (src/main.ts) on a fresh schema of the given Postgres, then mcbench
  * (scripts/bench/mcbench.c, built with cc) sends N pairs (set, then get of the same queue: N
- * messages in and out, 100 B each) and drains whatever is left. Meanwhile it samples
+ * messages in and out, 100 B each) and drains whatever is left; with --backlog it sets all N
+ * first, then drains them (the table holds N messages at its peak). Meanwhile it samples
  * pg_stat_activity every 100 ms (the oldest transaction of any client backend but its own, and
  * the xid age of its xmin) and the sizes of mcq's tables every second (for the peak). After the
  * load it samples the sizes every --every seconds until autovacuum has run on mcq_messages, or
- * --settle seconds have passed. It prints the sizes at
- * start (empty), peak, end of load and the last sample, and the cluster's autovacuum settings.
+ * --settle seconds have passed. It prints the sizes at start (empty), peak, end of load and the
+ * last sample, and the cluster's autovacuum settings. --rounds R does all that R times on the same
+ * tables: whether the space vacuum freed is reused, or the files keep growing round after round.
  *
  * --tune applies the per-table storage parameters recommended in docs/performance.md
  * ("Postgres table health") before the load. Cluster-wide settings (autovacuum_naptime) are the
@@ -37,20 +39,21 @@ export const TUNED: Record<string, string> = {
   mcq_nodes: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
 };
 
-interface Options { store: string; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
+interface Options { store: string; backlog: boolean; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
 
 function usage(why: string): never {
   console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--rounds R] [--conns C] [--depth D] ` +
-    "[--settle SECONDS] [--every SECONDS] [--tune] [--json]");
+    "[--settle SECONDS] [--every SECONDS] [--backlog] [--tune] [--json]");
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { store: "", messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
+  const o: Options = { store: "", backlog: false, messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
   const numbers = { "--messages": "messages", "--rounds": "rounds", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--tune") o.tune = true;
+    else if (a === "--backlog") o.backlog = true;
     else if (a === "--json") o.json = true;
     else if (a === "--store") o.store = argv[++i] ?? usage("--store needs a URL");
     else if (a in numbers) {
@@ -223,13 +226,16 @@ async function load(o: Options, sql: SQL, schema: string, bin: string, port: num
   const began = Date.now();
   let pairs: Record<string, number>, drain: Record<string, number>;
   try {
-    pairs = await mcbench(bin, port, ["-m", "pair", "-c", String(o.conns), "-P", String(o.depth), "-n", String(2 * o.messages)]);
-    drain = await mcbench(bin, port, ["-m", "drain", "-c", "4", "-P", "16"]);
+    const shape = o.backlog ? ["-m", "set", "-n", String(o.messages)] : ["-m", "pair", "-n", String(2 * o.messages)];
+    pairs = await mcbench(bin, port, [...shape, "-c", String(o.conns), "-P", String(o.depth)]);
+    drain = await mcbench(bin, port, ["-m", "drain", "-c", o.backlog ? String(o.conns) : "4", "-P", String(o.depth)]);
   } finally {
     running = false;
     await watch;
   }
   if (failure !== null) throw failure;
+  // Every message stored must have come out exactly once, or the sizes below measure something else.
+  if (pairs.hits! + drain.hits! !== o.messages) throw new Error(`${o.messages} messages stored but ${pairs.hits! + drain.hits!} taken`);
   const secs = (Date.now() - began) / 1000;
   const end = await sample(sql, schema);
   if (end.total > peak.total) peak = end;
@@ -272,7 +278,7 @@ function report(o: Options, round: number, r: {
     console.log(JSON.stringify({ ...o, store: undefined, round, ...r, rels }, null, 2));
     return;
   }
-  console.log(`${round > 1 ? "\n" : ""}pg-health round ${round}/${o.rounds}: ${o.messages.toLocaleString("en")} messages of 100 B (mcbench pair ${o.conns}x${o.depth}, then drain) in ${r.secs.toFixed(0)} s` +
+  console.log(`${round > 1 ? "\n" : ""}pg-health round ${round}/${o.rounds}: ${o.messages.toLocaleString("en")} messages of 100 B (mcbench ${o.backlog ? "set" : "pair"} ${o.conns}x${o.depth}, then drain) in ${r.secs.toFixed(0)} s` +
     ` (${Math.round((2 * o.messages) / r.secs).toLocaleString("en")} ops/s); gets hit ${r.pairs.hits} + ${r.drain.hits} drained`);
   console.log(`cluster: ${Object.entries(r.settings).map(([k, v]) => `${k}=${v}`).join(", ")}`);
   console.log(`table options: ${Object.entries(r.options).map(([k, v]) => `${k}=${v === null ? "default" : v.join(",")}`).join("; ")}`);
