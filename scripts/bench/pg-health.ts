@@ -4,7 +4,7 @@
  * messages have passed through?
  *
  *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--rounds 1]
- *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--backlog] [--tune] [--json]
+ *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--backlog] [--tune] [--reindex] [--json]
  *
  * It starts the real mcq (src/main.ts) on a fresh schema of the given Postgres, then mcbench
  * (scripts/bench/mcbench.c, built with cc) sends N pairs (set, then get of the same queue: N
@@ -19,7 +19,8 @@
  *
  * --tune applies the per-table storage parameters recommended in docs/performance.md
  * ("Postgres table health") before the load. Cluster-wide settings (autovacuum_naptime) are the
- * operator's: they are printed, not changed.
+ * operator's: they are printed, not changed. --reindex ends with REINDEX TABLE CONCURRENTLY
+ * mcq_messages (vacuum frees index pages for reuse but does not shrink the files) and its effect.
  *
  * Exit codes: 0 measured (the figures say whether the table came back); 1 an error (mcq did not
  * start or exited, mcbench failed or counted errors, a query failed); 2 usage.
@@ -39,21 +40,22 @@ export const TUNED: Record<string, string> = {
   mcq_nodes: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
 };
 
-interface Options { store: string; backlog: boolean; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
+interface Options { store: string; backlog: boolean; reindex: boolean; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
 
 function usage(why: string): never {
   console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--rounds R] [--conns C] [--depth D] ` +
-    "[--settle SECONDS] [--every SECONDS] [--backlog] [--tune] [--json]");
+    "[--settle SECONDS] [--every SECONDS] [--backlog] [--tune] [--reindex] [--json]");
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { store: "", backlog: false, messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
+  const o: Options = { store: "", backlog: false, reindex: false, messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
   const numbers = { "--messages": "messages", "--rounds": "rounds", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--tune") o.tune = true;
     else if (a === "--backlog") o.backlog = true;
+    else if (a === "--reindex") o.reindex = true;
     else if (a === "--json") o.json = true;
     else if (a === "--store") o.store = argv[++i] ?? usage("--store needs a URL");
     else if (a in numbers) {
@@ -191,6 +193,7 @@ export async function main(o: Options): Promise<void> {
       const settled = await Promise.race([exited, settle(o, sql, schema, result.end)]);
       report(o, round, { settings, options, start, ...result, ...settled });
     }
+    if (o.reindex) await Promise.race([exited, reindex(o, sql, schema)]);
   } finally {
     mcq?.proc.kill();
     await mcq?.proc.exited;
@@ -261,6 +264,18 @@ async function settle(o: Options, sql: SQL, schema: string, end: Sample) {
       ` (dead rows ${messages(s).dead})${vacuumed ? ", autovacuum has run" : ""}`);
   }
   return { after: samples.at(-1) ?? end, settleSecs: ((samples.at(-1)?.at ?? end.at) - end.at) / 1000, vacuumed };
+}
+
+/** --reindex: what REINDEX CONCURRENTLY (no lock that stops mcq) gives the indexes back. */
+async function reindex(o: Options, sql: SQL, schema: string): Promise<void> {
+  const before = await sample(sql, schema);
+  const began = Date.now();
+  await sql.unsafe(`REINDEX TABLE CONCURRENTLY ${schema}.mcq_messages`);
+  const after = await sample(sql, schema);
+  const indexes = (s: Sample) => s.rels.filter((r) => r.table === "mcq_messages" && r.kind === "index");
+  const line = indexes(before).map((r) => `${r.name} ${kb(r.bytes)} -> ${kb(indexes(after).find((x) => x.name === r.name)?.bytes ?? 0)}`);
+  if (o.json) console.log(JSON.stringify({ reindex: { ms: Date.now() - began, before: before.total, after: after.total } }));
+  else console.log(`\nREINDEX TABLE CONCURRENTLY mcq_messages (${Date.now() - began} ms): ${line.join(", ")}; all of mcq's relations ${kb(before.total)} -> ${kb(after.total)}`);
 }
 
 /** A table's bytes with its indexes and TOAST. */
