@@ -17,8 +17,8 @@
  * last sample, and the cluster's autovacuum settings. --rounds R does all that R times on the same
  * tables: whether the space vacuum freed is reused, or the files keep growing round after round.
  *
- * --tune applies the per-table storage parameters recommended in docs/performance.md
- * ("Postgres table health") before the load. Cluster-wide settings (autovacuum_naptime) are the
+ * --tune applies per-table storage parameters before the load (TUNED; docs/performance.md,
+ * "Postgres table health": they made no measurable difference to a steady flow). Cluster-wide settings (autovacuum_naptime) are the
  * operator's: they are printed, not changed. --reindex ends with REINDEX TABLE CONCURRENTLY
  * mcq_messages (vacuum frees index pages for reuse but does not shrink the files) and its effect.
  *
@@ -32,7 +32,7 @@ import { join } from "node:path";
 
 const ROOT = join(import.meta.dir, "../..");
 
-/** The per-table settings proposed in docs/performance.md, applied by --tune. */
+/** The per-table settings tried with --tune (docs/performance.md, "Postgres table health"). */
 export const TUNED: Record<string, string> = {
   mcq_messages: "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000, " +
     "autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 10000, autovacuum_vacuum_cost_delay = 0",
