@@ -179,8 +179,10 @@ export async function main(o: Options): Promise<void> {
   const home = mkdtempSync(join(tmpdir(), "mcq-health-"));
   const bin = buildMcbench();
   let mcq: Awaited<ReturnType<typeof startMcq>> | null = null;
+  let connected = false;
   try {
     const settings = await clusterSettings(sql);
+    connected = true;
     mcq = await startMcq(storeUrl, home);
     const exited = mcq.proc.exited.then((c) => { throw new Error(`mcq exited (code ${c}) during the run`); });
     if (o.tune) for (const [t, s] of Object.entries(TUNED)) await sql.unsafe(`ALTER TABLE ${schema}.${t} SET (${s})`);
@@ -197,7 +199,7 @@ export async function main(o: Options): Promise<void> {
   } finally {
     mcq?.proc.kill();
     await mcq?.proc.exited;
-    await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch((e) => console.error(`pg-health: could not drop ${schema}: ${e.message}`));
+    if (connected) await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch((e) => console.error(`pg-health: could not drop ${schema}: ${e.message}`));
     await sql.close();
     rmSync(home, { recursive: true, force: true });
     if (existsSync(bin)) rmSync(bin);
