@@ -159,10 +159,15 @@ function buildMcbench(): string {
   return bin;
 }
 
+/** mcbench runs not yet ended: killed if the run fails (mcq gone, it could wait for replies). */
+const running = new Set<Bun.Subprocess>();
+
 /** Runs mcbench; resolves with its RESULT fields, rejects if it failed or counted an error. */
 async function mcbench(bin: string, port: number, args: string[]): Promise<Record<string, number>> {
   const proc = Bun.spawn([bin, "-p", String(port), "-s", "100", "-t", "2", "-k", "health", ...args], { stdout: "pipe", stderr: "pipe" });
+  running.add(proc);
   const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  running.delete(proc);
   const line = /^RESULT .*$/m.exec(out)?.[0];
   if (code !== 0 || line === undefined) throw new Error(`mcbench ${args.join(" ")} failed (exit ${code}): ${err.trim()} ${out.trim()}`);
   const fields = Object.fromEntries([...line.matchAll(/(\w+)=([\d.]+)/g)].map((m) => [m[1]!, Number(m[2])]));
@@ -197,6 +202,7 @@ export async function main(o: Options): Promise<void> {
     }
     if (o.reindex) await Promise.race([exited, reindex(o, sql, schema)]);
   } finally {
+    for (const p of running) p.kill();
     mcq?.proc.kill();
     await mcq?.proc.exited;
     if (connected) await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch((e) => console.error(`pg-health: could not drop ${schema}: ${e.message}`));
