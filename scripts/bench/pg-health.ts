@@ -216,11 +216,11 @@ export async function main(o: Options): Promise<void> {
 async function load(o: Options, sql: SQL, schema: string, bin: string, port: number) {
   let peak: Sample = await sample(sql, schema);
   const tx = { xactS: 0, xminAge: 0, idleInTx: 0, samples: 0, who: "" };
-  let running = true;
+  let sampling = true;
   let failure: unknown = null;
   const watch = (async () => {
     let lastSize = 0;
-    while (running) {
+    while (sampling) {
       const t = await transactions(sql);
       if (t.xactS > tx.xactS) Object.assign(tx, { xactS: t.xactS, who: t.who });
       tx.xminAge = Math.max(tx.xminAge, t.xminAge);
@@ -241,7 +241,7 @@ async function load(o: Options, sql: SQL, schema: string, bin: string, port: num
     pairs = await mcbench(bin, port, [...shape, "-c", String(o.conns), "-P", String(o.depth)]);
     drain = await mcbench(bin, port, ["-m", "drain", "-c", o.backlog ? String(o.conns) : "4", "-P", String(o.depth)]);
   } finally {
-    running = false;
+    sampling = false;
     await watch;
   }
   if (failure !== null) throw failure;
