@@ -8,17 +8,17 @@
  *   - a message is consumed (a plain get's VALUE, or a close answered END) at most once;
  *   - an open message is not handed to anyone while its holder surely still holds it;
  *   - every key yields at most one VALUE, in key order, with its exact key, flags and bytes;
- *   - a get whose reply holds a VALUE does not wait on a later /t= key.
+ *   - a get whose reply holds a VALUE does not wait on a later /t= key: judged at checkpoints by
+ *     the server's count of waits that ran out (stress-waits.ts), not by how long a reply took.
  * Leases make "still open" uncertain: a lease that started at or after the request was sent
  * cannot have expired before `sentAt + lease`, and a reply read before then was surely made
  * before. Past that, a reply may say either, and the model learns which from it.
  */
+import { createWaits, type Waits } from "./stress-waits";
 import { show, type KeySpec, type Req, type Reply, type Value } from "./stress-wire";
 
 export const LEASE_EXPIRED = "CLIENT_ERROR the open message's lease expired; it is back in its queue";
 export const ALREADY_OPEN = "CLIENT_ERROR this connection already has an open message on that queue";
-/** Timeouts at least this long are checked for a wait that should not have happened. */
-export const LONG_WAIT_MS = 1000;
 /** Clock slack between client and server readings of the same clock (ms). */
 const MARGIN_MS = 5;
 
@@ -81,6 +81,7 @@ interface State {
   conns: Map<number, ConnModel>;
   queues: Map<string, { total: number; fetched: number; bytesIn: number; bytesOut: number }>;
   counts: Counts;
+  waits: Waits;
   drainedIds: Set<number>;
   /** queue and producer → the last pseq the drain saw. */
   drainOrder: Map<string, number>;
@@ -184,6 +185,7 @@ function onGetError(st: State, c: ConnModel, connId: number, req: Req, line: str
   const keys = req.keys!;
   if (serverError(st, line)) {
     if (keys.every((k) => k.mode === "plain" || k.mode === "peek")) st.counts.failedReads++;
+    st.waits.unknown(req);
     return; // the batch was undone: nothing changed
   }
   if (line === ALREADY_OPEN) {
@@ -218,13 +220,7 @@ function onGet(st: State, connId: number, req: Req, values: Value[], end: string
     if (keys[ki]!.mode === "close" || keys[ki]!.mode === "abort") fail(`VALUE ${v.key} for a key that takes nothing`);
     got[ki++] = v;
   }
-  // A later /t= key that yielded nothing after its whole timeout waited (a wait that was served
-  // would have a VALUE). Short timeouts are left out: load alone can delay a reply that long.
-  const first = got.findIndex((v) => v !== null);
-  const waited = keys.findIndex((k, i) => i > first && k.t >= LONG_WAIT_MS && got[i] === null);
-  if (first >= 0 && waited >= 0 && !req.paused && req.receivedAt - req.startAt >= keys[waited]!.t) {
-    fail(`the reply held a VALUE, yet it waited ${req.receivedAt - req.startAt} ms for ${keys[waited]!.key}`);
-  }
+  st.waits.answered(req, got);
   keys.forEach((k, i) => serveKey(st, c, connId, req, k, got[i]!));
 }
 
@@ -302,7 +298,7 @@ export function createModel(
     stored: 0, refused: 0, consumed: 0, confirmed: 0, opened: 0, redelivered: 0, peeked: 0, leaseExpired: 0, alreadyOpen: 0, serverErrors: 0, failedReads: 0,
   };
   const st: State = {
-    lease, reasons: new Set(reasons), releasing, msgs: new Map(), conns: new Map(), queues: new Map(), counts, drainedIds: new Set(), drainOrder: new Map(), nextId: 0,
+    lease, reasons: new Set(reasons), releasing, msgs: new Map(), conns: new Map(), queues: new Map(), counts, waits: createWaits(), drainedIds: new Set(), drainOrder: new Map(), nextId: 0,
   };
   return {
     counts,
@@ -323,8 +319,9 @@ export function createModel(
       else if (reply.kind === "line" && req.msg > 0) onSet(st, req, reply.line);
       else if (reply.kind === "stats" && req.text.startsWith("stats queue ")) checkStatsFormat(reply.lines);
     },
-    /** The connection is gone: what it held is back in its queues. */
-    gone(connId: number): void {
+    /** The connection is gone: what it held is back in its queues, and `unanswered` never will be. */
+    gone(connId: number, unanswered: Req[] = []): void {
+      st.waits.abandon(unanswered);
       const c = connOf(st, connId);
       for (const queue of [...c.holds.keys()]) release(c, connId, queue, null, "given back (disconnected)");
       c.live = false;
@@ -336,6 +333,8 @@ export function createModel(
       return out;
     },
     expected: (queue: string) => expected(st, queue),
+    /** Null if the server's `stats` get_timeouts fits every reply read; else what is wrong. */
+    timeouts: (n: number) => st.waits.check(n),
     drained: (v: Value, queue: string) => onDrained(st, v, queue),
     lost: () => lost(st),
   };

@@ -193,7 +193,8 @@ export async function runSteps(run: Run, n: number): Promise<void> {
 
 /**
  * Nothing in flight and leases settled, then `stats queue` of every queue, the waiters and the
- * connections must equal the model. Polled: a disconnect reaches the server a moment later.
+ * connections must equal the model, and the waits that ran out must fit the replies. Polled: a
+ * disconnect reaches the server a moment later.
  */
 export async function checkpoint(run: Run): Promise<void> {
   const { ctx, model } = run;
@@ -208,9 +209,13 @@ export async function checkpoint(run: Run): Promise<void> {
     }
     for (const c of ctx.conns) await ctx.settle(c);
     while (Date.now() < deadline && run.report.failure === null) {
-      const [got, at] = await serverView(run);
+      const [got, at, timeouts] = await serverView(run);
       const want = ALL_QUEUES.map((q) => `${q}: ${model.expected(q)}`).join("; ") + `; waiters 0; curr_connections ${CONNS + 1}`;
-      if (got === want) return;
+      if (got === want) {
+        // Nothing waits and nothing is in flight: the count is final.
+        const wrong = model.timeouts(timeouts);
+        return wrong === null ? undefined : run.fail(null, null, `at a checkpoint, ${wrong}`);
+      }
       last = `stats: ${got}\n  model: ${want}`;
       if (model.uncertain(at).length > 0) break; // a lease may have run out meanwhile: settle again
       await Bun.sleep(10);
@@ -219,8 +224,8 @@ export async function checkpoint(run: Run): Promise<void> {
   run.fail(null, null, `at a checkpoint the server's counters differ from the model's for ${CHECKPOINT_MS} ms:\n  ${last}`);
 }
 
-/** `stats queue` of each queue, then the waiters and connections, and when the reply was read. */
-export async function serverView(run: Run): Promise<[string, number]> {
+/** `stats queue` of each queue, then the waiters and connections; when the reply was read; get_timeouts. */
+export async function serverView(run: Run): Promise<[string, number, number]> {
   const c = run.control!;
   const items = ALL_QUEUES.map((q) => statsOf(run.ctx, `stats queue ${q}`));
   items.push(statsOf(run.ctx, "stats"));
@@ -230,7 +235,7 @@ export async function serverView(run: Run): Promise<[string, number]> {
   const general = lines(items.at(-1)![0]);
   const field = (f: string) => general.find((l) => l.startsWith(`STAT ${f} `))?.slice(6 + f.length) ?? "?";
   const view = ALL_QUEUES.map((q, i) => `${q}: ${statsLine(lines(items[i]![0]))}`).join("; ");
-  return [`${view}; waiters ${field("waiters")}; curr_connections ${field("curr_connections")}`, items[0]![0].receivedAt];
+  return [`${view}; waiters ${field("waiters")}; curr_connections ${field("curr_connections")}`, items[0]![0].receivedAt, Number(field("get_timeouts"))];
 }
 
 /** The server's errors, but the failures the phase causes on purpose (for a failure message). */

@@ -148,7 +148,7 @@ export const ACTIONS: Record<string, Action> = {
     await ctx.settle(c, safe);
     c.leaving = "destroy";
     c.client.close();
-    ctx.model.gone(c.id);
+    ctx.model.gone(c.id, c.pending);
     await ctx.replace(i);
   },
   /** quit: every request before it is answered, then the server closes. */

@@ -375,6 +375,7 @@ function generalStats(ctx: Context): string {
     ["get_cmds", stats.getCmds],
     ["get_hits", stats.getHits],
     ["get_misses", stats.getMisses],
+    ["get_timeouts", stats.getTimeouts],
     ["set_cmds", stats.setCmds],
     ["set_hits", stats.setHits],
     ["bytes_read", stats.bytesRead],

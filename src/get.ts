@@ -127,7 +127,7 @@ export function endWait(ctx: Context, s: Session, why: "served" | "timeout" | "s
   if (g === null) return;
   if (g.state === "parked") {
     unpark(ctx, s, g);
-    if (why === "timeout") countMiss(ctx);
+    if (why === "timeout") countMiss(ctx, true);
     if (why === "served") ctx.stats.getCmds++;
     g.state = "ready";
   }
@@ -193,9 +193,10 @@ const leaseMs = (ctx: Context, queue: string) => ctx.limits?.settings(queue).ope
 
 const wantsMessage = (key: GetKey) => !key.abort && !key.touch && !(key.close && !key.open);
 
-export function countMiss(ctx: Context): void {
+export function countMiss(ctx: Context, timedOut = false): void {
   ctx.stats.getCmds++;
   ctx.stats.getMisses++;
+  if (timedOut) ctx.stats.getTimeouts++;
 }
 
 /** Serves one key; false if it wanted a message and the queue had none. */

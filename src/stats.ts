@@ -9,6 +9,8 @@ export interface Stats {
   getCmds: number;
   getHits: number;
   getMisses: number;
+  /** Get keys whose /t= wait ran out with no message (of getMisses; the server stopping ends a wait too). */
+  getTimeouts: number;
   setCmds: number;
   setHits: number;
   bytesRead: number;
@@ -45,6 +47,7 @@ export function createStats(): Stats {
     getCmds: 0,
     getHits: 0,
     getMisses: 0,
+    getTimeouts: 0,
     setCmds: 0,
     setHits: 0,
     bytesRead: 0,
