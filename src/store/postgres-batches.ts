@@ -105,7 +105,10 @@ export function createBatches(d: BatchDeps) {
   function sendTx(tx: Tx, c: SQL): Promise<void> {
     if (tx.failed !== null) return Promise.reject(tx.failed); // timed out waiting for a connection
     tx.sentOn = c;
-    const parts: Promise<unknown>[] = [c.unsafe("BEGIN").execute()];
+    // Tagged, not c.unsafe("BEGIN"): Bun.SQL sends a query without parameters by the simple
+    // protocol, after every earlier answer and alone; tagged it is prepared and pipelined, so the
+    // whole transaction leaves in one write (measured with strace: three writes before, one after).
+    const parts: Promise<unknown>[] = [c`BEGIN`.execute()];
     // With one batch in flight at most, none is sent before the last one's outcome: no guard needed.
     if (d.inFlight > 1) {
       parts.push(st.guard(c, String(++batchNo), chainOn === c ? lastBatch : ""));
@@ -117,7 +120,7 @@ export function createBatches(d: BatchDeps) {
     const deltas = uncounted(tx);
     if (deltas.size > 0) parts.push(st.count(c, d.node, deltas));
     if (tx.wake.size > 0) parts.push(st.notify(c, d.channel, [...tx.wake]));
-    const commit = c.unsafe("COMMIT").execute();
+    const commit = c`COMMIT`.execute();
     commit.catch(() => {}); // awaited below, unless an earlier statement failed first
     // Counters read right after this COMMIT, before the next batch, include it and none after.
     const next = recent[recent.indexOf(tx) + 1];
