@@ -289,16 +289,48 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (tx().ops.length === 0) op({ k: "feature", f: { k: "counted" } });
       change(tx(), queue, { [counter]: 1 });
     },
+    /**
+     * A clean stop leaves: this node's row goes and what it still holds open goes back (st.leave).
+     * Bounded by the store's timeout, as a batch is: a Postgres that stopped answering (frozen, a
+     * partition) must not keep the process from exiting. A node that could not leave throws
+     * (main.ts: exit 1); its row stays, so another node reaps it after --node-timeout, or the
+     * next start on this -H at once (the claim is kept for that).
+     */
     async close() {
       closed = true;
       features.stop();
-      await batches.settled(); // the last batch is committed (or failed) first
-      const c = client;
-      await listener.stop();
-      if (c === null) return;
-      await st.leave(c, node).catch(() => {});
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let gaveUp = false;
+      const late = new Promise<never>((_, fail) => {
+        timer = setTimeout(() => fail(new StoreError(`Postgres: no answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+      });
+      const leave = async () => {
+        await batches.settled(); // the last batch is committed (or failed) first
+        await listener.stop();
+        // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
+        const c = client ?? (client = (await connectPrimary(url)).sql);
+        if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
+        await st.leave(c, node);
+      };
+      const left = leave();
+      try {
+        await Promise.race([left, late]);
+      } catch (e) {
+        gaveUp = true;
+        listener.pause();
+        replaceConnection();
+        left.catch(() => {}).finally(() => replaceConnection()); // a connection made too late goes too
+        throw new StoreError(
+          `Postgres: node ${node} could not leave cleanly (${reason(e).message}): its open messages return to their queues ` +
+            `when another node reaps it (--node-timeout ${options.leaseS} s), or at once when mcq starts again on this data directory`,
+        );
+      } finally {
+        clearTimeout(timer);
+      }
       claim?.release();
-      await c.close({ timeout: 1 }).catch(() => {});
+      const c = client;
+      client = null;
+      await c?.close({ timeout: 1 }).catch(() => {});
     },
   };
   listener.start();
