@@ -53,6 +53,7 @@ export interface PostgresOptions {
 export interface PostgresStore extends QueueStore {
   /** Called when messages may be available in `queue` (null: in any), from any node. */
   onAvailable: ((queue: string | null) => void) | null;
+  onLost: ((ids: Set<number>) => void) | null;
   /** Reads every node's counters again; resolves once the view holds them. */
   refresh(): Promise<void>;
   /** The URL without its password, and the host in use. */
@@ -168,9 +169,27 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
+  /**
+   * The heartbeat found this node's row gone: another node reaped it and returned what it held
+   * open, and may have handed those messages to other consumers. So everything this node held is
+   * lost (the heartbeat returned the rest): its sessions forget those opens (store.onLost), and a
+   * later close of one answers as after an expired lease, never confirming a message another
+   * consumer may hold. Everything `held` has here was opened before the heartbeat ran: answers
+   * come back in the connection's order.
+   */
+  function lost(freed: number): void {
+    const ids = new Set(held.keys());
+    held.clear();
+    options.log("warn", `Postgres: node ${node} had been reaped by another node (no heartbeat for --node-timeout ${options.leaseS} s): ` +
+      `its row is back; the ${ids.size} messages it held open went back to their queues (${freed} of them now), and closing them answers as after an expired lease`);
+    store.onLost?.(ids);
+    store.onAvailable?.(null);
+  }
+
   const store: PostgresStore = {
     node,
     onAvailable: null,
+    onLost: null,
     maxInFlight: IN_FLIGHT,
     answersAtCommit: true,
     actor: 0,
@@ -259,7 +278,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;
         batches.background(async (c) => {
-          await st.heartbeat(c, node);
+          const beat = await st.heartbeat(c, node);
+          if (beat.back) lost(beat.freed);
           const back = await features.reap(c, options.leaseS);
           if (back > 0) {
             options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
