@@ -4,7 +4,8 @@
  * reads process.argv or calls process.exit. `mcq backup|check|dump|load|stats` are in tools/.
  *   0  clean stop (SIGTERM, SIGINT), --help, --version
  *   1  cannot start: data directory in use or unreadable, port in use, bad environment;
- *      or, running, the store failed for good (an fsync error: FatalStoreError)
+ *      or, running, the store failed for good (an fsync error: FatalStoreError); or a stop
+ *      that could not close the store cleanly (a Postgres node that could not leave)
  *   2  bad flag or value
  */
 import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, statSync, unlinkSync, writeFileSync } from "node:fs";
@@ -170,19 +171,24 @@ function setUpLog(config: Config, file: string | null) {
   return { log, logFile, detach };
 }
 
-/** What SIGTERM and SIGINT do: a clean stop, once, then the stop line and exit 0. */
+/**
+ * What SIGTERM and SIGINT do: a clean stop, once, then the stop line and exit 0. A stop that
+ * could not close the store cleanly (Postgres not answering: the node could not leave, so its
+ * open messages come back only when another node reaps it) says why and exits 1: not a clean stop.
+ */
 function stopper(server: Server, http: HttpServer | null, pidFile: string | null, log: Logger): (signal: string) => void {
   let stopping = false;
   return async (signal) => {
     if (stopping) return;
     stopping = true;
     log.info(`${signal}: stopping`);
+    let code = 0;
     try {
       http?.stop();
       await server.stop();
     } catch (e) {
-      log.error(`stop: ${(e as Error).message}`);
-      process.exit(1);
+      log.error(`stop: ${(e as Error).message}; exit 1`);
+      code = 1;
     }
     if (pidFile !== null) {
       try {
@@ -192,7 +198,7 @@ function stopper(server: Server, http: HttpServer | null, pidFile: string | null
       }
     }
     log.info(stopLine(server.context));
-    process.exit(0);
+    process.exit(code);
   };
 }
 

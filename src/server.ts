@@ -100,6 +100,22 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       });
   }
 
+  if (store.onLost !== undefined) {
+    // This node was reaped by another while it ran (store.ts onLost): those messages went back
+    // and may be open elsewhere. A later close of one answers LEASE_EXPIRED and confirms nothing.
+    store.onLost = (ids) =>
+      turns.task(() => {
+        for (const s of ctx.sessions) {
+          for (const [queue, id] of [...s.opens]) {
+            if (!ids.has(id)) continue;
+            s.opens.delete(queue);
+            s.leases.delete(queue);
+            s.expired.add(queue);
+          }
+        }
+      });
+  }
+
   /** The connection is gone: its session ends inside the batch (turn.ts closed). */
   function drop(conn: Conn): void {
     if (!conns.delete(conn)) return;

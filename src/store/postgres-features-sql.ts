@@ -242,11 +242,13 @@ export function featureStatements(schema: string, channel: string) {
       ).execute()) as { id: number; queue: string; deliveries: number }[],
 
     /** Nodes silent for `leaseS` seconds (or the one given). */
+    // With the owners of open messages that have no node row (postgres-sql.ts orphaned), which the reap frees too.
     deadNodes: async (sql: SQL, leaseS: number, only: number | null) =>
       ((await sql.unsafe(
-        only === null
+        `${only === null
           ? `SELECT id FROM ${schema}.mcq_nodes WHERE heartbeat < now() - make_interval(secs => $1)`
-          : `SELECT id FROM ${schema}.mcq_nodes WHERE id = $1`,
+          : `SELECT id FROM ${schema}.mcq_nodes WHERE id = $1`}
+         UNION SELECT DISTINCT owner FROM ${M} WHERE owner IS NOT NULL AND owner NOT IN (SELECT id FROM ${schema}.mcq_nodes)`,
         [only ?? leaseS],
       ).execute()) as { id: number }[]).map((r) => r.id),
 

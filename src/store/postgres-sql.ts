@@ -107,12 +107,18 @@ export function statements(schema: string) {
     `SELECT queue, count(*)::int AS n, sum(len)::float8 AS bytes, count(owner)::int AS open FROM ${from} GROUP BY queue`;
   const rows = (r: any[]): Row[] => r as Row[];
   const upsert = (node: string, select: string) => upsertInto(C, node, select);
+  /**
+   * An owner with no node row: a node reaped while it ran on (paused past --node-timeout) opened it
+   * before its next heartbeat put its row back (heartbeat below), then died. No reaper would ever
+   * find it by its row, so every reap frees those too. (mcq_nodes as the statement found it.)
+   */
+  const orphaned = (owner: string) => `(${owner} IS NOT NULL AND ${owner} NOT IN (SELECT id FROM ${N}))`;
   /** See reap below: dead nodes' rows deleted, their messages freed, their counters moved into node 0's. */
   async function reap(sql: SQL, leaseS: number, only: number | null): Promise<number> {
     const folded = COLUMNS.map((c) => (c === "open" ? "coalesce(s.open, 0) - coalesce(r.n, 0)" : `coalesce(s.${c}, 0)`)).join(", ");
     const rows = (await sql.unsafe(
       `WITH dead AS (DELETE FROM ${N} WHERE ${only === null ? "heartbeat < now() - make_interval(secs => $1)" : "id = $1"} RETURNING id),
-         freed AS (UPDATE ${M} SET owner = NULL WHERE owner IN (SELECT id FROM dead) RETURNING queue),
+         freed AS (UPDATE ${M} SET owner = NULL WHERE owner IN (SELECT id FROM dead) OR ${orphaned("owner")} RETURNING queue),
          r AS (SELECT queue, count(*) AS n FROM freed GROUP BY queue),
          gone AS (DELETE FROM ${C} WHERE node IN (SELECT id FROM dead) RETURNING *),
          s AS (SELECT queue, ${COLUMNS.map((c) => `sum(${c}) ${c}`).join(", ")} FROM gone GROUP BY queue),
@@ -271,14 +277,34 @@ export function statements(schema: string) {
          FROM (SELECT queue, ${COUNTERS.map(([k, c]) => `sum(${c})::float8 AS "${k}"`).join(", ")} FROM ${C} GROUP BY queue) c`,
       ).execute()) as (Delta & { queue: string; oldest: number | null })[],
     register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
-    heartbeat: (sql: SQL, node: number) => sql.unsafe(`UPDATE ${N} SET heartbeat = now() WHERE id = $1`, [node]).execute(),
+    /**
+     * This node is alive. A node whose row is gone was reaped by another (silent past
+     * --node-timeout: a long pause, a partition) while it ran on: the row is put back, so that it
+     * is never unregistered (what it opens from here on is reaped if it dies), and whatever it
+     * still holds open is returned in the same statement: the reaper returned what it held then,
+     * so the node counts everything it held as lost (postgres.ts lost), and what it opened since
+     * must not stay owned with no session claiming it. Returns whether the row was back, and per
+     * queue how many messages this returned (counted in this node's rows).
+     */
+    heartbeat: async (sql: SQL, node: number) => {
+      const rows = (await sql.unsafe(
+        `WITH beat AS (UPDATE ${N} SET heartbeat = now() WHERE id = $1 RETURNING id),
+           back AS (INSERT INTO ${N} (id) SELECT $1::int WHERE NOT EXISTS (SELECT 1 FROM beat) RETURNING id),
+           freed AS (UPDATE ${M} SET owner = NULL WHERE owner = $1 AND EXISTS (SELECT 1 FROM back) RETURNING queue),
+           c AS (${upsert("$1::int", perQueue("freed", { open: "-count(*)" }))})
+         SELECT (SELECT count(*) FROM back)::int AS back, (SELECT count(*) FROM freed)::int AS freed`,
+        [node],
+      ).execute()) as { back: number; freed: number }[];
+      return { back: rows[0]!.back > 0, freed: rows[0]!.freed };
+    },
     /**
      * Nodes silent for `leaseS` seconds (or the one given) are dead: their open messages go back to
      * their queues, and their counter rows are folded into node 0's (minus those opens), so rows do
      * not pile up. One statement (data-modifying CTEs), so it commits whole on its own: the batches
      * sent on the same connection meanwhile must not land inside a transaction of ours, and a
      * reaper killed half-way must not leave the node's row deleted and its messages still owned by
-     * it (no reaper would ever find them). Returns how many messages came back.
+     * it (no reaper would ever find them). Messages of owners with no row go back too (orphaned).
+     * Returns how many messages came back.
      */
     reap: (sql: SQL, leaseS: number, only: number | null = null) => reap(sql, leaseS, only),
     /** A clean stop: this node reaps itself (what it still holds open goes back: no node is left to). */

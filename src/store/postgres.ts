@@ -53,6 +53,7 @@ export interface PostgresOptions {
 export interface PostgresStore extends QueueStore {
   /** Called when messages may be available in `queue` (null: in any), from any node. */
   onAvailable: ((queue: string | null) => void) | null;
+  onLost: ((ids: Set<number>) => void) | null;
   /** Reads every node's counters again; resolves once the view holds them. */
   refresh(): Promise<void>;
   /** The URL without its password, and the host in use. */
@@ -168,9 +169,27 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
+  /**
+   * The heartbeat found this node's row gone: another node reaped it and returned what it held
+   * open, and may have handed those messages to other consumers. So everything this node held is
+   * lost (the heartbeat returned the rest): its sessions forget those opens (store.onLost), and a
+   * later close of one answers as after an expired lease, never confirming a message another
+   * consumer may hold. Everything `held` has here was opened before the heartbeat ran: answers
+   * come back in the connection's order.
+   */
+  function lost(freed: number): void {
+    const ids = new Set(held.keys());
+    held.clear();
+    options.log("warn", `Postgres: node ${node} had been reaped by another node (no heartbeat for --node-timeout ${options.leaseS} s): ` +
+      `its row is back; the ${ids.size} messages it held open went back to their queues (${freed} of them now), and closing them answers as after an expired lease`);
+    store.onLost?.(ids);
+    store.onAvailable?.(null);
+  }
+
   const store: PostgresStore = {
     node,
     onAvailable: null,
+    onLost: null,
     maxInFlight: IN_FLIGHT,
     answersAtCommit: true,
     actor: 0,
@@ -259,7 +278,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;
         batches.background(async (c) => {
-          await st.heartbeat(c, node);
+          const beat = await st.heartbeat(c, node);
+          if (beat.back) lost(beat.freed);
           const back = await features.reap(c, options.leaseS);
           if (back > 0) {
             options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
@@ -289,16 +309,48 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (tx().ops.length === 0) op({ k: "feature", f: { k: "counted" } });
       change(tx(), queue, { [counter]: 1 });
     },
+    /**
+     * A clean stop leaves: this node's row goes and what it still holds open goes back (st.leave).
+     * Bounded by the store's timeout, as a batch is: a Postgres that stopped answering (frozen, a
+     * partition) must not keep the process from exiting. A node that could not leave throws
+     * (main.ts: exit 1); its row stays, so another node reaps it after --node-timeout, or the
+     * next start on this -H at once (the claim is kept for that).
+     */
     async close() {
       closed = true;
       features.stop();
-      await batches.settled(); // the last batch is committed (or failed) first
-      const c = client;
-      await listener.stop();
-      if (c === null) return;
-      await st.leave(c, node).catch(() => {});
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let gaveUp = false;
+      const late = new Promise<never>((_, fail) => {
+        timer = setTimeout(() => fail(new StoreError(`Postgres: no answer within ${options.timeoutMs} ms`)), options.timeoutMs);
+      });
+      const leave = async () => {
+        await batches.settled(); // the last batch is committed (or failed) first
+        await listener.stop();
+        // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
+        const c = client ?? (client = (await connectPrimary(url)).sql);
+        if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
+        await st.leave(c, node);
+      };
+      const left = leave();
+      try {
+        await Promise.race([left, late]);
+      } catch (e) {
+        gaveUp = true;
+        listener.pause();
+        replaceConnection();
+        left.catch(() => {}).finally(() => replaceConnection()); // a connection made too late goes too
+        throw new StoreError(
+          `Postgres: node ${node} could not leave cleanly (${reason(e).message}): its open messages return to their queues ` +
+            `when another node reaps it (--node-timeout ${options.leaseS} s), or at once when mcq starts again on this data directory`,
+        );
+      } finally {
+        clearTimeout(timer);
+      }
       claim?.release();
-      await c.close({ timeout: 1 }).catch(() => {});
+      const c = client;
+      client = null;
+      await c?.close({ timeout: 1 }).catch(() => {});
     },
   };
   listener.start();

@@ -160,6 +160,11 @@ export interface QueueStore {
    */
   onAvailable?: ((queue: string | null) => void) | null;
   /**
+   * Postgres: open messages this node held went back without it (another node reaped it): the
+   * sessions holding them forget them, as after a lease expiry.
+   */
+  onLost?: ((ids: Set<number>) => void) | null;
+  /**
    * A store shared by nodes: reads every node's counters again, so that the counters it reports
    * next include all that was committed before the call. Stats wait for it.
    */

@@ -2,9 +2,11 @@
  * Postgres down or restarting, for real: the test starts a Postgres of its own (scripts/pg.sh),
  * stops it under a running mcq and starts it again. Every request gets SERVER_ERROR within a
  * bounded time while it is down (never a hang, never a false STORED), the node reconnects by
- * itself, and nothing acknowledged is lost.
+ * itself, and nothing acknowledged is lost. Then it freezes that Postgres (SIGSTOP: a partition)
+ * under an idle node and stops the node.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { havePostgres } from "../pg";
 import { set, startServer, stopAll, tempDir, value } from "./harness";
@@ -30,8 +32,23 @@ async function pgCtl(dir: string, action: "stop" | "start", port: string): Promi
   if ((await proc.exited) !== 0) throw new Error(`pg_ctl ${action}: ${await new Response(proc.stderr).text()}`);
 }
 
+/** SIGSTOP or SIGCONT to the Postgres in `dir`: its postmaster and every backend. */
+async function signalPostgres(dir: string, signal: "STOP" | "CONT"): Promise<void> {
+  const postmaster = Number(readFileSync(join(dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+  const children = (await Bun.$`pgrep -P ${postmaster}`.nothrow().text()).trim().split("\n").filter(Boolean);
+  await Bun.$`kill -${signal} ${postmaster} ${children}`.nothrow().quiet();
+}
+
 if (havePostgres("e2e postgres outage")) {
   let dir: string | null = null;
+  let started: Promise<{ dir: string; url: string }> | null = null;
+  /** This file's own Postgres, started once: the tests stop it and freeze it. */
+  const instance = () =>
+    (started ??= pg("start").then((out) => {
+      const env = Object.fromEntries(out.trim().split("\n").map((l) => l.split("=", 2) as [string, string]));
+      dir = env.MCQ_TEST_PG_DIR!;
+      return { dir, url: env.MCQ_TEST_PG! };
+    }));
   afterAll(async () => {
     await stopAll();
     if (dir !== null) await pg("stop", dir);
@@ -39,9 +56,7 @@ if (havePostgres("e2e postgres outage")) {
 
   describe("Postgres down and back", () => {
     test("while it is down every request answers SERVER_ERROR within the timeout; then the node reconnects and has lost nothing", async () => {
-      const env = Object.fromEntries((await pg("start")).trim().split("\n").map((l) => l.split("=", 2) as [string, string]));
-      dir = env.MCQ_TEST_PG_DIR!;
-      const url = env.MCQ_TEST_PG!;
+      const { dir, url } = await instance();
       const port = /:(\d+)\//.exec(url)![1]!;
       const server = await startServer(["--store", `${url}?schema=outage`], join(tempDir(), "data"));
       const c = await server.connect();
@@ -66,6 +81,36 @@ if (havePostgres("e2e postgres outage")) {
       if (reply !== "STORED\r\n") console.log(server.stderr());
       expect(reply).toBe("STORED\r\n");
       expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "before") + "END\r\n" + value("q", "after") + "END\r\nEND\r\n");
+    }, 60_000);
+
+    test("SIGTERM with Postgres frozen and nothing in flight exits 1 within the timeout, saying the node could not leave; nothing is lost", async () => {
+      const { dir: pgDir, url } = await instance();
+      const home = join(tempDir(), "data");
+      const server = await startServer(["--store", `${url}?schema=frozen`], home);
+      const c = await server.connect();
+      expect(await c.call(set("q", "a") + set("q", "b") + set("q", "c"))).toBe("STORED\r\n".repeat(3));
+      await signalPostgres(pgDir, "STOP");
+      let code: number | string;
+      const at = performance.now();
+      try {
+        // Bounded here too, so that a node that never exits fails this test (and Postgres is resumed).
+        const exited = server.kill("SIGTERM");
+        code = await Promise.race([exited, Bun.sleep(20_000).then(() => "still running after 20 s")]);
+      } finally {
+        await signalPostgres(pgDir, "CONT");
+      }
+      const took = performance.now() - at;
+      // Not a clean stop: the node's row stays for a reaper (or this -H's next start).
+      expect(code).toBe(1);
+      expect(took).toBeLessThan(15_000); // the store's timeout (5 s), and the stop's own flush
+      expect(server.stderr()).toMatch(/ERROR stop: Postgres: node \d+ could not leave cleanly \(Postgres: no answer within 5000 ms\): its open messages return/);
+      // After Postgres resumes, every message is there.
+      const again = await startServer(["--store", `${url}?schema=frozen`], home);
+      const d = await again.connect();
+      expect(await d.call("get q\r\nget q\r\nget q\r\nget q\r\n", 15_000)).toBe(
+        value("q", "a") + "END\r\n" + value("q", "b") + "END\r\n" + value("q", "c") + "END\r\nEND\r\n",
+      );
+      expect(await again.kill("SIGTERM")).toBe(0);
     }, 60_000);
   });
 }
