@@ -318,13 +318,12 @@ function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
 export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired", delayMs = 0): void {
   const lease = s.leases.get(queue);
   const openedIn = forget(s, queue);
+  // The session is closed: nothing to restore, and the retry must follow the open's batch, so
+  // that it never releases another session's later open of the same message (its open undone).
+  if (why === "gone") return giveBackTaken(ctx, queue, id, openedIn);
   const wasExpired = s.expired.has(queue);
   if (why === "expired") s.expired.add(queue);
   changeSession(ctx, s, () => {
-    if (why === "gone") {
-      ctx.retry(() => releaseOrphan(ctx, queue, id));
-      return;
-    }
     if (s.closed) return ctx.retry(() => giveBackTaken(ctx, queue, id, openedIn));
     s.opens.set(queue, id);
     s.openedIn.set(queue, openedIn);
@@ -363,15 +362,9 @@ function changeSession(ctx: Context, s: Session, undo: () => void): void {
   s.changedIn = ctx.batch.epoch();
 }
 
-function releaseOrphan(ctx: Context, queue: string, id: number): void {
-  ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
-  if (deadLetter(ctx, queue, id)) return;
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
-}
-
 /**
  * Releases an open of batch `takenIn` whose session is gone (it closed before the store answered,
- * or before a failed confirm or give-back was undone).
+ * or after it opened the message, or before a failed confirm or give-back was undone).
  */
 function giveBackTaken(ctx: Context, queue: string, id: number, takenIn: number): void {
   giveBackTake(ctx, takenIn, () => {
