@@ -225,9 +225,13 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     const lease = s.leases.get(key.queue);
     s.leases.delete(key.queue);
     if (open !== undefined) {
-      s.opens.delete(key.queue);
+      const openedIn = forget(s, key.queue);
       changeSession(ctx, s, () => {
+        // The confirm is undone: the message is open again, and a session that is gone meanwhile
+        // (its end found nothing to give back) can no longer confirm it: it goes back.
+        if (s.closed) return ctx.retry(() => giveBackTaken(ctx, key.queue, open, openedIn));
         s.opens.set(key.queue, open);
+        s.openedIn.set(key.queue, openedIn);
         if (lease !== undefined) s.leases.set(key.queue, lease);
       });
       batch.depends(g.reply);
@@ -254,7 +258,7 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
     return taken.then((message) => {
       if (s.get === g) {
         let hit = false;
-        if (ctx.batch.within(epoch, () => (hit = append(ctx, s, key, g, message, now)))) return hit;
+        if (ctx.batch.within(epoch, () => (hit = append(ctx, s, key, g, message, now, epoch)))) return hit;
         // Its batch failed meanwhile: the store undid the take as well.
         throw new StoreError("Postgres: the batch was undone");
       }
@@ -264,18 +268,21 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
       return false;
     });
   }
-  return append(ctx, s, key, g, taken, now);
+  return append(ctx, s, key, g, taken, now, ctx.batch.epoch());
 }
 
-function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: Message | null, now: number): boolean {
+/** Puts a message that the take of batch `takenIn` got into the reply (and the session's opens, for /open). */
+function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: Message | null, now: number, takenIn: number): boolean {
   if (message === null) return false;
   if (key.open) {
     s.opens.set(key.queue, message.id);
+    s.openedIn.set(key.queue, takenIn);
     const wasExpired = s.expired.delete(key.queue); // a new open starts afresh
     const lease = leaseMs(ctx, key.queue);
     if (lease > 0) s.leases.set(key.queue, now + lease);
     changeSession(ctx, s, () => {
       s.opens.delete(key.queue);
+      s.openedIn.delete(key.queue);
       s.leases.delete(key.queue);
       if (wasExpired) s.expired.add(key.queue);
     });
@@ -306,20 +313,21 @@ function park(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean {
 
 /**
  * Returns an open message to its queue: aborted, its connection gone, or its lease expired.
- * If the batch fails, the session gets it back; a closed session's message is returned later.
+ * If the batch fails, the session gets it back; a session that is gone by then has its message
+ * returned later, unless the open itself was undone (giveBackTaken).
  */
 export function giveBack(ctx: Context, s: Session, queue: string, id: number, why: "abort" | "gone" | "expired", delayMs = 0): void {
   const lease = s.leases.get(queue);
-  s.opens.delete(queue);
-  s.leases.delete(queue);
+  const openedIn = forget(s, queue);
+  // The session is closed: nothing to restore, and the retry must follow the open's batch, so
+  // that it never releases another session's later open of the same message (its open undone).
+  if (why === "gone") return giveBackTaken(ctx, queue, id, openedIn);
   const wasExpired = s.expired.has(queue);
   if (why === "expired") s.expired.add(queue);
   changeSession(ctx, s, () => {
-    if (why === "gone") {
-      ctx.retry(() => releaseOrphan(ctx, queue, id));
-      return;
-    }
+    if (s.closed) return ctx.retry(() => giveBackTaken(ctx, queue, id, openedIn));
     s.opens.set(queue, id);
+    s.openedIn.set(queue, openedIn);
     if (lease !== undefined) s.leases.set(queue, lease);
     if (why === "expired" && !wasExpired) s.expired.delete(queue);
   });
@@ -327,6 +335,15 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
   if (deadLetter(ctx, queue, id)) return;
   if (delayMs > 0) ctx.store.delays!.release(queue, id, ctx.now() + delayMs, ctx.now());
   else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
+}
+
+/** Drops the session's open message of `queue` (its lease too); returns the batch that opened it. */
+function forget(s: Session, queue: string): number {
+  const openedIn = s.openedIn.get(queue) ?? 0;
+  s.opens.delete(queue);
+  s.openedIn.delete(queue);
+  s.leases.delete(queue);
+  return openedIn;
 }
 
 /** Moves a message opened max_deliveries times to its dead-letter queue (queue-limits.ts); true if it did. */
@@ -346,13 +363,10 @@ function changeSession(ctx: Context, s: Session, undo: () => void): void {
   s.changedIn = ctx.batch.epoch();
 }
 
-function releaseOrphan(ctx: Context, queue: string, id: number): void {
-  ctx.batch.onUndo(() => ctx.retry(() => releaseOrphan(ctx, queue, id)));
-  if (deadLetter(ctx, queue, id)) return;
-  if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
-}
-
-/** An open of batch `takenIn` whose connection closed before the store answered: released. */
+/**
+ * Releases an open of batch `takenIn` whose session is gone (it closed before the store answered,
+ * or after it opened the message, or before a failed confirm or give-back was undone).
+ */
 function giveBackTaken(ctx: Context, queue: string, id: number, takenIn: number): void {
   giveBackTake(ctx, takenIn, () => {
     if (deadLetter(ctx, queue, id)) return;

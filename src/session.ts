@@ -141,6 +141,8 @@ export interface Session {
   readonly id: number;
   /** queue → id of the message this connection has open on it. */
   opens: Map<string, number>;
+  /** queue → the batch (epoch) whose take opened that message: a give-back follows its fate (giveBackTake). */
+  openedIn: Map<string, number>;
   /** When each open message's lease ends (ms), with --open-timeout. */
   leases: Map<string, number>;
   /** Queues whose open message went back because its lease ran out; the next close says so. */
@@ -166,7 +168,7 @@ export interface Session {
 let nextId = 1;
 
 export function createSession(): Session {
-  return { id: nextId++, opens: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, spareGet: null, changedIn: 0, onGetSettled: null, closed: false, deferred: 0 };
+  return { id: nextId++, opens: new Map(), openedIn: new Map(), leases: new Map(), expired: new Set(), held: [], get: null, job: null, spareGet: null, changedIn: 0, onGetSettled: null, closed: false, deferred: 0 };
 }
 
 /** Appends a complete one-line reply. */
