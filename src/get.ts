@@ -337,6 +337,20 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
   else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
 }
 
+/**
+ * This node was reaped by another while it ran (store.ts onLost): its opens of `ids` went back to
+ * their queues and may be open elsewhere. A later close of one answers as after a lease expiry.
+ */
+export function dropLostOpens(ctx: Context, ids: Set<number>): void {
+  for (const s of ctx.sessions) {
+    for (const [queue, id] of [...s.opens]) {
+      if (!ids.has(id)) continue;
+      forget(s, queue);
+      s.expired.add(queue);
+    }
+  }
+}
+
 /** Drops the session's open message of `queue` (its lease too); returns the batch that opened it. */
 function forget(s: Session, queue: string): number {
   const openedIn = s.openedIn.get(queue) ?? 0;

@@ -10,7 +10,7 @@ import { createBatch } from "./batch";
 import type { Config } from "./config";
 import { createConn, type Conn } from "./conn";
 import { createWaiters, type Context } from "./context";
-import { endAllWaits, serveWaiters } from "./get";
+import { dropLostOpens, endAllWaits, serveWaiters } from "./get";
 import { startHousekeeping } from "./housekeeping";
 import type { Logger } from "./log";
 import { openListeners, type Listening } from "./listeners";
@@ -103,17 +103,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   if (store.onLost !== undefined) {
     // This node was reaped by another while it ran (store.ts onLost): those messages went back
     // and may be open elsewhere. A later close of one answers LEASE_EXPIRED and confirms nothing.
-    store.onLost = (ids) =>
-      turns.task(() => {
-        for (const s of ctx.sessions) {
-          for (const [queue, id] of [...s.opens]) {
-            if (!ids.has(id)) continue;
-            s.opens.delete(queue);
-            s.leases.delete(queue);
-            s.expired.add(queue);
-          }
-        }
-      });
+    store.onLost = (ids) => turns.task(() => dropLostOpens(ctx, ids));
   }
 
   /** The connection is gone: its session ends inside the batch (turn.ts closed). */
