@@ -264,3 +264,24 @@ export async function metricsUrl(stderr: () => string): Promise<string> {
   }
   throw new Error(`no metrics line in: ${stderr()}`);
 }
+
+/** `stats queue <q>` as numbers by field. */
+export async function queueStats(c: Client, q: string): Promise<Record<string, number>> {
+  const reply = await c.call(`stats queue ${q}\r\n`);
+  return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
+}
+
+/** Waits until the server counts `n` client connections (--http's /stats.json: answered while a batch is in flight). */
+export async function connectionsAre(server: Running, n: number): Promise<void> {
+  const url = `${await metricsUrl(server.stderr)}/stats.json`;
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
+    const stats = (await (await fetch(url)).json()) as { connections: number };
+    if (stats.connections === n) return;
+  }
+  throw new Error(`never ${n} connections`);
+}
+
+/** Waits until the server has counted `n` store failures (each check is a stats reply, awaited). */
+export async function storeErrorsAre(c: Client, n: number): Promise<void> {
+  while (!(await c.call("stats\r\n")).includes(`STAT store_errors ${n}\r\n`));
+}

@@ -5,7 +5,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { queueStats, runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 import { dropStoreSchemas, startOn, STORES, type StoreKind } from "./stores";
 
 afterAll(async () => {
@@ -14,11 +14,6 @@ afterAll(async () => {
 });
 
 const FULL = "SERVER_ERROR queue full\r\n";
-
-async function stat(c: Client, q: string): Promise<Record<string, number>> {
-  const reply = await c.call(`stats queue ${q}\r\n`);
-  return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
-}
 
 async function withConfig(toml: string, extra: string[] = [], store: StoreKind = "sqlite", home = join(tempDir(), "data")) {
   const file = join(tempDir(), "mcq.toml");
@@ -34,7 +29,7 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     // noreply: no reply either way, and nothing stored.
     expect(await c.call("set q 0 0 1 noreply\r\nd\r\nget q\r\n")).toBe(value("q", "a") + "END\r\n");
     expect(await c.call(set("q", "e") + set("q", "f"))).toBe("STORED\r\n" + FULL);
-    expect(await stat(c, "q")).toMatchObject({ items: 2, total: 3, max_items: 2, max_bytes: 0, discard_old: 0, discarded: 0 });
+    expect(await queueStats(c, "q")).toMatchObject({ items: 2, total: 3, max_items: 2, max_bytes: 0, discard_old: 0, discarded: 0 });
     // Open and delayed messages count: they are held.
     expect(await c.call("get q/open\r\n")).toBe(value("q/open", "b") + "END\r\n");
     expect(await c.call(set("q", "g"))).toBe(FULL);
@@ -48,7 +43,7 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     expect(await c.call(set("d", "12345678901"))).toBe(FULL);
     expect(await c.call(set("d", "123456") + set("d", "7890") + set("d", "abc"))).toBe("STORED\r\n".repeat(3));
     expect(await c.call("get d\r\nget d\r\nget d\r\n")).toBe(value("d", "7890") + "END\r\n" + value("d", "abc") + "END\r\nEND\r\n");
-    expect(await stat(c, "d")).toMatchObject({ max_bytes: 10, discard_old: 1, discarded: 1 });
+    expect(await queueStats(c, "d")).toMatchObject({ max_bytes: 10, discard_old: 1, discarded: 1 });
     await server.kill();
   });
 
@@ -63,14 +58,14 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
       store,
     );
     const c = await server.connect();
-    expect(await stat(c, "jobs.mail")).toEqual({}); // no such queue yet: END only
+    expect(await queueStats(c, "jobs.mail")).toEqual({}); // no such queue yet: END only
     await c.call(set("jobs.mail", "m1") + set("jobs.mail", "m2") + set("jobs.pdf", "p") + set("other", "o") + set("jobs.mailx", "x"));
-    expect(await stat(c, "jobs.mail")).toMatchObject({ items: 1, max_items: 1, max_bytes: 0, discard_old: 1, discarded: 1 });
+    expect(await queueStats(c, "jobs.mail")).toMatchObject({ items: 1, max_items: 1, max_bytes: 0, discard_old: 1, discarded: 1 });
     expect(await c.call("get jobs.mail\r\n")).toBe(value("jobs.mail", "m2") + "END\r\n");
     // "jobs.mail*" and "jobs.mail*x" have the same literal prefix: the first in the file wins.
-    expect(await stat(c, "jobs.mailx")).toMatchObject({ max_items: 1, discard_old: 1 });
-    expect(await stat(c, "jobs.pdf")).toMatchObject({ max_items: 3, max_bytes: 0, discard_old: 0 });
-    expect(await stat(c, "other")).toMatchObject({ max_items: 100, max_bytes: 1000 });
+    expect(await queueStats(c, "jobs.mailx")).toMatchObject({ max_items: 1, discard_old: 1 });
+    expect(await queueStats(c, "jobs.pdf")).toMatchObject({ max_items: 3, max_bytes: 0, discard_old: 0 });
+    expect(await queueStats(c, "other")).toMatchObject({ max_items: 100, max_bytes: 1000 });
     await server.kill();
   });
 
@@ -80,7 +75,7 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     const c = await server.connect();
     // Three sets in one batch: the third drops the first, which the same batch stored.
     expect(await c.call(set("d", "a") + set("d", "b") + set("d", "c"))).toBe("STORED\r\n".repeat(3));
-    expect(await stat(c, "d")).toMatchObject({ items: 2, total: 3, fetched: 1, discarded: 1 });
+    expect(await queueStats(c, "d")).toMatchObject({ items: 2, total: 3, fetched: 1, discarded: 1 });
     // The oldest is open: the next one goes.
     expect(await c.call("get d/open\r\n")).toBe(value("d/open", "b") + "END\r\n");
     expect(await c.call(set("d", "e"))).toBe("STORED\r\n");
@@ -88,16 +83,16 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     // Open and delayed messages alone fill it: refused, nothing dropped.
     expect(await c.call(set("d", "f") + "get d/open\r\n" + "set d/delay=60000 0 0 1\r\ng\r\n")).toBe("STORED\r\n" + value("d/open", "f") + "END\r\nSTORED\r\n");
     expect(await c.call(set("d", "h"))).toBe(FULL);
-    expect(await stat(c, "d")).toMatchObject({ items: 2, open: 1, delayed: 1, total: 6, fetched: 4, discarded: 2 });
+    expect(await queueStats(c, "d")).toMatchObject({ items: 2, open: 1, delayed: 1, total: 6, fetched: 4, discarded: 2 });
     // A set its token turns away drops nothing.
     expect(await c.call("get d/close\r\nset d/id=t 0 0 1\r\ni\r\n")).toBe("END\r\nSTORED\r\n");
     expect(await c.call("set d/id=t 0 0 1\r\nj\r\n")).toBe("STORED\r\n");
-    expect(await stat(c, "d")).toMatchObject({ items: 2, delayed: 1, total: 7, deduplicated: 1, discarded: 2 });
+    expect(await queueStats(c, "d")).toMatchObject({ items: 2, delayed: 1, total: 7, deduplicated: 1, discarded: 2 });
     // Kept: counted in the commit that dropped them.
     expect(await server.kill("SIGKILL")).not.toBe(0);
     const again = await withConfig('[queues."d*"]\nmax_items = 2\ndiscard_old = true\n', [], store, home);
     const c2 = await again.connect();
-    expect(await stat(c2, "d")).toMatchObject({ items: 2, total: 7, fetched: 5, discarded: 2 });
+    expect(await queueStats(c2, "d")).toMatchObject({ items: 2, total: 7, fetched: 5, discarded: 2 });
     expect(await c2.call("get d\r\nget d\r\n")).toBe(value("d", "i") + "END\r\nEND\r\n");
     await again.kill();
   });
@@ -109,7 +104,7 @@ describe("per-queue limits", () => {
     const server = await startServer();
     const c = await server.connect();
     await c.call(set("q", "a"));
-    expect(Object.keys(await stat(c, "q"))).toEqual(["items", "bytes", "total", "fetched", "open", "oldest_age_ms", "delayed", "deduplicated"]);
+    expect(Object.keys(await queueStats(c, "q"))).toEqual(["items", "bytes", "total", "fetched", "open", "oldest_age_ms", "delayed", "deduplicated"]);
     await server.kill();
   });
 

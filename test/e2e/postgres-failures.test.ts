@@ -8,7 +8,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
-import { metricsUrl, set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
+import { connectionsAre, set, startServer, stopAll, storeErrorsAre, tempDir, value, type Client, type Running } from "./harness";
 
 const schemas: string[] = [];
 
@@ -37,21 +37,6 @@ async function blocked(sql: SQL, schema: string): Promise<void> {
     if (n > 0) return;
   }
   throw new Error("the node's statement never waited for the lock");
-}
-
-/** Waits until the server counts `n` client connections (--http's /stats.json: answered while a batch is in flight). */
-async function connections(server: Running, n: number): Promise<void> {
-  const url = `${await metricsUrl(server.stderr)}/stats.json`;
-  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
-    const stats = (await (await fetch(url)).json()) as { connections: number };
-    if (stats.connections === n) return;
-  }
-  throw new Error(`never ${n} connections`);
-}
-
-/** Waits until the server has counted `n` store failures (each check is a stats reply, awaited). */
-async function storeErrors(c: Client, n: number): Promise<void> {
-  while (!(await c.call("stats\r\n")).includes(`STAT store_errors ${n}\r\n`));
 }
 
 /** Makes `event` on mcq_messages fail in Postgres for rows matching `when` (a trigger condition). */
@@ -107,12 +92,12 @@ if (havePostgres("e2e postgres failures")) {
         getter.write(`${f.get}\r\n`);
         await blocked(sql, schema);
         getter.close();
-        await connections(server, 1); // the server saw it leave: the take answers to a closed session
+        await connectionsAre(server, 1); // the server saw it leave: the take answers to a closed session
         // The take's batch goes on and commits; the give-back (a restore, or a release) fails in Postgres.
         await locker.unsafe(`CREATE FUNCTION ${schema}.noback() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'noback'; END $$`);
         await locker.unsafe(`CREATE TRIGGER noback BEFORE ${f.event} ON ${schema}.mcq_messages FOR EACH ROW WHEN (${f.when}) EXECUTE FUNCTION ${schema}.noback()`);
         await locker.unsafe("COMMIT");
-        await storeErrors(c, 1);
+        await storeErrorsAre(c, 1);
         await sql.unsafe(`DROP TRIGGER noback ON ${schema}.mcq_messages`);
         expect(await c.call("get q/t=5000\r\n", 8000)).toBe(value("q/t=5000", "m") + "END\r\n");
         expect(await c.call("stats queue q\r\n")).toContain("STAT items 0\r\nSTAT bytes 0\r\nSTAT total 1\r\nSTAT fetched 1\r\nSTAT open 0\r\n");
@@ -132,7 +117,7 @@ if (havePostgres("e2e postgres failures")) {
       getter.write("get q\r\n");
       await blocked(sql, schema);
       getter.close();
-      await connections(server, 0);
+      await connectionsAre(server, 0);
       const exited = server.kill("SIGTERM");
       // With no connection left to answer, the stop reaches the store within a few ms of this line;
       // nothing can be awaited in between (the take holds the store's one connection).

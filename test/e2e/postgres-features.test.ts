@@ -9,7 +9,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
-import { runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { queueStats, runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 const schemas: string[] = [];
 const store = () => {
@@ -22,11 +22,6 @@ afterAll(async () => {
   await stopAll();
   await dropSchemas(schemas);
 });
-
-async function stat(c: Client, q: string): Promise<Record<string, number>> {
-  const reply = await c.call(`stats queue ${q}\r\n`);
-  return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
-}
 
 /** Two nodes on one fresh schema, each with its own data directory. */
 async function twoNodes(extra: string[] = []) {
@@ -45,7 +40,7 @@ if (havePostgres("issue 12 on Postgres")) {
       // Node b learns of other nodes' queues only at its next refresh; the redrive must not wait for it.
       expect(await b.call("redrive fresh.dlq fresh\r\n")).toBe("OK 2\r\n");
       expect(await b.call("get fresh\r\nget fresh\r\nget fresh\r\n")).toBe(value("fresh", "m1") + "END\r\n" + value("fresh", "m2") + "END\r\nEND\r\n");
-      expect(await stat(a, "fresh.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
+      expect(await queueStats(a, "fresh.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
     });
 
     test("a token seen on either node dedups, also when both nodes set it at once; counters are summed and kept", async () => {
@@ -63,20 +58,20 @@ if (havePostgres("issue 12 on Postgres")) {
         expect(await c.call("get p/abort\r\n")).toBe("END\r\n");
       }
       for (const c of [a, b]) {
-        expect(await stat(c, "i")).toMatchObject({ items: 1, total: 1, deduplicated: 1 });
-        expect(await stat(c, "r")).toMatchObject({ items: 20, total: 20, deduplicated: 20 });
-        expect(await stat(c, "p")).toMatchObject({ items: 0, dead_lettered: 1 });
-        expect(await stat(c, "p.dlq")).toMatchObject({ items: 1, total: 1 });
-        expect(await stat(c, "d")).toMatchObject({ items: 1, delayed: 1 });
+        expect(await queueStats(c, "i")).toMatchObject({ items: 1, total: 1, deduplicated: 1 });
+        expect(await queueStats(c, "r")).toMatchObject({ items: 20, total: 20, deduplicated: 20 });
+        expect(await queueStats(c, "p")).toMatchObject({ items: 0, dead_lettered: 1 });
+        expect(await queueStats(c, "p.dlq")).toMatchObject({ items: 1, total: 1 });
+        expect(await queueStats(c, "d")).toMatchObject({ items: 1, delayed: 1 });
       }
       // Kept: both nodes stop, one starts again.
       expect(await Promise.all(nodes.map((n) => n.kill()))).toEqual([0, 0]);
       const again = await startServer(["--store", url, "--max-deliveries", "2"], homes[0]);
       const c = await again.connect();
-      expect(await stat(c, "i")).toMatchObject({ deduplicated: 1 });
-      expect(await stat(c, "r")).toMatchObject({ deduplicated: 20 });
-      expect(await stat(c, "p")).toMatchObject({ dead_lettered: 1 });
-      expect(await stat(c, "d")).toMatchObject({ delayed: 1 });
+      expect(await queueStats(c, "i")).toMatchObject({ deduplicated: 1 });
+      expect(await queueStats(c, "r")).toMatchObject({ deduplicated: 20 });
+      expect(await queueStats(c, "p")).toMatchObject({ dead_lettered: 1 });
+      expect(await queueStats(c, "d")).toMatchObject({ delayed: 1 });
       expect(await c.call("set i/id=t 0 0 1\r\nw\r\nget i\r\nget i\r\n")).toBe("STORED\r\n" + value("i", "x") + "END\r\nEND\r\n");
       await again.kill();
     });
@@ -110,18 +105,18 @@ if (havePostgres("issue 12 on Postgres")) {
       await Bun.write(file, '[queues."d*"]\nmax_items = 2\ndiscard_old = true\n');
       const { url, homes, nodes, clients: [a, b] } = await twoNodes(["--config", file]);
       expect(await a.call(set("d", "x1") + set("d", "x2"))).toBe("STORED\r\nSTORED\r\n");
-      expect(await stat(b, "d")).toMatchObject({ items: 2 }); // b has read the counters: its view is full too
+      expect(await queueStats(b, "d")).toMatchObject({ items: 2 }); // b has read the counters: its view is full too
       expect(await b.call("get d/open\r\n")).toBe(value("d/open", "x1") + "END\r\n");
       // a does not know x1 is open on b: Postgres skips it and drops x2.
       expect(await a.call(set("d", "x3"))).toBe("STORED\r\n");
       // b's view still holds x1 and x2: Postgres holds x1 (open) and x3, and x3 goes.
       expect(await b.call(set("d", "x4"))).toBe("STORED\r\n");
-      for (const c of [a, b]) expect(await stat(c, "d")).toMatchObject({ items: 2, open: 1, total: 4, fetched: 2, discarded: 2 });
+      for (const c of [a, b]) expect(await queueStats(c, "d")).toMatchObject({ items: 2, open: 1, total: 4, fetched: 2, discarded: 2 });
       expect(await b.call("get d/abort\r\n")).toBe("END\r\n");
       expect(await a.call("get d\r\nget d\r\nget d\r\n")).toBe(value("d", "x1") + "END\r\n" + value("d", "x4") + "END\r\nEND\r\n");
       expect(await Promise.all(nodes.map((n) => n.kill()))).toEqual([0, 0]);
       const again = await startServer(["--store", url, "--config", file], homes[0]);
-      expect(await stat(await again.connect(), "d")).toMatchObject({ items: 0, total: 4, fetched: 4, discarded: 2 });
+      expect(await queueStats(await again.connect(), "d")).toMatchObject({ items: 0, total: 4, fetched: 4, discarded: 2 });
     });
   });
 
@@ -135,7 +130,7 @@ if (havePostgres("issue 12 on Postgres")) {
       expect(await runCommand(["redrive", "--store", url, "z.dlq", "z"])).toEqual({ code: 0, stdout: "OK 2\n", stderr: "" });
       expect(await waiting).toBe(value("z/t=10000", "1") + "END\r\n");
       expect(await c.call("get z\r\nget z\r\n")).toBe(value("z", "2") + "END\r\nEND\r\n");
-      expect(await stat(c, "z.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
+      expect(await queueStats(c, "z.dlq")).toMatchObject({ items: 0, total: 2, fetched: 2 });
       const gone = await runCommand(["redrive", "--store", "postgres://u:secret@127.0.0.1:1/db", "a", "b"]);
       expect([gone.code, gone.stdout, gone.stderr.startsWith("mcq redrive: cannot open the Postgres store postgres://u@127.0.0.1:1/db"),
         gone.stderr.includes("secret")]).toEqual([1, "", true, false]);
@@ -158,7 +153,7 @@ if (havePostgres("issue 12 on Postgres")) {
       expect(Date.now() - start).toBeLessThan(3000); // else the END above would prove nothing
       expect(await c.call("get k/t=8000\r\n")).toBe(value("k/t=8000", "delayed") + "END\r\n");
       expect(Date.now() - start).toBeGreaterThanOrEqual(2995);
-      expect(await stat(c, "k")).toMatchObject({ items: 0, delayed: 0, total: 2, fetched: 2 });
+      expect(await queueStats(c, "k")).toMatchObject({ items: 0, delayed: 0, total: 2, fetched: 2 });
       await server.kill();
     });
 
@@ -170,8 +165,8 @@ if (havePostgres("issue 12 on Postgres")) {
       expect(await nodes[0]!.kill("SIGKILL")).not.toBe(0);
       expect(await dlq).toBe(value("q.dlq/t=8000", "held") + "END\r\n");
       expect(await b.call("get q\r\nget q\r\n")).toBe(value("q", "next") + "END\r\nEND\r\n");
-      expect(await stat(b, "q")).toMatchObject({ items: 0, open: 0, total: 2, fetched: 2, dead_lettered: 1 });
-      expect(await stat(b, "q.dlq")).toMatchObject({ items: 0, total: 1 });
+      expect(await queueStats(b, "q")).toMatchObject({ items: 0, open: 0, total: 2, fetched: 2, dead_lettered: 1 });
+      expect(await queueStats(b, "q.dlq")).toMatchObject({ items: 0, total: 1 });
       await nodes[1]!.kill();
     });
   });

@@ -12,7 +12,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
-import { metricsUrl, set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
+import { connectionsAre, set, startServer, stopAll, storeErrorsAre, tempDir, value, type Client, type Running } from "./harness";
 
 const schemas: string[] = [];
 let nextKey = 7301;
@@ -58,21 +58,6 @@ async function committing(sql: SQL, key: number): Promise<void> {
   throw new Error("the node's COMMIT never waited for the lock");
 }
 
-/** Waits until the server counts `n` client connections (--http's /stats.json: answered while a batch is in flight). */
-async function connections(server: Running, n: number): Promise<void> {
-  const url = `${await metricsUrl(server.stderr)}/stats.json`;
-  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
-    const stats = (await (await fetch(url)).json()) as { connections: number };
-    if (stats.connections === n) return;
-  }
-  throw new Error(`never ${n} connections`);
-}
-
-/** Waits until the server has counted `n` store failures (each check is a stats reply, awaited). */
-async function storeErrors(c: Client, n: number): Promise<void> {
-  while (!(await c.call("stats\r\n")).includes(`STAT store_errors ${n}\r\n`));
-}
-
 const owners = async (sql: SQL, schema: string) =>
   (await sql.unsafe(`SELECT owner FROM ${schema}.mcq_messages WHERE queue = 'q'`)).map((r: { owner: number | null }) => r.owner);
 
@@ -95,9 +80,9 @@ if (havePostgres("e2e postgres orphans")) {
         a.write(set("slow", "x") + `get q/${how}\r\n`);
         await committing(sql, key);
         a.close();
-        await connections(server, 1); // the server saw A leave: its end found no open message
+        await connectionsAre(server, 1); // the server saw A leave: its end found no open message
         await release();
-        await storeErrors(c, 1);
+        await storeErrorsAre(c, 1);
         await sql.unsafe(`DROP TRIGGER late ON ${schema}.mcq_messages`);
         // The confirm (or abort) was undone, and nobody holds the message: it is delivered again.
         expect(await c.call("get q/t=5000\r\n", 8000)).toBe(value("q/t=5000", "m") + "END\r\n");
@@ -119,7 +104,7 @@ if (havePostgres("e2e postgres orphans")) {
       a.write(set("slow", "x") + "get q/open\r\n");
       await committing(sql, key);
       a.close();
-      await connections(server, 1);
+      await connectionsAre(server, 1);
       await release();
       // B opens the message as soon as the failure returned it (each get is a reply, awaited; one
       // that was in a batch behind E1 is undone with it: SERVER_ERROR).

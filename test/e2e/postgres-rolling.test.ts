@@ -10,7 +10,7 @@
 import { afterAll, expect, test } from "bun:test";
 import { join, resolve } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
-import { set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { queueStats, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 /** The last commit whose Postgres schema is version 2 (pgtx3 before issue 12's remaining gaps). */
 const V2_COMMIT = "483d4fe";
@@ -21,12 +21,6 @@ afterAll(async () => {
   await stopAll();
   await dropSchemas(schemas);
 });
-
-/** `stats queue <q>` as fields. */
-async function stat(c: Client, q: string): Promise<Record<string, number>> {
-  const reply = await c.call(`stats queue ${q}\r\n`);
-  return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\d+)\r\n/g)].map((m) => [m[1]!, Number(m[2])]));
-}
 
 /** The version-2 source, unpacked from git into a temp dir; null (and why) if the history lacks it. */
 async function versionTwo(): Promise<string | null> {
@@ -61,12 +55,12 @@ if (havePostgres("rolling upgrade on Postgres")) {
     expect(await n.call(set("n", "3") + set("d", "a") + set("d", "b"))).toBe("STORED\r\n".repeat(3));
     // The old node serves on: it refuses what its version refused (discard_old on Postgres), once
     // its view has read the counters (a stats request reads them).
-    expect(await stat(o, "d")).toMatchObject({ items: 1 });
+    expect(await queueStats(o, "d")).toMatchObject({ items: 1 });
     expect(await o.call(set("d", "c") + set("n", "4") + "get d\r\n")).toBe("SERVER_ERROR queue full\r\nSTORED\r\n" + value("d", "b") + "END\r\n");
     // Counted in Postgres: the newer node's refusal and discard; the old node's 2 refusals only in its memory.
-    expect(await stat(n, "n+c")).toMatchObject({ items: 1, total: 1, fanout_refused: 1 });
-    expect(await stat(o, "n+c")).toMatchObject({ items: 1, total: 1, fanout_refused: 2 });
-    expect(await stat(n, "d")).toMatchObject({ items: 0, total: 2, fetched: 2, discarded: 1 });
+    expect(await queueStats(n, "n+c")).toMatchObject({ items: 1, total: 1, fanout_refused: 1 });
+    expect(await queueStats(o, "n+c")).toMatchObject({ items: 1, total: 1, fanout_refused: 2 });
+    expect(await queueStats(n, "d")).toMatchObject({ items: 0, total: 2, fetched: 2, discarded: 1 });
 
     // The newer node dies holding a message open: the old node returns it, and its fold keeps
     // only the columns it knows: the newer node's fanout_refused is gone.
@@ -75,8 +69,8 @@ if (havePostgres("rolling upgrade on Postgres")) {
     expect(await o.call("get r/t=10000\r\n")).toBe(value("r/t=10000", "x") + "END\r\n");
     const again = await startServer(args, join(tempDir(), "v3b"));
     const a = await again.connect();
-    expect(await stat(a, "n+c")).toMatchObject({ total: 1, fanout_refused: 0 });
-    expect(await stat(a, "d")).toMatchObject({ total: 2, discarded: 1 });
+    expect(await queueStats(a, "n+c")).toMatchObject({ total: 1, fanout_refused: 0 });
+    expect(await queueStats(a, "d")).toMatchObject({ total: 2, discarded: 1 });
 
     // The old node dies holding one open: the newer node returns it, and keeps serving.
     expect(await o.call(set("s", "y") + "get s/open\r\n")).toBe("STORED\r\n" + value("s/open", "y") + "END\r\n");
