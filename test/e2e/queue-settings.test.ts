@@ -4,29 +4,35 @@
  * overrides the global flag (--open-timeout, --expiry) either way, and `stats queue <q>` shows the
  * settings in force. Expiry is tested across a restart with the clock moved on
  * (MCQ_CLOCK_OFFSET_MS) instead of waiting; leases with a blocking get that the lease's end serves.
+ * Leases run on both stores (test/e2e/stores.ts). On Postgres a message's lifetime runs on
+ * Postgres's clock, which no offset moves, so expiry there is tested with a 1 s lifetime.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { set, startServer, stopAll, tempDir, value, type Client } from "./harness";
+import { dropStoreSchemas, startOn, STORES, type StoreKind } from "./stores";
 
-afterAll(stopAll);
+afterAll(async () => {
+  await stopAll();
+  await dropStoreSchemas();
+});
 
 async function stat(c: Client, q: string): Promise<Record<string, string>> {
   const reply = await c.call(`stats queue ${q}\r\n`);
   return Object.fromEntries([...reply.matchAll(/STAT (\S+) (\S+)\r\n/g)].map((m) => [m[1]!, m[2]!]));
 }
 
-async function withConfig(toml: string, extra: string[] = [], home?: string, env: Record<string, string> = {}) {
+async function withConfig(toml: string, extra: string[] = [], home?: string, env: Record<string, string> = {}, store: StoreKind = "sqlite") {
   const file = join(tempDir(), "mcq.toml");
   await Bun.write(file, toml);
-  return startServer(["--config", file, ...extra], home, undefined, env);
+  return store === "sqlite" ? startServer(["--config", file, ...extra], home, undefined, env) : startOn(store, ["--config", file, ...extra], home, env);
 }
 
 const EXPIRED = "CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n";
 
-describe("open_timeout per queue", () => {
+for (const store of STORES) describe(`open_timeout per queue (${store})`, () => {
   test("a table alone gives its queues a lease; other queues keep theirs open; stats show it", async () => {
-    const server = await withConfig('[queues."fast.*"]\nopen_timeout = 100\n');
+    const server = await withConfig('[queues."fast.*"]\nopen_timeout = 100\n', [], undefined, {}, store);
     const [a, b] = [await server.connect(), await server.connect()];
     await a.call(set("fast.a", "f") + set("plain", "p"));
     const opened = Date.now(); // before the server's open, so the lease ends at least 100 ms after this
@@ -44,7 +50,7 @@ describe("open_timeout per queue", () => {
   });
 
   test("tables override --open-timeout both ways; touch renews for the queue's own lease", async () => {
-    const server = await withConfig('[queues."keep.*"]\nopen_timeout = 0\n[queues."slow.*"]\nopen_timeout = 60000\n', ["--open-timeout", "100"]);
+    const server = await withConfig('[queues."keep.*"]\nopen_timeout = 0\n[queues."slow.*"]\nopen_timeout = 60000\n', ["--open-timeout", "100"], undefined, {}, store);
     const [a, b] = [await server.connect(), await server.connect()];
     await a.call(set("keep.a", "k") + set("slow.a", "s") + set("other", "o"));
     await a.call("get keep.a/open slow.a/open other/open\r\n");
@@ -58,7 +64,7 @@ describe("open_timeout per queue", () => {
   });
 
   test("without any open timeout, stats queue <q> has no open_timeout field", async () => {
-    const server = await withConfig('[queues."q*"]\nopen_timeout = 0\n');
+    const server = await withConfig('[queues."q*"]\nopen_timeout = 0\n', [], undefined, {}, store);
     const c = await server.connect();
     await c.call(set("q", "a"));
     expect(Object.keys(await stat(c, "q"))).toEqual(["items", "bytes", "total", "fetched", "open", "oldest_age_ms", "delayed", "deduplicated"]);
@@ -119,5 +125,29 @@ describe("expiry per queue", () => {
     }
     expect(stats).toContain("STAT curr_items 1\r\nSTAT open_items 0\r\nSTAT expired_items 1\r\n");
     await again.kill();
+  });
+});
+
+describe.if(STORES.includes("postgres"))("expiry per queue (postgres)", () => {
+  test("a table's lifetime and a table that turns --expiry off, on Postgres's clock", async () => {
+    const toml = '[queues."short.*"]\nexpiry = 1\n[queues."keep.*"]\nexpiry = false\n';
+    const server = await withConfig(toml, ["--expiry"], undefined, {}, "postgres");
+    const c = await server.connect();
+    const sets = "set short.a 0 0 1\r\n1\r\nset keep.a 0 1 1\r\n2\r\nset other 0 1 1\r\n3\r\nset other2 0 0 1\r\n4\r\n";
+    expect(await c.call(sets)).toBe("STORED\r\n".repeat(4));
+    const settings: Record<string, string | undefined> = {};
+    for (const q of ["short.a", "keep.a", "other", "other2"]) settings[q] = (await stat(c, q)).expiry;
+    expect(settings).toEqual({ "short.a": "1", "keep.a": "false", other: "true", other2: "true" });
+    // A lifetime of 1 s must pass on Postgres's clock: the sweep (every 200 ms) then deletes
+    // short.a (the table's lifetime) and other (its exptime); keep.a's exptime is ignored.
+    let stats = "";
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline && !stats.includes("STAT expired_items 2\r\n"); ) {
+      await Bun.sleep(100);
+      stats = await c.call("stats\r\n");
+    }
+    expect(stats).toContain("STAT curr_items 2\r\nSTAT open_items 0\r\nSTAT expired_items 2\r\n");
+    expect(await c.call("get short.a\r\nget keep.a\r\nget other\r\nget other2\r\n"))
+      .toBe("END\r\n" + value("keep.a", "2") + "END\r\nEND\r\n" + value("other2", "4") + "END\r\n");
+    await server.kill();
   });
 });
