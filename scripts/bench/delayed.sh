@@ -4,6 +4,7 @@
 # day in the queue `parked`, are measured alternately with mcbench pair (-c 50 -P 16, other
 # queues), ROUNDS times; prints the medians and their ratio.
 #   bash scripts/bench/delayed.sh [N] [ROUNDS] [SECONDS]
+#   STORE=postgres://… bash scripts/bench/delayed.sh …   the same on Postgres, a schema per server
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n=${1:-1000000}
@@ -12,13 +13,28 @@ secs=${3:-5}
 mcbench=${MCBENCH:-/tmp/mcbench}
 [ -x "$mcbench" ] || cc -O2 -o "$mcbench" scripts/bench/mcbench.c -lpthread
 bun=node_modules/.bin/bun
+# With STORE, each server gets a schema of its own on that Postgres, dropped at the end.
+schemas=()
+store_args=()
+next_store() { # sets store_args: the --store arguments of the next server, if any (not in a subshell: schemas grows)
+  store_args=()
+  [ -n "${STORE:-}" ] || return 0
+  local schema=mcq_bench_delayed_$$_${#schemas[@]}
+  schemas+=("$schema")
+  case $STORE in *\?*) store_args=(--store "$STORE&schema=$schema") ;; *) store_args=(--store "$STORE?schema=$schema") ;; esac
+}
+drop_schemas() {
+  [ -n "${STORE:-}" ] && [ ${#schemas[@]} -gt 0 ] || return 0
+  for s in "${schemas[@]}"; do echo "DROP SCHEMA IF EXISTS $s CASCADE;"; done | psql -q -X "${STORE%\?*}" >/dev/null 2>&1 || true
+}
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; drop_schemas; rm -rf "$out"' EXIT
 
 # start NAME: a server on a fresh data directory; its port in $out/NAME.port
 start() {
-  "$bun" src/main.ts -p 0 -H "$out/$1" >"$out/$1.log" 2>&1 &
+  next_store
+  "$bun" src/main.ts -p 0 -H "$out/$1" "${store_args[@]}" >"$out/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
     port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$out/$1.log" | grep -o '[0-9]*$' || true)

@@ -3,6 +3,7 @@
 # plain server and one with --max-deliveries 5 and a queue limit (--max-items), both from this
 # tree, alternately, ROUNDS times; prints the medians and their ratio (target >= 0.9).
 #   bash scripts/bench/features.sh [ROUNDS] [SECONDS]
+#   STORE=postgres://… bash scripts/bench/features.sh …   the same on Postgres, a fresh schema per server
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
@@ -10,16 +11,31 @@ secs=${2:-5}
 mcbench=${MCBENCH:-/tmp/mcbench}
 [ -x "$mcbench" ] || cc -O2 -o "$mcbench" scripts/bench/mcbench.c -lpthread
 bun=node_modules/.bin/bun
+# With STORE, each server gets a schema of its own on that Postgres, dropped at the end.
+schemas=()
+store_args=()
+next_store() { # sets store_args: the --store arguments of the next server, if any (not in a subshell: schemas grows)
+  store_args=()
+  [ -n "${STORE:-}" ] || return 0
+  local schema=mcq_bench_feat_$$_${#schemas[@]}
+  schemas+=("$schema")
+  case $STORE in *\?*) store_args=(--store "$STORE&schema=$schema") ;; *) store_args=(--store "$STORE?schema=$schema") ;; esac
+}
+drop_schemas() {
+  [ -n "${STORE:-}" ] && [ ${#schemas[@]} -gt 0 ] || return 0
+  for s in "${schemas[@]}"; do echo "DROP SCHEMA IF EXISTS $s CASCADE;"; done | psql -q -X "${STORE%\?*}" >/dev/null 2>&1 || true
+}
 out=$(mktemp -d)
 pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$out"' EXIT
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; drop_schemas; rm -rf "$out"' EXIT
 
 # run NAME ARGS…: one fresh server, one mcbench run; appends "NAME ops/s" to $out/raw
 run() {
   local name=$1
   shift
   rm -rf "$out/data"
-  "$bun" src/main.ts -p 0 -H "$out/data" "$@" >"$out/log" 2>&1 &
+  next_store
+  "$bun" src/main.ts -p 0 -H "$out/data" "$@" "${store_args[@]}" >"$out/log" 2>&1 &
   pid=$!
   local port=""
   for _ in $(seq 100); do
