@@ -15,6 +15,7 @@ import type { GetKey, Request } from "./protocol/types";
 import { deferGet, deferrable } from "./get-deferred";
 import { fromAnswer, giveBackTake, restore } from "./give-back";
 import { newReply, put, say, settle, type PendingGet, type Session } from "./session";
+import { forget, lossMark, lostOpen, stillHeld } from "./open-lost";
 import { StoreError, type Message } from "./store/store";
 
 const CRLF = "\r\n";
@@ -226,10 +227,13 @@ function serveKey(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean
     s.leases.delete(key.queue);
     if (open !== undefined) {
       const openedIn = forget(s, key.queue);
+      const mark = lossMark(ctx);
       changeSession(ctx, s, () => {
         // The confirm is undone: the message is open again, and a session that is gone meanwhile
-        // (its end found nothing to give back) can no longer confirm it: it goes back.
-        if (s.closed) return ctx.retry(() => giveBackTaken(ctx, key.queue, open, openedIn));
+        // (its end found nothing to give back) can no longer confirm it: it goes back. Unless this
+        // node lost it meanwhile (open-lost.ts): then it is gone, as after a lease expiry.
+        if (!stillHeld(ctx, mark, key.queue, open)) return void s.expired.add(key.queue);
+        if (s.closed) return ctx.retry(() => stillHeld(ctx, mark, key.queue, open) && giveBackTaken(ctx, key.queue, open, openedIn));
         s.opens.set(key.queue, open);
         s.openedIn.set(key.queue, openedIn);
         if (lease !== undefined) s.leases.set(key.queue, lease);
@@ -274,7 +278,10 @@ function fetch(ctx: Context, s: Session, key: GetKey, g: PendingGet): boolean | 
 /** Puts a message that the take of batch `takenIn` got into the reply (and the session's opens, for /open). */
 function append(ctx: Context, s: Session, key: GetKey, g: PendingGet, message: Message | null, now: number, takenIn: number): boolean {
   if (message === null) return false;
-  if (key.open) {
+  // Lost before it reached the session (the node found itself reaped, open-lost.ts): a close
+  // answers as after a lease expiry, as for the opens it forgot.
+  if (key.open && ctx.store.holds?.(key.queue, message.id) === false) lostOpen(ctx, s, key.queue);
+  else if (key.open) {
     s.opens.set(key.queue, message.id);
     s.openedIn.set(key.queue, takenIn);
     const wasExpired = s.expired.delete(key.queue); // a new open starts afresh
@@ -324,8 +331,10 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
   if (why === "gone") return giveBackTaken(ctx, queue, id, openedIn);
   const wasExpired = s.expired.has(queue);
   if (why === "expired") s.expired.add(queue);
+  const mark = lossMark(ctx);
   changeSession(ctx, s, () => {
-    if (s.closed) return ctx.retry(() => giveBackTaken(ctx, queue, id, openedIn));
+    if (!stillHeld(ctx, mark, queue, id)) return void s.expired.add(queue); // lost meanwhile (open-lost.ts)
+    if (s.closed) return ctx.retry(() => stillHeld(ctx, mark, queue, id) && giveBackTaken(ctx, queue, id, openedIn));
     s.opens.set(queue, id);
     s.openedIn.set(queue, openedIn);
     if (lease !== undefined) s.leases.set(queue, lease);
@@ -335,29 +344,6 @@ export function giveBack(ctx: Context, s: Session, queue: string, id: number, wh
   if (deadLetter(ctx, queue, id)) return;
   if (delayMs > 0) ctx.store.delays!.release(queue, id, ctx.now() + delayMs, ctx.now());
   else if (ctx.store.release(queue, id)) serveWaiters(ctx, queue);
-}
-
-/**
- * This node was reaped by another while it ran (store.ts onLost): its opens of `ids` went back to
- * their queues and may be open elsewhere. A later close of one answers as after a lease expiry.
- */
-export function dropLostOpens(ctx: Context, ids: Set<number>): void {
-  for (const s of ctx.sessions) {
-    for (const [queue, id] of [...s.opens]) {
-      if (!ids.has(id)) continue;
-      forget(s, queue);
-      s.expired.add(queue);
-    }
-  }
-}
-
-/** Drops the session's open message of `queue` (its lease too); returns the batch that opened it. */
-function forget(s: Session, queue: string): number {
-  const openedIn = s.openedIn.get(queue) ?? 0;
-  s.opens.delete(queue);
-  s.openedIn.delete(queue);
-  s.leases.delete(queue);
-  return openedIn;
 }
 
 /** Moves a message opened max_deliveries times to its dead-letter queue (queue-limits.ts); true if it did. */

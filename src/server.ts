@@ -10,7 +10,8 @@ import { createBatch } from "./batch";
 import type { Config } from "./config";
 import { createConn, type Conn } from "./conn";
 import { createWaiters, type Context } from "./context";
-import { dropLostOpens, endAllWaits, serveWaiters } from "./get";
+import { endAllWaits, serveWaiters } from "./get";
+import { dropLostOpens } from "./open-lost";
 import { startHousekeeping } from "./housekeeping";
 import type { Logger } from "./log";
 import { openListeners, type Listening } from "./listeners";
@@ -103,7 +104,8 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   if (store.onLost !== undefined) {
     // This node was reaped by another while it ran (store.ts onLost): those messages went back
     // and may be open elsewhere. A later close of one answers LEASE_EXPIRED and confirms nothing.
-    store.onLost = (ids) => turns.task(() => dropLostOpens(ctx, ids));
+    // At once, with the store's own loss (open-lost.ts): no close or open may come in between.
+    store.onLost = (ids) => dropLostOpens(ctx, ids);
   }
 
   /** The connection is gone: its session ends inside the batch (turn.ts closed). */

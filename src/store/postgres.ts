@@ -104,6 +104,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   let lastRefresh = Date.now();
   let quiet = false;
   let closed = false;
+  /** How many times the heartbeat found this node reaped (lost()). */
+  let losses = 0;
 
   /** The connection, walking the host list again if the last one was dropped. */
   async function connection(): Promise<SQL> {
@@ -137,12 +139,17 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     failed: (...a) => batches.failed(...a),
   });
 
-  /** Changes what this node holds open, undone with the batch. */
+  /**
+   * Changes what this node holds open, undone with the batch, unless lost() ran meanwhile: the
+   * reaper freed what `held` had, so an undo must not give the node back a message another
+   * consumer may hold now (nor drop one a later take holds).
+   */
   function hold(tx: Tx, id: number, h: { queue: string; bytes: number; deliveries?: number } | null): void {
     const before = held.get(id);
+    const at = losses;
     if (h === null) held.delete(id);
     else held.set(id, h);
-    tx.heldUndo.push(() => (before === undefined ? held.delete(id) : held.set(id, before)));
+    tx.heldUndo.push(() => at === losses && (before === undefined ? held.delete(id) : held.set(id, before)));
   }
 
   /**
@@ -180,6 +187,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   function lost(freed: number): void {
     const ids = new Set(held.keys());
     held.clear();
+    losses++;
     options.log("warn", `Postgres: node ${node} had been reaped by another node (no heartbeat for --node-timeout ${options.leaseS} s): ` +
       `its row is back; the ${ids.size} messages it held open went back to their queues (${freed} of them now), and closing them answers as after an expired lease`);
     store.onLost?.(ids);
@@ -195,6 +203,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     actor: 0,
     describe: () => `${url.safe} (writing to ${host}, node ${node})`,
     refresh,
+    losses: () => losses,
+    holds: (queue, id) => held.get(id)?.queue === queue,
 
     enqueue(queue, flags, body, expiresAt, now) {
       if (features.enqueue(queue, flags, body, expiresAt, now)) return 0; // a fanout copy of a set with a token

@@ -165,6 +165,14 @@ export interface QueueStore {
    */
   onLost?: ((ids: Set<number>) => void) | null;
   /**
+   * Postgres: how many times this node found itself reaped (onLost), and whether it holds open
+   * message `id` of `queue` now. An undone close or give-back puts an open back only if the store
+   * still holds it and no loss came between: else the message went back, maybe to another
+   * consumer. Absent (SQLite, memory): nothing is ever lost that way.
+   */
+  losses?(): number;
+  holds?(queue: string, id: number): boolean;
+  /**
    * A store shared by nodes: reads every node's counters again, so that the counters it reports
    * next include all that was committed before the call. Stats wait for it.
    */

@@ -12,6 +12,7 @@ import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../p
 import { set, startServer, stopAll, tempDir, value, type Running } from "./harness";
 
 const schemas: string[] = [];
+const A_FAILED = "SERVER_ERROR Postgres: boom\r\nSERVER_ERROR Postgres: boom\r\n";
 
 if (havePostgres("e2e postgres reaped node")) {
   const sql = new SQL(PG_URL!, { max: 1 });
@@ -53,6 +54,35 @@ if (havePostgres("e2e postgres reaped node")) {
     }
   }
 
+  /** One node, its row deleted and its opens freed (as a reaper does) while its heartbeat sleeps in its INSERT. */
+  async function reapUnderHeartbeat(): Promise<{ server: Running; schema: string; me: number }> {
+    const schema = freshSchema("reaped");
+    schemas.push(schema);
+    const server = await startServer(["--store", pgStoreUrl(schema), "--node-timeout", "3"], join(tempDir(), "data"));
+    const [{ id: me }] = await sql.unsafe(`SELECT id FROM ${schema}.mcq_nodes`);
+    return { server, schema, me };
+  }
+
+  async function trigger(schema: string, name: string, body: string, create: string): Promise<void> {
+    await sql.unsafe(`CREATE FUNCTION ${schema}.${name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN ${body} END $$`);
+    await sql.unsafe(create.replaceAll("$S", schema));
+  }
+
+  /** Reaps node `me` and waits until its heartbeat sleeps in the INSERT putting its row back. */
+  async function reapNow(schema: string, me: number): Promise<void> {
+    await trigger(schema, "slownode", "PERFORM pg_sleep(1.5); RETURN NEW;", `CREATE TRIGGER slownode BEFORE INSERT ON $S.mcq_nodes FOR EACH ROW EXECUTE FUNCTION $S.slownode()`);
+    await sql.unsafe(`DELETE FROM ${schema}.mcq_nodes WHERE id = ${me}`);
+    await sql.unsafe(`UPDATE ${schema}.mcq_messages SET owner = NULL WHERE owner = ${me}`);
+    for (const deadline = Date.now() + 10_000; ; ) {
+      const r = await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%back AS (INSERT INTO ${schema}.%' AND pid <> pg_backend_pid()`);
+      if (r.length > 0) break;
+      if (Date.now() > deadline) throw new Error("the heartbeat never ran");
+      await Bun.sleep(10);
+    }
+  }
+
+  const count = async (schema: string) => (await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n as number;
+
   describe("a node reaped while it ran on", () => {
     test("its row comes back: what it opens after, then dies holding (kill -9), returns to the queue", async () => {
       const { A, B, schema } = await pair();
@@ -92,5 +122,38 @@ if (havePostgres("e2e postgres reaped node")) {
       expect(await b.call("get q/close\r\n")).toBe("END\r\n");
       expect(await a.call("get q\r\n")).toBe("END\r\n");
     }, 40_000);
+
+    test("a close undone after the heartbeat found the node reaped gives nothing back: the next consumer keeps the message, the first one's close answers as after an expired lease", async () => {
+      const { server, schema, me } = await reapUnderHeartbeat();
+      const a = await server.connect();
+      expect(await a.call(set("q", "m"))).toBe("STORED\r\n");
+      expect(await a.call("get q/open\r\n")).toBe(value("q/open", "m") + "END\r\n");
+      await trigger(schema, "boom", "RAISE EXCEPTION 'boom';", `CREATE CONSTRAINT TRIGGER boom AFTER INSERT ON $S.mcq_messages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.queue = 'slow') EXECUTE FUNCTION $S.boom()`);
+      await reapNow(schema, me);
+      // A's close goes in a batch behind the heartbeat, which that batch's set fails at COMMIT.
+      expect(await a.call(set("slow", "x") + "get q/close\r\n", 8000)).toBe(A_FAILED);
+      const b = await server.connect();
+      // Before: the undo gave A's session and the node m back; A's close then confirmed B's open.
+      expect(await b.call("get q/open\r\n")).toBe(value("q/open", "m") + "END\r\n");
+      expect(await a.call("get q/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n");
+      expect(await count(schema)).toBe(1);
+      expect(await b.call("get q/close\r\n")).toBe("END\r\n");
+      expect(await count(schema)).toBe(0);
+    }, 30_000);
+
+    test("an open taken after the heartbeat found the node reaped stays open: only the lost ones are dropped", async () => {
+      const { server, schema, me } = await reapUnderHeartbeat();
+      const a = await server.connect();
+      expect(await a.call(set("q", "m"))).toBe("STORED\r\n");
+      expect(await a.call("get q/open\r\n")).toBe(value("q/open", "m") + "END\r\n");
+      await reapNow(schema, me);
+      const c = await server.connect();
+      // C's open goes behind the heartbeat: it gets m, which the reap freed.
+      expect(await c.call("get q/open\r\n", 8000)).toBe(value("q/open", "m") + "END\r\n");
+      expect(await a.call("get q/close\r\n")).toBe("CLIENT_ERROR the open message's lease expired; it is back in its queue\r\n");
+      // Before: C's open was dropped too (lease expired), and m stayed owned by the node, in no session.
+      expect(await c.call("get q/close\r\n")).toBe("END\r\n");
+      expect(await count(schema)).toBe(0);
+    }, 30_000);
   });
 }
