@@ -13,20 +13,9 @@ secs=${3:-5}
 mcbench=${MCBENCH:-/tmp/mcbench}
 [ -x "$mcbench" ] || cc -O2 -o "$mcbench" scripts/bench/mcbench.c -lpthread
 bun=node_modules/.bin/bun
-# With STORE, each server gets a schema of its own on that Postgres, dropped at the end.
-schemas=()
-store_args=()
-next_store() { # sets store_args: the --store arguments of the next server, if any (not in a subshell: schemas grows)
-  store_args=()
-  [ -n "${STORE:-}" ] || return 0
-  local schema=mcq_bench_delayed_$$_${#schemas[@]}
-  schemas+=("$schema")
-  case $STORE in *\?*) store_args=(--store "$STORE&schema=$schema") ;; *) store_args=(--store "$STORE?schema=$schema") ;; esac
-}
-drop_schemas() {
-  [ -n "${STORE:-}" ] && [ ${#schemas[@]} -gt 0 ] || return 0
-  for s in "${schemas[@]}"; do echo "DROP SCHEMA IF EXISTS $s CASCADE;"; done | psql -q -X "${STORE%\?*}" >/dev/null 2>&1 || true
-}
+SCHEMA_TAG=delayed
+# shellcheck source=store-schemas.sh
+source scripts/bench/store-schemas.sh
 out=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; drop_schemas; rm -rf "$out"' EXIT
