@@ -67,6 +67,8 @@ export function createBatches(d: BatchDeps) {
   let chainOn: SQL | null = null;
   let lastBatch = "";
   let batchNo = 0;
+  /** Batches whose COMMIT answered. */
+  const answered = new WeakSet<Tx>();
 
   function newTx(): Tx {
     let breakNow!: (e: StoreError) => void;
@@ -131,7 +133,7 @@ export function createBatches(d: BatchDeps) {
     if (deltas.size > 0) parts.push(st.count(c, d.node, deltas));
     if (tx.wake.size > 0) parts.push(st.notify(c, d.channel, [...tx.wake]));
     const commit = c`COMMIT`.execute();
-    commit.catch(() => {}); // awaited below, unless an earlier statement failed first
+    commit.then(() => answered.add(tx), () => {}); // awaited below, unless an earlier statement failed first
     // Counters read right after this COMMIT, before the next batch, include it and none after.
     const next = recent[recent.indexOf(tx) + 1];
     const sums = tx.refreshers.length > 0 ? st.totals(c) : null;
@@ -198,7 +200,9 @@ export function createBatches(d: BatchDeps) {
     } finally {
       clearTimeout(timer);
       void side.close({ timeout: 0 }).catch(() => {});
-      d.replaceConnection(tx.sentOn); // its backend is gone, or lost to us
+      // Its backend is gone, or lost to us; unless its COMMIT answered meanwhile: the connection
+      // is sound and may carry the next batch already.
+      if (!answered.has(tx)) d.replaceConnection(tx.sentOn);
     }
     if (status === "committed") {
       d.log("warn", `${cause}; transaction ${x.xid} had committed: the batch stands`);
