@@ -31,6 +31,8 @@ export interface BatchDeps {
   connection(): Promise<SQL>;
   /** The connection now, or null once dropped. */
   client(): SQL | null;
+  /** A new connection of its own to the host in use, to ask what became of a batch (resolveCommit). */
+  side(): SQL;
   /** Drops the connection (`only`: if it is still that one, not the one made since). */
   replaceConnection(only?: SQL | null): void;
   reason(e: unknown): StoreError;
@@ -42,6 +44,13 @@ export interface BatchDeps {
 
 type Sums = Awaited<ReturnType<Statements["totals"]>>;
 export type Batches = ReturnType<typeof createBatches>;
+
+/**
+ * An error Postgres answered for a statement (severity ERROR): its transaction is rolled back for
+ * certain. Anything else on a COMMIT (the connection closed, FATAL: the backend ended) leaves the
+ * COMMIT's outcome unknown.
+ */
+const definite = (e: unknown) => (e as { severity?: string } | null)?.severity === "ERROR";
 
 export function createBatches(d: BatchDeps) {
   const { st, view, reason } = d;
@@ -58,6 +67,8 @@ export function createBatches(d: BatchDeps) {
   let chainOn: SQL | null = null;
   let lastBatch = "";
   let batchNo = 0;
+  /** Batches whose COMMIT answered. */
+  const answered = new WeakSet<Tx>();
 
   function newTx(): Tx {
     let breakNow!: (e: StoreError) => void;
@@ -65,7 +76,7 @@ export function createBatches(d: BatchDeps) {
     broken.catch(() => {});
     const tx: Tx = {
       ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, sentOn: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
-      timer: null, refreshers: [], heldUndo: [], broken, breakNow,
+      timer: null, refreshers: [], heldUndo: [], broken, breakNow, xact: null, resolution: null,
     };
     recent.push(tx);
     return tx;
@@ -115,20 +126,25 @@ export function createBatches(d: BatchDeps) {
       chainOn = c;
       lastBatch = String(batchNo);
     }
+    parts.push(st.xact(c).then((x) => void (tx.xact = x)));
     parts.push(d.send(tx, c));
     // Sent before any take has answered: what a take changes, its statement counts itself.
     const deltas = uncounted(tx);
     if (deltas.size > 0) parts.push(st.count(c, d.node, deltas));
     if (tx.wake.size > 0) parts.push(st.notify(c, d.channel, [...tx.wake]));
     const commit = c`COMMIT`.execute();
-    commit.catch(() => {}); // awaited below, unless an earlier statement failed first
+    commit.then(() => answered.add(tx), () => {}); // awaited below, unless an earlier statement failed first
     // Counters read right after this COMMIT, before the next batch, include it and none after.
     const next = recent[recent.indexOf(tx) + 1];
     const sums = tx.refreshers.length > 0 ? st.totals(c) : null;
     sums?.catch(() => {});
     return (async () => {
       for (const r of await Promise.allSettled(parts)) if (r.status === "rejected") throw r.reason;
-      const r = await commit;
+      // No answer to a COMMIT that was sent does not mean that it failed: find out (resolveCommit).
+      const r = await commit.catch((e) => {
+        if (definite(e)) throw e;
+        return settleUnknown(tx, e).then(() => ({ command: "COMMIT" }));
+      });
       if (r.command !== "COMMIT") throw new StoreError(`Postgres: the transaction was rolled back`);
       if (sums !== null) {
         const rows = await sums.catch(() => null);
@@ -137,12 +153,63 @@ export function createBatches(d: BatchDeps) {
     })();
   }
 
-  /** A batch must be done within the timeout: a Postgres that stopped answering is not waited for. */
+  /**
+   * A batch must be done within the timeout: a Postgres that stopped answering is not waited for.
+   * Once its statements may all have run, its COMMIT may be under way (a deferred trigger, a
+   * synchronous standby that lags) and land after all: the batch is resolved (resolveCommit), not
+   * failed, and its outcome comes through sendTx, whose COMMIT then fails as its backend is ended.
+   */
   function startTimer(tx: Tx): void {
     tx.timer = setTimeout(() => {
-      failTx(tx, new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`));
-      d.replaceConnection(tx.sentOn);
+      const late = new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`);
+      if (tx.sentOn === null || tx.xact === null) {
+        failTx(tx, late);
+        d.replaceConnection(tx.sentOn);
+      } else settleUnknown(tx, late).catch((e) => failTx(tx, e));
     }, d.timeoutMs);
+  }
+
+  /** Resolves the batch's COMMIT once, whichever of its timeout and its COMMIT's failure comes first. */
+  function settleUnknown(tx: Tx, why: unknown): Promise<void> {
+    return (tx.resolution ??= resolveCommit(tx, reason(why).message));
+  }
+
+  /**
+   * The batch's COMMIT was sent and its answer did not come: Postgres may have committed it. Asked
+   * on a connection of its own, within the timeout again: its backend is ended if it is still in
+   * the transaction (so the answer is final), then pg_xact_status says. Resolves if it committed:
+   * its replies go out as if COMMIT had answered (a take's VALUE is sent, not cut). Throws if it
+   * did not, and if the answer cannot be had (Postgres down): the batch then fails as before, with
+   * a message saying that its outcome is unknown (see docs/design.md "A COMMIT with no answer").
+   */
+  async function resolveCommit(tx: Tx, cause: string): Promise<void> {
+    const x = tx.xact;
+    if (x === null) throw new StoreError(`${cause}; the transaction's id never came back: its outcome is unknown`);
+    const side = d.side();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, fail) => {
+      timer = setTimeout(() => fail(new StoreError(`no answer within ${d.timeoutMs} ms`)), d.timeoutMs);
+    });
+    let status: string | null;
+    try {
+      status = await Promise.race([st.resolve(side, x.xid, x.pid, d.timeoutMs), late]);
+    } catch (e) {
+      const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
+      d.log("warn", unknown.message);
+      throw unknown;
+    } finally {
+      clearTimeout(timer);
+      void side.close({ timeout: 0 }).catch(() => {});
+      // Its backend is gone, or lost to us; unless its COMMIT answered meanwhile: the connection
+      // is sound and may carry the next batch already.
+      if (!answered.has(tx)) d.replaceConnection(tx.sentOn);
+    }
+    if (status === "committed") {
+      d.log("warn", `${cause}; transaction ${x.xid} had committed: the batch stands`);
+      return;
+    }
+    if (status === "in progress") throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
+    throw new StoreError(`${cause}; the transaction was rolled back`);
   }
 
   /**

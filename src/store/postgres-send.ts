@@ -61,6 +61,10 @@ export interface Tx extends Changes {
   refreshers: (() => void)[];
   /** Undoes this batch's changes to `held`, newest last. */
   heldUndo: (() => void)[];
+  /** Its transaction id and backend, once Postgres answered them (postgres-sql.ts xact). */
+  xact: { xid: string; pid: number } | null;
+  /** Finding out whether its COMMIT landed, when its answer did not come (postgres-batches.ts). */
+  resolution: Promise<void> | null;
   /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
   broken: Promise<never>;
   breakNow: (e: StoreError) => void;

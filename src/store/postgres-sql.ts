@@ -251,6 +251,28 @@ export function statements(schema: string) {
            ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
         [batch, previous],
       ).execute(),
+    /**
+     * The second statement of every batch: its transaction id and its backend, answered before
+     * the COMMIT runs, so that a COMMIT whose answer never came can be resolved (resolve below).
+     */
+    xact: async (sql: SQL) =>
+      ((await sql`SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid`.execute()) as { xid: string; pid: number }[])[0]!,
+    /**
+     * What became of transaction `xid` of backend `pid`, asked on another connection: the backend
+     * is ended first if it is still in that transaction (a COMMIT held up by a deferred trigger, a
+     * synchronous standby that lags), waiting up to `waitMs` for it to go, so that the answer is
+     * final. backend_xid, not the pid alone: a pid reused by another backend is not ended.
+     * 'committed', 'aborted', 'in progress' (it could not be ended), or null (no record of it).
+     */
+    resolve: async (sql: SQL, xid: string, pid: number, waitMs: number) => {
+      const xid32 = String(BigInt(xid) & 0xffffffffn);
+      await sql.unsafe(
+        `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid`,
+        [pid, xid32, waitMs],
+      ).execute();
+      const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status`, [xid]).execute()) as { status: string | null }[];
+      return rows[0]!.status;
+    },
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
       const queues: string[] = [];

@@ -168,6 +168,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const batches = createBatches({
     st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
+    side: () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} }),
     log: options.log, closed: () => closed, sums,
   });
   const { take, op, refresh } = batches;
