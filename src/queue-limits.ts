@@ -107,8 +107,12 @@ export function createQueueLimits(config: LimitsConfig): QueueLimits {
       // A store shared by nodes (Postgres) decides what to drop in its own transaction.
       if (ctx.store.discardOld !== undefined) return ctx.store.discardOld(queue, s.maxItems, s.maxBytes, bytes);
       if (ctx.store.refresh !== undefined) return false; // takes answered later: it cannot discard inside this set
+      // Open and delayed messages alone fill max_items: no drop can make room, so nothing goes.
+      const kept = ctx.store.detail(queue, ctx.now());
+      if (s.maxItems > 0 && kept !== null && kept.open + (kept.delayed ?? 0) + 1 > s.maxItems) return false;
       // Drop the oldest messages that may be handed out until the set fits (open and delayed ones
-      // stay). They count as fetched too: they left the queue.
+      // stay). They count as fetched too: they left the queue. With max_bytes, open and delayed
+      // bodies (their sizes are not kept in memory) may still leave the set refused after the drop.
       let { items, bytes: held } = size;
       while (over(s, items, held, bytes)) {
         const taken = ctx.store.dequeue(queue, ctx.now());

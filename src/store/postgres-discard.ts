@@ -10,9 +10,10 @@
  * statement. So the drop and the set commit together, the count is exact over nodes, and a
  * message open on any node is never dropped (its row is skipped, locked or not).
  *
- * As on SQLite, the set is refused (after the drop of what may be dropped) when the open and
- * delayed messages alone fill max_items. Unlike SQLite, the view does not know the bytes of open
- * and delayed messages: when they alone fill max_bytes, the set is stored past the limit.
+ * As on SQLite, the set is refused, and nothing dropped, when the open and delayed messages
+ * alone fill max_items (as this node's view counts them). Unlike SQLite, the view does not know
+ * the bytes of open and delayed messages: when they alone fill max_bytes, the set is stored past
+ * the limit.
  */
 import type { SQL } from "bun";
 import type { Discard, FeatureStatements } from "./postgres-features-sql";
@@ -36,6 +37,8 @@ export function createDiscard(d: DiscardDeps, fst: FeatureStatements) {
   return {
     /** Store.discardOld: drops in the set's batch; false if the set must be refused all the same. */
     discardOld(queue: string, maxItems: number, maxBytes: number, adding: number): boolean {
+      const q = d.view.get(queue);
+      if (maxItems > 0 && q !== undefined && q.open + q.delayed + 1 > maxItems) return false;
       const tx = d.tx();
       // What the batch's counter upsert (sent after its statements) will add for the ops before this one.
       const own = tx.deltas.get(queue);
@@ -46,8 +49,7 @@ export function createDiscard(d: DiscardDeps, fst: FeatureStatements) {
         k: "discard", queue, maxItems, maxBytes, adding, pendItems: pending("items"), pendBytes: pending("bytes"),
         token: t?.token ?? null, tokenQueue: t?.queue ?? null,
       });
-      const q = d.view.get(queue);
-      return !(maxItems > 0 && q !== undefined && q.open + q.delayed + 1 > maxItems);
+      return true;
     },
     /** Runs each discard as its own statement, in order: each reads the counts the one before left. */
     statement(tx: Tx, c: SQL, ops: DiscardOp[]): Promise<void> {

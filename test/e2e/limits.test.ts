@@ -96,6 +96,22 @@ describe.each(STORES)("per-queue limits on %s", (store) => {
     expect(await c2.call("get d\r\nget d\r\n")).toBe(value("d", "i") + "END\r\nEND\r\n");
     await again.kill();
   });
+
+  test("discard_old drops nothing for a set it cannot make room for (max_items lowered below the delayed messages)", async () => {
+    const home = join(tempDir(), "data");
+    const first = await withConfig('[queues."d*"]\nmax_items = 10\ndiscard_old = true\n', [], store, home);
+    const c = await first.connect();
+    const delayed = "set d/delay=60000 0 0 1\r\nx\r\n";
+    expect(await c.call(delayed + delayed + set("d", "a") + set("d", "b"))).toBe("STORED\r\n".repeat(4));
+    await first.kill();
+    // Two waiting, two delayed, a limit of 2: dropping both waiting ones still leaves no room.
+    const again = await withConfig('[queues."d*"]\nmax_items = 2\ndiscard_old = true\n', [], store, home);
+    const c2 = await again.connect();
+    expect(await c2.call(set("d", "c"))).toBe(FULL);
+    expect(await queueStats(c2, "d")).toMatchObject({ items: 4, delayed: 2, total: 4, fetched: 0, discarded: 0 });
+    expect(await c2.call("get d\r\nget d\r\nget d\r\n")).toBe(value("d", "a") + "END\r\n" + value("d", "b") + "END\r\nEND\r\n");
+    await again.kill();
+  });
 });
 
 describe("per-queue limits", () => {
