@@ -231,10 +231,15 @@ if (havePostgres("mcq dump/load --store")) {
 }
 
 describe("--help", () => {
-  test("mcq dump --help and mcq load --help show --store", async () => {
+  test("mcq --help, mcq dump --help and mcq load --help show --store", async () => {
     for (const tool of ["dump", "load"]) {
       const r = await runCommand([tool, "--help"]);
       expect([r.code, r.stdout.includes("--store <url>")]).toEqual([0, true]);
     }
+    const main = await runCommand(["--help"]);
+    expect(main.stdout.split("\n").filter((l) => /^ {2}(dump|load) /.test(l))).toEqual([
+      "  dump    write a data directory's queues (or --store's) as a versioned dump",
+      "  load    add a dump's queues to a data directory or --store (once per dump)",
+    ]);
   });
 });
