@@ -230,6 +230,21 @@ if (havePostgres("mcq dump/load --store")) {
   });
 }
 
+describe("a store that never answers", () => {
+  test("a Postgres that accepts the connection and then says nothing: exit 1, bounded, not a hang", async () => {
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const started = Date.now();
+      const r = await runCommand(["dump", "--store", `postgres://u:secret@127.0.0.1:${silent.port}/db`], 30_000);
+      expect([r.code, r.stdout, r.stderr.startsWith(`mcq dump: cannot open the Postgres store postgres://u@127.0.0.1:${silent.port}/db: `),
+        r.stderr.includes("secret")]).toEqual([1, "", true, false]);
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      silent.stop(true);
+    }
+  });
+});
+
 describe("--help", () => {
   test("mcq --help, mcq dump --help and mcq load --help show --store", async () => {
     for (const tool of ["dump", "load"]) {
