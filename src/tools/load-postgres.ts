@@ -44,6 +44,7 @@ function chunk() {
     due: [] as number[], len: [] as number[], bodies: [] as Buffer[], bytes: 0 };
 }
 type Chunk = ReturnType<typeof chunk>;
+const full = (c: Chunk) => c.bytes >= CHUNK_BYTES || c.queue.length >= CHUNK_ROWS;
 
 /** Inserts a chunk into mcq_messages or (delayed) mcq_delayed, ids from the sequence in the chunk's order. */
 async function insert(pg: ToolStore, c: Chunk, delayed: boolean): Promise<void> {
@@ -65,6 +66,56 @@ async function insert(pg: ToolStore, c: Chunk, delayed: boolean): Promise<void> 
   );
 }
 
+/** Adds a message line (its body decoded) to a chunk. */
+function push(c: Chunk, line: MessageLine, body: Buffer): void {
+  c.queue.push(line.queue);
+  c.flags.push(line.flags);
+  c.created.push(line.created);
+  c.expires.push(line.expires);
+  c.deliveries.push(line.deliveries ?? 0);
+  c.due.push(line.due ?? 0);
+  c.len.push(body.length);
+  c.bodies.push(body);
+  c.bytes += body.length;
+}
+
+/** Records the dump's id as loaded, in the load's transaction; a dump loaded before is refused unless `append`. */
+async function claimDump(pg: ToolStore, id: string, append: boolean): Promise<void> {
+  const mine = await pg.ask(
+    `INSERT INTO ${pg.schema}.mcq_loads (dump_id, loaded_at, messages) VALUES ($1, $2, 0)
+     ON CONFLICT (dump_id) DO ${append ? "UPDATE SET loaded_at = excluded.loaded_at" : "NOTHING"} RETURNING dump_id`,
+    [id, Date.now()],
+  );
+  if (mine.length > 0) return;
+  const [row] = await pg.ask<{ at: number }>(`SELECT loaded_at::float8 AS at FROM ${pg.schema}.mcq_loads WHERE dump_id = $1`, [id]);
+  throw new ToolError(`mcq load: dump ${id} was loaded into ${pg.safe} on ${new Date(row!.at).toISOString()}; ` +
+    "nothing loaded (--append loads it again)");
+}
+
+/** Tokens (one row per queue and token), each keeping the later end of its window. */
+async function addTokens(pg: ToolStore, t: { queue: string; token: string; until: number }[]): Promise<void> {
+  if (t.length === 0) return;
+  await pg.ask(
+    `INSERT INTO ${pg.schema}.mcq_dedup AS d (queue, token, until) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
+     ON CONFLICT (queue, token) DO UPDATE SET until = greatest(d.until, excluded.until)`,
+    [t.map((x) => x.queue), t.map((x) => x.token), t.map((x) => x.until)],
+  );
+}
+
+/** Adds every queue's counters to the load's own row (LOAD_NODE); a queue exists once it has a row. */
+async function addCounters(pg: ToolStore, added: Map<string, Added>): Promise<void> {
+  if (added.size === 0) return;
+  const q = [...added.entries()];
+  const cols = ["total", "fetched", "items", "bytes", "delayed", ...FEATURE_FIELDS];
+  const values = (a: Added) => [a.total, a.fetched, a.items, a.bytes, a.delayed, ...a.features];
+  await pg.ask(
+    `INSERT INTO ${pg.schema}.mcq_counters AS c (node, queue, ${cols.join(", ")})
+     SELECT ${LOAD_NODE}, * FROM unnest($1::text[], ${cols.map((_, i) => `$${i + 2}::int8[]`).join(", ")})
+     ON CONFLICT (queue, node) DO UPDATE SET ${cols.map((c) => `${c} = c.${c} + excluded.${c}`).join(", ")}`,
+    [q.map(([name]) => name), ...cols.map((_, i) => q.map(([, a]) => values(a)[i]!))],
+  );
+}
+
 /** The Postgres side of a load (load-lines.ts checks the lines), inside the open transaction. */
 function postgresSink(pg: ToolStore, append: boolean) {
   const S = pg.schema;
@@ -81,43 +132,23 @@ function postgresSink(pg: ToolStore, append: boolean) {
     return a;
   };
 
-  async function claimDump(id: string): Promise<void> {
-    const mine = await pg.ask(
-      `INSERT INTO ${S}.mcq_loads AS l (dump_id, loaded_at, messages) VALUES ($1, $2, 0)
-       ON CONFLICT (dump_id) DO ${append ? "UPDATE SET loaded_at = excluded.loaded_at" : "NOTHING"} RETURNING dump_id`,
-      [id, Date.now()],
-    );
-    if (mine.length > 0) return;
-    const [row] = await pg.ask<{ at: number }>(`SELECT loaded_at::float8 AS at FROM ${S}.mcq_loads WHERE dump_id = $1`, [id]);
-    throw new ToolError(`mcq load: dump ${id} was loaded into ${pg.safe} on ${new Date(row!.at).toISOString()}; ` +
-      "nothing loaded (--append loads it again)");
-  }
-
   async function send(all: boolean): Promise<void> {
-    if (claim !== null) await claimDump(claim);
+    if (claim !== null) await claimDump(pg, claim, append);
     claim = null;
-    if (all || waiting.bytes >= CHUNK_BYTES || waiting.queue.length >= CHUNK_ROWS) {
+    if (all || full(waiting)) {
       await insert(pg, waiting, false);
       waiting = chunk();
     }
-    if (all || later.bytes >= CHUNK_BYTES || later.queue.length >= CHUNK_ROWS) {
+    if (all || full(later)) {
       await insert(pg, later, true);
       later = chunk();
     }
     if (all || tokens.size >= CHUNK_ROWS) {
-      const t = [...tokens.values()];
+      await addTokens(pg, [...tokens.values()]);
       tokens.clear();
-      if (t.length > 0) {
-        await pg.ask(
-          `INSERT INTO ${S}.mcq_dedup AS d (queue, token, until) SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])
-           ON CONFLICT (queue, token) DO UPDATE SET until = greatest(d.until, excluded.until)`,
-          [t.map((x) => x.queue), t.map((x) => x.token), t.map((x) => x.until)],
-        );
-      }
     }
   }
 
-  const full = (c: Chunk) => c.bytes >= CHUNK_BYTES || c.queue.length >= CHUNK_ROWS;
   const sink: Sink = {
     header(line) {
       claim = line.id;
@@ -136,16 +167,7 @@ function postgresSink(pg: ToolStore, append: boolean) {
     message(line: MessageLine) {
       const body = Buffer.from(line.body, "base64");
       const delayed = (line.due ?? 0) > 0;
-      const c = delayed ? later : waiting;
-      c.queue.push(line.queue);
-      c.flags.push(line.flags);
-      c.created.push(line.created);
-      c.expires.push(line.expires);
-      c.deliveries.push(line.deliveries ?? 0);
-      c.due.push(line.due ?? 0);
-      c.len.push(body.length);
-      c.bodies.push(body);
-      c.bytes += body.length;
+      push(delayed ? later : waiting, line, body);
       const a = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
       a.items++;
       a.bytes += body.length;
@@ -160,17 +182,7 @@ function postgresSink(pg: ToolStore, append: boolean) {
   /** After the last line: what is left, the counters, the dump's id as loaded, the notices. */
   async function finish(id: string | null, messages: number): Promise<void> {
     await send(true);
-    if (added.size > 0) {
-      const q = [...added.entries()];
-      const cols = ["total", "fetched", "items", "bytes", "delayed", ...FEATURE_FIELDS];
-      const values = (a: Added) => [a.total, a.fetched, a.items, a.bytes, a.delayed, ...a.features];
-      await pg.ask(
-        `INSERT INTO ${S}.mcq_counters AS c (node, queue, ${cols.join(", ")})
-         SELECT ${LOAD_NODE}, * FROM unnest($1::text[], ${cols.map((_, i) => `$${i + 2}::int8[]`).join(", ")})
-         ON CONFLICT (queue, node) DO UPDATE SET ${cols.map((c) => `${c} = c.${c} + excluded.${c}`).join(", ")}`,
-        [q.map(([name]) => name), ...cols.map((_, i) => q.map(([, a]) => values(a)[i]!))],
-      );
-    }
+    await addCounters(pg, added);
     if (id !== null) await pg.ask(`UPDATE ${S}.mcq_loads SET messages = $2 WHERE dump_id = $1`, [id, messages]);
     const woken = [...added].filter(([, a]) => a.items > a.delayed).map(([name]) => name);
     const channel = `mcq_${S}`;
