@@ -13,6 +13,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
 import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
@@ -151,29 +152,73 @@ if (havePostgres("e2e postgres unknown outcome")) {
       await sql.close();
     }, 40_000);
 
-    test("the node is killed before it could ask again: started again on its data directory, it asks and gives back", async () => {
+    /**
+     * A get's batch of unknown outcome (landed, or rolled back by `body` raising), then the node is
+     * killed before it could ask again; `server`, if given, rewrites the server identity kept in its
+     * data directory (as after a failover to a promoted standby: a new timeline). Started again on
+     * that directory, once Postgres lets it in: the log line `says`, then the queue and its counters.
+     */
+    async function killedThenStarted(body: string, landed: boolean, says: string, server?: (id: string) => string): Promise<{ again: Running; home: string; kept: string }> {
       const home = join(tempDir(), "data");
-      const { server, schema, sql, c } = await node(home);
+      const first = await node(home);
+      const { schema, sql, c } = first;
       expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
-      await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+      await atCommit(sql, schema, body);
       await connections(sql, false);
       try {
         expect(await c.call("get q\r\n", 15_000)).toMatch(UNKNOWN);
         c.close();
-        await server.kill("SIGKILL");
+        await first.server.kill("SIGKILL");
         await commitOver(sql, schema);
-        expect(await rows(sql, schema)).toBe(1);
+        expect(await rows(sql, schema)).toBe(landed ? 1 : 2);
       } finally {
         await connections(sql, true);
       }
       await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      if (server !== undefined) {
+        const file = join(home, "postgres-unresolved.json");
+        const kept = JSON.parse(readFileSync(file, "utf8")) as { server: string }[];
+        expect(kept.length).toBe(1);
+        kept[0]!.server = server(kept[0]!.server);
+        writeFileSync(file, JSON.stringify(kept));
+      }
+      const kept = readFileSync(join(home, "postgres-unresolved.json"), "utf8");
       const again = await startServer(["--store", storeUrl(schema)], home);
-      await logged(again, "had committed: gave back 1 messages taken and 0 opened");
+      await logged(again, says);
       const c2 = await again.connect();
       expect(await c2.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
       expect(await c2.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      expect(existsSync(join(home, "postgres-unresolved.json"))).toBe(false); // settled: nothing left to ask
       c2.close();
       await sql.close();
+      return { again, home, kept };
+    }
+
+    test("the node is killed before it could ask again: started again on its data directory, it asks and gives back", async () => {
+      const { again, home, kept } = await killedThenStarted("PERFORM pg_sleep(7)", true, "had committed: gave back 1 messages taken and 0 opened");
+      // Killed again as if right after the give-back committed, before it forgot the batch: mcq_settled has it.
+      await again.kill("SIGKILL");
+      writeFileSync(join(home, "postgres-unresolved.json"), kept);
+      const third = await startServer(again.args.slice(again.args.indexOf("--store")), home);
+      await logged(third, "had committed: given back already");
+      const c = await third.connect();
+      expect(await c.call("get q\r\n")).toBe("END\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+    }, 50_000);
+
+    // After a failover the xid may name another transaction: not asked about; the rows decide.
+    const timeline2 = (id: string) => id.replace(/\/\w+$/, "/00000002");
+
+    test("its server's timeline changed meanwhile (a failover): the xid is not trusted, the taken row absent from the table is given back", async () => {
+      await killedThenStarted("PERFORM pg_sleep(7)", true, "cannot be asked about on this server (another server or timeline): gave back 1 messages taken and 0 opened", timeline2);
+    }, 40_000);
+
+    test("its server's timeline changed and it had been rolled back: the row is still there, nothing is given back (no duplicate)", async () => {
+      await killedThenStarted(
+        "PERFORM pg_sleep(7); RAISE EXCEPTION 'mcq test: this COMMIT fails'", false,
+        "cannot be asked about on this server (another server or timeline): gave back 0 messages taken and 0 opened", timeline2,
+      );
     }, 40_000);
   });
 }
