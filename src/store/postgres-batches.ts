@@ -310,6 +310,8 @@ export function createBatches(d: BatchDeps) {
       () => {
         if (tx.timer !== null) clearTimeout(tx.timer);
         commitFailed = false;
+        tx.taken = []; // kept only for an outcome that stays unknown: not held while `recent` holds the batch
+        tx.leased = [];
       },
       (e) => {
         if (tx.timer !== null) clearTimeout(tx.timer);

@@ -211,7 +211,7 @@ export function createSender(deps: Sender) {
     const groups = by(list, (t) => t.queue);
     const queues = [...groups.keys()];
     let rows: Row[];
-    tx.unanswered++;
+    if (mode !== "peek") tx.unanswered++; // a peek takes nothing
     try {
       // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
       if (mode === "peek") rows = await st.peek(c, queues);
@@ -222,7 +222,7 @@ export function createSender(deps: Sender) {
       for (const t of list) t.fail(tx.failed ?? reason(e));
       throw e;
     }
-    tx.unanswered--;
+    if (mode !== "peek") tx.unanswered--;
     if (mode === "dequeue") tx.taken.push(...(rows as Required<Row>[]));
     else if (mode === "open") tx.leased.push(...rows.map((r) => r.id));
     if (tx.undone) {
