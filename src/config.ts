@@ -21,6 +21,8 @@ export interface Config {
   store: string | null;
   /** With --store: a node silent this many seconds is dead, and its open messages go back (--node-timeout). */
   nodeTimeoutS: number;
+  /** With --store: seconds between checks that rebuild bloated indexes (REINDEX CONCURRENTLY); 0 = never (--pg-reindex). */
+  pgReindexS: number;
   /** Largest message body in bytes (-B). */
   maxBody: number;
   /** Longest command line in bytes, without its end (docs/protocol.md: 8192). */
@@ -113,6 +115,7 @@ export const DEFAULTS: Config = {
   home: "./data",
   store: null,
   nodeTimeoutS: 30,
+  pgReindexS: 60,
   maxBody: 1048576,
   maxLine: 8192,
   sync: "full",

@@ -122,6 +122,7 @@ async function openStore(choice: StoreChoice, dir: string | null, config: Config
     // The binary's own --store code: nodes on one Postgres share its queues (no data directory).
     return openPostgresStore(choice.postgres, {
       leaseS: config.nodeTimeoutS,
+      reindexS: config.pgReindexS,
       timeoutMs: POSTGRES_TIMEOUT_MS,
       log: (level, message) => log[level](message),
       home: null,

@@ -270,6 +270,7 @@ async function openStore(config: Config, log: Logger, onReturned: (count: number
         ? openSqliteStore(config.home, { sync: config.sync, cacheMb: config.cacheMb, onFatal: (e) => stopOnFatal(e, log), onReturned })
         : await openPostgresStore(config.store, {
             leaseS: config.nodeTimeoutS,
+            reindexS: config.pgReindexS,
             timeoutMs: POSTGRES_TIMEOUT_MS,
             log: (level, message) => log[level](message),
             home: config.home,

@@ -4,7 +4,8 @@
  * messages have passed through?
  *
  *   bun scripts/bench/pg-health.ts --store postgres://… [--messages 1000000] [--rounds 1]
- *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--backlog] [--tune] [--reindex] [--json]
+ *       [--conns 50] [--depth 16] [--settle 300] [--every 5] [--backlog] [--tune] [--reindex]
+ *       [--pg-reindex 60] [--under-load] [--json]
  *
  * It starts the real mcq (src/main.ts) on a fresh schema of the given Postgres, then mcbench
  * (scripts/bench/mcbench.c, built with cc) sends N pairs (set, then get of the same queue: N
@@ -22,6 +23,14 @@
  * operator's: they are printed, not changed. --reindex ends with REINDEX TABLE CONCURRENTLY
  * mcq_messages (vacuum frees index pages for reuse but does not shrink the files) and its effect.
  *
+ * mcq runs with `--pg-reindex S` (its default, 60; 0: off) and -v: its own index upkeep
+ * (src/store/postgres-reindex.ts). Every rebuild it logs is reported, with the set rate (the id
+ * sequence, sampled every second) in the seconds it ran against the load's median; after the
+ * settle, the script waits for two more of mcq's checks (the first may still count the load's
+ * last writes) and samples the sizes again (scripts/bench/pg-health-reindex.ts); with
+ * --under-load, one client does set/get pairs meanwhile, in 1 s runs of mcbench, and the runs a
+ * rebuild overlapped are compared with the others.
+ *
  * Exit codes: 0 measured (the figures say whether the table came back); 1 an error (mcq did not
  * start or exited, mcbench failed or counted errors, a query failed); 2 usage.
  */
@@ -29,6 +38,7 @@ import { SQL } from "bun";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { afterChecks, rebuilds } from "./pg-health-reindex";
 
 const ROOT = join(import.meta.dir, "../..");
 
@@ -40,24 +50,28 @@ export const TUNED: Record<string, string> = {
   mcq_nodes: "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0",
 };
 
-interface Options { store: string; backlog: boolean; reindex: boolean; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
+export interface Options { store: string; backlog: boolean; reindex: boolean; pgReindex: number; underLoad: boolean; messages: number; rounds: number; conns: number; depth: number; settle: number; every: number; tune: boolean; json: boolean }
 
 function usage(why: string): never {
   console.error(`pg-health: ${why}\nusage: bun scripts/bench/pg-health.ts --store postgres://… [--messages N] [--rounds R] [--conns C] [--depth D] ` +
-    "[--settle SECONDS] [--every SECONDS] [--backlog] [--tune] [--reindex] [--json]");
+    "[--settle SECONDS] [--every SECONDS] [--backlog] [--tune] [--reindex] [--pg-reindex SECONDS] [--under-load] [--json]");
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { store: "", backlog: false, reindex: false, messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
+  const o: Options = { store: "", backlog: false, reindex: false, pgReindex: 60, underLoad: false, messages: 1_000_000, rounds: 1, conns: 50, depth: 16, settle: 300, every: 5, tune: false, json: false };
   const numbers = { "--messages": "messages", "--rounds": "rounds", "--conns": "conns", "--depth": "depth", "--settle": "settle", "--every": "every" } as const;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--tune") o.tune = true;
     else if (a === "--backlog") o.backlog = true;
     else if (a === "--reindex") o.reindex = true;
+    else if (a === "--under-load") o.underLoad = true;
     else if (a === "--json") o.json = true;
-    else if (a === "--store") o.store = argv[++i] ?? usage("--store needs a URL");
+    else if (a === "--pg-reindex") {
+      o.pgReindex = Number(argv[++i]);
+      if (!Number.isInteger(o.pgReindex) || o.pgReindex < 0) usage(`--pg-reindex needs a whole number of seconds (0: off), got ${JSON.stringify(argv[i])}`);
+    } else if (a === "--store") o.store = argv[++i] ?? usage("--store needs a URL");
     else if (a in numbers) {
       const v = Number(argv[++i]);
       if (!Number.isInteger(v) || v < 1) usage(`${a} needs a positive integer, got ${JSON.stringify(argv[i])}`);
@@ -70,8 +84,8 @@ function parseArgs(argv: string[]): Options {
 }
 
 /** One relation's sizes (bytes) and, for tables, its vacuum statistics. */
-interface Rel { name: string; table: string; kind: "table" | "index" | "toast"; bytes: number; live?: number; dead?: number; autovacuums?: number; lastAutovacuum?: string | null }
-interface Sample { at: number; rels: Rel[]; total: number }
+export interface Rel { name: string; table: string; kind: "table" | "index" | "toast"; bytes: number; live?: number; dead?: number; autovacuums?: number; lastAutovacuum?: string | null }
+export interface Sample { at: number; rels: Rel[]; total: number }
 
 /** Every table, index and TOAST relation of the schema, with its size now. */
 async function sample(sql: SQL, schema: string): Promise<Sample> {
@@ -134,20 +148,32 @@ async function tableOptions(sql: SQL, schema: string): Promise<Record<string, st
   return Object.fromEntries(rows.map((r) => [r.relname, r.reloptions]));
 }
 
-/** Starts mcq on the store; rejects with its stderr if it does not come up. */
-async function startMcq(storeUrl: string, home: string): Promise<{ port: number; proc: Bun.Subprocess<"ignore", "pipe", "pipe"> }> {
-  const proc = Bun.spawn([process.execPath, join(ROOT, "src/main.ts"), "-l", "127.0.0.1", "-p", "0", "-H", home, "--store", storeUrl],
-    { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+/** One line of mcq's log, with the time it came (ms). */
+export interface LogLine { at: number; line: string }
+
+/** Starts mcq on the store; rejects with its stderr if it does not come up. Its log lines gather in `log`. */
+async function startMcq(storeUrl: string, home: string, pgReindex: number): Promise<{ port: number; proc: Bun.Subprocess<"ignore", "pipe", "pipe">; log: LogLine[] }> {
+  const proc = Bun.spawn([process.execPath, join(ROOT, "src/main.ts"), "-l", "127.0.0.1", "-p", "0", "-H", home, "--store", storeUrl,
+    "--pg-reindex", String(pgReindex), "-v"], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const log: LogLine[] = [];
+  void (async () => {
+    let rest = "";
+    for await (const chunk of proc.stderr) {
+      const lines = (rest + new TextDecoder().decode(chunk)).split("\n");
+      rest = lines.pop()!;
+      for (const line of lines) log.push({ at: Date.now(), line });
+    }
+  })();
   const reader = proc.stdout.getReader();
   let text = "";
   while (!/listening on .*:(\d+)/.test(text)) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`mcq did not start (exit ${await proc.exited}): ${(await new Response(proc.stderr).text()).trim()}`);
+    if (done) throw new Error(`mcq did not start (exit ${await proc.exited}): ${log.map((l) => l.line).join("\n")}`);
     text += new TextDecoder().decode(value);
   }
   reader.releaseLock();
   void proc.stdout.pipeTo(new WritableStream()).catch(() => {});
-  return { port: Number(/listening on .*:(\d+)/.exec(text)![1]), proc };
+  return { port: Number(/listening on .*:(\d+)/.exec(text)![1]), proc, log };
 }
 
 function buildMcbench(): string {
@@ -188,7 +214,7 @@ export async function main(o: Options): Promise<void> {
   try {
     const settings = await clusterSettings(sql);
     connected = true;
-    mcq = await startMcq(storeUrl, home);
+    mcq = await startMcq(storeUrl, home, o.pgReindex);
     const exited = mcq.proc.exited.then((c) => { throw new Error(`mcq exited (code ${c}) during the run`); });
     if (o.tune) for (const [t, s] of Object.entries(TUNED)) await sql.unsafe(`ALTER TABLE ${schema}.${t} SET (${s})`);
     const options = await tableOptions(sql, schema);
@@ -199,7 +225,10 @@ export async function main(o: Options): Promise<void> {
       const result = await Promise.race([exited, load(o, sql, schema, bin, mcq.port)]);
       const settled = await Promise.race([exited, settle(o, sql, schema, result.end)]);
       report(o, round, { settings, options, start, ...result, ...settled });
+      rebuilds(o, mcq.log, result);
     }
+    const pairs = (args: string[]) => mcbench(bin, mcq!.port, ["-m", "pair", ...args]);
+    if (o.pgReindex > 0) await Promise.race([exited, afterChecks(o, mcq.log, start, () => sample(sql, schema), pairs)]);
     if (o.reindex) await Promise.race([exited, reindex(o, sql, schema)]);
   } finally {
     for (const p of running) p.kill();
@@ -215,6 +244,8 @@ export async function main(o: Options): Promise<void> {
 /** The load: N pairs, then a drain; samples transactions (100 ms) and sizes (1 s) meanwhile. */
 async function load(o: Options, sql: SQL, schema: string, bin: string, port: number) {
   let peak: Sample = await sample(sql, schema);
+  /** The id sequence every second: sets per second. */
+  const rates: { at: number; ids: number }[] = [];
   const tx = { xactS: 0, xminAge: 0, idleInTx: 0, samples: 0, who: "" };
   let sampling = true;
   let failure: unknown = null;
@@ -230,6 +261,8 @@ async function load(o: Options, sql: SQL, schema: string, bin: string, port: num
         lastSize = Date.now();
         const s = await sample(sql, schema);
         if (s.total > peak.total) peak = s;
+        const [seq] = await sql.unsafe(`SELECT last_value FROM ${schema}.mcq_messages_id_seq`);
+        rates.push({ at: Date.now(), ids: Number(seq.last_value) });
       }
       await Bun.sleep(100);
     }
@@ -250,7 +283,7 @@ async function load(o: Options, sql: SQL, schema: string, bin: string, port: num
   const secs = (Date.now() - began) / 1000;
   const end = await sample(sql, schema);
   if (end.total > peak.total) peak = end;
-  return { peak, end, tx, secs, pairs, drain };
+  return { peak, end, tx, secs, pairs, drain, rates, began };
 }
 
 /**

@@ -37,6 +37,7 @@ import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
 import { createUnknown } from "./postgres-unknown";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
+import { createReindexer } from "./postgres-reindex";
 import { StoreError, type QueueStore } from "./store";
 
 export interface PostgresOptions {
@@ -44,7 +45,9 @@ export interface PostgresOptions {
   leaseS: number;
   /** A batch not committed within this many ms fails (SERVER_ERROR), and the connection is replaced. */
   timeoutMs: number;
-  log: (level: "info" | "warn", message: string) => void;
+  log: (level: "info" | "warn" | "debug", message: string) => void;
+  /** Seconds between this node's checks of the index sizes (postgres-reindex.ts); 0: never. Default 60. */
+  reindexS?: number;
   /** The data directory naming this node (postgres-home.ts), or null. */
   home: string | null;
   /** With dead letters configured: where a message of a dead node goes, opened that often (postgres-features.ts). */
@@ -194,6 +197,11 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The open batch: what the verbs change goes into it. */
   const tx = () => batches.current();
 
+  const reindexer = createReindexer({
+    schema: url.schema, intervalS: options.reindexS ?? 60, log: options.log,
+    connect: () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} }),
+  });
+
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
   /**
@@ -303,8 +311,10 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     dirty: () => batches.dirty(),
     writable: () => !batches.failing() && !closed,
     maintain() {
-      if (closed || batches.dirty()) return;
+      if (closed) return;
       const now = Date.now();
+      reindexer.tick(now); // on a connection of its own: not held back by a batch
+      if (batches.dirty()) return;
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;
         batches.background(async (c) => {
@@ -353,6 +363,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     async close() {
       closed = true;
       features.stop();
+      reindexer.stop(); // not waited for: Postgres ends the statement once its connection is gone
       let timer: ReturnType<typeof setTimeout> | undefined;
       let gaveUp = false;
       const late = new Promise<never>((_, fail) => {
