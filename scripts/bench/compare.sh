@@ -18,7 +18,9 @@ out=$(mktemp -d)
 serve() {
   local dir; dir=$(mktemp -d)
   case $1 in
-    memcached) port=$((20000 + RANDOM % 20000)); memcached -p $port -U 0 -l 127.0.0.1 -t 2 -u root & pid=$!; sleep 0.3 ;;
+    memcached) # a port nobody listens on (a taken one makes memcached exit, and this run with it)
+       port=$((20000 + RANDOM % 20000)); while (: < /dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((20000 + RANDOM % 20000)); done
+       memcached -p $port -U 0 -l 127.0.0.1 -t 2 -u root & pid=$!; sleep 0.3 ;;
     *) local tree sync; tree=$([ "${1%%-*}" = old ] && echo "$old" || echo "$new"); sync=${1#*-}
        "$bun" "$tree/src/main.ts" -p 0 -H "$dir" --sync "$sync" > "$dir/out" 2>&1 & pid=$!
        for _ in $(seq 200); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.05; done
