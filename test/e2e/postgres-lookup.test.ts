@@ -27,8 +27,16 @@ async function waiting(sql: SQL, event: string, app: string): Promise<number> {
 
 if (havePostgres("e2e postgres commit lookup")) {
   const sql = new SQL(PG_URL!, { max: 1 });
+  await sql.unsafe("SET synchronous_commit = local"); // the test's own commits do not wait for a standby
+
+  /** Commits wait for a synchronous standby that never comes (all but those of synchronous_commit = local). */
+  const standbyNeverAnswers = async (on: boolean) => {
+    await sql.unsafe(on ? "ALTER SYSTEM SET synchronous_standby_names = 'mcq_no_such_standby'" : "ALTER SYSTEM RESET synchronous_standby_names");
+    await sql.unsafe("SELECT pg_reload_conf()");
+  };
 
   afterAll(async () => {
+    await standbyNeverAnswers(false).catch(() => {});
     await stopAll();
     await dropSchemas(schemas);
     for (const r of roles) await sql.unsafe(`DROP OWNED BY ${r}; DROP ROLE ${r}`).catch(() => {});
@@ -102,5 +110,37 @@ if (havePostgres("e2e postgres commit lookup")) {
       c.close();
       await server.kill("SIGTERM");
     }, 30_000);
+
+    test("SIGTERM while a get's COMMIT is held past the timeout and looked up: the get gets exactly one reply before its connection closes, the stop is bounded", async () => {
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      await standbyNeverAnswers(true);
+      let got: string;
+      let code: number;
+      let took: number;
+      try {
+        c.write("get q\r\n");
+        // Its COMMIT is written locally and waits for the standby: the store's timeout (5 s), then
+        // the lookup ends that backend and finds it committed. The stop must wait for that much.
+        while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep'`)).length === 0);
+        const at = performance.now();
+        const exited = server.kill("SIGTERM");
+        got = await c.closedBy(30_000);
+        code = await exited;
+        took = performance.now() - at;
+      } finally {
+        await standbyNeverAnswers(false);
+      }
+      // Before: the stop closed the connection after 5 s with nothing sent (the lookup still running).
+      expect(got).toBe(value("q", "m1") + "END\r\n");
+      expect(Number((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n)).toBe(0);
+      // Not a clean stop: leaving (a commit) waits for the standby too, past the timeout.
+      expect(code).toBe(1);
+      expect(took).toBeLessThan(2 * (2 * 5000 + 3000)); // the stop's wait for the batch, then the store's close
+      expect(server.stderr()).toContain("had committed: the batch stands");
+    }, 40_000);
   });
 }
