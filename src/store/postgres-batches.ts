@@ -199,7 +199,9 @@ export function createBatches(d: BatchDeps) {
     });
     let status: string | null;
     try {
-      status = await Promise.race([st.resolve(side, x.xid, x.pid, d.timeoutMs), late]);
+      // Half the budget to end its backend: one that does not go in time is answered "in progress"
+      // before `late` fires, not mistaken for a Postgres that cannot be asked.
+      status = await Promise.race([st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2)), late]);
     } catch (e) {
       const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);

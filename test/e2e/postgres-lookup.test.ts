@@ -142,5 +142,33 @@ if (havePostgres("e2e postgres commit lookup")) {
       expect(took).toBeLessThan(2 * (2 * 5000 + 3000)); // the stop's wait for the batch, then the store's close
       expect(server.stderr()).toContain("had committed: the batch stands");
     }, 40_000);
+
+    test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      await standbyNeverAnswers(true);
+      let backend = 0;
+      let reply: string;
+      try {
+        const pending = c.call("get q\r\n", 20_000);
+        while (backend === 0) {
+          const found = await sql.unsafe(`SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
+          if (found.length > 0) backend = Number(found[0].pid);
+        }
+        // A backend that does not go when told to (stopped here; stuck in I/O elsewhere): the
+        // lookup's terminate waits half the timeout for it, then pg_xact_status says "in progress".
+        process.kill(backend, "SIGSTOP");
+        reply = await pending;
+      } finally {
+        if (backend !== 0) process.kill(backend, "SIGCONT");
+        await standbyNeverAnswers(false);
+      }
+      // Before: the terminate waited the whole timeout, and the lookup's own timeout fired first.
+      expect(reply).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; transaction \d+ could not be ended: its outcome is unknown\r\n$/);
+      c.close();
+    }, 30_000);
   });
 }
