@@ -33,6 +33,10 @@ if (havePostgres("e2e postgres commit lookup")) {
   const standbyNeverAnswers = async (on: boolean) => {
     await sql.unsafe(on ? "ALTER SYSTEM SET synchronous_standby_names = 'mcq_no_such_standby'" : "ALTER SYSTEM RESET synchronous_standby_names");
     await sql.unsafe("SELECT pg_reload_conf()");
+    // The reload is signalled to every backend at once, after pg_reload_conf() returns: once this
+    // one has it, mcq's has it too, and applies it before its next batch's COMMIT.
+    const want = on ? "mcq_no_such_standby" : "";
+    while ((await sql.unsafe("SHOW synchronous_standby_names"))[0].synchronous_standby_names !== want);
   };
 
   afterAll(async () => {
