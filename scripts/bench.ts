@@ -82,7 +82,13 @@ async function waitForPort(port: number): Promise<void> {
   throw new Error(`nothing listens on ${port}`);
 }
 
-async function startMcq(name: string, args: string[], home = mkdtempSync(join(tmpdir(), "mcq-bench-"))): Promise<Server & { home: string }> {
+/** The data directories startMcq made; removed when the bench exits (a restart may reuse one after its stop). */
+const homes: string[] = [];
+process.on("exit", () => homes.forEach((h) => rmSync(h, { recursive: true, force: true })));
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(130));
+const benchHome = () => (homes.push(mkdtempSync(join(tmpdir(), "mcq-bench-"))), homes.at(-1)!);
+
+async function startMcq(name: string, args: string[], home = benchHome()): Promise<Server & { home: string }> {
   const proc = Bun.spawn([...MCQ, "-l", "127.0.0.1", "-p", "0", "-H", home, ...args], { stdout: "pipe", stderr: "ignore" });
   const reader = proc.stdout.getReader();
   let text = "";

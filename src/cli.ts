@@ -39,8 +39,8 @@ const IGNORED_FLAGS: [flags: string, description: string, hasValue: boolean][] =
 export const SUBCOMMANDS: [name: string, description: string][] = [
   ["backup", "mcq backup <file>: a consistent snapshot of the data file, while its server serves"],
   ["check", "verify a data directory offline"],
-  ["dump", "write a data directory's queues as a versioned dump"],
-  ["load", "add a dump's queues to a data directory (once per dump)"],
+  ["dump", "write a data directory's queues (or --store's) as a versioned dump"],
+  ["load", "add a dump's queues to a data directory or --store (once per dump)"],
   ["redrive", "mcq redrive <from> <to>: move a queue's messages to another (dead letters back)"],
   ["stats", "print the queues of a running server as a table"],
   ["health", "exit 0 if a running server answers, 1 (saying why) if not"],

@@ -11,6 +11,8 @@
 #   bash scripts/bench/overlap.sh --summary RAW    the table again from a run's raw file
 # SERVERS (all by default): memcached mcq-full mcq-normal minimal main-full main-normal
 #   worker2-full worker2-normal worker1-full worker1-normal (workerN: --inflight N)
+#   redis-everysec redis-always (redis-server with AOF, driven by redis-benchmark -t lpush,rpop at the
+#   same connections and pipeline; its rate is the pair rate 2 / (1/lpush + 1/rpop), as in bun run bench)
 # A round that failed (a server that did not start, mcbench errors) is left out of the medians.
 set -euo pipefail
 
@@ -57,6 +59,16 @@ ticks() { # PID → CPU ticks (1/100 s) of its main thread, of its thread named 
   echo "$main $worker $(( f[11] + f[12] ))"
 }
 
+# redis_pair CONNS DEPTH → redis-benchmark's LPUSH and RPOP on $port as one mcbench-like RESULT line (pair rate);
+# redis-benchmark runs a count, not a time: the count aims at about $secs seconds at rates seen on this machine
+redis_pair() {
+  local n out lp rp
+  n=$(( $([ "${s#redis-}" = always ] && echo 1500 || echo 15000) * secs * $2 * ($1 > 1 ? 2 : 1) ))
+  out=$(redis-benchmark -p "$port" -c "$1" -P "$2" -d 100 -t lpush,rpop -n "$n" -q 2>/dev/null | tr '\r' '\n')
+  lp=$(grep -o 'LPUSH: [0-9.]*' <<< "$out" | tail -1 | cut -d' ' -f2); rp=$(grep -o 'RPOP: [0-9.]*' <<< "$out" | tail -1 | cut -d' ' -f2)
+  [ -n "$lp" ] && [ -n "$rp" ] && echo "RESULT ops=$(( 2 * n )) ops_s=$(echo "2 / (1 / $lp + 1 / $rp)" | bc -l | cut -d. -f1) errors=0"
+}
+
 # serve NAME → starts a server, sets $pid, $port and $dir
 serve() {
   dir=$(mktemp -d -p "$out")
@@ -69,6 +81,9 @@ serve() {
     main-*) "$bun" "$here/scripts/bench/minimal-durable.ts" -H "$dir" --durable main --sync "${1#*-}" > "$dir/out" 2> "$dir/err" & pid=$! ;;
     worker*) local n=${1%%-*}; n=${n#worker}
        "$bun" "$here/scripts/bench/minimal-durable.ts" -H "$dir" --durable worker --inflight "$n" --sync "${1#*-}" > "$dir/out" 2> "$dir/err" & pid=$! ;;
+    redis-*) port=$((20000 + RANDOM % 20000)); while (: < /dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((20000 + RANDOM % 20000)); done
+       redis-server --port $port --bind 127.0.0.1 --save "" --appendonly yes --appendfsync "${1#redis-}" --dir "$dir" > /dev/null & pid=$!
+       for _ in $(seq 100); do (: < /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done; return ;;
     *) echo "unknown server $1"; exit 2 ;;
   esac
   for _ in $(seq 200); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.05; done
@@ -82,7 +97,8 @@ for r in $(seq "$rounds"); do
     for s in $servers; do
       serve $s
       before=($(ticks $pid 2>/dev/null || echo 0 0 0))
-      result=$($mcbench -p "${port:-1}" -m pair -c "$1" -P "$2" -s 100 -d "$secs" -t 2 2>&1 | grep RESULT || true)
+      if [ "${s%%-*}" = redis ]; then result=$(redis_pair "$1" "$2"); else
+      result=$($mcbench -p "${port:-1}" -m pair -c "$1" -P "$2" -s 100 -d "$secs" -t 2 2>&1 | grep RESULT || true); fi
       after=($(ticks $pid 2>/dev/null || echo 0 0 0))
       kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
       ops=$(grep -o ' ops=[0-9]*' <<< "$result" | cut -d= -f2 || true); ops_s=$(grep -o 'ops_s=[0-9]*' <<< "$result" | cut -d= -f2 || true)

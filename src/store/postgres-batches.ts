@@ -33,6 +33,10 @@ export interface BatchDeps {
   client(): SQL | null;
   /** A new connection of its own to the host in use, to ask what became of a batch (resolveCommit). */
   side(): SQL;
+  /** The server the connection writes to (postgres-sql.ts identity). */
+  server(): string | null;
+  /** Keeps a batch whose outcome stays unknown, to ask again later (postgres-unknown.ts). */
+  unresolved(tx: Tx): void;
   /** Drops the connection (`only`: if it is still that one, not the one made since). */
   replaceConnection(only?: SQL | null): void;
   reason(e: unknown): StoreError;
@@ -77,6 +81,7 @@ export function createBatches(d: BatchDeps) {
     const tx: Tx = {
       ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, sentOn: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
       timer: null, refreshers: [], heldUndo: [], broken, breakNow, xact: null, resolution: null, pid: null, wroteNothing: false,
+      server: null, taken: [], leased: [], unanswered: 0,
     };
     recent.push(tx);
     return tx;
@@ -116,6 +121,7 @@ export function createBatches(d: BatchDeps) {
   function sendTx(tx: Tx, c: SQL): Promise<void> {
     if (tx.failed !== null) return Promise.reject(tx.failed); // timed out waiting for a connection
     tx.sentOn = c;
+    tx.server = d.server();
     // Tagged, not c.unsafe("BEGIN"): Bun.SQL sends a query without parameters by the simple
     // protocol, after every earlier answer and alone; tagged it is prepared and pipelined, so the
     // whole transaction leaves in one write (measured with strace: three writes before, one after).
@@ -191,6 +197,7 @@ export function createBatches(d: BatchDeps) {
   async function resolveCommit(tx: Tx, cause: string): Promise<void> {
     if (tx.wroteNothing) return void (answered.has(tx) || d.replaceConnection(tx.sentOn)); // no outcome loses anything
     const x = tx.xact;
+    // Its takes may have answered (the xid is asked last): with no xid to ask about, they are not kept. See docs/design.md.
     if (x === null) throw new StoreError(`${cause}; the transaction's id never came back: its outcome is unknown`);
     const side = d.side();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -205,6 +212,7 @@ export function createBatches(d: BatchDeps) {
     } catch (e) {
       const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);
+      d.unresolved(tx);
       throw unknown;
     } finally {
       clearTimeout(timer);
@@ -217,7 +225,10 @@ export function createBatches(d: BatchDeps) {
       d.log("warn", `${cause}; transaction ${x.xid} had committed: the batch stands`);
       return;
     }
-    if (status === "in progress") throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
+    if (status === "in progress") {
+      d.unresolved(tx);
+      throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
+    }
     throw new StoreError(`${cause}; the transaction was rolled back`);
   }
 
@@ -308,6 +319,8 @@ export function createBatches(d: BatchDeps) {
       () => {
         if (tx.timer !== null) clearTimeout(tx.timer);
         commitFailed = false;
+        tx.taken = []; // kept only for an outcome that stays unknown: not held while `recent` holds the batch
+        tx.leased = [];
       },
       (e) => {
         if (tx.timer !== null) clearTimeout(tx.timer);

@@ -46,6 +46,21 @@ export function parseStoreUrl(url: string): StoreUrl {
   };
 }
 
+/**
+ * A COMMIT with no answer (postgres-batches.ts) needs pg_current_xact_id and pg_xact_status (13) and
+ * pg_terminate_backend(pid, timeout), which waits for the backend to end (14). 13 is out of support.
+ */
+const MIN_VERSION = 140000;
+
+/** Refuses a server older than Postgres 14; `num` is its server_version_num. */
+export function checkVersion(num: number, host: string): void {
+  if (!(num >= MIN_VERSION)) {
+    // 90624 is 9.6.24; from 10 on, 100023 is 10.23.
+    const v = !Number.isFinite(num) ? "unknown" : num < 100000 ? `${Math.floor(num / 10000)}.${Math.floor(num / 100) % 100}.${num % 100}` : `${Math.floor(num / 10000)}.${num % 10000}`;
+    throw new StoreError(`Postgres: ${host} runs version ${v}; mcq needs Postgres 14 or later`);
+  }
+}
+
 /** Seconds to wait for one host to accept a connection before trying the next. */
 const CONNECT_TIMEOUT_S = 3;
 

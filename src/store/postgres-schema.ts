@@ -16,6 +16,9 @@
  *   mcq_counters  gains delayed, deduplicated, dead_lettered and discarded.
  *   (version 3)
  *   mcq_counters  gains dead_letter_skipped and fanout_refused (counted by the server, kept per node).
+ *   (version 4)
+ *   mcq_settled   batches whose COMMIT landed unanswered and whose takes were given back, by
+ *                 server, timeline and xid, kept a week: a give-back is never done twice.
  *
  * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
  * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
@@ -24,7 +27,7 @@
 import type { SQL } from "bun";
 import { StoreError } from "./store";
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** MIGRATIONS[n] brings the schema from version n to n + 1. */
 const MIGRATIONS: string[] = [
@@ -81,6 +84,9 @@ const MIGRATIONS: string[] = [
   // version 2 keeps working beside (docs/design.md says what it does not count).
   `ALTER TABLE mcq_counters ADD COLUMN dead_letter_skipped bigint NOT NULL DEFAULT 0,
      ADD COLUMN fanout_refused bigint NOT NULL DEFAULT 0;`,
+  // 3 -> 4: batches whose takes were given back after their COMMIT landed unanswered
+  // (postgres-unknown.ts). Only an addition: an older node never reads it.
+  `CREATE TABLE IF NOT EXISTS mcq_settled (key text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());`,
 ];
 
 /**

@@ -69,6 +69,16 @@ export interface Tx extends Changes {
   wroteNothing: boolean;
   /** Finding out whether its COMMIT landed, when its answer did not come (postgres-batches.ts). */
   resolution: Promise<void> | null;
+  /** The server it was sent to (postgres-sql.ts identity), for when its outcome stays unknown. */
+  server: string | null;
+  /**
+   * What its takes took, as they answered: the rows dequeued (whole: a give-back puts them back
+   * by id), the ids opened, and how many take statements have not answered yet. Kept if its
+   * outcome stays unknown (postgres-unknown.ts).
+   */
+  taken: Required<Row>[];
+  leased: number[];
+  unanswered: number;
   /** Rejects when the batch fails (its timeout, a statement): nothing waits on a hung connection. */
   broken: Promise<never>;
   breakNow: (e: StoreError) => void;
@@ -205,6 +215,7 @@ export function createSender(deps: Sender) {
     const groups = by(list, (t) => t.queue);
     const queues = [...groups.keys()];
     let rows: Row[];
+    if (mode !== "peek") tx.unanswered++; // a peek takes nothing
     try {
       // Expiry is judged on Postgres's clock (postgres-sql.ts), not on the take's `now`.
       if (mode === "peek") rows = await st.peek(c, queues);
@@ -215,6 +226,9 @@ export function createSender(deps: Sender) {
       for (const t of list) t.fail(tx.failed ?? reason(e));
       throw e;
     }
+    if (mode !== "peek") tx.unanswered--;
+    if (mode === "dequeue") tx.taken.push(...(rows as Required<Row>[]));
+    else if (mode === "open") tx.leased.push(...rows.map((r) => r.id));
     if (tx.undone) {
       for (const t of list) t.fail(tx.failed ?? new StoreError("Postgres: batch undone"));
       return;

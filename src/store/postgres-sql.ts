@@ -75,6 +75,8 @@ export interface Row {
   body: Uint8Array;
   /** How often it was opened (an open returns it, counted: dead letters). */
   deliveries?: number;
+  /** Its creation time (a dequeue returns it: what a give-back needs, postgres-unknown.ts). */
+  created?: number;
 }
 
 /** Per queue: messages and bytes a statement removed, and how many of them were open. */
@@ -171,9 +173,9 @@ export function statements(schema: string) {
     dequeue: async (sql: SQL, queues: string[], counts: number[], node: number) =>
       rows(
         await sql.unsafe(
-          `WITH picked AS (${pick}), d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}, length(body) AS len),
+          `WITH picked AS (${pick}), d AS (DELETE FROM ${M} WHERE id IN (SELECT id FROM picked) RETURNING ${message}, created::float8 AS created, deliveries, length(body) AS len),
              c AS (${upsert("$3::int", perQueue("d", { fetched: "count(*)", items: "-count(*)", bytes: "-sum(len)" }))})
-           SELECT id, queue, flags, expires, body FROM d`,
+           SELECT id, queue, flags, expires, body, created, deliveries FROM d`,
           [queues, counts, node],
         ).execute(),
       ),
@@ -276,6 +278,46 @@ export function statements(schema: string) {
       ).execute();
       const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status`, [xid]).execute()) as { status: string | null }[];
       return rows[0]!.status;
+    },
+    /**
+     * The server this connection writes to: its system identifier and its current timeline (the
+     * WAL file name's first 8 digits). A promoted standby keeps the identifier and starts a new
+     * timeline, and may hand out the xids the old primary had handed out: an xid is only
+     * meaningful with this. null if it cannot be read (then no xid is trusted: postgres-unknown.ts).
+     */
+    identity: async (sql: SQL): Promise<string | null> => {
+      const rows = (await sql.unsafe(
+        `SELECT (SELECT system_identifier::text FROM pg_control_system()) || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS id`,
+      ).execute().catch(() => [{ id: null }])) as { id: string | null }[];
+      return rows[0]?.id ?? null;
+    },
+    /**
+     * Gives back what the takes of a batch that landed unanswered took (postgres-unknown.ts), as
+     * one statement, so it commits whole and on its own: the dequeued rows go back under their own
+     * ids (where they were in their queues; one still there stays as it is), the leases of
+     * `owner` end, and the counts of what this puts back are undone in `node`'s counters. `key`
+     * names the batch in mcq_settled: a second give-back of it (a crash before this node forgot
+     * it, an answer lost) finds it there and changes nothing. Settlements older than a week go.
+     */
+    giveBack: async (sql: SQL, key: string, node: number, owner: number, rows: Required<Row>[], leased: number[]) => {
+      const col = <T>(f: (r: Required<Row>) => T) => rows.map(f);
+      const out = (await sql.unsafe(
+        `WITH old AS (DELETE FROM ${schema}.mcq_settled WHERE at < now() - interval '7 days'),
+           s AS (INSERT INTO ${schema}.mcq_settled (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING key),
+           r AS (INSERT INTO ${M} (id, queue, flags, created, expires, deliveries, body)
+             SELECT t.* FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int[], $8::bytea[]) AS t
+             WHERE EXISTS (SELECT 1 FROM s) ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
+           u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($9::int8[]) AND owner = $10 AND EXISTS (SELECT 1 FROM s) RETURNING queue),
+           c AS (${upsert("$11::int", perRows([
+             { from: "r", queue: "queue", c: { items: "1", bytes: "len", fetched: "-1" } },
+             { from: "u", queue: "queue", c: { open: "-1" } },
+           ]))})
+         SELECT (SELECT count(*) FROM s)::int AS settled, (SELECT count(*) FROM r)::int AS back, (SELECT count(*) FROM u)::int AS released,
+           (SELECT array_agg(DISTINCT queue) FROM (SELECT queue FROM r UNION SELECT queue FROM u) q) AS queues`,
+        [key, col((r) => r.id), col((r) => r.queue), col((r) => r.flags), col((r) => r.created), col((r) => r.expires), col((r) => r.deliveries),
+          col((r) => r.body), leased, owner, node],
+      ).execute()) as { settled: number; back: number; released: number; queues: string[] | null }[];
+      return out[0]!;
     },
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {

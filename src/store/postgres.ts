@@ -27,7 +27,7 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { connectPrimary, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { checkVersion, connectPrimary, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
@@ -35,6 +35,7 @@ import { createListener } from "./postgres-listen";
 import { createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
+import { createUnknown } from "./postgres-unknown";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { StoreError, type QueueStore } from "./store";
 
@@ -81,6 +82,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const channel = `mcq_${url.schema}`;
   let { sql, host, url: hostUrl } = await connectPrimary(url);
   let client: SQL | null = sql;
+  try {
+    checkVersion(Number((await sql.unsafe("SHOW server_version_num"))[0].server_version_num), host);
+  } catch (e) {
+    await sql.close().catch(() => {});
+    throw e;
+  }
+  let server = await st.identity(sql);
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
@@ -111,6 +119,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
+    server = await st.identity(found.sql);
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
@@ -166,9 +175,19 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     }
   }
 
+  const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
+  const unknown = createUnknown({
+    st, node, timeoutMs: options.timeoutMs, side, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
+    store: `${url.safe} schema ${url.schema}`,
+    gaveBack: async (queues) => {
+      for (const q of queues) store.onAvailable?.(q);
+      await refresh().catch(() => {}); // read again within the second anyway
+    },
+  });
+  let lastAsked = 0;
   const batches = createBatches({
     st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
-    side: () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} }),
+    side, server: () => server, unresolved: (t) => unknown.keep(t),
     log: options.log, closed: () => closed, sums,
   });
   const { take, op, refresh } = batches;
@@ -300,6 +319,10 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
             store.onAvailable?.(null);
           }
         });
+      }
+      if (unknown.pending() > 0 && now - lastAsked >= REFRESH_MS) {
+        lastAsked = now; // batches of unknown outcome: asked about again until Postgres answers
+        void unknown.ask();
       }
       if (now - lastRefresh >= REFRESH_MS) {
         lastRefresh = now;

@@ -13,7 +13,7 @@
  * The id in the header makes load idempotent: load records it, and refuses a dump it has already
  * loaded (a message's id is only unique within its queue and its data directory, so it cannot).
  * A restore into a data directory that never held a message keeps every message's id; a load
- * into one that did numbers them after its own. The end line tells a whole dump from one cut short. A file from mcq 1.0.0 has neither (format
+ * into one that did numbers them after its own, as does every load into Postgres (load-postgres.ts). The end line tells a whole dump from one cut short. A file from mcq 1.0.0 has neither (format
  * 0: no header, no id, no end); load reads it, and says that it cannot tell it was loaded before.
  */
 import { open } from "node:fs/promises";

@@ -7,8 +7,8 @@
  */
 import type { Database } from "bun:sqlite";
 import { ToolError, openDataDir } from "./datadir";
-import { FEATURE_FIELDS, lines, parseLine, type Header, type Line } from "./format";
-import { collectEvery, progress } from "./output";
+import { FEATURE_FIELDS } from "./format";
+import { readDump, type Sink } from "./load-lines";
 
 export interface LoadResult {
   messages: number;
@@ -36,22 +36,16 @@ function statements(db: Database) {
   };
 }
 
-/** What a load has read so far, and what each kind of line does to it (one transaction). */
-function loader(st: ReturnType<typeof statements>, home: string, append: boolean) {
+/** The SQLite side of a load (load-lines.ts checks the lines): each line into the open transaction. */
+function sqliteSink(st: ReturnType<typeof statements>, home: string, append: boolean) {
   const last = st.lastId.values()[0]![0] as number;
   /** Queue name → [id, messages added, bytes added]: the items counters are written once, at the end. */
   const known = new Map<string, [number, number, number]>();
-  const counted = new Set<string>();
-  const state = {
-    header: null as Header | null,
-    legacy: false,
-    ended: false,
-    queues: 0,
-    count: 0,
-    next: last + 1,
-    /** A restore into a data directory that never held a message keeps the dumped ids (gets shows them). */
-    keepIds: false,
-  };
+  let dumpId: string | null = null;
+  let next = last + 1;
+  /** A restore into a data directory that never held a message keeps the dumped ids (gets shows them). */
+  let keepIds = false;
+  let count = 0;
   const queue = (name: string) => {
     let q = known.get(name);
     if (q !== undefined) return q;
@@ -60,99 +54,66 @@ function loader(st: ReturnType<typeof statements>, home: string, append: boolean
     return q;
   };
 
-  function header(line: Header): void {
-    const at = st.loadedAt.values(line.id)[0]?.[0] as number | undefined;
-    if (at !== undefined && !append) {
-      throw new ToolError(`mcq load: dump ${line.id} was loaded into ${home} on ${new Date(at).toISOString()}; ` +
-        "nothing loaded (--append loads it again)");
-    }
-    state.header = line;
-    state.keepIds = last === 0;
-    if (state.keepIds) state.next = Math.max(state.next, line.lastId + 1);
-  }
-
-  function message(line: Extract<Line, { type: "message" }>, n: number): void {
-    const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
-    const body = Buffer.from(line.body, "base64");
-    let id = state.next++;
-    if (state.keepIds) {
-      if (line.id === undefined) throw new ToolError(`mcq load: line ${n}: a message without its id`);
-      id = line.id;
-      state.next = Math.max(state.next - 1, id + 1);
-    }
-    try {
-      const deliveries = line.deliveries ?? 0;
-      if ((line.due ?? 0) > 0) st.addDelayed.run(id, q[0], line.flags, line.created, line.expires, deliveries, line.due!, body);
-      else st.addMessage.run(id, q[0], line.flags, line.created, line.expires, deliveries, body);
-    } catch (e) {
-      // A dump holds each id once: only a file edited by hand can repeat one.
-      if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;
-      throw new ToolError(`mcq load: line ${n}: message id ${id} a second time`);
-    }
-    q[1]++;
-    q[2] += body.length;
-    state.count++;
-  }
-
-  /** One line of the dump, the `n`th of the file. */
-  function take(line: Line, n: number, notes: string[]): void {
-    if (state.ended) throw new ToolError(`mcq load: line ${n}: a line after the end line`);
-    if (state.header === null && !state.legacy) {
-      if (line.type === "dump") return header(line);
-      state.legacy = true;
-      notes.push("this dump has no id (written by mcq 1.0.0): loading it twice would add its messages twice");
-    }
-    if (line.type === "dump") throw new ToolError(`mcq load: line ${n}: a second header`);
-    if (line.type === "end") {
-      if (line.queues !== state.queues || line.messages !== state.count) {
-        throw new ToolError(`mcq load: line ${n}: the end line counts ${line.queues} queues and ${line.messages} messages; ` +
-          `the dump holds ${state.queues} and ${state.count}`);
+  const sink: Sink = {
+    header(line) {
+      const at = st.loadedAt.values(line.id)[0]?.[0] as number | undefined;
+      if (at !== undefined && !append) {
+        throw new ToolError(`mcq load: dump ${line.id} was loaded into ${home} on ${new Date(at).toISOString()}; ` +
+          "nothing loaded (--append loads it again)");
       }
-      state.ended = true;
-    } else if (line.type === "queue") {
-      if (counted.has(line.name)) throw new ToolError(`mcq load: line ${n}: queue ${line.name} a second time`);
-      counted.add(line.name);
+      dumpId = line.id;
+      keepIds = last === 0;
+      if (keepIds) next = Math.max(next, line.lastId + 1);
+    },
+    queue(line) {
       st.addCounters.run(line.total, line.fetched, ...FEATURE_FIELDS.map((f) => line[f] ?? 0), queue(line.name)[0]);
-      state.queues++;
-    } else if (line.type === "token") st.addToken.run(line.queue, line.token, line.until);
-    else message(line, n);
-  }
+    },
+    token: (line) => st.addToken.run(line.queue, line.token, line.until),
+    message(line, n) {
+      const q = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
+      const body = Buffer.from(line.body, "base64");
+      let id = next++;
+      if (keepIds) {
+        if (line.id === undefined) throw new ToolError(`mcq load: line ${n}: a message without its id`);
+        id = line.id;
+        next = Math.max(next - 1, id + 1);
+      }
+      try {
+        const deliveries = line.deliveries ?? 0;
+        if ((line.due ?? 0) > 0) st.addDelayed.run(id, q[0], line.flags, line.created, line.expires, deliveries, line.due!, body);
+        else st.addMessage.run(id, q[0], line.flags, line.created, line.expires, deliveries, body);
+      } catch (e) {
+        // A dump holds each id once: only a file edited by hand can repeat one.
+        if (!String((e as { code?: string }).code).startsWith("SQLITE_CONSTRAINT")) throw e;
+        throw new ToolError(`mcq load: line ${n}: message id ${id} a second time`);
+      }
+      q[1]++;
+      q[2] += body.length;
+      count++;
+    },
+  };
 
   /** After the last line: the items counters, the last id, and the dump's id as loaded. */
-  function finish(n: number): void {
-    if (n === 0) throw new ToolError("mcq load: the input is empty: not a dump");
-    if (state.header !== null && !state.ended) {
-      throw new ToolError(`mcq load: the dump ends at line ${n} without its end line (cut short?); nothing loaded`);
-    }
+  function finish(): void {
     for (const [id, items, bytes] of known.values()) st.addItems.run(items, bytes, id);
-    st.saveLastId.run(state.next - 1);
-    if (state.header !== null) st.recordLoad.run(state.header.id, Date.now(), state.count);
+    st.saveLastId.run(next - 1);
+    if (dumpId !== null) st.recordLoad.run(dumpId, Date.now(), count);
   }
 
-  return { state, take, finish };
+  return { sink, finish };
 }
 
 export async function load(home: string, input: AsyncIterable<Uint8Array>, append: boolean): Promise<LoadResult> {
   const db = openDataDir("load", home, true);
   const notes: string[] = [];
-  const shown = progress("loaded");
   db.run("BEGIN IMMEDIATE");
   try {
-    const run = loader(statements(db), home, append);
-    let n = 0;
-    for await (const text of lines(input)) {
-      collectEvery(++n);
-      if (text.trim() === "") continue;
-      const before = run.state.count;
-      run.take(parseLine(text, n), n, notes);
-      if (run.state.count !== before) shown.count(run.state.count);
-    }
-    run.finish(n);
+    const run = sqliteSink(statements(db), home, append);
+    const read = await readDump(input, run.sink, notes);
+    run.finish();
     db.run("COMMIT");
-    shown.done();
-    return { messages: run.state.count, notes };
+    return { messages: read.count, notes };
   } catch (e) {
-    shown.done();
     try {
       db.run("ROLLBACK");
     } catch {

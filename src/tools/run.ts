@@ -13,9 +13,11 @@ import { suggest } from "../suggest";
 import { check } from "./check";
 import { ToolError } from "./datadir";
 import { dump } from "./dump";
+import { dumpPostgres } from "./dump-postgres";
 import { checkHealth, healthCommand, target as healthTarget } from "./health";
 import { fileChunks } from "./format";
 import { load } from "./load";
+import { loadPostgres } from "./load-postgres";
 import { passwd } from "./passwd";
 import { redrive, redrivePostgres } from "./redrive";
 import { queueTable, type Target } from "./stats";
@@ -49,27 +51,39 @@ async function checkTool(argv: string[], out: Print, err: Print): Promise<number
   return check(o.home, out);
 }
 
+/** -H or --store, not both: a tool's one store. */
+function oneStore(tool: string, cmd: Command): { home: string; store?: string } {
+  const o = cmd.opts<{ home: string; store?: string }>();
+  if (o.store !== undefined && cmd.getOptionValueSource("home") === "cli") {
+    throw new ToolError(`mcq ${tool}: -H and --store name two stores; give one (-H: a SQLite data directory, --store: Postgres)`);
+  }
+  return o;
+}
+
 async function dumpTool(argv: string[], out: Print, err: Print): Promise<number> {
-  const o = command("dump", "write the queues of a data directory as a versioned dump in JSON Lines (stop the server first)")
+  const cmd = command("dump", "write the queues of a data directory (stop the server first), or of a Postgres store (nodes may run), as a versioned dump in JSON Lines")
     .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .option("--store <url>", "the queues in Postgres instead (postgres://…, as the server's --store): one consistent snapshot")
     .option("--queue <name>", "only this queue")
-    .parse(argv, { from: "user" })
-    .opts<{ home: string; queue?: string }>();
-  err(`dumped ${dump(o.home, o.queue ?? null, pkg.version)} messages`);
+    .parse(argv, { from: "user" });
+  const o = { ...oneStore("dump", cmd), queue: cmd.opts<{ queue?: string }>().queue ?? null };
+  const n = o.store === undefined ? dump(o.home, o.queue, pkg.version) : await dumpPostgres(o.store, o.queue, pkg.version);
+  err(`dumped ${n} messages`);
   return 0;
 }
 
 async function loadTool(argv: string[], out: Print, err: Print): Promise<number> {
-  const cmd = command("load", "add the queues of a `mcq dump` file to a data directory, once (stop the server first)")
+  const cmd = command("load", "add the queues of a `mcq dump` file to a data directory (stop the server first), or to a Postgres store (nodes may run), once")
     .option("-H, --home <dir>", "data directory", DEFAULTS.home)
+    .option("--store <url>", "the queues in Postgres instead (postgres://…, as the server's --store)")
     .option("--append", "load a dump again that was loaded before (its messages are added twice)")
     .argument("<file>", "the dump, or - for stdin")
     .parse(argv, { from: "user" });
   const file = cmd.args[0]!;
-  const o = cmd.opts<{ home: string; append?: boolean }>();
+  const o = { ...oneStore("load", cmd), append: cmd.opts<{ append?: boolean }>().append === true };
   if (file !== "-" && !(await Bun.file(file).exists())) throw new ToolError(`mcq load: cannot read ${file}: no such file`);
   const input = file === "-" ? stdinStream() : fileChunks(file);
-  const result = await load(o.home, input, o.append === true);
+  const result = o.store === undefined ? await load(o.home, input, o.append) : await loadPostgres(o.store, input, o.append);
   for (const note of result.notes) err(`mcq load: note: ${note}`);
   err(`loaded ${result.messages} messages`);
   return 0;

@@ -3,7 +3,7 @@
  * `fanout_refused`) are kept with the queue's other counters, in the commit of the request they
  * count: `stats queue <q>` shows the same numbers after a kill -9 and after a clean restart, and
  * /metrics goes on exporting dead_lettered. On Postgres too (each node's counts in its own counter
- * rows, summed when read: docs/design.md), where `mcq dump` does not apply.
+ * rows, summed when read: docs/design.md), where `mcq dump --store` sums them over the rows (test/e2e/postgres-dump.test.ts).
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";

@@ -1,0 +1,171 @@
+/**
+ * Batches whose outcome stayed unknown (docs/design.md "A COMMIT with no answer"): their COMMIT
+ * was sent, its answer did not come, and Postgres could not be asked within the timeout (down,
+ * partitioned) or the backend could not be ended. Their clients got SERVER_ERROR, and the store
+ * went on as if they had failed; but one may have landed, and then its plain gets consumed
+ * messages whose replies never left. So such a batch is kept here (its xid, the server it ran on,
+ * the rows its takes returned and the ids they opened) and asked about again until Postgres
+ * answers: committed, what its takes took is given back (postgres-sql.ts giveBack: re-inserted by
+ * id, leases ended, their counts undone, and the batch recorded as settled, in one statement);
+ * rolled back, nothing left, nothing to do. The list is also written to the data directory, so a
+ * node killed before it could ask again asks when it starts on that directory.
+ */
+import type { SQL } from "bun";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Row, Statements } from "./postgres-sql";
+import type { Tx } from "./postgres-send";
+import type { StoreError } from "./store";
+
+/** A batch whose COMMIT may or may not have landed. */
+export interface Unresolved {
+  xid: string;
+  pid: number;
+  /** The server and timeline it ran on (postgres-sql.ts identity), null if unknown. */
+  server: string | null;
+  /** The node whose leases its opens were. */
+  node: number;
+  /** The store it belongs to (URL without password, and schema): another store's is not asked about. */
+  store: string;
+  taken: Required<Row>[];
+  leased: number[];
+  /** Take statements that never answered: what they took, if it landed, is not known. */
+  unanswered: number;
+}
+
+export interface UnknownDeps {
+  st: Statements;
+  node: number;
+  timeoutMs: number;
+  /** A connection of its own to the host in use. */
+  side(): SQL;
+  /** This node holds message `id` open now (a later open of it must not be ended). */
+  holds(id: number): boolean;
+  /** Messages came back to these queues: wake their waiters, read the counters again. */
+  gaveBack(queues: string[]): Promise<void>;
+  reason(e: unknown): StoreError;
+  log(level: "info" | "warn", message: string): void;
+  /** The data directory (the list's file is kept there), or null. */
+  home: string | null;
+  /** This store (Unresolved.store). */
+  store: string;
+}
+
+const FILE = "postgres-unresolved.json";
+
+export function createUnknown(d: UnknownDeps) {
+  const file = d.home === null ? null : join(d.home, FILE);
+  /** Batches of another store found in the file (the directory was started with another --store): kept in it, untouched. */
+  let others: Unresolved[] = [];
+  const list: Unresolved[] = load();
+  let asking: Promise<void> | null = null;
+  let quiet = false;
+
+  /** What a node killed on this directory left unresolved (its bodies as base64). */
+  function load(): Unresolved[] {
+    if (file === null) return [];
+    try {
+      let kept = JSON.parse(readFileSync(file, "utf8")) as Unresolved[];
+      for (const u of kept) for (const r of u.taken) r.body = Buffer.from(r.body as unknown as string, "base64");
+      others = kept.filter((u) => u.store !== d.store);
+      if (others.length > 0) d.log("warn", `Postgres: ${file} names ${others.length} batches of unknown outcome of another store (${others[0]!.store}): left as they are`);
+      kept = kept.filter((u) => u.store === d.store);
+      if (kept.length > 0) d.log("warn", `Postgres: ${kept.length} batches of this directory's previous node have an unknown outcome: asking again`);
+      return kept;
+    } catch {
+      return []; // none (the usual case), or unreadable: nothing can be done about it
+    }
+  }
+
+  function save(): void {
+    if (file === null) return;
+    if (list.length + others.length === 0) return rmSync(file, { force: true });
+    const text = JSON.stringify([...list, ...others], (k, v) => (k === "body" ? Buffer.from(v as Uint8Array).toString("base64") : v));
+    writeFileSync(`${file}.tmp`, text);
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** Keeps a batch whose outcome stays unknown, if its takes took anything. */
+  function keep(tx: Tx): void {
+    if (tx.xact === null) return; // no take answered (answers come in order): nothing known to give back
+    if (tx.taken.length === 0 && tx.leased.length === 0 && tx.unanswered === 0) return; // sets stand either way
+    const { xid, pid } = tx.xact;
+    list.push({ xid, pid, server: tx.server, node: d.node, store: d.store, taken: tx.taken, leased: tx.leased, unanswered: tx.unanswered });
+    try {
+      save();
+    } catch (e) {
+      d.log("warn", `Postgres: cannot write ${file}: ${(e as Error).message}; transaction ${xid} is asked about again only while this node runs`);
+    }
+    d.log("warn", `Postgres: transaction ${xid} (${tx.taken.length} messages taken, ${tx.leased.length} opened) is asked about again once Postgres answers`);
+  }
+
+  /** Asks about every kept batch, once at a time, bounded by the timeout; what is not settled stays. */
+  function ask(): Promise<void> {
+    if (list.length === 0 || asking !== null) return asking ?? Promise.resolve();
+    const side = d.side();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, fail) => {
+      timer = setTimeout(() => fail(new Error(`no answer within ${d.timeoutMs} ms`)), d.timeoutMs);
+    });
+    asking = Promise.race([askAll(side), late])
+      .then(
+        () => void (quiet = false),
+        (e) => {
+          if (!quiet) d.log("warn", `Postgres: asking about ${list.length} batches of unknown outcome: ${d.reason(e).message}; asking again later`);
+          quiet = true;
+        },
+      )
+      .finally(() => {
+        clearTimeout(timer);
+        void side.close({ timeout: 0 }).catch(() => {});
+        asking = null;
+      });
+    return asking;
+  }
+
+  async function askAll(side: SQL): Promise<void> {
+    const here = await d.st.identity(side);
+    for (const u of [...list]) {
+      const landed = await outcome(side, here, u);
+      if (landed === null) continue; // still in progress: asked again later
+      if (landed === "committed" || landed === "by rows") await giveBack(side, u, landed);
+      else d.log("info", `Postgres: transaction ${u.xid} had been rolled back: its messages never left their queues`);
+      list.splice(list.indexOf(u), 1);
+      save();
+    }
+  }
+
+  /**
+   * Whether the batch committed. Its xid is only asked about on the server and timeline it ran
+   * on: after a failover, the new primary may have given that number to another transaction, or
+   * not reached it yet. Elsewhere, or if the server cannot say (no record left of so old an xid),
+   * the rows decide: a give-back re-inserts only the taken rows no longer in the table, and ends
+   * only leases this node still has and no session holds.
+   */
+  async function outcome(side: SQL, here: string | null, u: Unresolved): Promise<"committed" | "aborted" | "by rows" | null> {
+    if (here === null || u.server !== here) return "by rows";
+    const status = await d.st.resolve(side, u.xid, u.pid, d.timeoutMs);
+    if (status === "in progress") return null;
+    return status === "committed" ? "committed" : status === "aborted" ? "aborted" : "by rows";
+  }
+
+  async function giveBack(side: SQL, u: Unresolved, why: "committed" | "by rows"): Promise<void> {
+    const key = `${u.server ?? `node ${u.node}`}/${u.xid}`;
+    const leased = u.leased.filter((id) => !d.holds(id));
+    const r = await d.st.giveBack(side, key, d.node, u.node, u.taken, leased);
+    if (r.queues !== null) await d.gaveBack(r.queues); // before saying so: the counters read after say it too
+    const how = why === "committed" ? "had committed" : `cannot be asked about on this server (${u.server === null ? "unknown server" : "another server or timeline"})`;
+    if (r.settled === 0) d.log("info", `Postgres: transaction ${u.xid} ${how}: given back already`);
+    else d.log("warn", `Postgres: transaction ${u.xid} ${how}: gave back ${r.back} messages taken and ${r.released} opened`);
+    if (u.unanswered > 0 && why === "committed") {
+      d.log("warn", `Postgres: transaction ${u.xid} had committed, and ${u.unanswered} of its take statements never answered: what they took is gone`);
+    }
+  }
+
+  return {
+    keep,
+    ask,
+    /** Batches kept, not yet settled. */
+    pending: () => list.length,
+  };
+}

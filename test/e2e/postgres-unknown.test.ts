@@ -1,0 +1,224 @@
+/**
+ * A batch whose COMMIT got no answer while Postgres could not be asked (tracker issue 10;
+ * postgres-unknown.ts): the get answers SERVER_ERROR at once, and the batch is asked about again
+ * once Postgres answers. If it had committed, the message its get took is given back, under its
+ * own id (FIFO kept), and the counters are exact; if it had not, nothing is given back (no
+ * duplicate). Never SERVER_ERROR with the message gone.
+ *
+ * Made deterministic: the server connects as a role of its own; a deferred trigger sleeps at
+ * COMMIT past the store's timeout (5 s), and the role may open no new connection meanwhile
+ * (CONNECTION LIMIT 0, which binds every role but superusers), so the connection that would ask
+ * pg_xact_status is refused: the outcome stays unknown. The COMMIT then lands (or raises), and
+ * once the limit is lifted the server asks again.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { SQL } from "bun";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
+
+const schemas: string[] = [];
+const ROLE = `mcq_unknown_${process.pid}`;
+
+/** The store URL for `schema`, as ROLE. */
+function storeUrl(schema: string): string {
+  const u = new URL(PG_URL!);
+  u.username = ROLE;
+  u.password = "";
+  u.searchParams.set("schema", schema);
+  return u.toString();
+}
+
+async function node(home = join(tempDir(), "data")): Promise<{ server: Running; schema: string; sql: SQL; c: Client }> {
+  const schema = freshSchema("unknown");
+  schemas.push(schema);
+  const server = await startServer(["--store", storeUrl(schema)], home);
+  const sql = new SQL(PG_URL!, { max: 1 });
+  return { server, schema, sql, c: await server.connect() };
+}
+
+const rows = async (sql: SQL, schema: string) => Number((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n);
+
+/** A deferred trigger on the deletion (a get) or update (an open) of a message: it runs at COMMIT, named (application_name), doing `body`. */
+async function atCommit(sql: SQL, schema: string, body: string, on = "DELETE"): Promise<void> {
+  await sql.unsafe(
+    `CREATE FUNCTION ${schema}.at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+       PERFORM set_config('application_name', '${schema}', false); ${body}; RETURN NULL; END $$`,
+  );
+  await sql.unsafe(
+    `CREATE CONSTRAINT TRIGGER at_commit AFTER ${on} ON ${schema}.mcq_messages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ${schema}.at_commit()`,
+  );
+}
+
+/** The role may (not) open new connections; those it has stay. */
+const connections = (sql: SQL, allowed: boolean) => sql.unsafe(`ALTER ROLE ${ROLE} CONNECTION LIMIT ${allowed ? -1 : 0}`);
+
+/** Until the backend named `schema` (the trigger names it) is gone: its COMMIT is over, landed or not. Each check awaited. */
+async function commitOver(sql: SQL, schema: string): Promise<void> {
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; ) {
+    const n = (await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1`, [schema]))[0].n;
+    if (n === 0) return;
+    await Bun.sleep(50);
+  }
+  throw new Error("the COMMIT did not end");
+}
+
+/** Until the server logged `text` (it asks again about once a second). */
+async function logged(server: Running, text: string): Promise<void> {
+  for (const deadline = Date.now() + 15_000; Date.now() < deadline; await Bun.sleep(50)) if (server.stderr().includes(text)) return;
+  throw new Error(`no "${text}" in: ${server.stderr()}`);
+}
+
+/** The SERVER_ERROR of a get whose batch's outcome stayed unknown. */
+const UNKNOWN = /^SERVER_ERROR Postgres: no answer within 5000 ms; whether transaction \d+ committed could not be asked \(.*\): its outcome is unknown\r\n$/;
+
+if (havePostgres("e2e postgres unknown outcome")) {
+  beforeAll(async () => {
+    const sql = new SQL(PG_URL!, { max: 1 });
+    await sql.unsafe(`CREATE ROLE ${ROLE} LOGIN`);
+    await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${ROLE}`);
+    await sql.close();
+  });
+
+  afterAll(async () => {
+    await stopAll();
+    await dropSchemas(schemas);
+    const sql = new SQL(PG_URL!, { max: 1 });
+    await sql.unsafe(`DROP OWNED BY ${ROLE}`).catch(() => {});
+    await sql.unsafe(`DROP ROLE IF EXISTS ${ROLE}`).catch(() => {});
+    await sql.close();
+  });
+
+  describe("a COMMIT whose outcome stays unknown", () => {
+    test("it had committed: once Postgres answers, the message its get took is back at its place, and stats are exact", async () => {
+      const { server, schema, sql, c } = await node();
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+      await connections(sql, false);
+      try {
+        expect(await c.call("get q\r\n", 15_000)).toMatch(UNKNOWN);
+        await commitOver(sql, schema);
+        expect(await rows(sql, schema)).toBe(1); // it landed: m1 is gone
+      } finally {
+        await connections(sql, true);
+      }
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      await logged(server, "had committed: gave back 1 messages taken and 0 opened");
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+      await sql.close();
+    }, 40_000);
+
+    test("it had been rolled back: nothing is given back, the message is there once", async () => {
+      const { server, schema, sql, c } = await node();
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, "PERFORM pg_sleep(7); RAISE EXCEPTION 'mcq test: this COMMIT fails'");
+      await connections(sql, false);
+      try {
+        expect(await c.call("get q\r\n", 15_000)).toMatch(UNKNOWN);
+        await commitOver(sql, schema);
+        expect(await rows(sql, schema)).toBe(2);
+      } finally {
+        await connections(sql, true);
+      }
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      await logged(server, "had been rolled back: its messages never left their queues");
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+      await sql.close();
+    }, 40_000);
+
+    test("an /open that had committed: its lease ends once Postgres answers, and the message is in its queue again", async () => {
+      const { server, schema, sql, c } = await node();
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, "PERFORM pg_sleep(7)", "UPDATE");
+      await connections(sql, false);
+      try {
+        expect(await c.call("get q/open\r\n", 15_000)).toMatch(UNKNOWN);
+        await commitOver(sql, schema);
+        expect(Number((await sql.unsafe(`SELECT count(owner)::int AS n FROM ${schema}.mcq_messages`))[0].n)).toBe(1); // it landed: m1 is leased
+      } finally {
+        await connections(sql, true);
+      }
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      await logged(server, "had committed: gave back 0 messages taken and 1 opened");
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue q\r\n")).toContain("STAT open 0\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+      await sql.close();
+    }, 40_000);
+
+    /**
+     * A get's batch of unknown outcome (landed, or rolled back by `body` raising), then the node is
+     * killed before it could ask again; `server`, if given, rewrites the server identity kept in its
+     * data directory (as after a failover to a promoted standby: a new timeline). Started again on
+     * that directory, once Postgres lets it in: the log line `says`, then the queue and its counters.
+     */
+    async function killedThenStarted(body: string, landed: boolean, says: string, server?: (id: string) => string): Promise<{ again: Running; home: string; kept: string }> {
+      const home = join(tempDir(), "data");
+      const first = await node(home);
+      const { schema, sql, c } = first;
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, body);
+      await connections(sql, false);
+      try {
+        expect(await c.call("get q\r\n", 15_000)).toMatch(UNKNOWN);
+        c.close();
+        await first.server.kill("SIGKILL");
+        await commitOver(sql, schema);
+        expect(await rows(sql, schema)).toBe(landed ? 1 : 2);
+      } finally {
+        await connections(sql, true);
+      }
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      if (server !== undefined) {
+        const file = join(home, "postgres-unresolved.json");
+        const kept = JSON.parse(readFileSync(file, "utf8")) as { server: string }[];
+        expect(kept.length).toBe(1);
+        kept[0]!.server = server(kept[0]!.server);
+        writeFileSync(file, JSON.stringify(kept));
+      }
+      const kept = readFileSync(join(home, "postgres-unresolved.json"), "utf8");
+      const again = await startServer(["--store", storeUrl(schema)], home);
+      await logged(again, says);
+      const c2 = await again.connect();
+      expect(await c2.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c2.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      expect(existsSync(join(home, "postgres-unresolved.json"))).toBe(false); // settled: nothing left to ask
+      c2.close();
+      await sql.close();
+      return { again, home, kept };
+    }
+
+    test("the node is killed before it could ask again: started again on its data directory, it asks and gives back", async () => {
+      const { again, home, kept } = await killedThenStarted("PERFORM pg_sleep(7)", true, "had committed: gave back 1 messages taken and 0 opened");
+      // Killed again as if right after the give-back committed, before it forgot the batch: mcq_settled has it.
+      await again.kill("SIGKILL");
+      writeFileSync(join(home, "postgres-unresolved.json"), kept);
+      const third = await startServer(again.args.slice(again.args.indexOf("--store")), home);
+      await logged(third, "had committed: given back already");
+      const c = await third.connect();
+      expect(await c.call("get q\r\n")).toBe("END\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+    }, 50_000);
+
+    // After a failover the xid may name another transaction: not asked about; the rows decide.
+    const timeline2 = (id: string) => id.replace(/\/\w+$/, "/00000002");
+
+    test("its server's timeline changed meanwhile (a failover): the xid is not trusted, the taken row absent from the table is given back", async () => {
+      await killedThenStarted("PERFORM pg_sleep(7)", true, "cannot be asked about on this server (another server or timeline): gave back 1 messages taken and 0 opened", timeline2);
+    }, 40_000);
+
+    test("its server's timeline changed and it had been rolled back: the row is still there, nothing is given back (no duplicate)", async () => {
+      await killedThenStarted(
+        "PERFORM pg_sleep(7); RAISE EXCEPTION 'mcq test: this COMMIT fails'", false,
+        "cannot be asked about on this server (another server or timeline): gave back 0 messages taken and 0 opened", timeline2,
+      );
+    }, 40_000);
+  });
+}
