@@ -167,6 +167,9 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   // After housekeeping: it chains onto the turn's afterCommit, which housekeeping sets.
   const snapshotSocket = store.snapshots === undefined ? null : startSnapshotSocket(config.home, store.snapshots, turns, log);
 
+  /** How long a stop waits for batches in flight: its own flush, or the store's bound if longer. */
+  const flushMs = Math.max(STOP_FLUSH_MS, store.commitBoundMs ?? 0);
+
   async function stop(): Promise<void> {
     if (ctx.stopping) return;
     ctx.stopping = true;
@@ -180,10 +183,13 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     // it is answered too (seen under load: a set whose body was still arriving behind a waiting
     // get). The loop looks at the sockets at least once, for bytes that had already arrived.
     const answered = (conn: Conn) => turns.idle(conn) && (conn.framer.pending() === 0 || conn.state === "closing");
-    const deadline = performance.now() + STOP_FLUSH_MS;
+    // While a batch is in flight, up to the store's own bound (a COMMIT with no answer is looked
+    // up past its timeout): its replies are waited for, not cut by closing their connections.
+    const start = performance.now();
     for (let looked = false; ; looked = true) {
       turns.turnNow();
-      if ((looked && [...conns].every(answered)) || performance.now() > deadline) break;
+      const waited = performance.now() - start;
+      if ((looked && [...conns].every(answered)) || waited > flushMs || (waited > STOP_FLUSH_MS && ctx.batch.inFlight() === 0)) break;
       await Bun.sleep(1);
     }
     // Open messages (and any reply that could not be sent) go back to their queues (settle).
@@ -192,7 +198,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
       conn.socket.end();
     }
     await settle();
-    if (ctx.batch.inFlight() > 0) log.error("stopping with a batch still committing after 5 s: the store closes under it");
+    if (ctx.batch.inFlight() > 0) log.error(`stopping with a batch still committing after ${flushMs} ms: the store closes under it`);
     if (retries.length > 0) {
       log.error(`stopping with ${retries.length} give-backs not done (the store kept failing): open messages ` +
         "return at the next start; a message whose reply was never sent stays consumed");
@@ -205,10 +211,10 @@ export function startServer(config: Config, deps: ServerDeps): Server {
    * connection was dropped gives its message back (give-back.ts) in a batch committed here, not
    * into a closed store (the message would stay consumed, unanswered). Give-backs a failed batch
    * left to redo are tried again, a few times. Each batch ends within the store's own timeout; this
-   * waits at most STOP_FLUSH_MS more.
+   * waits at most that long more (flushMs).
    */
   async function settle(): Promise<void> {
-    const deadline = performance.now() + STOP_FLUSH_MS;
+    const deadline = performance.now() + flushMs;
     for (let tries = 0; ; ) {
       if (ctx.batch.inFlight() === 0 && !store.dirty() && retries.length > 0 && tries < 3) {
         tries++;

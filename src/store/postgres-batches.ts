@@ -80,7 +80,7 @@ export function createBatches(d: BatchDeps) {
     broken.catch(() => {});
     const tx: Tx = {
       ops: [], layers: [], takesBy: new Map(), counted: new Map(), failed: null, sentOn: null, undone: false, wake: new Set(), dropped: new Set(), deltas: new Map(),
-      timer: null, refreshers: [], heldUndo: [], broken, breakNow, xact: null, resolution: null,
+      timer: null, refreshers: [], heldUndo: [], broken, breakNow, xact: null, resolution: null, pid: null, wroteNothing: false,
       server: null, taken: [], leased: [], unanswered: 0,
     };
     recent.push(tx);
@@ -132,12 +132,14 @@ export function createBatches(d: BatchDeps) {
       chainOn = c;
       lastBatch = String(batchNo);
     }
-    parts.push(st.xact(c).then((x) => void (tx.xact = x)));
+    parts.push(st.pid(c).then((pid) => void (tx.pid = pid)));
     parts.push(d.send(tx, c));
     // Sent before any take has answered: what a take changes, its statement counts itself.
     const deltas = uncounted(tx);
     if (deltas.size > 0) parts.push(st.count(c, d.node, deltas));
     if (tx.wake.size > 0) parts.push(st.notify(c, d.channel, [...tx.wake]));
+    // Last before COMMIT, so that a batch that wrote nothing is known as such (postgres-sql.ts xact).
+    parts.push(st.xact(c).then(({ xid, pid }) => void (xid === null ? (tx.wroteNothing = true) : (tx.xact = { xid, pid }))));
     const commit = c`COMMIT`.execute();
     commit.then(() => answered.add(tx), () => {}); // awaited below, unless an earlier statement failed first
     // Counters read right after this COMMIT, before the next batch, include it and none after.
@@ -166,13 +168,17 @@ export function createBatches(d: BatchDeps) {
    * failed, and its outcome comes through sendTx, whose COMMIT then fails as its backend is ended.
    */
   function startTimer(tx: Tx): void {
-    tx.timer = setTimeout(() => {
+    // Decided one I/O turn after it fires: answers that came meanwhile are read first. mcq paused
+    // past the timeout (SIGSTOP, a stalled VM) finds its timers due and its answers unread at once;
+    // a COMMIT that answered is not looked up, nor its batch failed while its replies go out.
+    tx.timer = setTimeout(() => setTimeout(() => {
+      if (answered.has(tx)) return; // sendTx finishes it
       const late = new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`);
-      if (tx.sentOn === null || tx.xact === null) {
+      if (tx.sentOn === null || (tx.xact === null && !tx.wroteNothing)) {
         failTx(tx, late);
         d.replaceConnection(tx.sentOn);
-      } else settleUnknown(tx, late).catch((e) => failTx(tx, e));
-    }, d.timeoutMs);
+      } else settleUnknown(tx, late).catch((e) => answered.has(tx) || failTx(tx, e));
+    }, 1), d.timeoutMs);
   }
 
   /** Resolves the batch's COMMIT once, whichever of its timeout and its COMMIT's failure comes first. */
@@ -189,8 +195,9 @@ export function createBatches(d: BatchDeps) {
    * a message saying that its outcome is unknown (see docs/design.md "A COMMIT with no answer").
    */
   async function resolveCommit(tx: Tx, cause: string): Promise<void> {
+    if (tx.wroteNothing) return void (answered.has(tx) || d.replaceConnection(tx.sentOn)); // no outcome loses anything
     const x = tx.xact;
-    // No take answered either (answers come in order): what they took is not known. See docs/design.md.
+    // Its takes may have answered (the xid is asked last): with no xid to ask about, they are not kept. See docs/design.md.
     if (x === null) throw new StoreError(`${cause}; the transaction's id never came back: its outcome is unknown`);
     const side = d.side();
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -199,7 +206,9 @@ export function createBatches(d: BatchDeps) {
     });
     let status: string | null;
     try {
-      status = await Promise.race([st.resolve(side, x.xid, x.pid, d.timeoutMs), late]);
+      // Half the budget to end its backend: one that does not go in time is answered "in progress"
+      // before `late` fires, not mistaken for a Postgres that cannot be asked.
+      status = await Promise.race([st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2)), late]);
     } catch (e) {
       const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);

@@ -63,6 +63,10 @@ export interface Tx extends Changes {
   heldUndo: (() => void)[];
   /** Its transaction id and backend, once Postgres answered them (postgres-sql.ts xact). */
   xact: { xid: string; pid: number } | null;
+  /** Its backend, answered early in the batch (postgres-sql.ts pid): known even if its xid never comes. */
+  pid: number | null;
+  /** Postgres answered that it has no transaction id: it wrote nothing, whatever its COMMIT did. */
+  wroteNothing: boolean;
   /** Finding out whether its COMMIT landed, when its answer did not come (postgres-batches.ts). */
   resolution: Promise<void> | null;
   /** The server it was sent to (postgres-sql.ts identity), for when its outcome stays unknown. */

@@ -253,12 +253,16 @@ export function statements(schema: string) {
            ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
         [batch, previous],
       ).execute(),
+    /** Early in every batch: its backend (assigns no transaction id). */
+    pid: async (sql: SQL) => ((await sql`SELECT pg_backend_pid() AS pid`.execute()) as { pid: number }[])[0]!.pid,
     /**
-     * The second statement of every batch: its transaction id and its backend, answered before
-     * the COMMIT runs, so that a COMMIT whose answer never came can be resolved (resolve below).
+     * The last statement before every batch's COMMIT: its transaction id and its backend, answered
+     * before the COMMIT runs, so that a COMMIT whose answer never came can be resolved (resolve
+     * below). Asked last, and only if assigned: pg_current_xact_id() would give a read-only batch
+     * (an empty get, a peek) an id and a commit record to flush. xid null: it wrote nothing.
      */
     xact: async (sql: SQL) =>
-      ((await sql`SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid`.execute()) as { xid: string; pid: number }[])[0]!,
+      ((await sql`SELECT pg_current_xact_id_if_assigned()::text AS xid, pg_backend_pid() AS pid`.execute()) as { xid: string | null; pid: number }[])[0]!,
     /**
      * What became of transaction `xid` of backend `pid`, asked on another connection: the backend
      * is ended first if it is still in that transaction (a COMMIT held up by a deferred trigger, a

@@ -307,6 +307,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
 
     commit: () => batches.commit(),
+    // Its timeout, then a COMMIT with no answer looked up (resolveCommit, bounded by the timeout
+    // again), with room for a connection's own timeout (3 s) in between.
+    commitBoundMs: 2 * options.timeoutMs + 3000,
     rollback: () => batches.rollback(),
     dirty: () => batches.dirty(),
     writable: () => !batches.failing() && !closed,

@@ -192,6 +192,11 @@ export interface QueueStore {
    * until one lands, gathering every request that arrives meanwhile.
    */
   maxInFlight?: number;
+  /**
+   * The longest one of its batches can stay in flight, ms, if more than a stop's own flush (5 s):
+   * a stop waits that long for a batch's replies before it closes their connections.
+   */
+  commitBoundMs?: number;
   /** A small step of housekeeping (give disk space back, checkpoint). Call when idle. */
   maintain(): void;
   /** Closes the store; a networked store resolves once its last batch has committed. */

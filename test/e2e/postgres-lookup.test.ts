@@ -1,0 +1,178 @@
+/**
+ * What the COMMIT-outcome lookup (postgres-batches.ts resolveCommit, tracker issue 10) must not
+ * cost or break: a batch that wrote nothing assigns no transaction id (a poller's empty gets
+ * would burn one each, and flush a commit record); a batch whose COMMIT answered while mcq was
+ * paused past the store's timeout is neither looked up nor failed.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { SQL } from "bun";
+import { join } from "node:path";
+import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
+import { set, startServer, stopAll, tempDir, value } from "./harness";
+
+const schemas: string[] = [];
+const roles: string[] = [];
+
+/** The cluster's next transaction id, read without assigning one. */
+const nextXid = async (sql: SQL) => BigInt((await sql.unsafe("SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS x"))[0].x);
+
+/** The pid of the backend waiting on `event` whose application_name is `app`, once there is one (each check awaited). */
+async function waiting(sql: SQL, event: string, app: string): Promise<number> {
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
+    const found = await sql.unsafe(`SELECT pid FROM pg_stat_activity WHERE wait_event = $1 AND application_name = $2`, [event, app]);
+    if (found.length > 0) return Number(found[0].pid);
+  }
+  throw new Error(`no backend waited on ${event}`);
+}
+
+if (havePostgres("e2e postgres commit lookup")) {
+  const sql = new SQL(PG_URL!, { max: 1 });
+  await sql.unsafe("SET synchronous_commit = local"); // the test's own commits do not wait for a standby
+
+  /** Commits wait for a synchronous standby that never comes (all but those of synchronous_commit = local). */
+  const standbyNeverAnswers = async (on: boolean) => {
+    await sql.unsafe(on ? "ALTER SYSTEM SET synchronous_standby_names = 'mcq_no_such_standby'" : "ALTER SYSTEM RESET synchronous_standby_names");
+    await sql.unsafe("SELECT pg_reload_conf()");
+    // The reload is signalled to every backend at once, after pg_reload_conf() returns: once this
+    // one has it, mcq's has it too, and applies it before its next batch's COMMIT.
+    const want = on ? "mcq_no_such_standby" : "";
+    while ((await sql.unsafe("SHOW synchronous_standby_names"))[0].synchronous_standby_names !== want);
+  };
+
+  afterAll(async () => {
+    await standbyNeverAnswers(false).catch(() => {});
+    await stopAll();
+    await dropSchemas(schemas);
+    for (const r of roles) await sql.unsafe(`DROP OWNED BY ${r}; DROP ROLE ${r}`).catch(() => {});
+    await sql.close();
+  });
+
+  describe("the COMMIT-outcome lookup", () => {
+    test("empty-queue gets and peeks assign no transaction id: 150 such batches move the xid counter by a heartbeat or two, not 150", async () => {
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      expect(await c.call("get q\r\n")).toBe(value("q", "m1") + "END\r\n");
+      expect(await c.call(set("p", "m2"))).toBe("STORED\r\n");
+      const before = await nextXid(sql);
+      for (let i = 0; i < 150; i++) expect(await c.call("get q\r\nget p/peek\r\n")).toBe("END\r\n" + value("p/peek", "m2") + "END\r\n");
+      const used = Number((await nextXid(sql)) - before);
+      // Before: 150 (one per batch: pg_current_xact_id() right after BEGIN). Now: a heartbeat now and then.
+      expect(used).toBeLessThan(10);
+      // A batch that writes still has its id, and commits.
+      expect(await c.call("get p\r\nget p\r\n")).toBe(value("p", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT p 1/1\r\nSTAT q 1/1\r\nEND\r\n");
+      c.close();
+    }, 30_000);
+
+    test("mcq paused past the timeout while its COMMIT answers, lookups impossible: the get's VALUE stands, nothing failed or undone", async () => {
+      const schema = freshSchema("lookup");
+      const role = `${schema}_r`;
+      schemas.push(schema);
+      roles.push(role);
+      // Its own role, so that a connection limit can make the lookup's connection fail (superusers have none).
+      await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
+      await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${role}`);
+      await sql.unsafe(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
+      const url = new URL(pgStoreUrl(schema));
+      url.username = role;
+      url.password = "";
+      const server = await startServer(["--store", url.toString()], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m0") + set("q", "m1") + set("q", "m2"))).toBe("STORED\r\n".repeat(3));
+      // Every statement of a get prepared: the paused one is sent whole, none waits for an answer to be sent.
+      expect(await c.call("get q\r\n")).toBe(value("q", "m0") + "END\r\n");
+      const conns = Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1`, [role]))[0].n);
+      await sql.unsafe(`ALTER ROLE ${role} CONNECTION LIMIT ${conns}`); // its connections stay; a new one is refused
+      // The get's batch waits on a lock in Postgres, so that mcq can be paused before any of its answers comes.
+      const holder = new SQL(PG_URL!, { max: 1 });
+      await holder.unsafe("BEGIN");
+      await holder.unsafe(`LOCK TABLE ${schema}.mcq_messages IN ACCESS EXCLUSIVE MODE`);
+      const sent = performance.now();
+      const reply = c.call("get q\r\n", 20_000);
+      while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'`, [role])).length === 0);
+      server.proc.kill("SIGSTOP");
+      try {
+        await holder.unsafe("COMMIT");
+        // Its batch commits while mcq is paused: every answer waits in mcq's socket.
+        while (Number((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n) !== 1);
+        // The pause itself (a GC pause, a stalled VM): past the store's 5 s timeout.
+        await Bun.sleep(Math.max(0, sent + 6000 - performance.now()));
+      } finally {
+        server.proc.kill("SIGCONT");
+        await holder.close();
+      }
+      expect(await reply).toBe(value("q", "m1") + "END\r\n");
+      await sql.unsafe(`ALTER ROLE ${role} CONNECTION LIMIT -1`);
+      // No lookup was started (none could have answered): the COMMIT had answered.
+      expect(server.stderr()).not.toContain("outcome is unknown");
+      expect(server.stderr()).not.toContain("had committed");
+      expect(await c.call("get q\r\nget q\r\n")).toBe(value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 3/3\r\nEND\r\n");
+      c.close();
+      await server.kill("SIGTERM");
+    }, 30_000);
+
+    test("SIGTERM while a get's COMMIT is held past the timeout and looked up: the get gets exactly one reply before its connection closes, the stop is bounded", async () => {
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      await standbyNeverAnswers(true);
+      let got: string;
+      let code: number;
+      let took: number;
+      try {
+        c.write("get q\r\n");
+        // Its COMMIT is written locally and waits for the standby: the store's timeout (5 s), then
+        // the lookup ends that backend and finds it committed. The stop must wait for that much.
+        while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep'`)).length === 0);
+        const at = performance.now();
+        const exited = server.kill("SIGTERM");
+        got = await c.closedBy(30_000);
+        code = await exited;
+        took = performance.now() - at;
+      } finally {
+        await standbyNeverAnswers(false);
+      }
+      // Before: the stop closed the connection after 5 s with nothing sent (the lookup still running).
+      expect(got).toBe(value("q", "m1") + "END\r\n");
+      expect(Number((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n)).toBe(0);
+      // Not a clean stop: leaving (a commit) waits for the standby too, past the timeout.
+      expect(code).toBe(1);
+      expect(took).toBeLessThan(2 * (2 * 5000 + 3000)); // the stop's wait for the batch, then the store's close
+      expect(server.stderr()).toContain("had committed: the batch stands");
+    }, 40_000);
+
+    test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      await standbyNeverAnswers(true);
+      let backend = 0;
+      let reply: string;
+      try {
+        const pending = c.call("get q\r\n", 20_000);
+        while (backend === 0) {
+          const found = await sql.unsafe(`SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
+          if (found.length > 0) backend = Number(found[0].pid);
+        }
+        // A backend that does not go when told to (stopped here; stuck in I/O elsewhere): the
+        // lookup's terminate waits half the timeout for it, then pg_xact_status says "in progress".
+        process.kill(backend, "SIGSTOP");
+        reply = await pending;
+      } finally {
+        if (backend !== 0) process.kill(backend, "SIGCONT");
+        await standbyNeverAnswers(false);
+      }
+      // Before: the terminate waited the whole timeout, and the lookup's own timeout fired first.
+      expect(reply).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; transaction \d+ could not be ended: its outcome is unknown\r\n$/);
+      c.close();
+    }, 30_000);
+  });
+}
