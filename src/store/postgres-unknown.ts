@@ -103,11 +103,17 @@ export function createUnknown(d: UnknownDeps) {
   function ask(): Promise<void> {
     if (list.length === 0 || asking !== null) return asking ?? Promise.resolve();
     const side = d.side();
+    // A run cut off by the timeout may still be waiting (a give-back's refresh) when the next run
+    // starts: once stopped it touches the list no more, or both would settle the same entry.
+    const run = { stopped: false };
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, fail) => {
-      timer = setTimeout(() => fail(new Error(`no answer within ${d.timeoutMs} ms`)), d.timeoutMs);
+      timer = setTimeout(() => {
+        run.stopped = true;
+        fail(new Error(`no answer within ${d.timeoutMs} ms`));
+      }, d.timeoutMs);
     });
-    asking = Promise.race([askAll(side), late])
+    asking = Promise.race([askAll(side, run), late])
       .then(
         () => void (quiet = false),
         (e) => {
@@ -123,14 +129,18 @@ export function createUnknown(d: UnknownDeps) {
     return asking;
   }
 
-  async function askAll(side: SQL): Promise<void> {
+  async function askAll(side: SQL, run: { stopped: boolean }): Promise<void> {
     const here = await d.st.identity(side);
     for (const u of [...list]) {
+      if (run.stopped) return;
       const landed = await outcome(side, here, u);
-      if (landed === null) continue; // still in progress: asked again later
+      if (landed === null || run.stopped) continue; // still in progress (asked again later), or cut off
       if (landed === "committed" || landed === "by rows") await giveBack(side, u, landed);
       else d.log("info", `Postgres: transaction ${u.xid} had been rolled back: its messages never left their queues`);
-      list.splice(list.indexOf(u), 1);
+      if (run.stopped) return; // a later run settles it again ("given back already": recorded as settled)
+      const i = list.indexOf(u);
+      if (i < 0) continue; // settled meanwhile by another run
+      list.splice(i, 1);
       save();
     }
   }

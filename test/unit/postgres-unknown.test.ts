@@ -1,0 +1,73 @@
+/**
+ * The list of batches of unknown outcome (src/store/postgres-unknown.ts) with a fake store: the
+ * order of events between overlapping asks is set by the test, not by timing.
+ */
+import { expect, test } from "bun:test";
+import { createUnknown, type UnknownDeps } from "../../src/store/postgres-unknown";
+
+/** A batch kept after its COMMIT got no answer: one message taken. */
+const tx = (xid: string) =>
+  ({
+    xact: { xid, pid: 1 },
+    server: "srv",
+    taken: [{ id: Number(xid), queue: "q", flags: 0, created: 1, expires: 0, deliveries: 0, body: new Uint8Array(1) }],
+    leased: [],
+    unanswered: 0,
+  }) as never;
+
+function fakeDeps(over: Partial<UnknownDeps>, logs: string[]): UnknownDeps {
+  const settled = new Set<string>();
+  const st = {
+    identity: async () => "srv",
+    // 200: its backend not ended yet, so it stays in progress
+    resolve: async (_s: unknown, xid: string) => (xid === "200" ? "in progress" : "committed"),
+    giveBack: async (_s: unknown, key: string) => {
+      const first = !settled.has(key);
+      settled.add(key);
+      return { settled: first ? 1 : 0, back: first ? 1 : 0, released: 0, queues: first ? ["q"] : null };
+    },
+  };
+  return {
+    st: st as never,
+    node: 1,
+    timeoutMs: 20,
+    side: () => ({ close: async () => {} }) as never,
+    holds: () => false,
+    gaveBack: async () => {},
+    reason: (e) => ({ message: (e as Error).message }) as never,
+    log: (l, m) => void logs.push(`${l} ${m}`),
+    home: null,
+    store: "S",
+    ...over,
+  };
+}
+
+test("an ask cut off by its timeout touches the list no more when it resumes (review 6 F3)", async () => {
+  const logs: string[] = [];
+  let release = () => {};
+  const held = new Promise<void>((r) => (release = r));
+  let first = true;
+  // The first give-back's refresh hangs (a slow main connection) past the timeout.
+  const gaveBack = async () => {
+    if (first) {
+      first = false;
+      await held;
+    }
+  };
+  const u = createUnknown(fakeDeps({ gaveBack }, logs));
+  u.keep(tx("100"));
+  u.keep(tx("200"));
+  await u.ask(); // #1: gives 100 back, hangs in its refresh, cut off after 20 ms
+  expect(logs.at(-1)).toBe("warn Postgres: asking about 2 batches of unknown outcome: no answer within 20 ms; asking again later");
+  await u.ask(); // #2: 100 was given back already; 200 still in progress
+  expect(u.pending()).toBe(1);
+  release(); // #1 resumes
+  await new Promise((r) => setTimeout(r, 0));
+  expect(u.pending()).toBe(1); // 200 is still kept (it was dropped by splice(-1, 1))
+  expect(logs.filter((l) => l.includes("transaction 100"))).toEqual([
+    // #2's log comes first: #1's comes after its refresh
+    "warn Postgres: transaction 100 (1 messages taken, 0 opened) is asked about again once Postgres answers",
+    "info Postgres: transaction 100 had committed: given back already",
+    "warn Postgres: transaction 100 had committed: gave back 1 messages taken and 0 opened",
+  ]);
+});
