@@ -154,7 +154,7 @@ export function createUnknown(d: UnknownDeps) {
    */
   async function outcome(side: SQL, here: string | null, u: Unresolved): Promise<"committed" | "aborted" | "by rows" | null> {
     if (here === null || u.server !== here) return "by rows";
-    const status = await d.st.resolve(side, u.xid, u.pid, d.timeoutMs);
+    const status = await d.st.resolve(side, u.xid, u.pid, d.timeoutMs, here);
     if (status === "in progress") return null;
     return status === "committed" ? "committed" : status === "aborted" ? "aborted" : "by rows";
   }

@@ -3,7 +3,10 @@
  * order of events between overlapping asks is set by the test, not by timing.
  */
 import { expect, test } from "bun:test";
+import { SQL } from "bun";
 import { createUnknown, type UnknownDeps } from "../../src/store/postgres-unknown";
+import { statements } from "../../src/store/postgres-sql";
+import { havePostgres, PG_URL } from "../pg";
 
 /** A batch kept after its COMMIT got no answer: one message taken. */
 const tx = (xid: string) =>
@@ -71,3 +74,19 @@ test("an ask cut off by its timeout touches the list no more when it resumes (re
     "warn Postgres: transaction 100 had committed: gave back 1 messages taken and 0 opened",
   ]);
 });
+
+if (havePostgres("unit postgres identity")) {
+  test("a server's identity names its system, its timeline and its start (the checkpointer's, which a crash reinitialization renews) (review 6 F7)", async () => {
+    const sql = new SQL(PG_URL!, { max: 1 });
+    try {
+      const id = await statements("public").identity(sql);
+      const [row] = await sql.unsafe(
+        `SELECT (SELECT system_identifier::text FROM pg_control_system()) AS system,
+                (SELECT (extract(epoch FROM backend_start) * 1000000)::int8::text FROM pg_stat_activity WHERE backend_type = 'checkpointer') AS start`,
+      );
+      expect(id).toBe(`${row.system}/00000001/${row.start}`);
+    } finally {
+      await sql.close();
+    }
+  });
+}
