@@ -104,6 +104,10 @@ export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
+  /** Records that `queues` (all: '') were flushed or deleted: no give-back brings back a message of before. */
+  const mark = (queues: string) =>
+    `INSERT INTO ${schema}.mcq_flushed (queue, upto) SELECT q, (SELECT last_value FROM ${schema}.mcq_messages_id_seq) FROM unnest(${queues}) AS q
+     ON CONFLICT (queue) DO UPDATE SET upto = excluded.upto`;
   // Time is Postgres's, never a node's clock across nodes. A set's expiry is sent as
   // its node's time to live (expires - created) and stored on Postgres's clock; takes and sweeps
   // compare with Postgres's clock too, so a node whose clock is off neither keeps messages alive
@@ -229,14 +233,15 @@ export function statements(schema: string) {
     flush: async (sql: SQL, queues: string[] | null) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
-           RETURNING queue, length(body) AS len, owner) ${removed("d")}`,
-        queues === null ? [] : [queues],
+           RETURNING queue, length(body) AS len, owner), f AS (${mark("$1::text[]")}) ${removed("d")}`,
+        [queues ?? [""]],
       ).execute()) as Removed[],
     /** Deletes queues, their messages and every node's counters; returns the queues that existed. */
     drop: async (sql: SQL, queues: string[]) =>
       (
         (await sql.unsafe(
-          `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue)
+          `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), f AS (${mark("$1::text[]")}),
+             c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue)
            SELECT DISTINCT queue FROM c`,
           [queues],
         ).execute()) as { queue: string }[]
@@ -319,8 +324,14 @@ export function statements(schema: string) {
         `WITH old AS (DELETE FROM ${schema}.mcq_settled WHERE at < now() - interval '7 days'),
            s AS (INSERT INTO ${schema}.mcq_settled (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING key),
            r AS (INSERT INTO ${M} (id, queue, flags, created, expires, deliveries, body)
-             SELECT t.* FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int[], $8::bytea[]) AS t
-             WHERE EXISTS (SELECT 1 FROM s) ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
+             SELECT t.* FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int[], $8::bytea[])
+               AS t (id, queue, flags, created, expires, deliveries, body)
+             WHERE EXISTS (SELECT 1 FROM s)
+               -- not into a queue deleted since (no counter rows left: an older node's delete leaves no mark)
+               AND EXISTS (SELECT 1 FROM ${C} k WHERE k.queue = t.queue)
+               -- nor from before a flush or delete of its queue, or of all
+               AND t.id > ALL (SELECT upto FROM ${schema}.mcq_flushed f WHERE f.queue IN (t.queue, ''))
+             ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
            u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($9::int8[]) AND owner = $10 AND EXISTS (SELECT 1 FROM s) RETURNING queue),
            c AS (${upsert("$11::int", perRows([
              { from: "r", queue: "queue", c: { items: "1", bytes: "len", fetched: "-1" } },

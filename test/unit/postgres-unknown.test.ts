@@ -8,8 +8,9 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createUnknown, type UnknownDeps } from "../../src/store/postgres-unknown";
-import { statements } from "../../src/store/postgres-sql";
-import { havePostgres, PG_URL } from "../pg";
+import { migrate } from "../../src/store/postgres-schema";
+import { statements, type Row } from "../../src/store/postgres-sql";
+import { freshSchema, havePostgres, PG_URL } from "../pg";
 
 /** A batch kept after its COMMIT got no answer: one message taken. */
 const tx = (xid: string) =>
@@ -126,3 +127,43 @@ test("keeping a batch of 8 MiB of bodies takes well under a second, and the file
   expect((JSON.parse(readFileSync(file, "utf8")) as { xid: string }[]).map((e) => e.xid)).toEqual(["300"]);
   rmSync(home, { recursive: true });
 });
+
+if (havePostgres("unit postgres give-back")) {
+  test("a give-back brings back nothing into a queue deleted or flushed since, nor from before a flush_all; a message after the flush comes back (review 6 F2)", async () => {
+    const schema = freshSchema("giveback");
+    const sql = new SQL(PG_URL!, { max: 1 });
+    try {
+      await migrate(sql, schema);
+      const st = statements(schema);
+      /** A message set then taken by a batch whose outcome stayed unknown: its row, gone from the table. */
+      const taken = async (queue: string): Promise<Required<Row>> => {
+        const [r] = await sql.unsafe(
+          `INSERT INTO ${schema}.mcq_messages (queue, flags, created, expires, body) VALUES ($1, 0, 1, 0, $2) RETURNING id::float8 AS id, queue, flags::float8 AS flags, created::float8 AS created, expires::float8 AS expires, deliveries, body`,
+          [queue, Buffer.from(queue)],
+        );
+        await sql.unsafe(`INSERT INTO ${schema}.mcq_counters (queue, node, total, fetched) VALUES ($1, 1, 1, 1) ON CONFLICT DO NOTHING`, [queue]);
+        await sql.unsafe(`DELETE FROM ${schema}.mcq_messages WHERE id = $1`, [r.id]);
+        return r as Required<Row>;
+      };
+      const back = async (key: string, rows: Required<Row>[]) => (await st.giveBack(sql, key, 1, 1, rows, [])).back;
+      const there = async () => (await sql.unsafe(`SELECT queue FROM ${schema}.mcq_messages ORDER BY id`)).map((r: { queue: string }) => r.queue);
+
+      const [a, b, c] = [await taken("a"), await taken("b"), await taken("c")];
+      expect(await st.drop(sql, ["a"])).toEqual(["a"]); // delete a
+      await st.flush(sql, ["b"]); // flush b
+      expect(await back("s/1", [a, b, c])).toBe(1); // only c
+      expect(await there()).toEqual(["c"]);
+      expect((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_counters WHERE queue = 'a'`))[0].n).toBe(0); // a stays deleted
+
+      const [d, e] = [await taken("d"), await taken("b")]; // e: set into b after its flush
+      await st.flush(sql, null); // flush_all
+      const f = await taken("d"); // after it
+      expect(await back("s/2", [d, e, f])).toBe(1);
+      expect(await there()).toEqual(["d"]);
+      expect((await sql.unsafe(`SELECT id::float8 AS id FROM ${schema}.mcq_messages`))[0].id).toBe(f.id);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => {});
+      await sql.close();
+    }
+  });
+}
