@@ -83,16 +83,32 @@ export function createUnknown(d: UnknownDeps) {
   /** What a node killed on this directory left unresolved (its bodies as base64). */
   function load(): Unresolved[] {
     if (file === null) return [];
+    let text: string;
     try {
-      let kept = JSON.parse(readFileSync(file, "utf8")) as Unresolved[];
+      text = readFileSync(file, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return []; // none: the usual case
+      d.log("warn", `Postgres: cannot read ${file}: ${(e as Error).message}; the batches it names are not asked about`);
+      return [];
+    }
+    try {
+      let kept = JSON.parse(text) as Unresolved[];
       for (const u of kept) for (const r of u.taken) r.body = Buffer.from(r.body as unknown as string, "base64");
       others = kept.filter((u) => u.store !== d.store);
       if (others.length > 0) d.log("warn", `Postgres: ${file} names ${others.length} batches of unknown outcome of another store (${others[0]!.store}): left as they are`);
       kept = kept.filter((u) => u.store === d.store);
       if (kept.length > 0) d.log("warn", `Postgres: ${kept.length} batches of this directory's previous node have an unknown outcome: asking again`);
       return kept;
-    } catch {
-      return []; // none (the usual case), or unreadable: nothing can be done about it
+    } catch (e) {
+      // Not overwritten by the next keep: moved aside for an operator to read (docs/design.md).
+      const aside = `${file}.corrupt-${Date.now()}`;
+      d.log("warn", `Postgres: ${file} is corrupt (${(e as Error).message}): moved to ${aside}; the batches it names are not asked about`);
+      try {
+        renameSync(file, aside);
+      } catch (e2) {
+        d.log("warn", `Postgres: cannot move ${file} aside: ${(e2 as Error).message}`);
+      }
+      return [];
     }
   }
 

@@ -4,7 +4,7 @@
  */
 import { expect, test } from "bun:test";
 import { SQL } from "bun";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createUnknown, type UnknownDeps } from "../../src/store/postgres-unknown";
@@ -167,3 +167,20 @@ if (havePostgres("unit postgres give-back")) {
     }
   });
 }
+
+test("a corrupt list file is said and moved aside, not dropped silently nor overwritten (review 6 F6)", () => {
+  const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
+  const file = join(home, "postgres-unresolved.json");
+  writeFileSync(file, '[{"xid": "12", "taken": [');
+  const logs: string[] = [];
+  const u = createUnknown(fakeDeps({ home }, logs));
+  expect(u.pending()).toBe(0);
+  const aside = readdirSync(home).filter((f) => f.startsWith("postgres-unresolved.json.corrupt-"));
+  expect(aside.length).toBe(1);
+  expect(readFileSync(join(home, aside[0]!), "utf8")).toBe('[{"xid": "12", "taken": [');
+  expect(logs.length).toBe(1);
+  expect(logs[0]).toStartWith(`warn Postgres: ${file} is corrupt (`);
+  expect(logs[0]).toEndWith(`): moved to ${join(home, aside[0]!)}; the batches it names are not asked about`);
+  expect(existsSync(file)).toBe(false);
+  rmSync(home, { recursive: true });
+});
