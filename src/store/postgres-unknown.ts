@@ -128,6 +128,11 @@ export function createUnknown(d: UnknownDeps) {
     const left: Unresolved[] = [];
     let size = 2;
     for (const u of [...list, ...others]) {
+      // Its bodies' base64 alone past the bound: not even encoded (that alone took seconds for 64 MiB).
+      if (size + u.taken.reduce((n, r) => n + Math.ceil(r.body.byteLength / 3) * 4, 0) > fileCap) {
+        left.push(u);
+        continue;
+      }
       const bytes = encoded(u);
       if (size + bytes.length + 1 > fileCap) left.push(u);
       else parts.push(bytes), (size += bytes.length + 1);
