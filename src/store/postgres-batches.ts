@@ -199,6 +199,10 @@ export function createBatches(d: BatchDeps) {
     const x = tx.xact;
     // Its takes may have answered (the xid is asked last): with no xid to ask about, they are not kept. See docs/design.md.
     if (x === null) throw new StoreError(`${cause}; the transaction's id never came back: its outcome is unknown`);
+    if (tx.server === null) {
+      if (!answered.has(tx)) d.replaceConnection(tx.sentOn);
+      return unknownNow(tx, `${cause}; the server of transaction ${x.xid} is not known, so its id cannot be asked about: its outcome is unknown`);
+    }
     const side = d.side();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<never>((_, fail) => {
@@ -208,7 +212,7 @@ export function createBatches(d: BatchDeps) {
     try {
       // Half the budget to end its backend: one that does not go in time is answered "in progress"
       // before `late` fires, not mistaken for a Postgres that cannot be asked.
-      status = await Promise.race([st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2)), late]);
+      status = await Promise.race([st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2), tx.server), late]);
     } catch (e) {
       const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);
@@ -229,7 +233,18 @@ export function createBatches(d: BatchDeps) {
       d.unresolved(tx);
       throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
     }
+    if (status === "another server") {
+      // A failover or a restart since it was sent: there its xid may be another transaction's.
+      return unknownNow(tx, `${cause}; Postgres is not the server transaction ${x.xid} ran on (a failover or a restart): its outcome is unknown`);
+    }
     throw new StoreError(`${cause}; the transaction was rolled back`);
+  }
+
+  /** The batch's outcome cannot be asked about: kept, asked about again later (postgres-unknown.ts), and failed. */
+  function unknownNow(tx: Tx, message: string): never {
+    d.log("warn", message);
+    d.unresolved(tx);
+    throw new StoreError(message);
   }
 
   /**

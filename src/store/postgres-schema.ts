@@ -19,6 +19,9 @@
  *   (version 4)
  *   mcq_settled   batches whose COMMIT landed unanswered and whose takes were given back, by
  *                 server, timeline and xid, kept a week: a give-back is never done twice.
+ *   (version 5)
+ *   mcq_flushed   per queue ('' for all), the last message id handed out when it was last flushed
+ *                 or deleted: a give-back re-inserts no message at or below it.
  *
  * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
  * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
@@ -27,7 +30,7 @@
 import type { SQL } from "bun";
 import { StoreError } from "./store";
 
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** MIGRATIONS[n] brings the schema from version n to n + 1. */
 const MIGRATIONS: string[] = [
@@ -87,6 +90,9 @@ const MIGRATIONS: string[] = [
   // 3 -> 4: batches whose takes were given back after their COMMIT landed unanswered
   // (postgres-unknown.ts). Only an addition: an older node never reads it.
   `CREATE TABLE IF NOT EXISTS mcq_settled (key text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());`,
+  // 4 -> 5: flush marks (postgres-sql.ts giveBack). Only an addition: an older node's flush
+  // leaves no mark (docs/design.md "An outcome that stays unknown").
+  `CREATE TABLE IF NOT EXISTS mcq_flushed (queue text PRIMARY KEY, upto bigint NOT NULL);`,
 ];
 
 /**

@@ -88,10 +88,26 @@ export interface Removed {
 }
 
 /** The statements, with the schema's table names filled in. */
+/**
+ * The server a connection writes to, as SQL: an xid is only meaningful with it. Its system
+ * identifier (which a standby shares), its current timeline (the WAL file name's first 8 digits:
+ * a promoted standby starts a new one, and may hand out the xids the old primary had handed out),
+ * and when it last started: a crash restart keeps both, yet hands out again the xids whose WAL
+ * never reached the disk. The checkpointer's start marks a crash reinitialization too (the
+ * postmaster stays up through it, and so does pg_postmaster_start_time()); only roles that may see
+ * other sessions see it, so the others fall back on the postmaster's start (docs/design.md).
+ */
+const IDENTITY = `(SELECT system_identifier::text FROM pg_control_system()) || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+  || '/' || (extract(epoch FROM coalesce((SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer'), pg_postmaster_start_time())) * 1000000)::int8::text`;
+
 export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
+  /** Records that `queues` (all: '') were flushed or deleted: no give-back brings back a message of before. */
+  const mark = (queues: string) =>
+    `INSERT INTO ${schema}.mcq_flushed (queue, upto) SELECT q, (SELECT last_value FROM ${schema}.mcq_messages_id_seq) FROM unnest(${queues}) AS q
+     ON CONFLICT (queue) DO UPDATE SET upto = excluded.upto`;
   // Time is Postgres's, never a node's clock across nodes. A set's expiry is sent as
   // its node's time to live (expires - created) and stored on Postgres's clock; takes and sweeps
   // compare with Postgres's clock too, so a node whose clock is off neither keeps messages alive
@@ -217,14 +233,15 @@ export function statements(schema: string) {
     flush: async (sql: SQL, queues: string[] | null) =>
       (await sql.unsafe(
         `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
-           RETURNING queue, length(body) AS len, owner) ${removed("d")}`,
-        queues === null ? [] : [queues],
+           RETURNING queue, length(body) AS len, owner), f AS (${mark("$1::text[]")}) ${removed("d")}`,
+        [queues ?? [""]],
       ).execute()) as Removed[],
     /** Deletes queues, their messages and every node's counters; returns the queues that existed. */
     drop: async (sql: SQL, queues: string[]) =>
       (
         (await sql.unsafe(
-          `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue)
+          `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), f AS (${mark("$1::text[]")}),
+             c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue)
            SELECT DISTINCT queue FROM c`,
           [queues],
         ).execute()) as { queue: string }[]
@@ -264,31 +281,33 @@ export function statements(schema: string) {
     xact: async (sql: SQL) =>
       ((await sql`SELECT pg_current_xact_id_if_assigned()::text AS xid, pg_backend_pid() AS pid`.execute()) as { xid: string | null; pid: number }[])[0]!,
     /**
-     * What became of transaction `xid` of backend `pid`, asked on another connection: the backend
-     * is ended first if it is still in that transaction (a COMMIT held up by a deferred trigger, a
-     * synchronous standby that lags), waiting up to `waitMs` for it to go, so that the answer is
-     * final. backend_xid, not the pid alone: a pid reused by another backend is not ended.
+     * What became of transaction `xid` of backend `pid` on `server` (identity below), asked on
+     * another connection: the backend is ended first if it is still in that transaction (a COMMIT
+     * held up by a deferred trigger, a synchronous standby that lags), waiting up to `waitMs` for
+     * it to go, so that the answer is final. backend_xid, not the pid alone: a pid reused by
+     * another backend is not ended. The status is read in one statement with the identity of the
+     * server that answers it: an xid means nothing on another server (a failover, a restart), so
+     * there the answer is 'another server' (nothing ended, the status not trusted). Otherwise
      * 'committed', 'aborted', 'in progress' (it could not be ended), or null (no record of it).
      */
-    resolve: async (sql: SQL, xid: string, pid: number, waitMs: number) => {
+    resolve: async (sql: SQL, xid: string, pid: number, waitMs: number, server: string) => {
       const xid32 = String(BigInt(xid) & 0xffffffffn);
       await sql.unsafe(
-        `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid`,
-        [pid, xid32, waitMs],
+        `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid AND (${IDENTITY}) = $4`,
+        [pid, xid32, waitMs, server],
       ).execute();
-      const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status`, [xid]).execute()) as { status: string | null }[];
-      return rows[0]!.status;
+      const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status, (${IDENTITY}) AS server`, [xid]).execute()) as {
+        status: string | null;
+        server: string | null;
+      }[];
+      return rows[0]!.server === server ? rows[0]!.status : "another server";
     },
     /**
-     * The server this connection writes to: its system identifier and its current timeline (the
-     * WAL file name's first 8 digits). A promoted standby keeps the identifier and starts a new
-     * timeline, and may hand out the xids the old primary had handed out: an xid is only
-     * meaningful with this. null if it cannot be read (then no xid is trusted: postgres-unknown.ts).
+     * The server this connection writes to (IDENTITY), null if it cannot be read (then no xid is
+     * trusted: postgres-batches.ts resolveCommit, postgres-unknown.ts).
      */
     identity: async (sql: SQL): Promise<string | null> => {
-      const rows = (await sql.unsafe(
-        `SELECT (SELECT system_identifier::text FROM pg_control_system()) || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS id`,
-      ).execute().catch(() => [{ id: null }])) as { id: string | null }[];
+      const rows = (await sql.unsafe(`SELECT (${IDENTITY}) AS id`).execute().catch(() => [{ id: null }])) as { id: string | null }[];
       return rows[0]?.id ?? null;
     },
     /**
@@ -305,8 +324,14 @@ export function statements(schema: string) {
         `WITH old AS (DELETE FROM ${schema}.mcq_settled WHERE at < now() - interval '7 days'),
            s AS (INSERT INTO ${schema}.mcq_settled (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING key),
            r AS (INSERT INTO ${M} (id, queue, flags, created, expires, deliveries, body)
-             SELECT t.* FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int[], $8::bytea[]) AS t
-             WHERE EXISTS (SELECT 1 FROM s) ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
+             SELECT t.* FROM unnest($2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int[], $8::bytea[])
+               AS t (id, queue, flags, created, expires, deliveries, body)
+             WHERE EXISTS (SELECT 1 FROM s)
+               -- not into a queue deleted since (no counter rows left: an older node's delete leaves no mark)
+               AND EXISTS (SELECT 1 FROM ${C} k WHERE k.queue = t.queue)
+               -- nor from before a flush or delete of its queue, or of all
+               AND t.id > ALL (SELECT upto FROM ${schema}.mcq_flushed f WHERE f.queue IN (t.queue, ''))
+             ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
            u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($9::int8[]) AND owner = $10 AND EXISTS (SELECT 1 FROM s) RETURNING queue),
            c AS (${upsert("$11::int", perRows([
              { from: "r", queue: "queue", c: { items: "1", bytes: "len", fetched: "-1" } },

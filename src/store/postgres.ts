@@ -91,7 +91,10 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     await sql.close().catch(() => {});
     throw e;
   }
-  let server = await st.identity(sql);
+  // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
+  // made, as if the server had changed since (a failover, a restart) when the side connection asks.
+  const identity = async (on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
+  let server = await identity(sql);
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
@@ -122,7 +125,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
-    server = await st.identity(found.sql);
+    server = await identity(found.sql);
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;

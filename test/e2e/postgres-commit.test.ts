@@ -17,10 +17,10 @@ import { set, startServer, stopAll, tempDir, value, type Running } from "./harne
 
 const schemas: string[] = [];
 
-async function node(): Promise<{ server: Running; schema: string; sql: SQL }> {
+async function node(env: Record<string, string> = {}): Promise<{ server: Running; schema: string; sql: SQL }> {
   const schema = freshSchema("commit");
   schemas.push(schema);
-  const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+  const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"), undefined, env);
   const sql = new SQL(PG_URL!, { max: 1 });
   await sql.unsafe("SET synchronous_commit = local");
   return { server, schema, sql };
@@ -109,6 +109,32 @@ if (havePostgres("e2e postgres commit outcome")) {
       }
       expect(await rows(sql, schema)).toBe(1);
       expect(await c.call("get q\r\nget q\r\n")).toBe(value("q", "m2") + "END\r\nEND\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+      c.close();
+      await sql.close();
+    }, 30_000);
+
+    test("the server answering the lookup is not the one the batch ran on (a failover, a restart): its xid is not trusted, SERVER_ERROR, and the message is given back (review 6 F1)", async () => {
+      // The identity recorded at connect stands for another server: the side connection's differs.
+      const { server, schema, sql } = await node({ MCQ_TEST_PG_IDENTITY: "1/00000001/1" });
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await standbyNeverAnswers(sql, true);
+      let reply: string;
+      try {
+        const pending = c.call("get q\r\n", 10_000);
+        await sql.unsafe("SELECT pg_terminate_backend($1::int)", [await waiting(sql, "SyncRep")]);
+        reply = await pending;
+      } finally {
+        await standbyNeverAnswers(sql, false);
+      }
+      // Before: "transaction N had committed: the batch stands" and VALUE, from an unchecked pg_xact_status.
+      expect(reply).toMatch(/^SERVER_ERROR .*Postgres is not the server transaction \d+ ran on \(a failover or a restart\): its outcome is unknown\r\n$/);
+      // Kept and asked about again: on another server the rows decide, and m1 (gone from the table) comes back.
+      for (const deadline = Date.now() + 15_000; Date.now() < deadline && !server.stderr().includes("gave back 1 messages taken"); await Bun.sleep(50));
+      expect(server.stderr()).toContain("cannot be asked about on this server (another server or timeline): gave back 1 messages taken and 0 opened");
+      expect(await rows(sql, schema)).toBe(2);
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
       expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
       c.close();
       await sql.close();
