@@ -49,3 +49,12 @@ export function claimHome(home: string): HomeClaim {
     release: () => rmSync(file, { force: true }),
   };
 }
+
+/** The -H directory is this node's now; its last node, gone (killed), gives back what it held open. */
+export async function reclaim(claim: HomeClaim, node: number, reap: (previous: number) => Promise<number>, log: (level: "info", line: string) => void) {
+  if (claim.previous != null) {
+    const back = await reap(claim.previous);
+    if (back > 0) log("info", `Postgres: ${back} open messages of this directory's previous node returned`);
+  }
+  claim.write(node);
+}

@@ -11,6 +11,7 @@
  * The password never appears in a message: describe() prints the URL without it.
  */
 import { SQL } from "bun";
+import type { Statements } from "./postgres-sql";
 import { StoreError } from "./store";
 
 export interface StoreUrl {
@@ -87,4 +88,20 @@ export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: s
     }
   }
   throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
+}
+
+// A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
+// made, as if the server had changed since (a failover, a restart) when the side connection asks.
+export const identity = async (st: Statements, on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
+
+/** The writable host, refused if older than 14, with the identity of the server its xids belong to. */
+export async function connectChecked(url: StoreUrl, st: Statements) {
+  const found = await connectPrimary(url);
+  try {
+    checkVersion(Number((await found.sql.unsafe("SHOW server_version_num"))[0].server_version_num), found.host);
+    return { ...found, server: await identity(st, found.sql) };
+  } catch (e) {
+    await found.sql.close().catch(() => {});
+    throw e;
+  }
 }

@@ -27,8 +27,8 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { checkVersion, connectPrimary, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
-import { claimHome } from "./postgres-home";
+import { connectChecked, connectPrimary, identity, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { claimHome, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
@@ -83,18 +83,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const url: StoreUrl = parseStoreUrl(urlText);
   const st: Statements = statements(url.schema);
   const channel = `mcq_${url.schema}`;
-  let { sql, host, url: hostUrl } = await connectPrimary(url);
+  let { sql, host, url: hostUrl, server } = await connectChecked(url, st);
   let client: SQL | null = sql;
-  try {
-    checkVersion(Number((await sql.unsafe("SHOW server_version_num"))[0].server_version_num), host);
-  } catch (e) {
-    await sql.close().catch(() => {});
-    throw e;
-  }
-  // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
-  // made, as if the server had changed since (a failover, a restart) when the side connection asks.
-  const identity = async (on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
-  let server = await identity(sql);
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
@@ -106,12 +96,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     tx: () => tx(), op: (o) => op(o), change: (...a) => change(...a), hold: (...a) => hold(...a),
     background: (fn) => batches.background(fn), closed: () => closed,
   });
-  if (claim?.previous != null) {
-    // This directory's last server is gone (killed): its open messages go back now.
-    const back = await features.reap(sql, options.leaseS, claim.previous);
-    if (back > 0) options.log("info", `Postgres: ${back} open messages of this directory's previous node returned`);
-  }
-  claim?.write(node);
+  if (claim !== null) await reclaim(claim, node, (previous) => features.reap(sql, options.leaseS, previous), options.log);
   const sums = await st.totals(sql);
   view.reset(sums, []);
   let lastBeat = Date.now();
@@ -125,7 +110,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
-    server = await identity(found.sql);
+    server = await identity(st, found.sql);
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
