@@ -29,6 +29,16 @@ if (havePostgres("e2e postgres commit lookup")) {
   const sql = new SQL(PG_URL!, { max: 1 });
   await sql.unsafe("SET synchronous_commit = local"); // the test's own commits do not wait for a standby
 
+  /** A node on a fresh schema, and a client whose set of m1 into q it acknowledged. */
+  const nodeWithOne = async () => {
+    const schema = freshSchema("lookup");
+    schemas.push(schema);
+    const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
+    const c = await server.connect();
+    expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+    return { schema, server, c };
+  };
+
   /** Commits wait for a synchronous standby that never comes (all but those of synchronous_commit = local). */
   const standbyNeverAnswers = async (on: boolean) => {
     await sql.unsafe(on ? "ALTER SYSTEM SET synchronous_standby_names = 'mcq_no_such_standby'" : "ALTER SYSTEM RESET synchronous_standby_names");
@@ -49,11 +59,7 @@ if (havePostgres("e2e postgres commit lookup")) {
 
   describe("the COMMIT-outcome lookup", () => {
     test("empty-queue gets and peeks assign no transaction id: 150 such batches move the xid counter by a heartbeat or two, not 150", async () => {
-      const schema = freshSchema("lookup");
-      schemas.push(schema);
-      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
-      const c = await server.connect();
-      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      const { schema, server, c } = await nodeWithOne();
       expect(await c.call("get q\r\n")).toBe(value("q", "m1") + "END\r\n");
       expect(await c.call(set("p", "m2"))).toBe("STORED\r\n");
       const before = await nextXid(sql);
@@ -116,11 +122,7 @@ if (havePostgres("e2e postgres commit lookup")) {
     }, 30_000);
 
     test("SIGTERM while a get's COMMIT is held past the timeout and looked up: the get gets exactly one reply before its connection closes, the stop is bounded", async () => {
-      const schema = freshSchema("lookup");
-      schemas.push(schema);
-      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
-      const c = await server.connect();
-      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      const { schema, server, c } = await nodeWithOne();
       await standbyNeverAnswers(true);
       let got: string;
       let code: number;
@@ -148,11 +150,7 @@ if (havePostgres("e2e postgres commit lookup")) {
     }, 40_000);
 
     test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
-      const schema = freshSchema("lookup");
-      schemas.push(schema);
-      const server = await startServer(["--store", pgStoreUrl(schema)], join(tempDir(), "data"));
-      const c = await server.connect();
-      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      const { schema, server, c } = await nodeWithOne();
       await standbyNeverAnswers(true);
       let backend = 0;
       let reply: string;
