@@ -1,14 +1,18 @@
 /**
  * What `mcq dump --store` and `mcq load --store` share: one connection to the writable host of
- * the store's URL (postgres-hosts.ts), the schema brought up to date as a node would, and every
+ * the store's URL (postgres-hosts.ts), the schema brought up to date as a node would for a load
+ * (a dump reads the schema as it finds it), and every
  * round trip bounded by ROUND_TRIP_MS, so that a Postgres that stops answering ends the tool
  * with a message and exit 1, never a hang. Every failure is a ToolError naming the URL without
  * its password, as `mcq redrive --store` says it.
  */
 import type { SQL } from "bun";
 import { connectPrimary, parseStoreUrl } from "../store/postgres-hosts";
-import { migrate } from "../store/postgres-schema";
+import { migrate, SCHEMA_VERSION } from "../store/postgres-schema";
 import { ToolError } from "./datadir";
+
+/** The oldest schema a dump reads as it is: version 3 has every counter column the dump format carries. */
+const READS_FROM = 3;
 
 /** A round trip (connecting, a FETCH, a chunk of inserts, the COMMIT) that takes longer fails the tool. */
 const ROUND_TRIP_MS = Math.max(100, Number(process.env.MCQ_TOOL_PG_TIMEOUT_MS ?? 60_000));
@@ -43,11 +47,15 @@ export async function openToolStore(tool: string, url: string, create: boolean):
     safe = parsed.safe;
     const open = async () => {
       sql = (await connectPrimary(parsed)).sql;
-      if (!create) {
-        const [row] = await sql.unsafe("SELECT to_regclass($1) IS NOT NULL AS found", [`${parsed.schema}.mcq_version`]);
-        if (!row.found) throw new ToolError(`mcq ${tool}: no mcq store in schema ${parsed.schema} of ${safe}`);
+      if (create) return void (await migrate(sql, parsed.schema));
+      const [row] = await sql.unsafe("SELECT to_regclass($1) IS NOT NULL AS found", [`${parsed.schema}.mcq_version`]);
+      if (!row.found) throw new ToolError(`mcq ${tool}: no mcq store in schema ${parsed.schema} of ${safe}`);
+      // Reading does not upgrade the schema: older nodes beside it would refuse it at their next start.
+      const version = Number((await sql.unsafe(`SELECT max(version) AS v FROM ${parsed.schema}.mcq_version`))[0].v);
+      if (!(version >= READS_FROM && version <= SCHEMA_VERSION)) {
+        throw new ToolError(`mcq ${tool}: the schema ${parsed.schema} of ${safe} is version ${version}; this mcq reads ` +
+          `${READS_FROM} to ${SCHEMA_VERSION} (${version > SCHEMA_VERSION ? "upgrade mcq" : "a node of this mcq brings it up to date when it starts"})`);
       }
-      await migrate(sql, parsed.schema);
     };
     await bounded(open(), "connecting");
     const c: SQL = sql!;

@@ -7,7 +7,8 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
+import { SQL } from "bun";
+import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
 import { queueStats, runCommand, set, startServer, stopAll, tempDir, value, type Client } from "./harness";
 
 const schemas: string[] = [];
@@ -226,6 +227,28 @@ if (havePostgres("mcq dump/load --store")) {
       expect((await runCommand(["load", "--store", url, file])).code).toBe(0);
       expect(await runCommand(["dump", "--store", url, "--queue", "nosuch"])).toEqual({
         code: 1, stdout: "", stderr: `mcq dump: no queue nosuch in ${process.env.MCQ_TEST_PG}\n` });
+    });
+
+    test("a dump reads the schema as it is: an older one (nodes of that version beside it) is not upgraded; one it cannot read is refused", async () => {
+      const url = store();
+      const schema = schemas.at(-1)!;
+      const file = await toFile('{"type":"end","queues":0,"messages":0}\n');
+      expect((await runCommand(["load", "--store", url, file])).code).toBe(0);
+      const sql = new SQL(PG_URL!, { max: 1 });
+      const version = async () => Number((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version);
+      try {
+        await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 3`);
+        const dumped = await runCommand(["dump", "--store", url]);
+        expect([dumped.code, parse(dumped.stdout).at(-1)]).toEqual([0, { type: "end", queues: 0, messages: 0 }]);
+        expect(await version()).toBe(3); // before: 5, upgraded under the older nodes
+        for (const [v, why] of [[2, "a node of this mcq brings it up to date when it starts"], [99, "upgrade mcq"]] as const) {
+          await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = ${v}`);
+          expect(await runCommand(["dump", "--store", url])).toEqual({ code: 1, stdout: "",
+            stderr: `mcq dump: the schema ${schema} of ${process.env.MCQ_TEST_PG} is version ${v}; this mcq reads 3 to 5 (${why})\n` });
+        }
+      } finally {
+        await sql.close();
+      }
     });
   });
 }
