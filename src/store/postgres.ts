@@ -124,14 +124,16 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
    * Drops the connection after a failure: whatever it was doing is abandoned. The LISTEN
    * connection goes too, until the next connection succeeds: in Bun 1.4.5 a LISTEN retrying
    * against a Postgres that is down keeps every new connection of the process from succeeding,
-   * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts).
+   * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts). `closeAfter`: the
+   * old one is closed once that settles (postgres-batches.ts endUnanswered); new batches go on a
+   * new one at once.
    */
-  function replaceConnection(only: SQL | null = null): void {
+  function replaceConnection(only: SQL | null = null, closeAfter: Promise<unknown> = Promise.resolve()): void {
     if (only !== null && client !== only) return; // replaced already
     const old = client;
     client = null;
     listener.pause();
-    if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
+    if (old !== null) void closeAfter.catch(() => {}).then(() => old.close({ timeout: 0 })).catch(() => {});
   }
 
   const { send } = createSender({
