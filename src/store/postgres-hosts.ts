@@ -94,12 +94,13 @@ export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: s
 // made, as if the server had changed since (a failover, a restart) when the side connection asks.
 export const identity = async (st: Statements, on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
 
-/** The writable host, refused if older than 14, with the identity of the server its xids belong to. */
+/** The writable host, refused if older than 14, with its database and the identity of the server its xids belong to. */
 export async function connectChecked(url: StoreUrl, st: Statements) {
   const found = await connectPrimary(url);
   try {
-    checkVersion(Number((await found.sql.unsafe("SHOW server_version_num"))[0].server_version_num), found.host);
-    return { ...found, server: await identity(st, found.sql) };
+    const [row] = await found.sql.unsafe("SELECT current_setting('server_version_num') AS num, current_database() AS database");
+    checkVersion(Number(row.num), found.host);
+    return { ...found, database: row.database as string, server: await identity(st, found.sql) };
   } catch (e) {
     await found.sql.close().catch(() => {});
     throw e;

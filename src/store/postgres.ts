@@ -83,7 +83,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const url: StoreUrl = parseStoreUrl(urlText);
   const st: Statements = statements(url.schema);
   const channel = `mcq_${url.schema}`;
-  let { sql, host, url: hostUrl, server } = await connectChecked(url, st);
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, st);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -169,7 +169,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
     st, node, timeoutMs: options.timeoutMs, side, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
-    store: `${url.safe} schema ${url.schema}`,
+    // The store is the database itself, not the URL that reached it (postgres-unknown-file.ts).
+    here: { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` },
     gaveBack: async (queues) => {
       for (const q of queues) store.onAvailable?.(q);
       await refresh().catch(() => {}); // read again within the second anyway

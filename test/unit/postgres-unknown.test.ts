@@ -12,6 +12,9 @@ import { migrate } from "../../src/store/postgres-schema";
 import { statements, type Row } from "../../src/store/postgres-sql";
 import { freshSchema, havePostgres, PG_URL } from "../pg";
 
+/** The store the fake deps stand for (postgres-unknown-file.ts belongs). */
+const HERE = { system: "7", database: "mcq", schema: "s", legacy: "postgres://u@127.0.0.1:5432/mcq schema s" };
+
 /** A batch kept after its COMMIT got no answer: one message taken. */
 const tx = (xid: string) =>
   ({
@@ -44,7 +47,7 @@ function fakeDeps(over: Partial<UnknownDeps>, logs: string[]): UnknownDeps {
     reason: (e) => ({ message: (e as Error).message }) as never,
     log: (l, m) => void logs.push(`${l} ${m}`),
     home: null,
-    store: "S",
+    here: HERE,
     ...over,
   };
 }
@@ -184,5 +187,60 @@ test("a corrupt list file is said and moved aside, not dropped silently nor over
   expect(logs[0]).toStartWith(`warn Postgres: ${file} is corrupt (`);
   expect(logs[0]).toEndWith(`): moved to ${join(home, aside[0]!)}; the batches it names are not asked about`);
   expect(existsSync(file)).toBe(false);
+  rmSync(home, { recursive: true });
+});
+
+test("the file's entries are this store's by database, schema and system, however the URL was spelled; a legacy URL key is migrated when its server's system is this one (review 6 F5)", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
+  const file = join(home, "postgres-unresolved.json");
+  const entry = (xid: string, store: unknown, server: string | null) => ({
+    xid, pid: 1, server, node: 1, store, leased: [], unanswered: 0,
+    taken: [{ id: Number(xid), queue: "q", flags: 0, created: 1, expires: 0, deliveries: 0, body: Buffer.from(xid).toString("base64") }],
+  });
+  writeFileSync(file, JSON.stringify([
+    entry("1", { system: "7", database: "mcq", schema: "s" }, "7/00000001/5"), // this store
+    entry("2", "postgres://u@localhost:5432,other:5432/mcq?application_name=x schema s", "7/00000002/9"), // legacy key, another spelling, same system
+    entry("3", "postgres://u@127.0.0.1:5432/mcq schema s", "8/00000001/5"), // legacy, the URL of now: as before, this store
+    entry("4", "postgres://u@localhost/mcq schema s", null), // legacy, server unknown: the rows decide
+    entry("5", "postgres://u@127.0.0.1:5432/mcq schema s2", "7/00000001/5"), // another schema
+    entry("6", "postgres://u@127.0.0.1:5432/other schema s", "7/00000001/5"), // another database
+    entry("7", { system: "9", database: "mcq", schema: "s" }, "9/00000001/5"), // another cluster
+    entry("8", "postgres://u@localhost schema s", "7/00000001/5"), // no database in the URL: not this spelling, not known
+  ]));
+  const logs: string[] = [];
+  const asked: string[] = [];
+  const st = {
+    identity: async () => "srv",
+    giveBack: async (_s: unknown, key: string) => (asked.push(key), { settled: 1, back: 1, released: 0, queues: null }),
+    resolve: async () => "committed",
+  };
+  const u = createUnknown({ ...fakeDeps({ home }, logs), st: st as never });
+  expect(u.pending()).toBe(4);
+  expect(logs).toEqual([
+    `warn Postgres: ${file} names 4 batches of unknown outcome of another store (postgres://u@127.0.0.1:5432/mcq schema s2): left as they are`,
+    "warn Postgres: 4 batches of this directory's previous node have an unknown outcome: asking again",
+  ]);
+  await u.ask(); // the identity here is "srv": every one by rows
+  expect(asked).toEqual(["7/00000001/5/1", "7/00000002/9/2", "8/00000001/5/3", "node 1/4"]);
+  expect(u.pending()).toBe(0);
+  // The others are left in the file as they were.
+  const left = JSON.parse(readFileSync(file, "utf8")) as { xid: string; store: unknown }[];
+  expect(left.map((e) => [e.xid, e.store])).toEqual([
+    ["5", "postgres://u@127.0.0.1:5432/mcq schema s2"],
+    ["6", "postgres://u@127.0.0.1:5432/other schema s"],
+    ["7", { system: "9", database: "mcq", schema: "s" }],
+    ["8", "postgres://u@localhost schema s"],
+  ]);
+  rmSync(home, { recursive: true });
+});
+
+test("a kept entry names its store by database, schema and system, not by URL (review 6 F5)", () => {
+  const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
+  createUnknown(fakeDeps({ home }, [])).keep(tx("42"));
+  const kept = JSON.parse(readFileSync(join(home, "postgres-unresolved.json"), "utf8")) as { store: unknown }[];
+  expect(kept[0]!.store).toEqual({ system: "7", database: "mcq", schema: "s" });
+  // Read by a node of the same database whose system cannot be read: its (the rows decide).
+  expect(createUnknown(fakeDeps({ home, here: { ...HERE, system: null, legacy: "x" } }, [])).pending()).toBe(1);
+  expect(createUnknown(fakeDeps({ home, here: { ...HERE, system: "8", legacy: "x" } }, [])).pending()).toBe(0);
   rmSync(home, { recursive: true });
 });
