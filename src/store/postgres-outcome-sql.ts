@@ -56,12 +56,13 @@ export function outcomeStatements(schema: string) {
       return rows[0]!.server === server ? rows[0]!.status : "another server";
     },
     /**
-     * The server this connection writes to (IDENTITY), null if it cannot be read (then no xid is
-     * trusted: postgres-batches.ts resolveCommit, postgres-unknown.ts).
+     * The server this connection writes to (IDENTITY). Throws if it cannot be read: a server that
+     * never lets it be read (a managed one) is told from a passing failure by the caller
+     * (postgres-hosts.ts identityReader), which alone may decide that no xid is trusted.
      */
-    identity: async (sql: SQL): Promise<string | null> => {
-      const rows = (await sql.unsafe(`SELECT (${IDENTITY}) AS id`).execute().catch(() => [{ id: null }])) as { id: string | null }[];
-      return rows[0]?.id ?? null;
+    identity: async (sql: SQL): Promise<string> => {
+      const rows = (await sql.unsafe(`SELECT (${IDENTITY}) AS id`).execute()) as { id: string }[];
+      return rows[0]!.id;
     },
     /**
      * Gives back what the takes of a batch that landed unanswered took (postgres-unknown.ts), as

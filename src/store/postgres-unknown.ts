@@ -25,6 +25,8 @@ export interface UnknownDeps {
   timeoutMs: number;
   /** A connection of its own to the host in use. */
   side(): SQL;
+  /** The identity of the server `on` writes to; null if it never can be read; throws if not now (postgres-hosts.ts identityReader). */
+  identity(on: SQL): Promise<string | null>;
   /** This node holds message `id` open now (a later open of it must not be ended). */
   holds(id: number): boolean;
   /** Messages came back to these queues: wake their waiters, read the counters again. */
@@ -95,7 +97,7 @@ export function createUnknown(d: UnknownDeps) {
   }
 
   async function askAll(side: SQL, run: { stopped: boolean }): Promise<void> {
-    const here = await d.st.identity(side);
+    const here = await d.identity(side); // throws if it cannot be read now: asked again later, not "by rows"
     for (const u of [...list]) {
       if (run.stopped) return;
       const landed = await outcome(side, here, u);

@@ -27,7 +27,7 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { connectChecked, connectPrimary, identity, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { connectChecked, connectPrimary, identityReader, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
@@ -83,7 +83,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const url: StoreUrl = parseStoreUrl(urlText);
   const st: Statements = statements(url.schema);
   const channel = `mcq_${url.schema}`;
-  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, st);
+  // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
+  const identity = identityReader(st, options.log);
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -110,7 +112,10 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
-    server = await identity(st, found.sql);
+    server = await identity(found.sql).catch(async (e) => {
+      await found.sql.close().catch(() => {});
+      throw e; // not connected: the batch fails, the next one connects again
+    });
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
@@ -168,7 +173,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
+    st, node, timeoutMs: options.timeoutMs, side, identity, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
     // The store is the database itself, not the URL that reached it (postgres-unknown-file.ts).
     here: { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` },
     gaveBack: async (queues) => {

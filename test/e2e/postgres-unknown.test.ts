@@ -249,5 +249,35 @@ if (havePostgres("e2e postgres unknown outcome")) {
         "cannot be asked about on this server (another server or timeline): gave back 0 messages taken and 0 opened", timeline2,
       );
     }, 40_000);
+
+    test("a role that may not read the server's identity (pg_control_system() revoked from PUBLIC, as on a managed server): said once at open; a landed batch is given back as its rows decide", async () => {
+      const admin = new SQL(PG_URL!, { max: 1 });
+      await admin.unsafe("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");
+      try {
+        const { server, schema, sql, c } = await node();
+        const said = "the server's identity cannot be read (permission denied for function pg_control_system): a COMMIT with no answer cannot be looked up";
+        await logged(server, said);
+        expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+        await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+        await connections(sql, false);
+        try {
+          expect(await c.call("get q\r\n", 15_000)).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; the server of transaction \d+ is not known, so its id cannot be asked about: its outcome is unknown\r\n$/);
+          await commitOver(sql, schema);
+          expect(await rows(sql, schema)).toBe(1);
+        } finally {
+          await connections(sql, true);
+        }
+        await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+        await logged(server, "cannot be asked about on this server (unknown server): gave back 1 messages taken and 0 opened");
+        expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+        expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+        expect(server.stderr().split(said).length - 1).toBe(1); // once, not at every connection
+        c.close();
+        await sql.close();
+      } finally {
+        await admin.unsafe("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC");
+        await admin.close();
+      }
+    }, 40_000);
   });
 }

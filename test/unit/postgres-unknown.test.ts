@@ -42,6 +42,7 @@ function fakeDeps(over: Partial<UnknownDeps>, logs: string[]): UnknownDeps {
     node: 1,
     timeoutMs: 20,
     side: () => ({ close: async () => {} }) as never,
+    identity: async () => "srv",
     holds: () => false,
     gaveBack: async () => {},
     reason: (e) => ({ message: (e as Error).message }) as never,
@@ -243,4 +244,22 @@ test("a kept entry names its store by database, schema and system, not by URL (r
   expect(createUnknown(fakeDeps({ home, here: { ...HERE, system: null, legacy: "x" } }, [])).pending()).toBe(1);
   expect(createUnknown(fakeDeps({ home, here: { ...HERE, system: "8", legacy: "x" } }, [])).pending()).toBe(0);
   rmSync(home, { recursive: true });
+});
+
+test("the identity failing for now (not a server that never lets it be read): nothing given back by rows, asked again, then exactly (review 6 R)", async () => {
+  const logs: string[] = [];
+  let fails = true;
+  const identity = async () => {
+    if (fails) throw new Error("Connection closed");
+    return "srv";
+  };
+  const u = createUnknown(fakeDeps({ identity }, logs));
+  u.keep(tx("100"));
+  await u.ask();
+  expect(u.pending()).toBe(1);
+  expect(logs.at(-1)).toBe("warn Postgres: asking about 1 batches of unknown outcome: Connection closed; asking again later");
+  fails = false;
+  await u.ask();
+  expect(u.pending()).toBe(0);
+  expect(logs.at(-1)).toBe("warn Postgres: transaction 100 had committed: gave back 1 messages taken and 0 opened");
 });
