@@ -39,16 +39,43 @@ export interface UnknownDeps {
   here: Here;
   /** The file's bound in bytes (postgres-unknown-file.ts). */
   fileCap?: number;
+  /** The clock (tests set it). */
+  now?: () => number;
+}
+
+/** An entry that stays unresolved is logged when first asked in vain, then at these ages (ms), then every hour. */
+const TELL_AT = [60_000, 600_000, 3_600_000];
+const tellAt = (n: number) => (n < TELL_AT.length ? TELL_AT[n]! : TELL_AT.at(-1)! + (n - TELL_AT.length + 1) * 3_600_000);
+
+/** Rejects after `ms` unless `p` settles first. */
+function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, fail) => (timer = setTimeout(() => fail(new Error(`no answer within ${ms} ms`)), ms)));
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 export function createUnknown(d: UnknownDeps) {
+  const now = d.now ?? Date.now;
   const file = unknownFile(d.home, d.here, d.log, d.fileCap);
   const list: Unresolved[] = file.load();
+  /** Per entry: since when it is kept, how often its staying unresolved was told, and why the last ask failed. */
+  const state = new WeakMap<Unresolved, { since: number; told: number; why: string | null }>();
+  for (const u of list) state.set(u, { since: now(), told: 0, why: null });
+  /** Entries kept in memory only (past the file's bound, or the file could not be written). */
+  let unsaved = new Set<Unresolved>();
   let asking: Promise<void> | null = null;
   let quiet = false;
 
-  /** Writes the list; returns the entries left out of the file. */
-  const save = () => file.save(list);
+  /** Writes the list; says, and returns, whether `u` is in the file. */
+  function save(u?: Unresolved): void {
+    try {
+      unsaved = new Set(file.save(list));
+      if (u !== undefined && unsaved.has(u)) d.log("warn", `Postgres: ${file.path} would pass ${file.fileCap} bytes: transaction ${u.xid} is asked about again only while this node runs`);
+    } catch (e) {
+      unsaved = new Set(list);
+      d.log("warn", `Postgres: cannot write ${file.path}: ${(e as Error).message}; ${u === undefined ? "its batches are" : `transaction ${u.xid} is`} asked about again only while this node runs`);
+    }
+  }
 
   /** Keeps a batch whose outcome stays unknown, if its takes took anything. */
   function keep(tx: Tx): void {
@@ -58,57 +85,99 @@ export function createUnknown(d: UnknownDeps) {
     const store = { system: d.here.system, database: d.here.database, schema: d.here.schema };
     const u: Unresolved = { xid, pid, server: tx.server, node: d.node, store, taken: tx.taken, leased: tx.leased, unanswered: tx.unanswered };
     list.push(u);
-    try {
-      if (save().includes(u)) d.log("warn", `Postgres: ${file.path} would pass ${file.fileCap} bytes: transaction ${xid} is asked about again only while this node runs`);
-    } catch (e) {
-      d.log("warn", `Postgres: cannot write ${file.path}: ${(e as Error).message}; transaction ${xid} is asked about again only while this node runs`);
-    }
+    state.set(u, { since: now(), told: 0, why: null });
+    save(u);
     d.log("warn", `Postgres: transaction ${xid} (${tx.taken.length} messages taken, ${tx.leased.length} opened) is asked about again once Postgres answers`);
   }
 
-  /** Asks about every kept batch, once at a time, bounded by the timeout; what is not settled stays. */
+  /**
+   * Asks about every kept batch, each bounded by the timeout on its own: one whose answer does not
+   * come (a statement held up by a lock, a backend that cannot be ended) delays the others by one
+   * timeout, never stops them from being asked. What is not settled stays.
+   */
   function ask(): Promise<void> {
     if (list.length === 0 || asking !== null) return asking ?? Promise.resolve();
-    const side = d.side();
-    // A run cut off by the timeout may still be waiting (a give-back's refresh) when the next run
-    // starts: once stopped it touches the list no more, or both would settle the same entry.
-    const run = { stopped: false };
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<never>((_, fail) => {
-      timer = setTimeout(() => {
-        run.stopped = true;
-        fail(new Error(`no answer within ${d.timeoutMs} ms`));
-      }, d.timeoutMs);
-    });
-    asking = Promise.race([askAll(side, run), late])
+    asking = askAll()
       .then(
         () => void (quiet = false),
         (e) => {
           if (!quiet) d.log("warn", `Postgres: asking about ${list.length} batches of unknown outcome: ${d.reason(e).message}; asking again later`);
           quiet = true;
+          for (const u of list) state.get(u)!.why = d.reason(e).message;
         },
       )
       .finally(() => {
-        clearTimeout(timer);
-        void side.close({ timeout: 0 }).catch(() => {});
         asking = null;
+        tell();
       });
     return asking;
   }
 
-  async function askAll(side: SQL, run: { stopped: boolean }): Promise<void> {
-    const here = await d.identity(side); // throws if it cannot be read now: asked again later, not "by rows"
-    for (const u of [...list]) {
-      if (run.stopped) return;
-      const landed = await outcome(side, here, u);
-      if (landed === null || run.stopped) continue; // still in progress (asked again later), or cut off
-      if (landed === "committed" || landed === "by rows") await giveBack(side, u, landed);
-      else d.log("info", `Postgres: transaction ${u.xid} had been rolled back: its messages never left their queues`);
-      if (run.stopped) return; // a later run settles it again ("given back already": recorded as settled)
-      const i = list.indexOf(u);
-      if (i < 0) continue; // settled meanwhile by another run
-      list.splice(i, 1);
-      save();
+  /** A connection of its own and the identity of its server, within the timeout; throws if either fails (asked again later). */
+  async function connect(): Promise<{ side: SQL; here: string | null }> {
+    const side = d.side();
+    try {
+      return { side, here: await bounded(d.identity(side), d.timeoutMs) };
+    } catch (e) {
+      void side.close({ timeout: 0 }).catch(() => {});
+      throw e;
+    }
+  }
+
+  async function askAll(): Promise<void> {
+    let c: { side: SQL; here: string | null } | null = await connect(); // Postgres not to be reached: the whole ask fails
+    try {
+      for (const u of [...list]) {
+        if (!list.includes(u)) continue; // settled meanwhile
+        c ??= await connect();
+        // Once cut off, it touches the list no more: a later ask settles it ("given back already": recorded as settled).
+        const run = { stopped: false };
+        try {
+          await bounded(settle(c.side, c.here, u, run), d.timeoutMs);
+        } catch (e) {
+          run.stopped = true;
+          unresolved(u, d.reason(e).message);
+          // Its statement may still hold the connection: the next entry is asked on a new one.
+          void c.side.close({ timeout: 0 }).catch(() => {});
+          c = null;
+        }
+      }
+    } finally {
+      void c?.side.close({ timeout: 0 }).catch(() => {});
+    }
+  }
+
+  /** Asks about one batch; settled, it leaves the list (and the file). */
+  async function settle(side: SQL, here: string | null, u: Unresolved, run: { stopped: boolean }): Promise<void> {
+    const landed = await outcome(side, here, u);
+    if (landed === null) return unresolved(u, "its backend could not be ended: still in progress");
+    if (run.stopped) return;
+    if (landed === "committed" || landed === "by rows") await giveBack(side, u, landed);
+    else d.log("info", `Postgres: transaction ${u.xid} had been rolled back: its messages never left their queues`);
+    if (run.stopped) return;
+    const i = list.indexOf(u);
+    if (i < 0) return; // settled meanwhile by another ask
+    list.splice(i, 1);
+    save();
+  }
+
+  /** An ask about `u` got no answer: said the first time (then by tell()). */
+  function unresolved(u: Unresolved, why: string): void {
+    const s = state.get(u)!;
+    if (s.why === null) d.log("warn", `Postgres: transaction ${u.xid} (${u.taken.length} messages taken, ${u.leased.length} opened) stays of unknown outcome (${why}); asking again about once a second`);
+    s.why = why;
+  }
+
+  /** Entries still unresolved are said again at 1 min, 10 min, 1 h, then hourly: never their bodies. */
+  function tell(): void {
+    const at = now();
+    for (const u of list) {
+      const s = state.get(u)!;
+      if (at - s.since < tellAt(s.told)) continue;
+      while (at - s.since >= tellAt(s.told)) s.told++;
+      const mins = Math.floor((at - s.since) / 60_000);
+      d.log("warn", `Postgres: transaction ${u.xid} (${u.taken.length} messages taken, ${u.leased.length} opened) is still of unknown outcome after ` +
+        `${mins} min${s.why === null ? "" : ` (${s.why})`}; asking again about once a second`);
     }
   }
 
@@ -117,11 +186,12 @@ export function createUnknown(d: UnknownDeps) {
    * on: after a failover, the new primary may have given that number to another transaction, or
    * not reached it yet. Elsewhere, or if the server cannot say (no record left of so old an xid),
    * the rows decide: a give-back re-inserts only the taken rows no longer in the table, and ends
-   * only leases this node still has and no session holds.
+   * only leases this node still has and no session holds. Half the timeout to end its backend:
+   * one that does not go in time is answered "in progress" before the entry's bound ends.
    */
   async function outcome(side: SQL, here: string | null, u: Unresolved): Promise<"committed" | "aborted" | "by rows" | null> {
     if (here === null || u.server !== here) return "by rows";
-    const status = await d.st.resolve(side, u.xid, u.pid, d.timeoutMs, here);
+    const status = await d.st.resolve(side, u.xid, u.pid, Math.round(d.timeoutMs / 2), here);
     if (status === "in progress") return null;
     return status === "committed" ? "committed" : status === "aborted" ? "aborted" : "by rows";
   }

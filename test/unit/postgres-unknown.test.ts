@@ -68,8 +68,8 @@ test("an ask cut off by its timeout touches the list no more when it resumes (re
   const u = createUnknown(fakeDeps({ gaveBack }, logs));
   u.keep(tx("100"));
   u.keep(tx("200"));
-  await u.ask(); // #1: gives 100 back, hangs in its refresh, cut off after 20 ms
-  expect(logs.at(-1)).toBe("warn Postgres: asking about 2 batches of unknown outcome: no answer within 20 ms; asking again later");
+  await u.ask(); // #1: gives 100 back, hangs in its refresh, cut off after 20 ms; 200 is asked all the same
+  expect(logs.at(-1)).toBe("warn Postgres: transaction 200 (1 messages taken, 0 opened) stays of unknown outcome (its backend could not be ended: still in progress); asking again about once a second");
   await u.ask(); // #2: 100 was given back already; 200 still in progress
   expect(u.pending()).toBe(1);
   release(); // #1 resumes
@@ -78,6 +78,7 @@ test("an ask cut off by its timeout touches the list no more when it resumes (re
   expect(logs.filter((l) => l.includes("transaction 100"))).toEqual([
     // #2's log comes first: #1's comes after its refresh
     "warn Postgres: transaction 100 (1 messages taken, 0 opened) is asked about again once Postgres answers",
+    "warn Postgres: transaction 100 (1 messages taken, 0 opened) stays of unknown outcome (no answer within 20 ms); asking again about once a second",
     "info Postgres: transaction 100 had committed: given back already",
     "warn Postgres: transaction 100 had committed: gave back 1 messages taken and 0 opened",
   ]);
@@ -262,4 +263,39 @@ test("the identity failing for now (not a server that never lets it be read): no
   await u.ask();
   expect(u.pending()).toBe(0);
   expect(logs.at(-1)).toBe("warn Postgres: transaction 100 had committed: gave back 1 messages taken and 0 opened");
+});
+
+test("one batch whose answer never comes does not starve the others; it is said once, then at 1 min, 10 min and hourly, with its xid and count only (review 6 R)", async () => {
+  const logs: string[] = [];
+  let clock = 0;
+  let sides = 0;
+  const deps = fakeDeps({ now: () => clock, side: () => (sides++, { close: async () => {} }) as never }, logs);
+  // 100 never answers (a statement held up by a lock); 101 committed.
+  const resolve = deps.st.resolve;
+  deps.st = { ...deps.st, resolve: (s: SQL, xid: string, ...rest: unknown[]) => (xid === "100" ? new Promise(() => {}) : (resolve as Function)(s, xid, ...rest)) } as never;
+  const u = createUnknown(deps);
+  u.keep(tx("100"));
+  u.keep(tx("101"));
+  logs.length = 0;
+  await u.ask();
+  expect(u.pending()).toBe(1);
+  expect(sides).toBe(2); // 101 was asked on a new connection: 100's statement may still hold the first
+  const stays = "warn Postgres: transaction 100 (1 messages taken, 0 opened) stays of unknown outcome (no answer within 20 ms); asking again about once a second";
+  expect(logs).toEqual([stays, "warn Postgres: transaction 101 had committed: gave back 1 messages taken and 0 opened"]);
+  const still = (min: number) => `warn Postgres: transaction 100 (1 messages taken, 0 opened) is still of unknown outcome after ${min} min (no answer within 20 ms); asking again about once a second`;
+  const at = async (ms: number) => {
+    clock = ms;
+    logs.length = 0;
+    await u.ask();
+    return [...logs];
+  };
+  expect(await at(1_000)).toEqual([]);
+  expect(await at(60_000)).toEqual([still(1)]);
+  expect(await at(61_000)).toEqual([]);
+  expect(await at(300_000)).toEqual([]);
+  expect(await at(600_000)).toEqual([still(10)]);
+  expect(await at(3_599_000)).toEqual([]);
+  expect(await at(3_600_000)).toEqual([still(60)]);
+  expect(await at(7_199_000)).toEqual([]);
+  expect(await at(7_300_000)).toEqual([still(121)]);
 });
