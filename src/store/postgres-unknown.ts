@@ -209,9 +209,36 @@ export function createUnknown(d: UnknownDeps) {
     }
   }
 
+  /**
+   * A clean stop, if batches are pending: one last ask once `first` settles (the last batch, which
+   * may add one), all within `budgetMs`. With none pending it waits for nothing (a Postgres that
+   * froze under the last batch must not double the stop's time for no entry).
+   */
+  async function askLast(budgetMs: number, first: Promise<unknown>): Promise<void> {
+    if (list.length > 0) await bounded(first.catch(() => {}).then(ask), budgetMs).catch(() => {});
+  }
+
+  /** At the end of a stop, says what is left: kept in the file for the next start on this directory, or lost with this process. */
+  function sayLeft(): void {
+    if (list.length === 0) return;
+    const lost = file.path === null ? list : list.filter((u) => unsaved.has(u));
+    const kept = list.length - lost.length;
+    const xids = (l: Unresolved[]) => l.map((u) => u.xid).join(", ");
+    if (kept > 0) {
+      d.log("warn", `Postgres: stopping with ${kept} batches of unknown outcome (transactions ${xids(list.filter((u) => !lost.includes(u)))}): ` +
+        `kept in ${file.path}; the next start on this data directory asks about them`);
+    }
+    if (lost.length > 0) {
+      d.log("warn", `Postgres: stopping with ${lost.length} batches of unknown outcome (transactions ${xids(lost)}) ` +
+        `${file.path === null ? "and no data directory" : `not in ${file.path}`}: they are not asked about again; what they took, if they committed, stays taken`);
+    }
+  }
+
   return {
     keep,
     ask,
+    askLast,
+    sayLeft,
     /** Batches kept, not yet settled. */
     pending: () => list.length,
   };

@@ -361,6 +361,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       closed = true;
       features.stop();
       reindexer.stop(); // not waited for: Postgres ends the statement once its connection is gone
+      // Batches of unknown outcome: asked about once more, within the timeout (with the leave's own
+      // that fits the stop's budget, commitBoundMs); what is left is said at the end, left or not.
+      await unknown.askLast(options.timeoutMs, batches.settled());
       let timer: ReturnType<typeof setTimeout> | undefined;
       let gaveUp = false;
       const late = new Promise<never>((_, fail) => {
@@ -388,6 +391,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         );
       } finally {
         clearTimeout(timer);
+        unknown.sayLeft();
       }
       claim?.release();
       const c = client;

@@ -250,6 +250,35 @@ if (havePostgres("e2e postgres unknown outcome")) {
       );
     }, 40_000);
 
+    test("SIGTERM while a batch of unknown outcome waits and Postgres refuses connections: the stop says it is kept in the file, and the next start gives it back", async () => {
+      const home = join(tempDir(), "data");
+      const { server, schema, sql, c } = await node(home);
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+      await connections(sql, false);
+      let xid = "";
+      try {
+        const reply = await c.call("get q\r\n", 15_000);
+        expect(reply).toMatch(UNKNOWN);
+        xid = /transaction (\d+)/.exec(reply)![1]!;
+        await commitOver(sql, schema);
+        c.close();
+        // The last ask is refused too; the node cannot leave either (exit 1, as before).
+        expect(await server.kill("SIGTERM")).toBe(1);
+      } finally {
+        await connections(sql, true);
+      }
+      const file = join(home, "postgres-unresolved.json");
+      expect(server.stderr()).toContain(`Postgres: stopping with 1 batches of unknown outcome (transactions ${xid}): kept in ${file}; the next start on this data directory asks about them`);
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      const again = await startServer(["--store", storeUrl(schema)], home);
+      await logged(again, `transaction ${xid} had committed: gave back 1 messages taken and 0 opened`);
+      const c2 = await again.connect();
+      expect(await c2.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      c2.close();
+      await sql.close();
+    }, 40_000);
+
     test("a role that may not read the server's identity (pg_control_system() revoked from PUBLIC, as on a managed server): said once at open; a landed batch is given back as its rows decide", async () => {
       const admin = new SQL(PG_URL!, { max: 1 });
       await admin.unsafe("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");

@@ -299,3 +299,29 @@ test("one batch whose answer never comes does not starve the others; it is said 
   expect(await at(7_199_000)).toEqual([]);
   expect(await at(7_300_000)).toEqual([still(121)]);
 });
+
+test("a clean stop asks once more, then says what is left: kept in the file, or lost with no data directory (review 6 R)", async () => {
+  const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
+  const logs: string[] = [];
+  const withFile = createUnknown({ ...fakeDeps({ home }, logs) });
+  withFile.keep(tx("100"));
+  withFile.keep(tx("200"));
+  let batchDone = () => {};
+  const batch = new Promise<void>((r) => (batchDone = r));
+  const stopping = withFile.askLast(1000, batch);
+  withFile.keep(tx("201")); // the last batch, kept before it settles: asked about too
+  batchDone();
+  await stopping;
+  withFile.sayLeft();
+  expect(withFile.pending()).toBe(1);
+  expect(logs.filter((l) => l.includes("gave back")).length).toBe(2); // 100 and 201, in the last ask
+  expect(logs.at(-1)).toBe(`warn Postgres: stopping with 1 batches of unknown outcome (transactions 200): kept in ${join(home, "postgres-unresolved.json")}; the next start on this data directory asks about them`);
+  const none = createUnknown(fakeDeps({ identity: () => new Promise(() => {}) }, logs));
+  none.keep(tx("300"));
+  const t0 = performance.now();
+  await none.askLast(50, Promise.resolve());
+  none.sayLeft();
+  expect(performance.now() - t0).toBeLessThan(1000);
+  expect(logs.at(-1)).toBe("warn Postgres: stopping with 1 batches of unknown outcome (transactions 300) and no data directory: they are not asked about again; what they took, if they committed, stays taken");
+  rmSync(home, { recursive: true });
+});
