@@ -27,8 +27,6 @@ export interface UnknownDeps {
   side(): SQL;
   /** The identity of the server `on` writes to; null if it never can be read; throws if not now (postgres-hosts.ts identityReader). */
   identity(on: SQL): Promise<string | null>;
-  /** This node holds message `id` open now (a later open of it must not be ended). */
-  holds(id: number): boolean;
   /** Messages came back to these queues: wake their waiters, read the counters again. */
   gaveBack(queues: string[]): Promise<void>;
   reason(e: unknown): StoreError;
@@ -186,7 +184,7 @@ export function createUnknown(d: UnknownDeps) {
    * on: after a failover, the new primary may have given that number to another transaction, or
    * not reached it yet. Elsewhere, or if the server cannot say (no record left of so old an xid),
    * the rows decide: a give-back re-inserts only the taken rows no longer in the table, and ends
-   * only leases this node still has and no session holds. Half the timeout to end its backend:
+   * only leases this node still has as the batch left them. Half the timeout to end its backend:
    * one that does not go in time is answered "in progress" before the entry's bound ends.
    */
   async function outcome(side: SQL, here: string | null, u: Unresolved): Promise<"committed" | "aborted" | "by rows" | null> {
@@ -198,8 +196,8 @@ export function createUnknown(d: UnknownDeps) {
 
   async function giveBack(side: SQL, u: Unresolved, why: "committed" | "by rows"): Promise<void> {
     const key = `${u.server ?? `node ${u.node}`}/${u.xid}`;
-    const leased = u.leased.filter((id) => !d.holds(id));
-    const r = await d.st.giveBack(side, key, d.node, u.node, u.taken, leased);
+    // A lease a later open took again is spared by the statement itself (postgres-outcome-sql.ts giveBack).
+    const r = await d.st.giveBack(side, key, d.node, u.node, u.taken, u.leased, u.xid);
     if (r.queues !== null) await d.gaveBack(r.queues); // before saying so: the counters read after say it too
     const how = why === "committed" ? "had committed" : `cannot be asked about on this server (${u.server === null ? "unknown server" : "another server or timeline"})`;
     if (r.settled === 0) d.log("info", `Postgres: transaction ${u.xid} ${how}: given back already`);

@@ -173,7 +173,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, identity, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
+    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home,
     // The store is the database itself, not the URL that reached it (postgres-unknown-file.ts).
     here: { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` },
     gaveBack: async (queues) => {

@@ -43,7 +43,6 @@ function fakeDeps(over: Partial<UnknownDeps>, logs: string[]): UnknownDeps {
     timeoutMs: 20,
     side: () => ({ close: async () => {} }) as never,
     identity: async () => "srv",
-    holds: () => false,
     gaveBack: async () => {},
     reason: (e) => ({ message: (e as Error).message }) as never,
     log: (l, m) => void logs.push(`${l} ${m}`),
@@ -152,7 +151,7 @@ if (havePostgres("unit postgres give-back")) {
         await sql.unsafe(`DELETE FROM ${schema}.mcq_messages WHERE id = $1`, [r.id]);
         return r as Required<Row>;
       };
-      const back = async (key: string, rows: Required<Row>[]) => (await st.giveBack(sql, key, 1, 1, rows, [])).back;
+      const back = async (key: string, rows: Required<Row>[]) => (await st.giveBack(sql, key, 1, 1, rows, [], "1")).back;
       const there = async () => (await sql.unsafe(`SELECT queue FROM ${schema}.mcq_messages ORDER BY id`)).map((r: { queue: string }) => r.queue);
 
       const [a, b, c] = [await taken("a"), await taken("b"), await taken("c")];
@@ -325,3 +324,41 @@ test("a clean stop asks once more, then says what is left: kept in the file, or 
   expect(logs.at(-1)).toBe("warn Postgres: stopping with 1 batches of unknown outcome (transactions 300) and no data directory: they are not asked about again; what they took, if they committed, stays taken");
   rmSync(home, { recursive: true });
 });
+
+if (havePostgres("unit postgres give-back leases")) {
+  test("a give-back ends a lease only as its batch left it: the node's own later open of the message, committed before the statement, keeps its lease (review 6 R)", async () => {
+    const schema = freshSchema("giveback");
+    const sql = new SQL(PG_URL!, { max: 1 });
+    try {
+      await migrate(sql, schema);
+      const st = statements(schema);
+      const M = `${schema}.mcq_messages`;
+      const ids: number[] = [];
+      for (const body of ["a", "b", "c"]) {
+        ids.push((await sql.unsafe(`INSERT INTO ${M} (queue, flags, created, expires, body) VALUES ('q', 0, 1, 0, $1) RETURNING id::float8 AS id`, [Buffer.from(body)]))[0].id);
+      }
+      const [a, b, c] = ids as [number, number, number];
+      await sql.unsafe(`INSERT INTO ${schema}.mcq_counters (queue, node, total, open) VALUES ('q', 1, 3, 3)`);
+      /** Node 1 opens `which` in a transaction of its own, committed or not; its xid. */
+      const open = async (which: number[], commit = true) => {
+        await sql.unsafe("BEGIN");
+        await sql.unsafe(`UPDATE ${M} SET owner = 1, deliveries = deliveries + 1 WHERE id = ANY($1::int8[])`, [which]);
+        const xid = (await sql.unsafe("SELECT pg_current_xact_id()::text AS xid"))[0].xid as string;
+        await sql.unsafe(commit ? "COMMIT" : "ROLLBACK");
+        return xid;
+      };
+      const landed = await open([a, b]); // the batch of unknown outcome: it landed
+      await sql.unsafe(`UPDATE ${M} SET owner = NULL WHERE id = $1`, [a]); // a's lease ended (reaped, say)...
+      await open([a]); // ...and a session of node 1 opened it again: the node's map may not show it yet
+      const rolledBack = await open([c], false); // another batch, rolled back...
+      await open([c]); // ...and c opened by node 1 since
+      const owners = async () => (await sql.unsafe(`SELECT owner FROM ${M} ORDER BY id`)).map((r: { owner: number | null }) => r.owner);
+      expect((await st.giveBack(sql, "s/1", 1, 1, [], [a, b], landed)).released).toBe(1); // b only
+      expect((await st.giveBack(sql, "s/2", 1, 1, [], [c], rolledBack)).released).toBe(0);
+      expect(await owners()).toEqual([1, null, 1]);
+    } finally {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => {});
+      await sql.close();
+    }
+  });
+}
