@@ -44,3 +44,65 @@ export async function dropSchemas(schemas: string[]): Promise<void> {
   for (const s of schemas) await sql.unsafe(`DROP SCHEMA IF EXISTS ${s} CASCADE`).catch(() => {});
   await sql.close();
 }
+
+/**
+ * A TCP relay to PG_URL's server that passes bytes both ways at once, but a client's close only
+ * `closeDelayMs` later: a network where the end of a connection reaches Postgres late (a FIN
+ * crossing a WAN, a lost packet), while the backend may still read what came before it.
+ */
+export function lateCloseRelay(closeDelayMs: number) {
+  const target = new URL(PG_URL!);
+  type Side = { peer: import("bun").Socket<Side> | null; queued: Uint8Array[]; closed: boolean };
+  const pass = (to: import("bun").Socket<Side> | null, bytes: Uint8Array, from: Side) => {
+    if (to === null) return void from.queued.push(bytes.slice());
+    const n = to.write(bytes);
+    if (n < bytes.length) to.data.queued.push(bytes.slice(n)); // written on drain
+  };
+  const drain = (s: import("bun").Socket<Side>) => {
+    while (s.data.queued.length > 0) {
+      const b = s.data.queued.shift()!;
+      const n = s.write(b);
+      if (n < b.length) return void s.data.queued.unshift(b.slice(n));
+    }
+  };
+  const relay = Bun.listen<Side>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(client) {
+        client.data = { peer: null, queued: [], closed: false };
+        void Bun.connect<Side>({
+          hostname: target.hostname,
+          port: Number(target.port || 5432),
+          socket: {
+            open(up) {
+              up.data = { peer: client, queued: client.data.queued.splice(0), closed: false };
+              client.data.peer = up;
+              drain(up);
+              if (client.data.closed) setTimeout(() => up.end(), closeDelayMs);
+            },
+            data: (up, bytes) => pass(up.data.peer, bytes, up.data),
+            drain,
+            close: (up) => void up.data.peer?.end(),
+          },
+        }).catch(() => client.end());
+      },
+      data: (client, bytes) => pass(client.data.peer, bytes, client.data),
+      drain,
+      close(client) {
+        client.data.closed = true;
+        const up = client.data.peer;
+        if (up !== null) setTimeout(() => up.end(), closeDelayMs);
+      },
+    },
+  });
+  return {
+    /** The store URL for `schema`, through the relay. */
+    url(schema: string) {
+      const u = new URL(pgStoreUrl(schema));
+      u.host = `127.0.0.1:${relay.port}`;
+      return u.toString();
+    },
+    stop: () => relay.stop(true),
+  };
+}

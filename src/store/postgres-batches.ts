@@ -14,14 +14,13 @@ import type { SQL } from "bun";
 import type { Delta, Statements } from "./postgres-sql";
 import type { Mode, Op, Tx } from "./postgres-send";
 import type { View } from "./postgres-view";
+import { createOutcomes, type OutcomeDeps } from "./postgres-resolve";
 import { StoreError, type Message } from "./store";
 
-export interface BatchDeps {
-  st: Statements;
+export interface BatchDeps extends OutcomeDeps {
   node: number;
   channel: string;
   view: View;
-  timeoutMs: number;
   /** Batches sent before the last one's outcome is known (store.maxInFlight). */
   inFlight: number;
   send(tx: Tx, c: SQL): Promise<void>;
@@ -31,16 +30,8 @@ export interface BatchDeps {
   connection(): Promise<SQL>;
   /** The connection now, or null once dropped. */
   client(): SQL | null;
-  /** A new connection of its own to the host in use, to ask what became of a batch (resolveCommit). */
-  side(): SQL;
   /** The server the connection writes to (postgres-sql.ts identity). */
   server(): string | null;
-  /** Keeps a batch whose outcome stays unknown, to ask again later (postgres-unknown.ts). */
-  unresolved(tx: Tx): void;
-  /** Drops the connection (`only`: if it is still that one, not the one made since). */
-  replaceConnection(only?: SQL | null): void;
-  reason(e: unknown): StoreError;
-  log(level: "info" | "warn", message: string): void;
   closed(): boolean;
   /** Every node's counters, as read when the store opened. */
   sums: Sums;
@@ -73,7 +64,7 @@ export function createBatches(d: BatchDeps) {
   let batchNo = 0;
   /** Batches whose COMMIT answered. */
   const answered = new WeakSet<Tx>();
-
+  const outcome = createOutcomes(d, answered);
   function newTx(): Tx {
     let breakNow!: (e: StoreError) => void;
     const broken = new Promise<never>((_, fail) => (breakNow = fail));
@@ -142,16 +133,18 @@ export function createBatches(d: BatchDeps) {
     parts.push(st.xact(c).then(({ xid, pid }) => void (xid === null ? (tx.wroteNothing = true) : (tx.xact = { xid, pid }))));
     const commit = c`COMMIT`.execute();
     commit.then(() => answered.add(tx), () => {}); // awaited below, unless an earlier statement failed first
+    outcome.watch(tx, [...parts, commit]);
     // Counters read right after this COMMIT, before the next batch, include it and none after.
     const next = recent[recent.indexOf(tx) + 1];
     const sums = tx.refreshers.length > 0 ? st.totals(c) : null;
     sums?.catch(() => {});
     return (async () => {
-      for (const r of await Promise.allSettled(parts)) if (r.status === "rejected") throw r.reason;
-      // No answer to a COMMIT that was sent does not mean that it failed: find out (resolveCommit).
+      // A part without its answer: the backend ended before it, so before its COMMIT.
+      for (const r of await Promise.allSettled(parts)) if (r.status === "rejected") throw outcome.notRun(tx) ?? r.reason;
+      // No answer to a COMMIT that was sent does not mean that it failed: find out (postgres-resolve.ts).
       const r = await commit.catch((e) => {
         if (definite(e)) throw e;
-        return settleUnknown(tx, e).then(() => ({ command: "COMMIT" }));
+        return outcome.settle(tx, e).then(() => ({ command: "COMMIT" }));
       });
       if (r.command !== "COMMIT") throw new StoreError(`Postgres: the transaction was rolled back`);
       if (sums !== null) {
@@ -164,7 +157,7 @@ export function createBatches(d: BatchDeps) {
   /**
    * A batch must be done within the timeout: a Postgres that stopped answering is not waited for.
    * Once its statements may all have run, its COMMIT may be under way (a deferred trigger, a
-   * synchronous standby that lags) and land after all: the batch is resolved (resolveCommit), not
+   * synchronous standby that lags) and land after all: the batch is resolved (postgres-resolve.ts), not
    * failed, and its outcome comes through sendTx, whose COMMIT then fails as its backend is ended.
    */
   function startTimer(tx: Tx): void {
@@ -174,77 +167,11 @@ export function createBatches(d: BatchDeps) {
     tx.timer = setTimeout(() => setTimeout(() => {
       if (answered.has(tx)) return; // sendTx finishes it
       const late = new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`);
-      if (tx.sentOn === null || (tx.xact === null && !tx.wroteNothing)) {
+      if (tx.sentOn === null || (tx.xact === null && !tx.wroteNothing && tx.pid === null)) {
         failTx(tx, late);
         d.replaceConnection(tx.sentOn);
-      } else settleUnknown(tx, late).catch((e) => answered.has(tx) || failTx(tx, e));
+      } else outcome.settle(tx, late).catch((e) => answered.has(tx) || failTx(tx, e));
     }, 1), d.timeoutMs);
-  }
-
-  /** Resolves the batch's COMMIT once, whichever of its timeout and its COMMIT's failure comes first. */
-  function settleUnknown(tx: Tx, why: unknown): Promise<void> {
-    return (tx.resolution ??= resolveCommit(tx, reason(why).message));
-  }
-
-  /**
-   * The batch's COMMIT was sent and its answer did not come: Postgres may have committed it. Asked
-   * on a connection of its own, within the timeout again: its backend is ended if it is still in
-   * the transaction (so the answer is final), then pg_xact_status says. Resolves if it committed:
-   * its replies go out as if COMMIT had answered (a take's VALUE is sent, not cut). Throws if it
-   * did not, and if the answer cannot be had (Postgres down): the batch then fails as before, with
-   * a message saying that its outcome is unknown (see docs/design.md "A COMMIT with no answer").
-   */
-  async function resolveCommit(tx: Tx, cause: string): Promise<void> {
-    if (tx.wroteNothing) return void (answered.has(tx) || d.replaceConnection(tx.sentOn)); // no outcome loses anything
-    const x = tx.xact;
-    // Its takes may have answered (the xid is asked last): with no xid to ask about, they are not kept. See docs/design.md.
-    if (x === null) throw new StoreError(`${cause}; the transaction's id never came back: its outcome is unknown`);
-    if (tx.server === null) {
-      if (!answered.has(tx)) d.replaceConnection(tx.sentOn);
-      return unknownNow(tx, `${cause}; the server of transaction ${x.xid} is not known, so its id cannot be asked about: its outcome is unknown`);
-    }
-    const side = d.side();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<never>((_, fail) => {
-      timer = setTimeout(() => fail(new StoreError(`no answer within ${d.timeoutMs} ms`)), d.timeoutMs);
-    });
-    let status: string | null;
-    try {
-      // Half the budget to end its backend: one that does not go in time is answered "in progress"
-      // before `late` fires, not mistaken for a Postgres that cannot be asked.
-      status = await Promise.race([st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2), tx.server), late]);
-    } catch (e) {
-      const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
-      d.log("warn", unknown.message);
-      d.unresolved(tx);
-      throw unknown;
-    } finally {
-      clearTimeout(timer);
-      void side.close({ timeout: 0 }).catch(() => {});
-      // Its backend is gone, or lost to us; unless its COMMIT answered meanwhile: the connection
-      // is sound and may carry the next batch already.
-      if (!answered.has(tx)) d.replaceConnection(tx.sentOn);
-    }
-    if (status === "committed") {
-      d.log("warn", `${cause}; transaction ${x.xid} had committed: the batch stands`);
-      return;
-    }
-    if (status === "in progress") {
-      d.unresolved(tx);
-      throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
-    }
-    if (status === "another server") {
-      // A failover or a restart since it was sent: there its xid may be another transaction's.
-      return unknownNow(tx, `${cause}; Postgres is not the server transaction ${x.xid} ran on (a failover or a restart): its outcome is unknown`);
-    }
-    throw new StoreError(`${cause}; the transaction was rolled back`);
-  }
-
-  /** The batch's outcome cannot be asked about: kept, asked about again later (postgres-unknown.ts), and failed. */
-  function unknownNow(tx: Tx, message: string): never {
-    d.log("warn", message);
-    d.unresolved(tx);
-    throw new StoreError(message);
   }
 
   /**
@@ -256,7 +183,7 @@ export function createBatches(d: BatchDeps) {
    */
   function statementFailed(tx: Tx, e: unknown): void {
     if (tx.failed !== null) return;
-    failTx(tx, e);
+    failTx(tx, outcome.notRun(tx) ?? e);
     d.replaceConnection(tx.sentOn);
   }
 

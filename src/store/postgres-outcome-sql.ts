@@ -56,6 +56,20 @@ export function outcomeStatements(schema: string) {
       return rows[0]!.server === server ? rows[0]!.status : "another server";
     },
     /**
+     * Ends backend `pid` on `server`, waiting up to `waitMs` for it to go: a batch whose transaction
+     * id never came back (postgres-batches.ts endUnanswered). By the pid alone: the batch's
+     * connection is still open, so its backend still has that pid. 'ended', 'gone' (it had ended
+     * already), 'not ended' (it did not go in time), or 'another server' (nothing ended).
+     */
+    end: async (sql: SQL, pid: number, waitMs: number, server: string) => {
+      const rows = (await sql.unsafe(
+        `SELECT (${IDENTITY}) AS server, (SELECT pg_terminate_backend(pid, $2::int8) FROM pg_stat_activity WHERE pid = $1::int AND (${IDENTITY}) = $3) AS ended`,
+        [pid, waitMs, server],
+      ).execute()) as { server: string | null; ended: boolean | null }[];
+      const r = rows[0]!;
+      return r.server !== server ? "another server" : r.ended === null ? "gone" : r.ended ? "ended" : "not ended";
+    },
+    /**
      * The server this connection writes to (IDENTITY). Throws if it cannot be read: a server that
      * never lets it be read (a managed one) is told from a passing failure by the caller
      * (postgres-hosts.ts identityReader), which alone may decide that no xid is trusted.

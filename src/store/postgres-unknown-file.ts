@@ -10,6 +10,7 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { dirname, join } from "node:path";
+import type { StoreUrl } from "./postgres-hosts";
 import type { Row } from "./postgres-sql";
 
 /** A store: its server's system identifier (null if it cannot be read there), database and schema. */
@@ -39,6 +40,11 @@ export interface Unresolved {
 export interface Here extends StoreId {
   /** The key entries were written with before StoreId: `<URL without password> schema <schema>`. */
   legacy: string;
+}
+
+/** This store, from what the node learned at open: the identity of its server, its database, and the URL. */
+export function storeHere(server: string | null, database: string, url: StoreUrl): Here {
+  return { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` };
 }
 
 export const FILE = "postgres-unresolved.json";

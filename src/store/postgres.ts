@@ -36,6 +36,7 @@ import { createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
 import { createUnknown } from "./postgres-unknown";
+import { storeHere } from "./postgres-unknown-file";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { StoreError, type QueueStore } from "./store";
@@ -112,10 +113,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
-    server = await identity(found.sql).catch(async (e) => {
-      await found.sql.close().catch(() => {});
-      throw e; // not connected: the batch fails, the next one connects again
-    });
+    // Its identity not to be read now: not connected (the batch fails; the next one connects again).
+    server = await identity(found.sql).catch((e) => found.sql.close().catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
@@ -129,14 +128,16 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
    * Drops the connection after a failure: whatever it was doing is abandoned. The LISTEN
    * connection goes too, until the next connection succeeds: in Bun 1.4.5 a LISTEN retrying
    * against a Postgres that is down keeps every new connection of the process from succeeding,
-   * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts).
+   * even once Postgres is back (measured; tests/e2e/postgres-outage.test.ts). `closeAfter`: the
+   * old one is closed once that settles (postgres-batches.ts endUnanswered); new batches go on a
+   * new one at once.
    */
-  function replaceConnection(only: SQL | null = null): void {
+  function replaceConnection(only: SQL | null = null, closeAfter: Promise<unknown> = Promise.resolve()): void {
     if (only !== null && client !== only) return; // replaced already
     const old = client;
     client = null;
     listener.pause();
-    if (old !== null) void old.close({ timeout: 0 }).catch(() => {});
+    if (old !== null) void closeAfter.catch(() => {}).then(() => old.close({ timeout: 0 })).catch(() => {});
   }
 
   const { send } = createSender({
@@ -173,9 +174,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home,
-    // The store is the database itself, not the URL that reached it (postgres-unknown-file.ts).
-    here: { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` },
+    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url),
     gaveBack: async (queues) => {
       for (const q of queues) store.onAvailable?.(q);
       await refresh().catch(() => {}); // read again within the second anyway
@@ -361,8 +360,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       closed = true;
       features.stop();
       reindexer.stop(); // not waited for: Postgres ends the statement once its connection is gone
-      // Batches of unknown outcome: asked about once more, within the timeout (with the leave's own
-      // that fits the stop's budget, commitBoundMs); what is left is said at the end, left or not.
+      // Batches of unknown outcome: asked once more within the timeout (with the leave's, within commitBoundMs).
       await unknown.askLast(options.timeoutMs, batches.settled());
       let timer: ReturnType<typeof setTimeout> | undefined;
       let gaveUp = false;

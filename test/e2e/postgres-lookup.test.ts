@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
-import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
+import { dropSchemas, freshSchema, havePostgres, lateCloseRelay, PG_URL, pgStoreUrl } from "../pg";
 import { set, startServer, stopAll, tempDir, value } from "./harness";
 
 const schemas: string[] = [];
@@ -148,6 +148,46 @@ if (havePostgres("e2e postgres commit lookup")) {
       expect(took).toBeLessThan(2 * (2 * 5000 + 3000)); // the stop's wait for the batch, then the store's close
       expect(server.stderr()).toContain("had committed: the batch stands");
     }, 40_000);
+
+    test("a get whose batch waits past the timeout before its transaction id answers: its backend is ended before the SERVER_ERROR, so the message stays queued", async () => {
+      // Through a relay that brings a closed connection's end to Postgres 3 s late, as a network may.
+      const relay = lateCloseRelay(3000);
+      const schema = freshSchema("lookup");
+      schemas.push(schema);
+      const server = await startServer(["--store", relay.url(schema)], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m0") + set("q", "m1") + set("q", "m2"))).toBe("STORED\r\n".repeat(3));
+      // Every statement of a get prepared on the connection: the next one leaves in one write, COMMIT too.
+      expect(await c.call("get q\r\n")).toBe(value("q", "m0") + "END\r\n");
+      // The batch's DELETE waits on a lock: BEGIN and its backend's pid answer, its transaction id does not.
+      const holder = new SQL(PG_URL!, { max: 1 });
+      let reply: string;
+      let backend = 0;
+      try {
+        await holder.unsafe("BEGIN");
+        await holder.unsafe(`LOCK TABLE ${schema}.mcq_messages IN ACCESS EXCLUSIVE MODE`);
+        const pending = c.call("get q\r\n", 20_000);
+        while (backend === 0) {
+          const found = await sql.unsafe(`SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()`);
+          if (found.length > 0) backend = Number(found[0].pid);
+        }
+        reply = await pending;
+      } finally {
+        await holder.unsafe("COMMIT").catch(() => {});
+        await holder.close();
+      }
+      // Before: the connection was closed with the backend still waiting; once the lock went, it read
+      // the rest of the batch from its socket, COMMIT included, and m1 was gone with no VALUE sent.
+      expect(reply).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; its backend was ended before its COMMIT ran: nothing of it was done\r\n$/);
+      while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE pid = $1`, [backend])).length > 0);
+      const left = await sql.unsafe(`SELECT convert_from(body, 'UTF8') AS b FROM ${schema}.mcq_messages ORDER BY id`);
+      expect(left.map((r: { b: string }) => r.b)).toEqual(["m1", "m2"]);
+      expect(await c.call("get q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\n");
+      expect(await c.call("stats queue\r\n")).toBe("STAT q 3/3\r\n" + "END\r\n");
+      c.close();
+      await server.kill("SIGTERM");
+      relay.stop();
+    }, 30_000);
 
     test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
       const { schema, server, c } = await nodeWithOne();
