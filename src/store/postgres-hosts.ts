@@ -92,14 +92,53 @@ export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: s
 
 // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
 // made, as if the server had changed since (a failover, a restart) when the side connection asks.
-export const identity = async (st: Statements, on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
+const identity = async (st: Statements, on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));
 
-/** The writable host, refused if older than 14, with the identity of the server its xids belong to. */
-export async function connectChecked(url: StoreUrl, st: Statements) {
+/**
+ * Whether reading the identity failed for good on this server, not for now: a role without the
+ * privilege (pg_control_system() revoked from PUBLIC, as a managed server may) or a function the
+ * server lacks or refuses (42501, 42883, 0A000, by SQLSTATE). Anything else (a connection lost, a
+ * statement cancelled, a server in recovery during a failover) passes: then no xid is given up on.
+ */
+export function unreadableForGood(e: unknown): boolean {
+  const code = (e as { errno?: unknown }).errno;
+  return code === "42501" || code === "42883" || code === "0A000";
+}
+
+/**
+ * Reads the identity of the server a connection writes to (postgres-outcome-sql.ts IDENTITY).
+ * null if this server never lets it be read: said once, as then no COMMIT with no answer can be
+ * looked up by its xid, and every such batch is given back as its rows decide (docs/design.md "An
+ * outcome that stays unknown"). Any other failure throws: the caller fails now and asks again
+ * later, rather than giving up on exact lookups for a passing error.
+ */
+export function identityReader(st: Statements, log: (level: "warn", message: string) => void) {
+  let said = false;
+  return async (on: SQL): Promise<string | null> => {
+    try {
+      return await identity(st, on);
+    } catch (e) {
+      if (!unreadableForGood(e)) throw e;
+      if (!said) {
+        said = true;
+        log("warn", `Postgres: the server's identity cannot be read (${(e as Error).message}): a COMMIT with no answer cannot be ` +
+          "looked up by its transaction id on this server; a batch of unknown outcome is given back as its rows decide (docs/design.md)");
+      }
+      return null;
+    }
+  };
+}
+
+/**
+ * The writable host, refused if older than 14, with its database and the identity of the server
+ * its xids belong to (`identityOf`: identityReader).
+ */
+export async function connectChecked(url: StoreUrl, identityOf: (on: SQL) => Promise<string | null>) {
   const found = await connectPrimary(url);
   try {
-    checkVersion(Number((await found.sql.unsafe("SHOW server_version_num"))[0].server_version_num), found.host);
-    return { ...found, server: await identity(st, found.sql) };
+    const [row] = await found.sql.unsafe("SELECT current_setting('server_version_num') AS num, current_database() AS database");
+    checkVersion(Number(row.num), found.host);
+    return { ...found, database: row.database as string, server: await identityOf(found.sql) };
   } catch (e) {
     await found.sql.close().catch(() => {});
     throw e;

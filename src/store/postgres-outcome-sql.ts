@@ -77,22 +77,33 @@ export function outcomeStatements(schema: string) {
       return r.server !== server ? "another server" : r.ended === null ? "gone" : r.ended ? "ended" : "not ended";
     },
     /**
-     * The server this connection writes to (IDENTITY), null if it cannot be read (then no xid is
-     * trusted: postgres-batches.ts resolveCommit, postgres-unknown.ts).
+     * The server this connection writes to (IDENTITY). Throws if it cannot be read: a server that
+     * never lets it be read (a managed one) is told from a passing failure by the caller
+     * (postgres-hosts.ts identityReader), which alone may decide that no xid is trusted.
      */
-    identity: async (sql: SQL): Promise<string | null> => {
-      const rows = (await sql.unsafe(`SELECT (${IDENTITY}) AS id`).execute().catch(() => [{ id: null }])) as { id: string | null }[];
-      return rows[0]?.id ?? null;
+    identity: async (sql: SQL): Promise<string> => {
+      const rows = (await sql.unsafe(`SELECT (${IDENTITY}) AS id`).execute()) as { id: string }[];
+      return rows[0]!.id;
     },
     /**
      * Gives back what the takes of a batch that landed unanswered took (postgres-unknown.ts), as
      * one statement, so it commits whole and on its own: the dequeued rows go back under their own
      * ids (where they were in their queues; one still there stays as it is), the leases of
-     * `owner` end, and the counts of what this puts back are undone in `node`'s counters. `key`
+     * `owner` end, and the counts of what this puts back are undone in `node`'s counters.
+     *
+     * A lease ends only if the row is still as transaction `xid` (the batch) left it: xmin, the
+     * transaction that wrote the row's version, is the batch's. A later open of the message (by a
+     * session of this node: the same owner) wrote a version of its own, so it is not ended; and
+     * one committing while this runs holds the row, which this statement waits for, then judges
+     * the version it committed (READ COMMITTED re-checks the row). So the check is in the
+     * statement, not before it (review 6: a check of what the node holds, made before the
+     * statement, missed an open that committed in between). If the batch rolled back, its version
+     * is gone: nothing of it is ended. Only a reused xid number (a promoted standby's, when the
+     * rows decide) opening the same message for the same node could pass for the batch. `key`
      * names the batch in mcq_settled: a second give-back of it (a crash before this node forgot
      * it, an answer lost) finds it there and changes nothing. Settlements older than a week go.
      */
-    giveBack: async (sql: SQL, key: string, node: number, owner: number, rows: Required<Row>[], leased: number[]) => {
+    giveBack: async (sql: SQL, key: string, node: number, owner: number, rows: Required<Row>[], leased: number[], xid: string) => {
       const col = <T>(f: (r: Required<Row>) => T) => rows.map(f);
       const out = (await sql.unsafe(
         `WITH old AS (DELETE FROM ${schema}.mcq_settled WHERE at < now() - interval '7 days'),
@@ -106,7 +117,7 @@ export function outcomeStatements(schema: string) {
                -- nor from before a flush or delete of its queue, or of all
                AND t.id > ALL (SELECT upto FROM ${schema}.mcq_flushed f WHERE f.queue IN (t.queue, ''))
              ON CONFLICT (id) DO NOTHING RETURNING queue, length(body) AS len),
-           u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($9::int8[]) AND owner = $10 AND EXISTS (SELECT 1 FROM s) RETURNING queue),
+           u AS (UPDATE ${M} SET owner = NULL WHERE id = ANY($9::int8[]) AND owner = $10 AND xmin = $12::text::xid AND EXISTS (SELECT 1 FROM s) RETURNING queue),
            c AS (${upsert("$11::int", perRows([
              { from: "r", queue: "queue", c: { items: "1", bytes: "len", fetched: "-1" } },
              { from: "u", queue: "queue", c: { open: "-1" } },
@@ -114,7 +125,7 @@ export function outcomeStatements(schema: string) {
          SELECT (SELECT count(*) FROM s)::int AS settled, (SELECT count(*) FROM r)::int AS back, (SELECT count(*) FROM u)::int AS released,
            (SELECT array_agg(DISTINCT queue) FROM (SELECT queue FROM r UNION SELECT queue FROM u) q) AS queues`,
         [key, col((r) => r.id), col((r) => r.queue), col((r) => r.flags), col((r) => r.created), col((r) => r.expires), col((r) => r.deliveries),
-          col((r) => r.body), leased, owner, node],
+          col((r) => r.body), leased, owner, node, String(BigInt(xid) & 0xffffffffn)],
       ).execute()) as { settled: number; back: number; released: number; queues: string[] | null }[];
       return out[0]!;
     },

@@ -27,7 +27,7 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { connectChecked, connectPrimary, identity, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { connectChecked, connectPrimary, identityReader, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
@@ -36,6 +36,7 @@ import { createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
 import { createUnknown } from "./postgres-unknown";
+import { storeHere } from "./postgres-unknown-file";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { StoreError, type QueueStore } from "./store";
@@ -83,7 +84,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const url: StoreUrl = parseStoreUrl(urlText);
   const st: Statements = statements(url.schema);
   const channel = `mcq_${url.schema}`;
-  let { sql, host, url: hostUrl, server } = await connectChecked(url, st);
+  // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
+  const identity = identityReader(st, options.log);
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -110,7 +113,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
     const found = await connectPrimary(url);
-    server = await identity(st, found.sql);
+    // Its identity not to be read now: not connected (the batch fails; the next one connects again).
+    server = await identity(found.sql).catch((e) => found.sql.close().catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
@@ -170,8 +174,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, holds: (id) => held.has(id), reason, log: options.log, home: options.home,
-    store: `${url.safe} schema ${url.schema}`,
+    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url),
     gaveBack: async (queues) => {
       for (const q of queues) store.onAvailable?.(q);
       await refresh().catch(() => {}); // read again within the second anyway
@@ -357,6 +360,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       closed = true;
       features.stop();
       reindexer.stop(); // not waited for: Postgres ends the statement once its connection is gone
+      // Batches of unknown outcome: asked once more within the timeout (with the leave's, within commitBoundMs).
+      await unknown.askLast(options.timeoutMs, batches.settled());
       let timer: ReturnType<typeof setTimeout> | undefined;
       let gaveUp = false;
       const late = new Promise<never>((_, fail) => {
@@ -384,6 +389,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         );
       } finally {
         clearTimeout(timer);
+        unknown.sayLeft();
       }
       claim?.release();
       const c = client;

@@ -16,6 +16,7 @@ import { SQL } from "bun";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+import { parseStoreUrl } from "../../src/store/postgres-hosts";
 import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
 const schemas: string[] = [];
@@ -154,11 +155,15 @@ if (havePostgres("e2e postgres unknown outcome")) {
 
     /**
      * A get's batch of unknown outcome (landed, or rolled back by `body` raising), then the node is
-     * killed before it could ask again; `server`, if given, rewrites the server identity kept in its
-     * data directory (as after a failover to a promoted standby: a new timeline). Started again on
-     * that directory, once Postgres lets it in: the log line `says`, then the queue and its counters.
+     * killed before it could ask again; `edit`, if given, rewrites the entry kept in its data
+     * directory (its server identity, as after a failover to a promoted standby: a new timeline; or
+     * its store key). Started again on that directory (through `url`, if given: the same database
+     * under another spelling), once Postgres lets it in: the log line `says`, then the queue and
+     * its counters.
      */
-    async function killedThenStarted(body: string, landed: boolean, says: string, server?: (id: string) => string): Promise<{ again: Running; home: string; kept: string }> {
+    async function killedThenStarted(
+      body: string, landed: boolean, says: string, edit?: (kept: { server: string; store: unknown }) => void, url = storeUrl,
+    ): Promise<{ again: Running; home: string; kept: string }> {
       const home = join(tempDir(), "data");
       const first = await node(home);
       const { schema, sql, c } = first;
@@ -175,15 +180,15 @@ if (havePostgres("e2e postgres unknown outcome")) {
         await connections(sql, true);
       }
       await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
-      if (server !== undefined) {
+      if (edit !== undefined) {
         const file = join(home, "postgres-unresolved.json");
-        const kept = JSON.parse(readFileSync(file, "utf8")) as { server: string }[];
+        const kept = JSON.parse(readFileSync(file, "utf8")) as { server: string; store: unknown }[];
         expect(kept.length).toBe(1);
-        kept[0]!.server = server(kept[0]!.server);
+        edit(kept[0]!);
         writeFileSync(file, JSON.stringify(kept));
       }
       const kept = readFileSync(join(home, "postgres-unresolved.json"), "utf8");
-      const again = await startServer(["--store", storeUrl(schema)], home);
+      const again = await startServer(["--store", url(schema)], home);
       await logged(again, says);
       const c2 = await again.connect();
       expect(await c2.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
@@ -193,6 +198,26 @@ if (havePostgres("e2e postgres unknown outcome")) {
       await sql.close();
       return { again, home, kept };
     }
+
+    /** The same database under another spelling of the URL: localhost for 127.0.0.1, and an option added. */
+    const respelled = (schema: string) => {
+      const u = new URL(storeUrl(schema));
+      u.hostname = u.hostname === "localhost" ? "127.0.0.1" : "localhost";
+      u.searchParams.set("application_name", "mcq_respelled");
+      return u.toString();
+    };
+
+    test("started again through another spelling of the same database's URL: still its store, asked about exactly and given back (review 6 F5)", async () => {
+      await killedThenStarted("PERFORM pg_sleep(7)", true, "had committed: gave back 1 messages taken and 0 opened", undefined, respelled);
+    }, 40_000);
+
+    test("a file written with the URL as key, started again through another spelling: its server's system is this one, so it is this store's (review 6 F5)", async () => {
+      const legacy = (kept: { store: unknown }) => {
+        const url = parseStoreUrl(storeUrl((kept.store as { schema: string }).schema));
+        kept.store = `${url.safe} schema ${url.schema}`; // as mcq wrote it before
+      };
+      await killedThenStarted("PERFORM pg_sleep(7)", true, "had committed: gave back 1 messages taken and 0 opened", legacy, respelled);
+    }, 40_000);
 
     test("the node is killed before it could ask again: started again on its data directory, it asks and gives back", async () => {
       const { again, home, kept } = await killedThenStarted("PERFORM pg_sleep(7)", true, "had committed: gave back 1 messages taken and 0 opened");
@@ -209,9 +234,9 @@ if (havePostgres("e2e postgres unknown outcome")) {
 
     // After a failover the xid may name another transaction: not asked about; the rows decide.
     // (identity: system id / timeline / start, postgres-sql.ts IDENTITY)
-    const timeline2 = (id: string) => {
-      const [system, , start] = id.split("/");
-      return `${system}/00000002/${start}`;
+    const timeline2 = (kept: { server: string }) => {
+      const [system, , start] = kept.server.split("/");
+      kept.server = `${system}/00000002/${start}`;
     };
 
     test("its server's timeline changed meanwhile (a failover): the xid is not trusted, the taken row absent from the table is given back", async () => {
@@ -223,6 +248,65 @@ if (havePostgres("e2e postgres unknown outcome")) {
         "PERFORM pg_sleep(7); RAISE EXCEPTION 'mcq test: this COMMIT fails'", false,
         "cannot be asked about on this server (another server or timeline): gave back 0 messages taken and 0 opened", timeline2,
       );
+    }, 40_000);
+
+    test("SIGTERM while a batch of unknown outcome waits and Postgres refuses connections: the stop says it is kept in the file, and the next start gives it back", async () => {
+      const home = join(tempDir(), "data");
+      const { server, schema, sql, c } = await node(home);
+      expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+      await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+      await connections(sql, false);
+      let xid = "";
+      try {
+        const reply = await c.call("get q\r\n", 15_000);
+        expect(reply).toMatch(UNKNOWN);
+        xid = /transaction (\d+)/.exec(reply)![1]!;
+        await commitOver(sql, schema);
+        c.close();
+        // The last ask is refused too; the node cannot leave either (exit 1, as before).
+        expect(await server.kill("SIGTERM")).toBe(1);
+      } finally {
+        await connections(sql, true);
+      }
+      const file = join(home, "postgres-unresolved.json");
+      expect(server.stderr()).toContain(`Postgres: stopping with 1 batches of unknown outcome (transactions ${xid}): kept in ${file}; the next start on this data directory asks about them`);
+      await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+      const again = await startServer(["--store", storeUrl(schema)], home);
+      await logged(again, `transaction ${xid} had committed: gave back 1 messages taken and 0 opened`);
+      const c2 = await again.connect();
+      expect(await c2.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+      c2.close();
+      await sql.close();
+    }, 40_000);
+
+    test("a role that may not read the server's identity (pg_control_system() revoked from PUBLIC, as on a managed server): said once at open; a landed batch is given back as its rows decide", async () => {
+      const admin = new SQL(PG_URL!, { max: 1 });
+      await admin.unsafe("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");
+      try {
+        const { server, schema, sql, c } = await node();
+        const said = "the server's identity cannot be read (permission denied for function pg_control_system): a COMMIT with no answer cannot be looked up";
+        await logged(server, said);
+        expect(await c.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\nSTORED\r\n");
+        await atCommit(sql, schema, "PERFORM pg_sleep(7)");
+        await connections(sql, false);
+        try {
+          expect(await c.call("get q\r\n", 15_000)).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; the server of transaction \d+ is not known, so its id cannot be asked about: its outcome is unknown\r\n$/);
+          await commitOver(sql, schema);
+          expect(await rows(sql, schema)).toBe(1);
+        } finally {
+          await connections(sql, true);
+        }
+        await sql.unsafe(`DROP TRIGGER at_commit ON ${schema}.mcq_messages`);
+        await logged(server, "cannot be asked about on this server (unknown server): gave back 1 messages taken and 0 opened");
+        expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\nEND\r\n");
+        expect(await c.call("stats queue\r\n")).toBe("STAT q 2/2\r\nEND\r\n");
+        expect(server.stderr().split(said).length - 1).toBe(1); // once, not at every connection
+        c.close();
+        await sql.close();
+      } finally {
+        await admin.unsafe("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC");
+        await admin.close();
+      }
     }, 40_000);
   });
 }
