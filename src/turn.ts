@@ -28,6 +28,18 @@ const MAX_IN_FLIGHT = 2;
  * open), so one commit carries them all rather than the first few.
  */
 const GATHER_MS = 2;
+/**
+ * The open batch's bound: past this many requests, or bytes of set bodies, no more request runs
+ * until it commits; the connections wait in `runnable`, and their reading pauses once their input
+ * holds a request (docs/design.md, "Memory"). While a batch is in flight the open one gathers the
+ * requests that arrive: without a bound a flood of pipelined sets made it grow without end (a
+ * quarter of a million sets, GBs of memory, then longer than the store's 5 s timeout to commit).
+ * At the bound a batch commits well within it (Postgres inserts 10k rows of 1 KiB in 0.1-0.3 s on
+ * a loaded 2-core machine), its memory stays in the tens of MB (the Postgres store keeps about
+ * 4.5 KB per 1 KiB set), and no benchmark's batch comes near it (50 connections x 16: 800).
+ */
+export const BATCH_MAX_REQUESTS = 10_000;
+export const BATCH_MAX_BYTES = 16 * 1024 * 1024;
 export interface Turns {
   /** Runs what the connection has read (from its data event) or queues it for the turn. */
   run(conn: Conn): void;
@@ -65,6 +77,12 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   /** Reply bytes made since the last release, not yet in anyone's unsent count. */
   let heldOut = 0;
   const overBudget = new Set<Conn>();
+  /** Requests run into the open batch, the bytes of their bodies, and that batch's number. */
+  let batchRequests = 0;
+  let batchBytes = 0;
+  let batchEpoch = 0;
+  /** A connection waits because the open batch was at its bound: the next turn runs it first. */
+  let heldBack = false;
 
   /**
    * Counts what the connection buffers, and holds connections back while the server is over its
@@ -100,6 +118,20 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     if (conn.state !== "closed") updateReading(conn, inputLimit);
     stats.overBudget = overBudget.size;
   }
+
+  /** Whether the open batch is at its bound: no request joins it until it commits. */
+  function batchFull(): boolean {
+    if (batchEpoch !== batch.epoch()) {
+      // A commit or a failure began a new batch.
+      batchEpoch = batch.epoch();
+      batchRequests = 0;
+      batchBytes = 0;
+    }
+    return batchRequests >= BATCH_MAX_REQUESTS || batchBytes >= BATCH_MAX_BYTES;
+  }
+
+  /** Whether the store has as many batches in flight as it takes: the open one cannot be sent. */
+  const atInFlightLimit = () => batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT);
 
   function schedule(): void {
     if (scheduled) return;
@@ -137,15 +169,20 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
     }
     conn.state = "reading";
     let out = conn.unsentBytes + heldBytes(conn);
+    let full = batchFull();
     for (let n = 0; ; n++) {
-      // Its share of the turn, its own output bound, or (past the server's budget) one reply.
+      // Its share of the turn, its own output bound, (past the server's budget) one reply, or the batch's bound.
       const over = out > 0 && stats.bufferedBytes + heldOut > config.maxConnMemory;
-      if (n === REQUESTS_PER_TURN || out >= outputLimit || over) {
+      if (n === REQUESTS_PER_TURN || out >= outputLimit || over || full) {
         runnable.add(conn);
+        if (full) heldBack = true;
         break;
       }
       const req = conn.framer.next();
       if (req === null) break;
+      batchRequests++;
+      if (req.kind === "set") batchBytes += req.data.length;
+      full = batchRequests >= BATCH_MAX_REQUESTS || batchBytes >= BATCH_MAX_BYTES;
       if (expecting.size > 0) expecting.delete(conn);
       if (log.verbosity >= 2) log.trace(`<${s.id} ${describe(req)}`);
       const before = s.held.length;
@@ -165,15 +202,26 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   function turn(force = false): void {
     scheduled = false;
     // The landing of a batch schedules the turn again.
-    if (batch.inFlight() >= (store.maxInFlight ?? MAX_IN_FLIGHT)) return;
+    if (atInFlightLimit()) return;
     runTasks();
     const run = runnable;
     runnable = new Set();
     current = run;
-    for (const conn of run) runConn(conn);
+    heldBack = false;
+    for (const conn of run) {
+      if (batchFull()) break;
+      run.delete(conn); // a connection resumed during the turn is added again, and runs again
+      runConn(conn);
+    }
     current = null;
+    // Those the bound left out go first next turn, before those that had their share.
+    if (run.size > 0) {
+      runnable = new Set([...run, ...runnable]);
+      heldBack = true;
+    }
     if (runnable.size > 0) schedule();
-    if (!force && gathering()) return; // the answered connections' requests, or the timer, run the turn again
+    // The answered connections' requests, or the timer, run the turn again; a full batch goes now.
+    if (!force && !batchFull() && gathering()) return;
     const release = touched;
     touched = new Set();
     const started = store.dirty() ? performance.now() : -1;
@@ -253,6 +301,9 @@ export function createTurns(ctx: Context, describe: (req: Request) => string, lo
   const turns: Turns = {
     run(conn) {
       if (current !== null) resume(conn);
+      // Others wait for the batch's bound: it waits its turn behind them (its reading pauses once
+      // its input holds a request), so that the first to send cannot fill every batch.
+      else if (heldBack) runnable.add(conn);
       else if (runConn(conn)) {
         schedule();
         return;

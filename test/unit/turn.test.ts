@@ -18,7 +18,7 @@ import { createStats } from "../../src/stats";
 import { createMemoryStore } from "../../src/store/memory";
 import { openSqliteStore } from "../../src/store/sqlite";
 import { StoreError, type QueueStore } from "../../src/store/store";
-import { createTurns } from "../../src/turn";
+import { BATCH_MAX_REQUESTS, createTurns } from "../../src/turn";
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -267,5 +267,45 @@ describe("two batches in flight", () => {
     await settleTurns(turns);
     expect(c.sent()).toBe("STORED\r\nSERVER_ERROR connection lost\r\nSERVER_ERROR connection lost\r\n");
     expect(store.detail("q", 0)).toMatchObject({ items: 1, total: 1, fetched: 0 });
+  });
+  test("a flood while a batch is in flight: the open batch stops at its bound, and the one left out runs first", async () => {
+    const d = deferred();
+    const sets = new Map<number, number>(); // sets run into each batch, by its number
+    const store: QueueStore = {
+      ...d.store,
+      maxInFlight: 1,
+      enqueue: (...args) => {
+        const epoch = ctx.batch.epoch();
+        sets.set(epoch, (sets.get(epoch) ?? 0) + 1);
+        return d.store.enqueue(...args);
+      },
+    };
+    const { turns, connect, ctx } = setup(() => store);
+    const open = () => sets.get(ctx.batch.epoch()) ?? 0;
+    const [a, b] = [connect(), connect()];
+    a.send("set q 0 0 1\r\nx\r\n");
+    turns.turnNow();
+    expect(ctx.batch.inFlight()).toBe(1);
+    const n = BATCH_MAX_REQUESTS + 2000;
+    const chunk = `set q 0 0 1000\r\n${"y".repeat(1000)}\r\n`.repeat(50); // 50 sets a data event
+    for (let i = 0; i < n; i += 50) a.send(chunk); // the 2,000 left over: 2 MB, more than one request's worth
+    expect(open()).toBe(BATCH_MAX_REQUESTS);
+    expect(a.conn.paused).toBe(true); // its reading waits for the batch
+    b.send("set r 0 0 1\r\nz\r\n");
+    expect(open()).toBe(BATCH_MAX_REQUESTS); // b waits its turn
+    for (let i = 0; i < 100 && a.sent().length < (n + 1) * 8; i++) {
+      d.pending.splice(0).forEach((p) => p.ok());
+      await Bun.sleep(1);
+      turns.turnNow();
+    }
+    expect(a.sent()).toBe("STORED\r\n".repeat(n + 1));
+    expect(b.sent()).toBe("STORED\r\n");
+    const sizes = [...sets.values()];
+    expect(Math.max(...sizes)).toBe(BATCH_MAX_REQUESTS);
+    expect(sizes.reduce((x, y) => x + y)).toBe(n + 2);
+    // b, left out of the full batch, ran in the next one, ahead of a's next share.
+    expect(sizes.slice(0, 3)).toEqual([1, BATCH_MAX_REQUESTS, 1 + 1024]);
+    expect(d.store.detail("q", 0)).toMatchObject({ items: n + 1 });
+    expect(a.conn.paused).toBe(false);
   });
 });
