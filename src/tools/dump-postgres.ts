@@ -42,7 +42,7 @@ export async function dumpPostgres(url: string, only: string | null, version: st
   const where = only === null ? "" : "WHERE queue = $1";
   const params = only === null ? [] : [only];
   try {
-    await pg.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    await pg.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY");
     const queues = await pg.ask<Queue>(
       `SELECT queue AS name, sum(total)::float8 AS total, sum(fetched)::float8 AS fetched,
          ${FEATURE_FIELDS.map((f) => `sum(${f})::float8 AS ${f}`).join(", ")}
@@ -89,7 +89,7 @@ export async function dumpPostgres(url: string, only: string | null, version: st
     for await (const t of rows<{ queue: string; token: string; until: number }>(pg, "t")) {
       out.line(JSON.stringify({ type: "token", queue: t.queue, token: t.token, until: t.until }));
     }
-    await pg.ask("COMMIT");
+    await pg.commit();
     out.line(JSON.stringify({ type: "end", queues: queues.length, messages: count }));
     out.flush();
     shown.done();

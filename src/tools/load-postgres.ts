@@ -197,7 +197,7 @@ export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>
   const pg = await openToolStore("load", url, true);
   const notes: string[] = [];
   try {
-    await pg.ask("BEGIN");
+    await pg.begin();
     try {
       // One load at a time into a store (nodes never take this lock): the first makes mcq_loads.
       const [{ mine }] = await pg.ask<{ mine: boolean }>("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine", [`mcq-load:${pg.schema}`]) as [{ mine: boolean }];
@@ -206,7 +206,7 @@ export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>
       const run = postgresSink(pg, append);
       const read = await readDump(input, run.sink, notes);
       await run.finish(read.header?.id ?? null, read.count);
-      await pg.ask("COMMIT");
+      await pg.commit();
       return { messages: read.count, notes };
     } catch (e) {
       await pg.ask("ROLLBACK").catch(() => {}); // a connection given up rolls back as it closes

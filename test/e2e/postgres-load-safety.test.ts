@@ -1,0 +1,109 @@
+/**
+ * `mcq load --store` and `mcq dump --store` when things go wrong under them (review 7), with the
+ * real CLI on a real Postgres (MCQ_TEST_PG): a connection that ends mid-load loads nothing (its
+ * client does not carry on in autocommit on a new one); a COMMIT without an answer says that its
+ * outcome is unknown, and a second load of the dump tells.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { SQL } from "bun";
+import { dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
+import { runCommand, serverCommand, stopAll, tempDir } from "./harness";
+
+const schemas: string[] = [];
+const fresh = () => {
+  const schema = freshSchema("lsafe");
+  schemas.push(schema);
+  return { schema, url: pgStoreUrl(schema) };
+};
+
+afterAll(async () => {
+  await stopAll();
+  await dropSchemas(schemas);
+});
+
+/** A whole dump with the id `id`: `n` messages m0.. in queue q. */
+export function dumpLines(id: string, n: number, queue = "q"): string[] {
+  const lines: object[] = [{ type: "dump", format: 2, id, created: 1, mcq: "1.0.0", lastId: n }, { type: "queue", name: queue, total: n, fetched: 0 }];
+  for (let i = 0; i < n; i++) lines.push({ type: "message", queue, id: i + 1, flags: 0, created: 1, expires: 0, body: Buffer.from(`m${i}`).toString("base64") });
+  lines.push({ type: "end", queues: 1, messages: n });
+  return lines.map((l) => JSON.stringify(l) + "\n");
+}
+
+/** `mcq load --store url -` reading a pipe the test writes to; `env` is added to the tool's. */
+export function loadFromPipe(url: string, env: Record<string, string> = {}) {
+  const proc = Bun.spawn([...serverCommand(), "load", "--store", url, "-"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited])
+    .then(([stdout, stderr, code]) => ({ code, stdout, stderr }));
+  return { proc, done };
+}
+
+/** Polls `probe` (a query about another process's progress, which cannot be awaited) until it gives a value. */
+export async function until<T>(probe: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error("gave up waiting");
+    await Bun.sleep(20);
+  }
+}
+
+if (havePostgres("mcq load --store safety")) {
+  describe("mcq load --store, when its connection or its COMMIT fails", () => {
+    const sql = new SQL(PG_URL!, { max: 2 });
+    afterAll(() => sql.close());
+    const count = async (schema: string, table: string) =>
+      (await sql.unsafe(`SELECT to_regclass($1) IS NOT NULL AS t`, [`${schema}.${table}`]))[0].t
+        ? Number((await sql.unsafe(`SELECT count(*) AS n FROM ${schema}.${table}`))[0].n) : 0;
+
+    test("its connection ended while it waits on stdin: exit 1, nothing loaded, no claim; the same dump then loads once", async () => {
+      const { schema, url } = fresh();
+      const id = "f1f1f1f1-2222-3333-4444-555555555555";
+      const lines = dumpLines(id, 3000);
+      const load = loadFromPipe(url);
+      load.proc.stdin.write(lines.slice(0, 2500).join("")); // the first chunk (2000 rows) is sent, the rest waits
+      await load.proc.stdin.flush();
+      const pid = await until(async () => (await sql.unsafe(
+        `SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE $1`, [`INSERT INTO ${schema}.mcq_messages%`]))[0]?.pid);
+      expect((await sql.unsafe("SELECT pg_terminate_backend($1, 10000) AS ended", [pid]))[0].ended).toBe(true);
+      load.proc.stdin.write(lines.slice(2500).join(""));
+      load.proc.stdin.end();
+      const r = await load.done;
+      expect([r.code, r.stdout]).toEqual([1, ""]);
+      expect(r.stderr).toMatch(/^mcq load: Postgres postgres:\/\/\S+: terminating connection due to administrator command; nothing loaded\n$/);
+      expect([await count(schema, "mcq_messages"), await count(schema, "mcq_loads"), await count(schema, "mcq_counters")]).toEqual([0, 0, 0]);
+
+      const file = join(tempDir(), "f1.jsonl");
+      await Bun.write(file, lines.join(""));
+      expect(await runCommand(["load", "--store", url, file])).toEqual({ code: 0, stdout: "", stderr: "loaded 3000 messages\n" });
+      const again = await runCommand(["load", "--store", url, file]);
+      expect([again.code, again.stderr.includes(`dump ${id} was loaded`)]).toEqual([1, true]);
+      expect([await count(schema, "mcq_messages"), await count(schema, "mcq_loads")]).toEqual([3000, 1]);
+    }, 60_000);
+
+    test("a COMMIT without an answer: exit 1, the outcome unknown; loading the dump again tells that it landed", async () => {
+      const { schema, url } = fresh();
+      const file = join(tempDir(), "r2.jsonl");
+      await Bun.write(file, dumpLines("0a0a0a0a-2222-3333-4444-555555555555", 1, "first").join(""));
+      expect((await runCommand(["load", "--store", url, file])).code).toBe(0); // makes mcq_loads
+      // The COMMIT takes 3 s (a synchronous standby that is slow to answer, say); the tool waits 1 s.
+      await sql.unsafe(`CREATE FUNCTION ${schema}.slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$`);
+      await sql.unsafe(`CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ${schema}.mcq_loads DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION ${schema}.slow()`);
+      const id = "2b2b2b2b-2222-3333-4444-555555555555";
+      await Bun.write(file, dumpLines(id, 5).join(""));
+      const load = loadFromPipe(url, { MCQ_TOOL_PG_TIMEOUT_MS: "1000" });
+      load.proc.stdin.write(await Bun.file(file).text());
+      load.proc.stdin.end();
+      const r = await load.done;
+      expect([r.code, r.stdout]).toEqual([1, ""]);
+      expect(r.stderr).toMatch(/^mcq load: Postgres postgres:\/\/\S+: no answer to COMMIT \(no answer within 1000 ms \(COMMIT\)\): the outcome is unknown; loading the same dump again tells \(it is refused if it landed\)\n$/);
+      await until(async () => ((await count(schema, "mcq_loads")) === 2 ? true : undefined));
+      await sql.unsafe(`DROP TRIGGER slow ON ${schema}.mcq_loads`);
+      const again = await runCommand(["load", "--store", url, file]);
+      expect([again.code, again.stderr.startsWith(`mcq load: dump ${id} was loaded into `)]).toEqual([1, true]);
+      expect(await count(schema, "mcq_messages")).toBe(6);
+    }, 60_000);
+  });
+}
