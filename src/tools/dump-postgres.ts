@@ -43,10 +43,16 @@ export async function dumpPostgres(url: string, only: string | null, version: st
   const params = only === null ? [] : [only];
   try {
     await pg.begin("ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    // A queue is one with counter rows or with messages: a message is dumped even if its queue lost
+    // its counter rows (a `delete` racing a writer can leave that), under a queue line of zeros.
+    const zeros = ["total", "fetched", ...FEATURE_FIELDS].map((c) => `0 AS ${c}`).join(", ");
     const queues = await pg.ask<Queue>(
       `SELECT queue AS name, sum(total)::float8 AS total, sum(fetched)::float8 AS fetched,
          ${FEATURE_FIELDS.map((f) => `sum(${f})::float8 AS ${f}`).join(", ")}
-       FROM ${S}.mcq_counters ${where} GROUP BY queue ORDER BY queue COLLATE "C"`,
+       FROM (SELECT queue, total, fetched, ${FEATURE_FIELDS.join(", ")} FROM ${S}.mcq_counters
+         UNION ALL SELECT DISTINCT queue, ${zeros} FROM ${S}.mcq_messages
+         UNION ALL SELECT DISTINCT queue, ${zeros} FROM ${S}.mcq_delayed) x
+       ${where} GROUP BY queue ORDER BY queue COLLATE "C"`,
       params,
     );
     if (only !== null && queues.length === 0) throw new ToolError(`mcq dump: no queue ${only} in ${pg.safe}`);
@@ -70,7 +76,7 @@ export async function dumpPostgres(url: string, only: string | null, version: st
        SELECT queue, id::float8 AS id, flags::float8 AS flags, created::float8 AS created, expires::float8 AS expires,
          deliveries, due::float8 AS due, body
        FROM (SELECT ${columns}, 0::int8 AS due, body FROM ${S}.mcq_messages UNION ALL SELECT ${columns}, due, body FROM ${S}.mcq_delayed) x
-       WHERE ${only === null ? `queue IN (SELECT queue FROM ${S}.mcq_counters)` : "queue = $1"}
+       ${where}
        ORDER BY queue COLLATE "C", due, id`,
       params,
     );
