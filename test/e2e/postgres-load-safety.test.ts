@@ -137,5 +137,23 @@ if (havePostgres("mcq load --store safety")) {
       const one = await runCommand(["dump", "--store", url, "--queue", "q"]);
       expect([one.code, one.stderr]).toEqual([0, "dumped 2 messages\n"]);
     }, 30_000);
+
+    test("bodies fetched in runs by size: a body over the budget, large and small ones, delayed ones with the same ids, all in order", async () => {
+      const { url } = fresh();
+      const sizes = [3, 5 << 20, 0, 3 << 20, 1 << 20, 7];
+      const body = (i: number) => Buffer.alloc(sizes[i]!, 97 + i).toString("base64");
+      const lines: object[] = [{ type: "dump", format: 2, id: "5f5f5f5f-2222-3333-4444-555555555555", created: 1, mcq: "1.0.0", lastId: 6 }];
+      sizes.forEach((_, i) => lines.push({ type: "message", queue: "big", id: i + 1, flags: i, created: 1, expires: 0, body: body(i),
+        ...(i % 2 === 1 ? { due: Date.now() + 600_000 + i } : {}) }));
+      lines.push({ type: "end", queues: 0, messages: sizes.length });
+      const file = join(tempDir(), "big.jsonl");
+      await Bun.write(file, lines.map((l) => JSON.stringify(l) + "\n").join(""));
+      expect(await runCommand(["load", "--store", url, file])).toEqual({ code: 0, stdout: "", stderr: "loaded 6 messages\n" });
+      const r = await runCommand(["dump", "--store", url]);
+      expect([r.code, r.stderr]).toEqual([0, "dumped 6 messages\n"]);
+      const got = r.stdout.trimEnd().split("\n").map((l) => JSON.parse(l)).filter((l) => l.type === "message");
+      // Waiting ones by id, then the delayed ones by due time.
+      expect(got.map((m) => [m.flags, m.body === body(m.flags)])).toEqual([[0, true], [2, true], [4, true], [1, true], [3, true], [5, true]]);
+    }, 30_000);
   });
 }
