@@ -52,10 +52,13 @@ export async function until<T>(probe: () => Promise<T | undefined>, ms = 15_000)
 if (havePostgres("mcq load --store safety")) {
   describe("mcq load --store, when its connection or its COMMIT fails", () => {
     const sql = new SQL(PG_URL!, { max: 2 });
-    afterAll(() => sql.close());
+    afterAll(() => sql.close({ timeout: 0 }));
     const count = async (schema: string, table: string) =>
       (await sql.unsafe(`SELECT to_regclass($1) IS NOT NULL AS t`, [`${schema}.${table}`]))[0].t
         ? Number((await sql.unsafe(`SELECT count(*) AS n FROM ${schema}.${table}`))[0].n) : 0;
+    /** The backend of the load once it has sent a chunk of rows and waits for more input. */
+    const sent = () => until<number>(async () => (await sql.unsafe(`SELECT pid FROM pg_stat_activity
+      WHERE state = 'idle in transaction' AND query LIKE '%substring($8::bytea FROM off FOR len)%'`))[0]?.pid);
 
     test("its connection ended while it waits on stdin: exit 1, nothing loaded, no claim; the same dump then loads once", async () => {
       const { schema, url } = fresh();
@@ -64,8 +67,7 @@ if (havePostgres("mcq load --store safety")) {
       const load = loadFromPipe(url);
       load.proc.stdin.write(lines.slice(0, 2500).join("")); // the first chunk (2000 rows) is sent, the rest waits
       await load.proc.stdin.flush();
-      const pid = await until(async () => (await sql.unsafe(
-        `SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE $1`, [`INSERT INTO ${schema}.mcq_messages%`]))[0]?.pid);
+      const pid = await sent();
       expect((await sql.unsafe("SELECT pg_terminate_backend($1, 10000) AS ended", [pid]))[0].ended).toBe(true);
       load.proc.stdin.write(lines.slice(2500).join(""));
       load.proc.stdin.end();
@@ -80,6 +82,28 @@ if (havePostgres("mcq load --store safety")) {
       const again = await runCommand(["load", "--store", url, file]);
       expect([again.code, again.stderr.includes(`dump ${id} was loaded`)]).toEqual([1, true]);
       expect([await count(schema, "mcq_messages"), await count(schema, "mcq_loads")]).toEqual([3000, 1]);
+    }, 60_000);
+
+    test("a message stored while a load reads its input goes before the loaded ones, not among them", async () => {
+      const { schema, url } = fresh();
+      const node = await startServer(["--store", url]);
+      const c = await node.connect();
+      expect(await c.call(set("q", "B"))).toBe("STORED\r\n");
+      const lines = dumpLines("f6f6f6f6-2222-3333-4444-555555555555", 3000);
+      const load = loadFromPipe(url);
+      load.proc.stdin.write(lines.slice(0, 2500).join("")); // the first chunk (2000 rows) is sent, the rest waits
+      await load.proc.stdin.flush();
+      await sent();
+      expect(await c.call(set("q", "X"))).toBe("STORED\r\n");
+      load.proc.stdin.write(lines.slice(2500).join(""));
+      load.proc.stdin.end();
+      expect(await load.done).toEqual({ code: 0, stdout: "", stderr: "loaded 3000 messages\n" });
+      const order = (await sql.unsafe(`SELECT convert_from(body, 'UTF8') AS b FROM ${schema}.mcq_messages WHERE queue = 'q' ORDER BY id`))
+        .map((r: { b: string }) => r.b);
+      expect([order.length, order.slice(0, 3), order.at(-1)]).toEqual([3002, ["B", "X", "m0"], "m2999"]);
+      expect(order.slice(2)).toEqual(Array.from({ length: 3000 }, (_, i) => `m${i}`));
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe("VALUE q 0 1\r\nB\r\nEND\r\nVALUE q 0 1\r\nX\r\nEND\r\nVALUE q 0 2\r\nm0\r\nEND\r\n");
+      await node.kill();
     }, 60_000);
 
     test("a COMMIT without an answer: exit 1, the outcome unknown; loading the dump again tells that it landed", async () => {
@@ -109,7 +133,7 @@ if (havePostgres("mcq load --store safety")) {
 
   describe("mcq dump --store", () => {
     const sql = new SQL(PG_URL!, { max: 1 });
-    afterAll(() => sql.close());
+    afterAll(() => sql.close({ timeout: 0 }));
 
     test("messages of a queue with no counter rows are dumped, under a queue line of zeros, and load on both stores", async () => {
       const { schema, url } = fresh();
