@@ -30,6 +30,13 @@ export function dumpLines(id: string, n: number, queue = "q"): string[] {
   return lines.map((l) => JSON.stringify(l) + "\n");
 }
 
+/** A whole dump of no message, in a file. */
+async function emptyDump(): Promise<string> {
+  const file = join(tempDir(), "empty.jsonl");
+  await Bun.write(file, dumpLines("e0e0e0e0-2222-3333-4444-555555555555", 0).join(""));
+  return file;
+}
+
 /** `mcq load --store url -` reading a pipe the test writes to; `env` is added to the tool's. */
 export function loadFromPipe(url: string, env: Record<string, string> = {}) {
   const proc = Bun.spawn([...serverCommand(), "load", "--store", url, "-"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
@@ -48,6 +55,31 @@ export async function until<T>(probe: () => Promise<T | undefined>, ms = 15_000)
     await Bun.sleep(20);
   }
 }
+
+/** Lines the load refuses (review 7 F8, F9, and due times past any delay), each as line 3 of a dump. */
+const refused: [object, string][] = [
+  [{ deliveries: 3_000_000_000 }, "bad due or deliveries"],
+  [{ body: "QUJDR" }, "body is not whole base64 (cut short or altered)"],
+  [{ body: "Q" }, "body is not whole base64 (cut short or altered)"],
+  [{ due: 9007199254740991 }, "due is more than 31 days from now (a delay is at most 30 days)"],
+];
+
+/** `mcq load` of each refused line, into `store` (-H dir or --store url): exit 1 naming line 3; nothing loaded. */
+async function refusesEach(store: string[]): Promise<void> {
+  for (const [extra, why] of refused) {
+    const file = join(tempDir(), "bad.jsonl");
+    const lines = dumpLines("bad00000-2222-3333-4444-555555555555", 2);
+    lines[2] = JSON.stringify({ ...JSON.parse(lines[2]!), ...extra }) + "\n";
+    await Bun.write(file, lines.join(""));
+    expect(await runCommand(["load", ...store, file])).toEqual({ code: 1, stdout: "", stderr: `mcq load: line 3: ${why}\n` });
+  }
+  const r = await runCommand(["dump", ...store]);
+  expect([r.code, r.stderr]).toEqual([0, "dumped 0 messages\n"]);
+}
+
+test("a load into a data directory refuses deliveries past 2^31-1, base64 no bytes encode to, a due past any delay, naming the line", async () => {
+  await refusesEach(["-H", tempDir()]);
+}, 30_000);
 
 if (havePostgres("mcq load --store safety")) {
   describe("mcq load --store, when its connection or its COMMIT fails", () => {
@@ -130,6 +162,12 @@ if (havePostgres("mcq load --store safety")) {
       expect(await count(schema, "mcq_messages")).toBe(6);
     }, 60_000);
   });
+
+  test("a load into the Postgres store refuses the same lines, naming the line, before Postgres sees them", async () => {
+    const { url } = fresh();
+    expect((await runCommand(["load", "--store", url, await emptyDump()])).code).toBe(0);
+    await refusesEach(["--store", url]);
+  }, 30_000);
 
   describe("mcq dump --store", () => {
     const sql = new SQL(PG_URL!, { max: 1 });
