@@ -169,6 +169,24 @@ if (havePostgres("mcq load --store safety")) {
     await refusesEach(["--store", url]);
   }, 30_000);
 
+  test("a password given as ?password= or ?sslpassword=, or holding a raw @, is never printed", async () => {
+    const { protocol, host } = new URL(PG_URL!);
+    const base = `${protocol}//postgres`;
+    const cases: [string, string][] = [
+      // Connects (the test server trusts 127.0.0.1), then finds no store in the schema.
+      [`${base}@${host}/postgres?password=S3CRETpw&schema=nosuch`, `mcq dump: no mcq store in schema nosuch of ${base}@${host}/postgres\n`],
+      [`${base}:S3CRET@pw@${host}/postgres?schema=nosuch`, `mcq dump: no mcq store in schema nosuch of ${base}@${host}/postgres\n`],
+      // Cannot connect: the message names the host, not the password.
+      [`${base}:S3CRET@pw@127.0.0.1:1/postgres`, `mcq dump: cannot open the Postgres store ${base}@127.0.0.1:1/postgres: `],
+      [`${base}@${host}/postgres?sslpassword=S3CRETpw&application_name=x`, `mcq dump: cannot open the Postgres store ${base}@${host}/postgres?application_name=x: `],
+      [`${base}@${host}/postgres?sslmode=require&password=S3CRETpw`, `mcq dump: cannot open the Postgres store ${base}@${host}/postgres?sslmode=require: `],
+    ];
+    for (const [url, said] of cases) {
+      const r = await runCommand(["dump", "--store", url]);
+      expect([r.code, r.stdout, r.stderr.startsWith(said), r.stderr.includes("S3CRET"), r.stderr.includes("pw@")], r.stderr).toEqual([1, "", true, false, false]);
+    }
+  }, 30_000);
+
   describe("mcq dump --store", () => {
     const sql = new SQL(PG_URL!, { max: 1 });
     afterAll(() => sql.close({ timeout: 0 }));
