@@ -209,6 +209,23 @@ function postgresSink(pg: ToolStore, append: boolean) {
   return { sink, finish };
 }
 
+/** The advisory lock of loads into a store (nodes never take it). */
+const lockName = (pg: ToolStore) => `mcq-load:${pg.schema}`;
+
+/**
+ * Which backend holds the load lock, for the message of a load refused: a load whose client
+ * stalls (paused, cut off) holds it until TCP keepalive ends its connection, hours by default.
+ */
+async function holder(pg: ToolStore): Promise<string> {
+  const [row] = await pg.ask<{ pid: number }>(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((classid::int8 << 32) | objid::int8) = hashtext($1)::int8`, // a bigint key's halves
+    [lockName(pg)],
+  );
+  return row === undefined ? "" : ` (backend pid ${row.pid}: SELECT pg_terminate_backend(${row.pid}) ends it, loading nothing)`;
+}
+
 export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>, append: boolean): Promise<LoadResult> {
   const pg = await openToolStore("load", url, true);
   const notes: string[] = [];
@@ -216,8 +233,8 @@ export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>
     await pg.begin();
     try {
       // One load at a time into a store (nodes never take this lock): the first makes mcq_loads.
-      const [{ mine }] = await pg.ask<{ mine: boolean }>("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine", [`mcq-load:${pg.schema}`]) as [{ mine: boolean }];
-      if (!mine) throw new ToolError(`mcq load: another mcq load into ${pg.safe} is running; nothing loaded`);
+      const [{ mine }] = await pg.ask<{ mine: boolean }>("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine", [lockName(pg)]) as [{ mine: boolean }];
+      if (!mine) throw new ToolError(`mcq load: another mcq load into ${pg.safe} is running${await holder(pg)}; nothing loaded`);
       await pg.ask(`CREATE TABLE IF NOT EXISTS ${pg.schema}.mcq_loads (dump_id text PRIMARY KEY, loaded_at int8 NOT NULL, messages int8 NOT NULL)`);
       await pg.ask(STAGE);
       const run = postgresSink(pg, append);

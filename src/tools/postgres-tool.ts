@@ -12,7 +12,7 @@ import { connectPrimary, parseStoreUrl, type StoreUrl } from "../store/postgres-
 import { migrate, SCHEMA_VERSION } from "../store/postgres-schema";
 import { ToolError } from "./datadir";
 
-/** The oldest schema a dump reads as it is: version 3 has every counter column the dump format carries. */
+/** The oldest schema the tools use as it is: version 3 has every counter column the dump format carries. */
 const READS_FROM = 3;
 
 /** A round trip (connecting, a FETCH, a chunk of inserts, the COMMIT) that takes longer fails the tool. */
@@ -57,12 +57,13 @@ const answered = (e: unknown) => {
 
 /** Connects, and finds the schema: made if `create` and absent; otherwise read as it is (READS_FROM to SCHEMA_VERSION). */
 async function openSchema(tool: string, c: SQL, parsed: StoreUrl, create: boolean): Promise<void> {
-  if (create) return void (await migrate(c, parsed.schema));
   const [row] = await c.unsafe("SELECT to_regclass($1) IS NOT NULL AS found", [`${parsed.schema}.mcq_version`]);
   if (!row.found) {
+    if (create) return void (await migrate(c, parsed.schema));
     throw new ToolError(`mcq ${tool}: no mcq store in schema ${parsed.schema} of ${parsed.safe}`);
   }
-  // Reading does not upgrade the schema: older nodes beside it would refuse it at their next start.
+  // An existing schema is not upgraded, by a dump nor by a load: older nodes beside it would refuse
+  // it at their next start. Version 3 has every table and column either tool uses.
   const version = Number((await c.unsafe(`SELECT max(version) AS v FROM ${parsed.schema}.mcq_version`))[0].v);
   if (!(version >= READS_FROM && version <= SCHEMA_VERSION)) {
     throw new ToolError(`mcq ${tool}: the schema ${parsed.schema} of ${parsed.safe} is version ${version}; this mcq reads ` +

@@ -17,7 +17,11 @@ const fresh = () => {
   return { schema, url: pgStoreUrl(schema) };
 };
 
+/** The loads loadFromPipe started: a test that fails half-way leaves one waiting on its input, holding its lock. */
+const piped: import("bun").Subprocess[] = [];
+
 afterAll(async () => {
+  for (const p of piped) p.kill("SIGKILL");
   await stopAll();
   await dropSchemas(schemas);
 });
@@ -40,6 +44,7 @@ async function emptyDump(): Promise<string> {
 /** `mcq load --store url -` reading a pipe the test writes to; `env` is added to the tool's. */
 export function loadFromPipe(url: string, env: Record<string, string> = {}) {
   const proc = Bun.spawn([...serverCommand(), "load", "--store", url, "-"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
+  piped.push(proc);
   const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited])
     .then(([stdout, stderr, code]) => ({ code, stdout, stderr }));
   return { proc, done };
@@ -136,6 +141,22 @@ if (havePostgres("mcq load --store safety")) {
       expect(order.slice(2)).toEqual(Array.from({ length: 3000 }, (_, i) => `m${i}`));
       expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe("VALUE q 0 1\r\nB\r\nEND\r\nVALUE q 0 1\r\nX\r\nEND\r\nVALUE q 0 2\r\nm0\r\nEND\r\n");
       await node.kill();
+    }, 60_000);
+
+    test("a second load meanwhile is refused at once, naming the backend that holds the first", async () => {
+      const { url } = fresh();
+      const lines = dumpLines("b3b3b3b3-2222-3333-4444-555555555555", 2500);
+      const first = loadFromPipe(url);
+      first.proc.stdin.write(lines.slice(0, 2300).join(""));
+      await first.proc.stdin.flush();
+      const pid = await sent();
+      const second = await runCommand(["load", "--store", url, await emptyDump()]);
+      expect([second.code, second.stdout]).toEqual([1, ""]);
+      expect(second.stderr).toMatch(new RegExp(`^mcq load: another mcq load into postgres://\\S+ is running \\(backend pid ${pid}: ` +
+        `SELECT pg_terminate_backend\\(${pid}\\) ends it, loading nothing\\); nothing loaded\n$`));
+      first.proc.stdin.write(lines.slice(2300).join(""));
+      first.proc.stdin.end();
+      expect(await first.done).toEqual({ code: 0, stdout: "", stderr: "loaded 2500 messages\n" });
     }, 60_000);
 
     test("a COMMIT without an answer: exit 1, the outcome unknown; loading the dump again tells that it landed", async () => {
