@@ -8,8 +8,9 @@
  * - Messages go after those already queued, in the order of the file: each gets the next id of
  *   the store's sequence (FIFO is by id), so the sequence stays ahead of every loaded id, and the
  *   dump's ids are not kept (a node may be storing beside the load). The ids are taken just before
- *   the COMMIT, all in one statement (place()): a message a node stores while the load runs goes
- *   before the loaded ones, or (stored during that statement) after them, not among them. A delayed
+ *   the COMMIT, all in one statement (place()): a message a node stores while the load reads its
+ *   input goes before the loaded ones, not among them (only a set running during that one
+ *   statement may take an id among theirs: the sequence is shared, not locked). A delayed
  *   message goes to mcq_delayed with its due time, and moves to its queue once due, as any other.
  * - The dumped counters, and the loaded messages' items, bytes and delayed, are added to a counter
  *   row of the load's own (node LOAD_NODE, no node's): the nodes' sums include it, and no node
