@@ -8,7 +8,8 @@
  * (created if missing) instead of `public`, so that several mcq clusters, or tests, share one
  * database. Other query parameters go to Bun.SQL as they are.
  *
- * The password never appears in a message: describe() prints the URL without it.
+ * The password never appears in a message: `safe` is the URL without it (neither the user info's
+ * nor a `password=` or `sslpassword=` query parameter).
  */
 import { SQL } from "bun";
 import type { Statements } from "./postgres-sql";
@@ -27,23 +28,31 @@ const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 
 /** Parses a postgres:// URL with one or more comma-separated hosts; throws Error saying why not. */
 export function parseStoreUrl(url: string): StoreUrl {
-  const m = /^(postgres(?:ql)?):\/\/(?:([^@/]*)@)?([^/?#]*)(\/[^?#]*)?(\?[^#]*)?$/.exec(url);
+  const m = /^(postgres(?:ql)?):\/\/([^/?#]*)(\/[^?#]*)?(\?[^#]*)?$/.exec(url);
   if (m === null) throw new Error(`--store: not a postgres:// URL`);
-  const [, scheme, auth, hostList, path, query] = m;
-  const hosts = hostList!.split(",").filter((h) => h !== "");
+  const [, scheme, authority, path, query] = m;
+  // The user info ends at the authority's last `@` (as WHATWG URL and Bun.SQL read it): a password
+  // may hold a raw `@`. It is passed on with that `@` encoded, which Bun.SQL decodes.
+  const at = authority!.lastIndexOf("@");
+  const auth = at < 0 ? undefined : authority!.slice(0, at).replaceAll("@", "%40");
+  const hostList = authority!.slice(at + 1);
+  const hosts = hostList.split(",").filter((h) => h !== "");
   if (hosts.length === 0) throw new Error(`--store: no host in the URL`);
   const params = new URLSearchParams(query ?? "");
   const schema = params.get("schema") ?? "public";
   if (!SCHEMA_NAME.test(schema)) throw new Error(`--store: schema must be a lowercase identifier (a-z, 0-9, _), not '${schema}'`);
   params.delete("schema");
-  const rest = params.toString();
-  const tail = (path ?? "") + (rest === "" ? "" : `?${rest}`);
+  const search = (p: URLSearchParams) => (p.size === 0 ? "" : `?${p.toString()}`);
+  const tail = (path ?? "") + search(params);
   const user = auth === undefined ? "" : `${auth}@`;
   const safeUser = auth === undefined ? "" : `${auth.split(":")[0]}@`;
+  // Bun.SQL takes a password from the query string too: those never go into a message.
+  const shown = new URLSearchParams(params);
+  for (const secret of ["password", "sslpassword"]) shown.delete(secret);
   return {
     hosts: hosts.map((h) => `${scheme}://${user}${h}${tail}`),
     schema,
-    safe: `${scheme}://${safeUser}${hosts.join(",")}${tail}`,
+    safe: `${scheme}://${safeUser}${hosts.join(",")}${path ?? ""}${search(shown)}`,
   };
 }
 

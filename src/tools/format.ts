@@ -17,6 +17,7 @@
  * 0: no header, no id, no end); load reads it, and says that it cannot tell it was loaded before.
  */
 import { open } from "node:fs/promises";
+import { MAX_DELAY_MS } from "../protocol/parse";
 import { FEATURE_COLUMNS } from "../store/counter-log";
 import { ToolError } from "./datadir";
 
@@ -81,6 +82,30 @@ const NAME = /^[\x21-\x2e\x30-\x7e]{1,250}$/;
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 const TOKEN = /^[\x21-\x2e\x30-\x7e]{1,128}$/;
 const whole = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+/** Delivery counts are a 32-bit signed integer in both stores (Postgres's `integer`). */
+const MAX_DELIVERIES = 2 ** 31 - 1;
+/**
+ * The latest due time a load takes, from now: a delay is at most MAX_DELAY_MS, so a dump's due
+ * times are at most that after its creation, which is before now; a day more for the clocks of
+ * two machines. A later one is not a dump of mcq's (and a far one would stay delayed for good).
+ */
+const DUE_AHEAD_MS = MAX_DELAY_MS + 24 * 60 * 60 * 1000;
+
+/**
+ * Whether `b64` (BASE64 passed) is what encoding its bytes gives, padding aside: Buffer.from
+ * decodes any length, and drops the bits of a last character that do not make a whole byte, so
+ * a body cut or altered there (`QUJDR`, `Q`) would load as other bytes without a word.
+ */
+function canonical(b64: string): boolean {
+  const text = b64.replace(/=+$/, "");
+  const pad = b64.length - text.length;
+  const rest = text.length % 4;
+  if (rest === 1 || (pad > 0 && rest + pad !== 4)) return false;
+  if (rest === 0) return true;
+  const last = B64_DIGITS.indexOf(text[text.length - 1]!);
+  return (last & (rest === 2 ? 0xf : 0x3)) === 0; // the bits past the last whole byte are 0
+}
+const B64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /** One line of a dump, checked; a ToolError names the line and what is wrong with it. */
 export function parseLine(text: string, n: number): Line {
@@ -110,7 +135,11 @@ export function parseLine(text: string, n: number): Line {
       if (!whole(l.flags) || (l.flags as number) > 4294967295 || !whole(l.created) || !whole(l.expires)) throw bad("bad numbers");
       if (l.id !== undefined && !whole(l.id)) throw bad("bad message id");
       if (typeof l.body !== "string" || !BASE64.test(l.body)) throw bad("body is not base64");
-      if ((l.due !== undefined && !whole(l.due)) || (l.deliveries !== undefined && !whole(l.deliveries))) throw bad("bad due or deliveries");
+      if (!canonical(l.body)) throw bad("body is not whole base64 (cut short or altered)");
+      if ((l.due !== undefined && !whole(l.due)) || (l.deliveries !== undefined && !(whole(l.deliveries) && (l.deliveries as number) <= MAX_DELIVERIES))) {
+        throw bad("bad due or deliveries");
+      }
+      if (l.due !== undefined && (l.due as number) > Date.now() + DUE_AHEAD_MS) throw bad("due is more than 31 days from now (a delay is at most 30 days)");
       return l as unknown as MessageLine;
     case "token":
       if (typeof l.queue !== "string" || !NAME.test(l.queue)) throw bad("bad queue name");

@@ -7,15 +7,19 @@
  *   store (an advisory lock of its own): a second one meanwhile is refused at once, loading nothing.
  * - Messages go after those already queued, in the order of the file: each gets the next id of
  *   the store's sequence (FIFO is by id), so the sequence stays ahead of every loaded id, and the
- *   dump's ids are not kept (a node may be storing beside the load). A delayed message goes to
- *   mcq_delayed with its due time, and moves to its queue once due, as any other.
+ *   dump's ids are not kept (a node may be storing beside the load). The ids are taken just before
+ *   the COMMIT, all in one statement (place()): a message a node stores while the load reads its
+ *   input goes before the loaded ones, not among them (only a set running during that one
+ *   statement may take an id among theirs: the sequence is shared, not locked). A delayed
+ *   message goes to mcq_delayed with its due time, and moves to its queue once due, as any other.
  * - The dumped counters, and the loaded messages' items, bytes and delayed, are added to a counter
  *   row of the load's own (node LOAD_NODE, no node's): the nodes' sums include it, and no node
  *   writes it. Tokens keep the later end of their window.
  * - At commit, NOTIFY wakes the gets waiting on any node for the loaded queues, and ` due <t>`
  *   arms the nodes' delay timers (postgres-features.ts), as a node's own commit does.
  * Rows are sent in chunks of about CHUNK_BYTES (bodies joined into one bytea, as the store sends
- * them), so memory does not grow with the dump.
+ * them) to a temporary table of the transaction, so the load's memory does not grow with the dump
+ * (Postgres's does not either: a temporary table spills to disk).
  */
 import { ToolError } from "./datadir";
 import { FEATURE_FIELDS, type MessageLine } from "./format";
@@ -38,7 +42,7 @@ interface Added {
   features: number[];
 }
 
-/** One table's rows waiting to be sent: columns, and the bodies joined. */
+/** Rows waiting to be sent: columns, and the bodies joined. */
 function chunk() {
   return { queue: [] as string[], flags: [] as number[], created: [] as number[], expires: [] as number[], deliveries: [] as number[],
     due: [] as number[], len: [] as number[], bodies: [] as Buffer[], bytes: 0 };
@@ -46,8 +50,13 @@ function chunk() {
 type Chunk = ReturnType<typeof chunk>;
 const full = (c: Chunk) => c.bytes >= CHUNK_BYTES || c.queue.length >= CHUNK_ROWS;
 
-/** Inserts a chunk into mcq_messages or (delayed) mcq_delayed, ids from the sequence in the chunk's order. */
-async function insert(pg: ToolStore, c: Chunk, delayed: boolean): Promise<void> {
+/** The load's rows, in the file's order (n), until they all go into the store's tables at once (place()). */
+const STAGED = "pg_temp.mcq_load_rows";
+const STAGE = `CREATE TEMP TABLE mcq_load_rows (n int8 NOT NULL, queue text NOT NULL, flags int8 NOT NULL, created int8 NOT NULL,
+  expires int8 NOT NULL, deliveries int NOT NULL, due int8 NOT NULL, body bytea NOT NULL) ON COMMIT DROP`;
+
+/** Stages a chunk (its rows numbered from `first`, in order). */
+async function stage(pg: ToolStore, c: Chunk, first: number): Promise<void> {
   if (c.queue.length === 0) return;
   const off: number[] = [];
   let at = 1;
@@ -55,15 +64,25 @@ async function insert(pg: ToolStore, c: Chunk, delayed: boolean): Promise<void> 
     off.push(at);
     at += n;
   }
-  const table = delayed ? "mcq_delayed" : "mcq_messages";
   await pg.ask(
-    `INSERT INTO ${pg.schema}.${table} (queue, flags, created, expires, deliveries${delayed ? ", due" : ""}, body)
-     SELECT queue, flags, created, expires, deliveries${delayed ? ", due" : ""}, substring($8::bytea FROM off FOR len)
+    `INSERT INTO ${STAGED} (n, queue, flags, created, expires, deliveries, due, body)
+     SELECT $10::int8 + i, queue, flags, created, expires, deliveries, due, substring($8::bytea FROM off FOR len)
      FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int[], $6::int8[], $7::int[], $9::int[])
-       WITH ORDINALITY AS r(queue, flags, created, expires, deliveries, due, off, len, i)
-     ORDER BY i`,
-    [c.queue, c.flags, c.created, c.expires, c.deliveries, c.due, off, Buffer.concat(c.bodies, c.bytes), c.len],
+       WITH ORDINALITY AS r(queue, flags, created, expires, deliveries, due, off, len, i)`,
+    [c.queue, c.flags, c.created, c.expires, c.deliveries, c.due, off, Buffer.concat(c.bodies, c.bytes), c.len, first],
   );
+}
+
+/**
+ * Moves the staged rows into mcq_messages and (due) mcq_delayed, one statement each, in the file's
+ * order: their ids are taken from the sequences only now, just before the COMMIT, so a message a
+ * node stores while the load reads its input goes before all of them, not among them.
+ */
+async function place(pg: ToolStore): Promise<void> {
+  const S = pg.schema;
+  const columns = "queue, flags, created, expires, deliveries";
+  await pg.ask(`INSERT INTO ${S}.mcq_messages (${columns}, body) SELECT ${columns}, body FROM ${STAGED} WHERE due = 0 ORDER BY n`);
+  await pg.ask(`INSERT INTO ${S}.mcq_delayed (${columns}, due, body) SELECT ${columns}, due, body FROM ${STAGED} WHERE due > 0 ORDER BY n`);
 }
 
 /** Adds a message line (its body decoded) to a chunk. */
@@ -121,8 +140,8 @@ function postgresSink(pg: ToolStore, append: boolean) {
   const S = pg.schema;
   const added = new Map<string, Added>();
   const tokens = new Map<string, { queue: string; token: string; until: number }>();
-  let waiting = chunk();
-  let later = chunk();
+  let rows = chunk();
+  let staged = 0;
   let claim: string | null = null;
   /** The earliest due time loaded, for the nodes' timers. */
   let due = Infinity;
@@ -135,13 +154,10 @@ function postgresSink(pg: ToolStore, append: boolean) {
   async function send(all: boolean): Promise<void> {
     if (claim !== null) await claimDump(pg, claim, append);
     claim = null;
-    if (all || full(waiting)) {
-      await insert(pg, waiting, false);
-      waiting = chunk();
-    }
-    if (all || full(later)) {
-      await insert(pg, later, true);
-      later = chunk();
+    if (all || full(rows)) {
+      await stage(pg, rows, staged);
+      staged += rows.queue.length;
+      rows = chunk();
     }
     if (all || tokens.size >= CHUNK_ROWS) {
       await addTokens(pg, [...tokens.values()]);
@@ -167,7 +183,7 @@ function postgresSink(pg: ToolStore, append: boolean) {
     message(line: MessageLine) {
       const body = Buffer.from(line.body, "base64");
       const delayed = (line.due ?? 0) > 0;
-      push(delayed ? later : waiting, line, body);
+      push(rows, line, body);
       const a = queue(line.queue); // lines written by hand (a migration) may leave out the queue lines
       a.items++;
       a.bytes += body.length;
@@ -176,12 +192,13 @@ function postgresSink(pg: ToolStore, append: boolean) {
         due = Math.min(due, line.due!);
       }
     },
-    drain: () => (claim !== null || full(waiting) || full(later) || tokens.size >= CHUNK_ROWS ? send(false) : null),
+    drain: () => (claim !== null || full(rows) || tokens.size >= CHUNK_ROWS ? send(false) : null),
   };
 
   /** After the last line: what is left, the counters, the dump's id as loaded, the notices. */
   async function finish(id: string | null, messages: number): Promise<void> {
     await send(true);
+    await place(pg);
     await addCounters(pg, added);
     if (id !== null) await pg.ask(`UPDATE ${S}.mcq_loads SET messages = $2 WHERE dump_id = $1`, [id, messages]);
     const woken = [...added].filter(([, a]) => a.items > a.delayed).map(([name]) => name);
@@ -193,20 +210,38 @@ function postgresSink(pg: ToolStore, append: boolean) {
   return { sink, finish };
 }
 
+/** The advisory lock of loads into a store (nodes never take it). */
+const lockName = (pg: ToolStore) => `mcq-load:${pg.schema}`;
+
+/**
+ * Which backend holds the load lock, for the message of a load refused: a load whose client
+ * stalls (paused, cut off) holds it until TCP keepalive ends its connection, hours by default.
+ */
+async function holder(pg: ToolStore): Promise<string> {
+  const [row] = await pg.ask<{ pid: number }>(
+    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND ((classid::int8 << 32) | objid::int8) = hashtext($1)::int8`, // a bigint key's halves
+    [lockName(pg)],
+  );
+  return row === undefined ? "" : ` (backend pid ${row.pid}: SELECT pg_terminate_backend(${row.pid}) ends it, loading nothing)`;
+}
+
 export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>, append: boolean): Promise<LoadResult> {
   const pg = await openToolStore("load", url, true);
   const notes: string[] = [];
   try {
-    await pg.ask("BEGIN");
+    await pg.begin();
     try {
       // One load at a time into a store (nodes never take this lock): the first makes mcq_loads.
-      const [{ mine }] = await pg.ask<{ mine: boolean }>("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine", [`mcq-load:${pg.schema}`]) as [{ mine: boolean }];
-      if (!mine) throw new ToolError(`mcq load: another mcq load into ${pg.safe} is running; nothing loaded`);
+      const [{ mine }] = await pg.ask<{ mine: boolean }>("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS mine", [lockName(pg)]) as [{ mine: boolean }];
+      if (!mine) throw new ToolError(`mcq load: another mcq load into ${pg.safe} is running${await holder(pg)}; nothing loaded`);
       await pg.ask(`CREATE TABLE IF NOT EXISTS ${pg.schema}.mcq_loads (dump_id text PRIMARY KEY, loaded_at int8 NOT NULL, messages int8 NOT NULL)`);
+      await pg.ask(STAGE);
       const run = postgresSink(pg, append);
       const read = await readDump(input, run.sink, notes);
       await run.finish(read.header?.id ?? null, read.count);
-      await pg.ask("COMMIT");
+      await pg.commit();
       return { messages: read.count, notes };
     } catch (e) {
       await pg.ask("ROLLBACK").catch(() => {}); // a connection given up rolls back as it closes

@@ -229,7 +229,7 @@ if (havePostgres("mcq dump/load --store")) {
         code: 1, stdout: "", stderr: `mcq dump: no queue nosuch in ${process.env.MCQ_TEST_PG}\n` });
     });
 
-    test("a dump reads the schema as it is: an older one (nodes of that version beside it) is not upgraded; one it cannot read is refused", async () => {
+    test("a dump or a load uses the schema as it is: an older one (nodes of that version beside it) is not upgraded; one it cannot read is refused", async () => {
       const url = store();
       const schema = schemas.at(-1)!;
       const file = await toFile('{"type":"end","queues":0,"messages":0}\n');
@@ -241,10 +241,16 @@ if (havePostgres("mcq dump/load --store")) {
         const dumped = await runCommand(["dump", "--store", url]);
         expect([dumped.code, parse(dumped.stdout).at(-1)]).toEqual([0, { type: "end", queues: 0, messages: 0 }]);
         expect(await version()).toBe(3); // before: 5, upgraded under the older nodes
+        // Nor does a load: it needs only what version 3 has.
+        const one = await toFile([{ type: "message", queue: "v3", flags: 0, created: 1, expires: 0, body: "djM=" }].map((l) => JSON.stringify(l)).join("\n"));
+        expect((await runCommand(["load", "--store", url, one])).code).toBe(0);
+        expect(await version()).toBe(3);
         for (const [v, why] of [[2, "a node of this mcq brings it up to date when it starts"], [99, "upgrade mcq"]] as const) {
           await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = ${v}`);
-          expect(await runCommand(["dump", "--store", url])).toEqual({ code: 1, stdout: "",
-            stderr: `mcq dump: the schema ${schema} of ${process.env.MCQ_TEST_PG} is version ${v}; this mcq reads 3 to 5 (${why})\n` });
+          for (const tool of ["dump", "load"]) {
+            expect(await runCommand([tool, "--store", url, ...(tool === "load" ? [one] : [])])).toEqual({ code: 1, stdout: "",
+              stderr: `mcq ${tool}: the schema ${schema} of ${process.env.MCQ_TEST_PG} is version ${v}; this mcq reads 3 to 5 (${why})\n` });
+          }
         }
       } finally {
         await sql.close();

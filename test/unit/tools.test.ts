@@ -43,6 +43,14 @@ test("parseLine: each kind of line, and a reason naming the line for a bad one",
   expect(bad('{"type":"dump","format":1,"id":"","created":1,"mcq":"9","lastId":0}')).toBe("mcq load: line 7: bad dump id");
   expect(bad('{"type":"message","queue":"q","id":-1,"flags":0,"created":1,"expires":0,"body":""}')).toBe("mcq load: line 7: bad message id");
   expect(bad('{"type":"message","queue":"q","flags":0,"created":1,"expires":0,"body":"!!"}')).toBe("mcq load: line 7: body is not base64");
+  const msg = (extra: object) => JSON.stringify({ type: "message", queue: "q", flags: 0, created: 1, expires: 0, body: "", ...extra });
+  expect(bad(msg({ deliveries: 2 ** 31 }))).toBe("mcq load: line 7: bad due or deliveries");
+  expect(bad(msg({ deliveries: 2 ** 31 - 1 }))).toBe("accepted");
+  expect(bad(msg({ due: Date.now() + 32 * 86_400_000 }))).toBe("mcq load: line 7: due is more than 31 days from now (a delay is at most 30 days)");
+  expect(bad(msg({ due: Date.now() + 30 * 86_400_000 }))).toBe("accepted");
+  // Base64 that encoding no bytes gives: a length that cannot be, bits past the last byte, padding that does not fit.
+  for (const body of ["Q", "QUJDR", "QR==", "QUJ=", "QQ=", "QUJDRA="]) expect(bad(msg({ body }))).toBe("mcq load: line 7: body is not whole base64 (cut short or altered)");
+  for (const body of ["QUJD", "QUJDRA==", "QUJDRA", "QUI=", "QQ=="]) expect(bad(msg({ body }))).toBe("accepted");
   expect(bad("[1]")).toBe('mcq load: line 7: unknown type undefined');
   expect(bad("{")).toBe("mcq load: line 7: not JSON");
 });
