@@ -78,6 +78,8 @@ const PROMOTE_BATCH = 1000;
 const RECHECK_MS = 5000;
 /** How often (ms) tokens whose window ended are deleted (a live token is all that matters). */
 const TOKEN_SWEEP_MS = 10_000;
+/** Bun fires a longer timeout after 1 ms: a later due time (a 30-day delay) is armed again when it fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export function createFeatures(d: FeatureDeps) {
   const fst = featureStatements(d.schema, d.channel);
@@ -104,7 +106,7 @@ export function createFeatures(d: FeatureDeps) {
     if (d.closed() || due >= nextDue) return;
     nextDue = due;
     if (timer !== null) clearTimeout(timer);
-    timer = setTimeout(fire, Math.max(0, due - offset - Date.now()));
+    timer = setTimeout(fire, Math.min(MAX_TIMER_MS, Math.max(0, due - offset - Date.now())));
   }
 
   function fire(): void {
