@@ -93,6 +93,7 @@ export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
+  const DL = `${schema}.mcq_delayed`;
   /** Records that `queues` (all: '') were flushed or deleted: no give-back brings back a message of before. */
   const mark = (queues: string) =>
     `INSERT INTO ${schema}.mcq_flushed (queue, upto) SELECT q, (SELECT last_value FROM ${schema}.mcq_messages_id_seq) FROM unnest(${queues}) AS q
@@ -219,12 +220,23 @@ export function statements(schema: string) {
          SELECT id::float8 AS id FROM u`,
         [ids, node],
       ).execute()) as { id: number }[],
-    flush: async (sql: SQL, queues: string[] | null) =>
+    /**
+     * Empties `queues` (null: every queue), delayed messages too, and counts in `node`'s rows what
+     * it deleted: other nodes' sets or a load may have committed more than this node's view knows.
+     */
+    flush: async (sql: SQL, queues: string[] | null, node: number) =>
       (await sql.unsafe(
-        `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
-           RETURNING queue, length(body) AS len, owner), f AS (${mark("$1::text[]")}) ${removed("d")}`,
-        [queues ?? [""]],
-      ).execute()) as Removed[],
+        `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len, owner),
+           dl AS (DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len),
+           f AS (${mark("$1::text[]")}),
+           r AS (${perRows([
+             { from: "d", queue: "queue", c: { items: "-1", bytes: "-len", open: "-(owner IS NOT NULL)::int" } },
+             { from: "dl", queue: "queue", c: { items: "-1", bytes: "-len", delayed: "-1" } },
+           ])}),
+           c AS (${upsert("$2::int", "SELECT * FROM r")})
+         SELECT queue, (-items)::int AS n, (-bytes)::float8 AS bytes, (-open)::int AS open, (-delayed)::int AS delayed FROM r`,
+        [queues ?? [""], node],
+      ).execute()) as (Removed & { delayed: number })[],
     /** Deletes queues, their messages and every node's counters; returns the queues that existed. */
     drop: async (sql: SQL, queues: string[]) =>
       (
