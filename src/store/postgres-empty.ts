@@ -9,13 +9,11 @@
  */
 import type { Delta } from "./postgres-sql";
 import type { Flushed, Op, Tx } from "./postgres-send";
-import type { Features } from "./postgres-features";
 import type { View } from "./postgres-view";
 
 export interface EmptyDeps {
   view: View;
   held: Map<number, { queue: string }>;
-  features: Features;
   tx(): Tx;
   op(o: Op): void;
   change(tx: Tx, queue: string, d: Partial<Delta>, created?: number, counted?: boolean): void;
@@ -45,7 +43,6 @@ export function createEmptying(d: EmptyDeps) {
       const tx = d.tx();
       const existed = d.view.drop(queue);
       d.op({ k: "drop", queue });
-      d.features.forget([queue], false); // its counter rows go with it
       tx.deltas.delete(queue); // its rows are deleted: only what follows the drop counts
       tx.counted.delete(queue);
       tx.dropped.add(queue);

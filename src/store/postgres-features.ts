@@ -42,7 +42,6 @@ export type FeatureOp =
   | { k: "later"; queue: string; id: number; delay: number; bytes: number }
   | { k: "move"; queue: string; id: number; target: string; bytes: number; created: number }
   | { k: "redrive"; from: string; to: string; now: number; ok: (n: number) => void; fail: (e: unknown) => void }
-  | { k: "forget"; queues: string[] | null; counted: boolean }
   | DiscardOp
   /** A batch whose only change is a count (postgres.ts countFeature): sent, as a batch without ops is not. */
   | { k: "counted" };
@@ -326,15 +325,6 @@ export function createFeatures(d: FeatureDeps) {
         return Promise.resolve();
       case "discard":
         return discard.statement(tx, c, ops as DiscardOp[]);
-      case "forget":
-        return all(
-          (ops as Extract<FeatureOp, { k: "forget" }>[]).map((o) =>
-            // Counted from what Postgres deleted, not from the view (which may not have seen a move yet).
-            fst.forget(c, o.queues, o.counted ? d.node : null).then((rows) => {
-              for (const r of rows) if (!tx.undone && d.view.has(r.queue)) d.change(tx, r.queue, { delayed: -r.n });
-            }),
-          ),
-        );
     }
   }
 
@@ -385,11 +375,6 @@ export function createFeatures(d: FeatureDeps) {
       if (g === null) return false;
       insert(queue, flags, body, expires, created, 0, g);
       return true;
-    },
-    /** Delayed messages of the queues (null: all) go with a flush or a drop. */
-    forget(queues: string[] | null, counted: boolean): void {
-      guard = null;
-      feature({ k: "forget", queues, counted });
     },
     /** A notification's payload; true if it was the features' own (` due <t>`). */
     notice(payload: string): boolean {

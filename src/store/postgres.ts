@@ -193,7 +193,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     connect: () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} }),
   });
 
-  const emptying = createEmptying({ view, held, features, tx, op, change, hold });
+  const emptying = createEmptying({ view, held, tx, op, change, hold });
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 

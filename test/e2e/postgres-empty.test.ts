@@ -67,5 +67,52 @@ if (havePostgres("flush and delete on Postgres")) {
       await sql.close();
       await Promise.all(nodes.map((n) => n.kill()));
     });
+
+    test("a delete racing another node's sets leaves no message without its counters: held between the sets' counters and their COMMIT", async () => {
+      const { schema, nodes, a, b, sql } = await twoNodes();
+      const holder = new SQL(PG_URL!, { max: 1 }); // one session: the advisory lock the writer waits for
+      const key = 815_1004;
+      // b's counter row for the queue gains total (its sets): its batch waits here, after the upsert, before COMMIT.
+      await sql.unsafe(`CREATE FUNCTION ${schema}.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+        IF NEW.total > 0 AND (TG_OP = 'INSERT' OR NEW.total > OLD.total) THEN PERFORM pg_advisory_xact_lock(${key}); END IF; RETURN NEW; END $$`);
+      const waiting = async (what: string) =>
+        Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ${what}`))[0].n) > 0;
+      /** b sets twice into `queue` while a deletes it, a's drop sent while b's batch is held. */
+      const race = async (queue: string) => {
+        await sql.unsafe(`CREATE TRIGGER hold_${queue} AFTER INSERT OR UPDATE ON ${schema}.mcq_counters FOR EACH ROW
+          WHEN (NEW.queue = '${queue}' AND NEW.node > 0) EXECUTE FUNCTION ${schema}.hold()`);
+        await holder.unsafe(`SELECT pg_advisory_lock(${key})`);
+        const sets = b.call(set(queue, "new1") + set(queue, "new2"));
+        while (!(await waiting("wait_event = 'advisory'")));
+        let replied = false;
+        const dropped = a.call(`delete ${queue}\r\n`).finally(() => (replied = true));
+        // a's drop waits for b's counter row (before and after the fix), unless it had nothing to wait for.
+        while (!replied && !(await waiting("wait_event <> 'advisory'")));
+        await holder.unsafe(`SELECT pg_advisory_unlock(${key})`);
+        expect([await sets, await dropped]).toEqual(["STORED\r\nSTORED\r\n", "DELETED\r\n"]);
+        await sql.unsafe(`DROP TRIGGER hold_${queue} ON ${schema}.mcq_counters`);
+      };
+      // q: b has a counter row already (its set before), which its sets update.
+      expect(await b.call(set("q", "old"))).toBe("STORED\r\n");
+      expect(await queueStats(a, "q")).toMatchObject({ items: 1 });
+      await race("q");
+      // Before: q held new1 and new2 with no counter rows (stats: none; a get then made items -1).
+      expect(await tables(sql, schema)).toEqual([]);
+      // p: b's first set into it makes its counter row (a has one).
+      expect(await a.call(set("p", "a0"))).toBe("STORED\r\n");
+      await race("p");
+      expect(await tables(sql, schema)).toEqual([]);
+      for (const c of [a, b]) expect(await c.call("stats queue q\r\nstats queue p\r\nget q\r\nget p\r\n")).toBe("END\r\n".repeat(4));
+      // The queues work on after it: counters exact.
+      expect(await b.call(set("q", "after") + set("p", "after"))).toBe("STORED\r\n".repeat(2));
+      expect(await a.call("get q\r\n")).toBe(value("q", "after") + "END\r\n");
+      expect(await tables(sql, schema)).toEqual([
+        { queue: "p", n: 1, items: 1, open: 0, owned: 0, delayed: 0, waiting: 0 },
+        { queue: "q", n: 0, items: 0, open: 0, owned: 0, delayed: 0, waiting: 0 },
+      ]);
+      for (const c of [a, b]) expect(await queueStats(c, "q")).toMatchObject({ items: 0, total: 1, fetched: 1 });
+      await Promise.all([sql.close(), holder.close()]);
+      await Promise.all(nodes.map((n) => n.kill()));
+    });
   });
 }
