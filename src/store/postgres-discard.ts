@@ -11,7 +11,9 @@
  * message open on any node is never dropped (its row is skipped, locked or not).
  *
  * As on SQLite, the set is refused, and nothing dropped, when the open and delayed messages
- * alone fill max_items (as this node's view counts them). Unlike SQLite, the view does not know
+ * alone fill max_items (as this node's view counts them: other nodes' opens and delayed sets of
+ * the last second may be missing, and the set is then stored past max_items, as is one whose
+ * oldest message another node's discard has locked: docs/protocol.md). Unlike SQLite, the view does not know
  * the bytes of open and delayed messages: when they alone fill max_bytes, the set is stored past
  * the limit.
  */

@@ -188,21 +188,6 @@ export function featureStatements(schema: string, channel: string) {
       ).execute()) as { n: number; bytes: number }[])[0]!,
 
     /**
-     * Deletes the delayed messages of `queues` (null: all), as a flush or drop does; how many per
-     * queue. A flush's are counted out of `delayed` in `node`'s rows (node null: a drop, whose
-     * counter rows are gone).
-     */
-    forget: async (sql: SQL, queues: string[] | null, node: number | null) => {
-      const params: unknown[] = [];
-      const where = queues === null ? "" : `WHERE queue = ANY($${params.push(queues)}::text[])`;
-      const count = node === null ? "" : `, c AS (${upsert(`$${params.push(node)}::int`, perQueue("d", { delayed: "-count(*)" }))})`;
-      return (await sql.unsafe(
-        `WITH d AS (DELETE FROM ${DL} ${where} RETURNING queue) ${count} SELECT queue, count(*)::int AS n FROM d GROUP BY queue`,
-        params,
-      ).execute()) as { queue: string; n: number }[];
-    },
-
-    /**
      * Moves up to `limit` due messages to the tails of their queues (by due time, then arrival),
      * counts them out of `delayed` in this node's row and notifies their queues, in one statement.
      */

@@ -42,7 +42,6 @@ export type FeatureOp =
   | { k: "later"; queue: string; id: number; delay: number; bytes: number }
   | { k: "move"; queue: string; id: number; target: string; bytes: number; created: number }
   | { k: "redrive"; from: string; to: string; now: number; ok: (n: number) => void; fail: (e: unknown) => void }
-  | { k: "forget"; queues: string[] | null; counted: boolean }
   | DiscardOp
   /** A batch whose only change is a count (postgres.ts countFeature): sent, as a batch without ops is not. */
   | { k: "counted" };
@@ -78,6 +77,8 @@ const PROMOTE_BATCH = 1000;
 const RECHECK_MS = 5000;
 /** How often (ms) tokens whose window ended are deleted (a live token is all that matters). */
 const TOKEN_SWEEP_MS = 10_000;
+/** Bun fires a longer timeout after 1 ms: a later due time (a 30-day delay) is armed again when it fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export function createFeatures(d: FeatureDeps) {
   const fst = featureStatements(d.schema, d.channel);
@@ -104,7 +105,7 @@ export function createFeatures(d: FeatureDeps) {
     if (d.closed() || due >= nextDue) return;
     nextDue = due;
     if (timer !== null) clearTimeout(timer);
-    timer = setTimeout(fire, Math.max(0, due - offset - Date.now()));
+    timer = setTimeout(fire, Math.min(MAX_TIMER_MS, Math.max(0, due - offset - Date.now())));
   }
 
   function fire(): void {
@@ -324,15 +325,6 @@ export function createFeatures(d: FeatureDeps) {
         return Promise.resolve();
       case "discard":
         return discard.statement(tx, c, ops as DiscardOp[]);
-      case "forget":
-        return all(
-          (ops as Extract<FeatureOp, { k: "forget" }>[]).map((o) =>
-            // Counted from what Postgres deleted, not from the view (which may not have seen a move yet).
-            fst.forget(c, o.queues, o.counted ? d.node : null).then((rows) => {
-              for (const r of rows) if (!tx.undone && d.view.has(r.queue)) d.change(tx, r.queue, { delayed: -r.n });
-            }),
-          ),
-        );
     }
   }
 
@@ -383,11 +375,6 @@ export function createFeatures(d: FeatureDeps) {
       if (g === null) return false;
       insert(queue, flags, body, expires, created, 0, g);
       return true;
-    },
-    /** Delayed messages of the queues (null: all) go with a flush or a drop. */
-    forget(queues: string[] | null, counted: boolean): void {
-      guard = null;
-      feature({ k: "forget", queues, counted });
     },
     /** A notification's payload; true if it was the features' own (` due <t>`). */
     notice(payload: string): boolean {

@@ -19,6 +19,8 @@ const rank = (o: Op) => (o.k === "take" ? TAKE_RANK[o.t.mode] : o.k === "feature
 const LARGE_BODY = 64 * 1024;
 
 export type Mode = "dequeue" | "open" | "peek";
+/** What a flush removed from a queue. */
+export type Flushed = Pick<Delta, "items" | "bytes" | "open" | "delayed">;
 export interface Take {
   mode: Mode;
   queue: string;
@@ -32,7 +34,8 @@ export type Op =
   | { k: "take"; t: Take }
   | { k: "confirm" | "release"; queue: string; id: number; bytes: number }
   | { k: "drop"; queue: string }
-  | { k: "flush"; queue: string | null }
+  /** `guess`: per queue, what the view counted out at once (postgres-empty.ts); the answer corrects it. */
+  | { k: "flush"; queue: string | null; guess: Map<string, Flushed> }
   | { k: "sweep"; now: number; limit: number }
   | { k: "feature"; f: FeatureOp };
 
@@ -193,20 +196,34 @@ export function createSender(deps: Sender) {
       case "drop":
         return st.drop(c, col((o) => o.queue));
       case "flush":
-        return st.flush(c, op.queue === null ? null : [op.queue]).then((rows) => settleRemoved(tx, rows, false));
+        return st.flush(c, op.queue === null ? null : [op.queue], node).then((rows) => settleFlush(tx, op.guess, rows));
       case "sweep":
-        return st.sweep(c, op.limit, node).then((rows) => settleRemoved(tx, rows, true));
+        return st.sweep(c, op.limit, node).then((rows) => settleSwept(tx, rows));
       case "feature":
         return deps.feature(tx, c, (ops as Extract<Op, { k: "feature" }>[]).map((o) => o.f));
     }
   }
 
-  /** Counts in the view what a sweep removed (the statement counted it in Postgres; a flush counted its queues as emptied already). */
-  function settleRemoved(tx: Tx, rows: Removed[], expired: boolean): void {
+  /** Counts in the view what a sweep removed (the statement counted it in Postgres). */
+  function settleSwept(tx: Tx, rows: Removed[]): void {
     if (tx.undone) return;
-    for (const r of rows) {
-      if (!view.has(r.queue)) continue;
-      if (expired) change(tx, r.queue, { items: -r.n, bytes: -r.bytes, open: -r.open, expired: r.n });
+    for (const r of rows) if (view.has(r.queue)) change(tx, r.queue, { items: -r.n, bytes: -r.bytes, open: -r.open, expired: r.n });
+  }
+
+  /**
+   * The view counted a flush out as it knew the queues (`guess`); the statement counted in
+   * Postgres what it deleted, which may be more (another node's sets, a load) or less (a flush
+   * elsewhere). The view follows that. (A queue the view does not know comes with the counters
+   * read right after the COMMIT: postgres-empty.ts.)
+   */
+  function settleFlush(tx: Tx, guess: Map<string, Flushed>, rows: (Removed & { delayed: number })[]): void {
+    if (tx.undone) return;
+    const found = new Map(rows.map((r) => [r.queue, r]));
+    for (const queue of new Set([...guess.keys(), ...found.keys()])) {
+      const g = guess.get(queue) ?? { items: 0, bytes: 0, open: 0, delayed: 0 };
+      const r = found.get(queue) ?? { n: 0, bytes: 0, open: 0, delayed: 0 };
+      if (!view.has(queue)) continue;
+      change(tx, queue, { items: g.items - r.n, bytes: g.bytes - r.bytes, open: g.open - r.open, delayed: g.delayed - r.delayed });
     }
   }
 

@@ -93,6 +93,7 @@ export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
   const N = `${schema}.mcq_nodes`;
+  const DL = `${schema}.mcq_delayed`;
   /** Records that `queues` (all: '') were flushed or deleted: no give-back brings back a message of before. */
   const mark = (queues: string) =>
     `INSERT INTO ${schema}.mcq_flushed (queue, upto) SELECT q, (SELECT last_value FROM ${schema}.mcq_messages_id_seq) FROM unnest(${queues}) AS q
@@ -219,22 +220,52 @@ export function statements(schema: string) {
          SELECT id::float8 AS id FROM u`,
         [ids, node],
       ).execute()) as { id: number }[],
-    flush: async (sql: SQL, queues: string[] | null) =>
+    /**
+     * Empties `queues` (null: every queue), delayed messages too, and counts in `node`'s rows what
+     * it deleted: other nodes' sets or a load may have committed more than this node's view knows.
+     */
+    flush: async (sql: SQL, queues: string[] | null, node: number) =>
       (await sql.unsafe(
-        `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"}
-           RETURNING queue, length(body) AS len, owner), f AS (${mark("$1::text[]")}) ${removed("d")}`,
-        [queues ?? [""]],
-      ).execute()) as Removed[],
-    /** Deletes queues, their messages and every node's counters; returns the queues that existed. */
-    drop: async (sql: SQL, queues: string[]) =>
-      (
-        (await sql.unsafe(
-          `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), f AS (${mark("$1::text[]")}),
-             c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue)
-           SELECT DISTINCT queue FROM c`,
-          [queues],
-        ).execute()) as { queue: string }[]
-      ).map((r) => r.queue),
+        `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len, owner),
+           dl AS (DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len),
+           f AS (${mark("$1::text[]")}),
+           r AS (${perRows([
+             { from: "d", queue: "queue", c: { items: "-1", bytes: "-len", open: "-(owner IS NOT NULL)::int" } },
+             { from: "dl", queue: "queue", c: { items: "-1", bytes: "-len", delayed: "-1" } },
+           ])}),
+           c AS (${upsert("$2::int", "SELECT * FROM r")})
+         SELECT queue, (-items)::int AS n, (-bytes)::float8 AS bytes, (-open)::int AS open, (-delayed)::int AS delayed FROM r`,
+        [queues ?? [""], node],
+      ).execute()) as (Removed & { delayed: number })[],
+    /**
+     * Deletes queues: their messages, delayed messages and every node's counter rows. Two
+     * statements. The first locks every counter row a writer could add to (each node's, the
+     * reaper's 0, a load's -1; made if missing), waiting for the writers that hold one: they have
+     * committed, messages and counters, when the second statement takes its snapshot, which
+     * deletes both; a writer that comes later waits for this batch, and its messages and counters
+     * stay together. (In one statement, the counter DELETE waited for a writer and deleted its
+     * new counter row, while the message DELETE's older snapshot left its messages without one.)
+     * Returns the queues that had counter rows.
+     */
+    drop: async (sql: SQL, names: string[]) => {
+      const queues = [...new Set(names)]; // a batch may delete a queue twice: each row once per statement
+      const locked = sql.unsafe(
+        `INSERT INTO ${C} AS c (node, queue)
+         SELECT n.id, q FROM unnest($1::text[]) AS q, (SELECT id FROM ${N} UNION SELECT 0 UNION SELECT -1) n ORDER BY q, n.id
+         ON CONFLICT (queue, node) DO UPDATE SET items = c.items RETURNING queue, node, c.xmax = 0 AS made`,
+        [queues],
+      ).execute();
+      const deleted = sql.unsafe(
+        `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), dl AS (DELETE FROM ${DL} WHERE queue = ANY($1::text[])),
+           f AS (${mark("$1::text[]")}), c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue, node)
+         SELECT * FROM c`,
+        [queues],
+      ).execute();
+      type R = { queue: string; node: number; made?: boolean };
+      const [mine, gone] = (await Promise.all([locked, deleted])) as [R[], R[]];
+      const made = new Set(mine.filter((r) => r.made).map((r) => `${r.node} ${r.queue}`));
+      return [...new Set(gone.filter((r) => !made.has(`${r.node} ${r.queue}`)).map((r) => r.queue))];
+    },
     /** Deletes up to `limit` expired messages and counts them as expired on `node`. */
     sweep: async (sql: SQL, limit: number, node: number) =>
       (await sql.unsafe(

@@ -39,6 +39,7 @@ import { createUnknown } from "./postgres-unknown";
 import { storeHere } from "./postgres-unknown-file";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
+import { createEmptying } from "./postgres-empty";
 import { StoreError, type QueueStore } from "./store";
 
 export interface PostgresOptions {
@@ -195,6 +196,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     connect: () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} }),
   });
 
+  const emptying = createEmptying({ view, held, tx, op, change, hold });
+
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
   /**
@@ -261,33 +264,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       change(tx(), queue, { fetched: -1 });
       tx().wake.add(queue);
     },
-    drop(queue) {
-      const existed = view.drop(queue);
-      op({ k: "drop", queue });
-      features.forget([queue], false); // its counter rows go with it
-      tx().deltas.delete(queue); // its rows are deleted: only what follows the drop counts
-      tx().counted.delete(queue);
-      tx().dropped.add(queue);
-      for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
-      return existed;
-    },
-    flush(queue) {
-      const q = view.get(queue);
-      if (q === undefined) return;
-      op({ k: "flush", queue });
-      features.forget([queue], true);
-      change(tx(), queue, { items: -q.items, bytes: -q.bytes, open: -q.open });
-      for (const [id, h] of held) if (h.queue === queue) hold(tx(), id, null);
-    },
-    flushAll() {
-      op({ k: "flush", queue: null });
-      features.forget(null, true);
-      for (const { name } of view.list()) {
-        const q = view.get(name)!;
-        change(tx(), name, { items: -q.items, bytes: -q.bytes, open: -q.open });
-      }
-      for (const id of [...held.keys()]) hold(tx(), id, null);
-    },
+    drop: (queue) => emptying.drop(queue),
+    flush: (queue) => emptying.flush(queue),
+    flushAll: () => emptying.flushAll(),
     list: () => view.list(),
     has: (queue) => view.has(queue),
     size: (queue) => view.get(queue) ?? null,

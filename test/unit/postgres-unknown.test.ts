@@ -156,13 +156,13 @@ if (havePostgres("unit postgres give-back")) {
 
       const [a, b, c] = [await taken("a"), await taken("b"), await taken("c")];
       expect(await st.drop(sql, ["a"])).toEqual(["a"]); // delete a
-      await st.flush(sql, ["b"]); // flush b
+      await st.flush(sql, ["b"], 1); // flush b
       expect(await back("s/1", [a, b, c])).toBe(1); // only c
       expect(await there()).toEqual(["c"]);
       expect((await sql.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_counters WHERE queue = 'a'`))[0].n).toBe(0); // a stays deleted
 
       const [d, e] = [await taken("d"), await taken("b")]; // e: set into b after its flush
-      await st.flush(sql, null); // flush_all
+      await st.flush(sql, null, 1); // flush_all
       const f = await taken("d"); // after it
       expect(await back("s/2", [d, e, f])).toBe(1);
       expect(await there()).toEqual(["d"]);
