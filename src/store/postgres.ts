@@ -28,7 +28,7 @@
  */
 import { SQL } from "bun";
 import { connectChecked, connectPrimary, identity, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
-import { claimHome, reclaim } from "./postgres-home";
+import { claimHome, createWitness, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
@@ -100,6 +100,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const sums = await st.totals(sql);
   view.reset(sums, []);
   let lastBeat = Date.now();
+  const witness = createWitness(options.leaseS);
   let lastRefresh = Date.now();
   let quiet = false;
   let closed = false;
@@ -112,6 +113,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     const found = await connectPrimary(url);
     server = await identity(st, found.sql);
     client = found.sql;
+    witness.connected();
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
     hostUrl = found.url;
@@ -312,8 +314,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         lastBeat = now;
         batches.background(async (c) => {
           const beat = await st.heartbeat(c, node);
+          witness.beat();
           if (beat.back) lost(beat.freed);
-          const back = await features.reap(c, options.leaseS);
+          const back = witness.mayReap() ? await features.reap(c, options.leaseS) : 0;
           if (back > 0) {
             options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
             store.onAvailable?.(null);

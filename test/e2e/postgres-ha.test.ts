@@ -1,0 +1,63 @@
+/**
+ * The Postgres store against Postgres servers the test owns (pg-cluster.ts), where the shared one
+ * must not be touched: an outage longer than --node-timeout (live nodes must not reap each
+ * other), a primary fenced read-only, an old primary back beside the promoted standby.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { havePostgres } from "../pg";
+import { clusterDir, newPrimary, type Cluster } from "./pg-cluster";
+import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
+
+const storeUrl = (hosts: Cluster[], schema: string) => `postgres://postgres@${hosts.map((h) => h.host).join(",")}/postgres?schema=${schema}`;
+
+/** Sets `q` through `c` until STORED: the node has reconnected (each try is a reply, awaited). */
+async function storedAgain(c: Client, q: string, body: string): Promise<void> {
+  let reply = "";
+  for (let i = 0; i < 20 && !(reply = await c.call(set(q, body), 15_000)).startsWith("STORED"); i++) await Bun.sleep(100);
+  expect(reply).toBe("STORED\r\n");
+}
+
+if (havePostgres("e2e postgres ha")) {
+  const at = clusterDir();
+  afterAll(async () => {
+    await stopAll();
+    await at.removeAll();
+  });
+
+  describe("a Postgres outage longer than --node-timeout", () => {
+    test("live nodes do not reap each other: both opens stay theirs and confirm; a node killed after is still reaped in time", async () => {
+      const pg = await newPrimary(at, "outage");
+      const url = storeUrl([pg], "reap");
+      const nodes: Running[] = [];
+      for (let i = 0; i < 2; i++) nodes.push(await startServer(["--store", url, "--node-timeout", "3"], join(tempDir(), "data")));
+      const [A, B] = nodes as [Running, Running];
+      const [a, b, other] = [await A.connect(), await B.connect(), await A.connect()];
+      expect(await a.call(set("q", "m1") + set("q", "m2"))).toBe("STORED\r\n".repeat(2));
+      expect(await a.call("get q/open\r\n")).toBe(value("q/open", "m1") + "END\r\n");
+      expect(await b.call("get q/open\r\n")).toBe(value("q/open", "m2") + "END\r\n");
+
+      await pg.stop("fast");
+      await Bun.sleep(6000); // twice --node-timeout: every node's heartbeat is stale
+      await pg.start();
+      await storedAgain(other, "alive", "a");
+      await storedAgain(await B.connect(), "alive", "b");
+      // A reaper would have acted by now: it beats every second (--node-timeout / 3).
+      await Bun.sleep(4500);
+      expect(await other.call("get q\r\n")).toBe("END\r\n");
+      expect(await b.call("get q/close\r\n")).toBe("END\r\n");
+      expect(await a.call("get q/close\r\n")).toBe("END\r\n");
+      for (const n of nodes) expect(n.stderr()).not.toMatch(/reaped|open messages of dead nodes returned/);
+
+      // A node that really dies is still reaped: B, killed holding an open message.
+      expect(await b.call(set("q", "m3") + "get q/open\r\n")).toBe("STORED\r\n" + value("q/open", "m3") + "END\r\n");
+      const killed = performance.now();
+      await B.kill("SIGKILL");
+      expect(await other.call("get q/t=10000\r\n", 15_000)).toBe(value("q/t=10000", "m3") + "END\r\n");
+      const took = performance.now() - killed;
+      console.log(`after the outage, the open message of a killed node came back after ${took.toFixed(0)} ms (--node-timeout 3)`);
+      expect(took).toBeLessThan(3000 + 2000); // the timeout, plus a heartbeat period and the reap
+      expect(A.stderr()).toMatch(/INFO Postgres: 1 open messages of dead nodes returned to their queues/);
+    }, 90_000);
+  });
+}
