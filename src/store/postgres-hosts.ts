@@ -1,7 +1,7 @@
 /**
  * The `--store` URL and finding the writable Postgres. Bun.SQL takes one host; a URL may name
  * several (libpq style: `postgres://u:p@h1:5432,h2:5433/db`), so mcq walks them in order and
- * keeps the first where pg_is_in_recovery() is false: the primary. After a failover the same walk
+ * keeps the first that is neither in recovery nor read-only: the primary. After a failover the same walk
  * finds the promoted standby.
  *
  * `schema=<name>` in the query string is mcq's own: the store's tables live in that schema
@@ -62,6 +62,13 @@ export function checkVersion(num: number, host: string): void {
   }
 }
 
+/**
+ * Whether a host takes writes, as libpq's target_session_attrs=read-write asks: a primary fenced
+ * read-only (default_transaction_read_only = on, as managed services do when its disk is nearly
+ * full, or an old primary set aside) is not writable either: every batch would fail there.
+ */
+export const WRITABLE = "SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only')::bool AS readonly";
+
 /** Seconds to wait for one host to accept a connection before trying the next. */
 const CONNECT_TIMEOUT_S = 3;
 
@@ -75,9 +82,9 @@ export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: s
     const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
     const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
     try {
-      const [row] = await sql.unsafe("SELECT pg_is_in_recovery() AS standby");
-      if (row.standby) {
-        reasons.push(`${label}: a standby`);
+      const [row] = await sql.unsafe(WRITABLE);
+      if (row.standby || row.readonly) {
+        reasons.push(`${label}: ${row.standby ? "a standby" : "read-only (default_transaction_read_only)"}`);
         await sql.close();
         continue;
       }

@@ -4,8 +4,11 @@
  * other), a primary fenced read-only, an old primary back beside the promoted standby.
  */
 import { afterAll, describe, expect, test } from "bun:test";
+import { SQL } from "bun";
 import { join } from "node:path";
 import { havePostgres } from "../pg";
+import { migrate } from "../../src/store/postgres-schema";
+import { createReindexer } from "../../src/store/postgres-reindex";
 import { clusterDir, newPrimary, type Cluster } from "./pg-cluster";
 import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
@@ -59,5 +62,54 @@ if (havePostgres("e2e postgres ha")) {
       expect(took).toBeLessThan(3000 + 2000); // the timeout, plus a heartbeat period and the reap
       expect(A.stderr()).toMatch(/INFO Postgres: 1 open messages of dead nodes returned to their queues/);
     }, 90_000);
+  });
+  describe("a primary fenced read-only (default_transaction_read_only = on)", () => {
+    const fence = async (pg: Cluster, on: boolean) => {
+      await pg.psql(on ? "ALTER SYSTEM SET default_transaction_read_only = on" : "ALTER SYSTEM RESET default_transaction_read_only");
+      await pg.psql("SELECT pg_reload_conf()");
+    };
+
+    test("a node whose first host is fenced writes to the next one", async () => {
+      const [fenced, other] = [await newPrimary(at, "fenced"), await newPrimary(at, "other")];
+      await fence(fenced, true);
+      const server = await startServer(["--store", storeUrl([fenced, other], "ro")], join(tempDir(), "data"));
+      const c = await server.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      expect(await other.psql("SELECT convert_from(body, 'UTF8') FROM ro.mcq_messages")).toBe("m1");
+      expect(server.stderr()).not.toMatch(/ERROR/);
+      expect(await c.call("stats\r\n")).toContain("STAT curr_items 1\r\n");
+      expect(await server.kill("SIGTERM")).toBe(0);
+      await fence(fenced, false);
+    }, 60_000);
+
+    test("the index upkeep leaves a fenced primary alone, and rebuilds once the fence is lifted", async () => {
+      const pg = await newPrimary(at, "fencedidx");
+      const url = `postgres://postgres@${pg.host}/postgres`;
+      const sql = new SQL(url, { max: 1 });
+      await migrate(sql, "idx");
+      await sql.unsafe(`INSERT INTO idx.mcq_messages (queue, flags, created, expires, body) SELECT $1, 0, 0, 0, '\\x00' FROM generate_series(1, 30000)`, ["x".repeat(200)]);
+      await sql.unsafe("DELETE FROM idx.mcq_messages");
+      await sql.unsafe("VACUUM idx.mcq_messages");
+      const head = async () => Number((await sql.unsafe("SELECT pg_relation_size('idx.mcq_messages_head') AS b"))[0].b);
+      const bloated = await head();
+      expect(bloated).toBeGreaterThan(2 * 1024 * 1024);
+      await sql.close();
+      await fence(pg, true);
+      const lines: string[] = [];
+      const reindexer = createReindexer({
+        schema: "idx", intervalS: 0, floorBytes: 1024 * 1024, log: (level, m) => lines.push(`${level} ${m}`),
+        connect: () => new SQL(url, { max: 1 }),
+      });
+      // The first check only reads the write counters; the second would rebuild.
+      for (let i = 0; i < 2; i++) expect(await reindexer.check()).toEqual({ skipped: "read-only", dropped: [], rebuilt: [], failed: [] });
+      expect(lines).toEqual([]);
+      await fence(pg, false);
+      await reindexer.check();
+      const after = await reindexer.check();
+      expect(after.rebuilt.map((r) => r.index)).toEqual(["mcq_messages_head"]); // the pkey is under the 1 MiB floor
+      const again = new SQL(url, { max: 1 });
+      expect(Number((await again.unsafe("SELECT pg_relation_size('idx.mcq_messages_head') AS b"))[0].b)).toBeLessThan(bloated / 10);
+      await again.close();
+    }, 60_000);
   });
 }
