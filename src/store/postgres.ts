@@ -27,7 +27,7 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { connectChecked, connectPrimary, identity, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { connectChecked, connectPrimary, identity, newWalk, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome, createWitness, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
@@ -45,7 +45,7 @@ export interface PostgresOptions {
   leaseS: number;
   /** A batch not committed within this many ms fails (SERVER_ERROR), and the connection is replaced. */
   timeoutMs: number;
-  log: (level: "info" | "warn" | "debug", message: string) => void;
+  log: (level: "info" | "warn" | "debug" | "error", message: string) => void;
   /** Seconds between this node's checks of the index sizes (postgres-reindex.ts); 0: never. Default 60. */
   reindexS?: number;
   /** The data directory naming this node (postgres-home.ts), or null. */
@@ -83,7 +83,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const url: StoreUrl = parseStoreUrl(urlText);
   const st: Statements = statements(url.schema);
   const channel = `mcq_${url.schema}`;
-  let { sql, host, url: hostUrl, server } = await connectChecked(url, st);
+  const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
+  let { sql, host, url: hostUrl, server } = await connectChecked(url, st, walk);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -110,7 +111,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The connection, walking the host list again if the last one was dropped. */
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
-    const found = await connectPrimary(url);
+    const found = await connectPrimary(url, walk);
     server = await identity(st, found.sql);
     client = found.sql;
     witness.connected();
@@ -369,7 +370,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         await batches.settled(); // the last batch is committed (or failed) first
         await listener.stop();
         // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
-        const c = client ?? (client = (await connectPrimary(url)).sql);
+        const c = client ?? (client = (await connectPrimary(url, walk)).sql);
         if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
         await st.leave(c, node);
       };

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { havePostgres } from "../pg";
 import { migrate } from "../../src/store/postgres-schema";
 import { createReindexer } from "../../src/store/postgres-reindex";
-import { clusterDir, newPrimary, type Cluster } from "./pg-cluster";
+import { asPostgres, clusterDir, newPrimary, newStandby, until, type Cluster } from "./pg-cluster";
 import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
 const storeUrl = (hosts: Cluster[], schema: string) => `postgres://postgres@${hosts.map((h) => h.host).join(",")}/postgres?schema=${schema}`;
@@ -111,5 +111,42 @@ if (havePostgres("e2e postgres ha")) {
       expect(Number((await again.unsafe("SELECT pg_relation_size('idx.mcq_messages_head') AS b"))[0].b)).toBeLessThan(bloated / 10);
       await again.close();
     }, 60_000);
+  });
+  describe("split brain: the old primary back, unfenced, beside the promoted standby", () => {
+    test("a node picks the newest timeline and says so; one never goes back to an older timeline", async () => {
+      const a = await newPrimary(at, "old");
+      const b = await newStandby(at, a, "new");
+      const url = storeUrl([a, b], "split");
+      const first = await startServer(["--store", url], join(tempDir(), "data"));
+      const c1 = await first.connect();
+      expect(await c1.call(set("q", "m1"))).toBe("STORED\r\n");
+      await until("m1 on the standby", async () => (await b.psql("SELECT count(*) FROM split.mcq_messages")) === "1");
+      await a.stop("immediate");
+      await asPostgres("pg_ctl", "-D", b.data, "-w", "promote");
+      await storedAgain(c1, "q", "m2"); // on B now
+      await a.start(); // back as a primary, on the old timeline: nothing fenced it
+
+      const second = await startServer(["--store", url], join(tempDir(), "data"));
+      const c2 = await second.connect();
+      expect(await c2.call(set("q", "m3"))).toBe("STORED\r\n");
+      expect(await c2.call("get q\r\nget q\r\nget q\r\nget q\r\n")).toBe(
+        value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\n" + value("q", "m3") + "END\r\nEND\r\n",
+      );
+      expect(second.stderr()).toMatch(
+        new RegExp(`ERROR Postgres: split brain: ${b.host} \\(timeline 2\\) and ${a.host} \\(timeline 1\\) both take writes; writing to ${b.host}, the newest timeline; ` +
+          `${a.host} must be fenced or rewound \\(pg_rewind\\) before it rejoins`),
+      );
+      // B goes away: the first node, which wrote to timeline 2, does not fall back to A's timeline 1.
+      await b.stop("fast");
+      // The first request fails on the connection B dropped; the next ones walk the hosts again.
+      let reply = "";
+      for (let i = 0; i < 5 && !(reply = await c1.call(set("q", "m4"), 15_000)).includes("no writable host"); i++) expect(reply).toStartWith("SERVER_ERROR ");
+      expect(reply).toStartWith("SERVER_ERROR Postgres: no writable host (");
+      expect(reply).toContain(`${a.host}: timeline 1, older than timeline 2 this node wrote to`);
+      expect(await a.psql("SELECT count(*) FROM split.mcq_messages")).toBe("1"); // m1 only: nothing went there
+      await b.start();
+      await storedAgain(c1, "q", "m5");
+      expect(await c1.call("get q\r\nget q\r\n")).toBe(value("q", "m5") + "END\r\nEND\r\n");
+    }, 90_000);
   });
 }
