@@ -24,7 +24,9 @@ export interface StoreUrl {
   safe: string;
 }
 
-const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]*$/;
+/** `mcq_<schema>` is the NOTIFY channel (postgres.ts), and Postgres limits a channel to 63 bytes. */
+const SCHEMA_MAX = 63 - "mcq_".length;
 
 /** Parses a postgres:// URL with one or more comma-separated hosts; throws Error saying why not. */
 export function parseStoreUrl(url: string): StoreUrl {
@@ -36,6 +38,9 @@ export function parseStoreUrl(url: string): StoreUrl {
   const params = new URLSearchParams(query ?? "");
   const schema = params.get("schema") ?? "public";
   if (!SCHEMA_NAME.test(schema)) throw new Error(`--store: schema must be a lowercase identifier (a-z, 0-9, _), not '${schema}'`);
+  if (schema.length > SCHEMA_MAX) {
+    throw new Error(`--store: schema '${schema}' is ${schema.length} characters; at most ${SCHEMA_MAX} (mcq_<schema> names its NOTIFY channel, at most 63 bytes)`);
+  }
   params.delete("schema");
   const rest = params.toString();
   const tail = (path ?? "") + (rest === "" ? "" : `?${rest}`);

@@ -1,16 +1,17 @@
 /**
  * The Postgres store against Postgres servers the test owns (pg-cluster.ts), where the shared one
  * must not be touched: an outage longer than --node-timeout (live nodes must not reap each
- * other), a primary fenced read-only, an old primary back beside the promoted standby.
+ * other), a primary fenced read-only, an old primary back beside the promoted standby. And the
+ * longest schema name, on the shared one.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
-import { havePostgres } from "../pg";
+import { dropSchemas, havePostgres, PG_URL } from "../pg";
 import { migrate } from "../../src/store/postgres-schema";
 import { createReindexer } from "../../src/store/postgres-reindex";
 import { asPostgres, clusterDir, newPrimary, newStandby, until, type Cluster } from "./pg-cluster";
-import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
+import { runCommand, set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
 const storeUrl = (hosts: Cluster[], schema: string) => `postgres://postgres@${hosts.map((h) => h.host).join(",")}/postgres?schema=${schema}`;
 
@@ -148,5 +149,33 @@ if (havePostgres("e2e postgres ha")) {
       await storedAgain(c1, "q", "m5");
       expect(await c1.call("get q\r\nget q\r\n")).toBe(value("q", "m5") + "END\r\nEND\r\n");
     }, 90_000);
+  });
+  describe("the schema name's length", () => {
+    test("60 characters: refused at start (exit 2, saying why); 59: sets stored, a get on another connection woken", async () => {
+      const long = `mcq_ha_${process.pid}_`.padEnd(60, "x");
+      const r = await runCommand(["-p", "0", "-H", join(tempDir(), "data"), "--store", `postgres://u:secret@127.0.0.1:1/db?schema=${long}`]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toBe(`mcq: option '--store <url>' argument 'postgres://u:secret@127.0.0.1:1/db?schema=${long}' is invalid. ` +
+        `schema '${long}' is 60 characters; at most 59 (mcq_<schema> names its NOTIFY channel, at most 63 bytes) (see mcq --help)\n`);
+
+      const schema = long.slice(0, 59);
+      const url = `${PG_URL}${PG_URL!.includes("?") ? "&" : "?"}schema=${schema}`;
+      const [A, B] = [await startServer(["--store", url], join(tempDir(), "data")), await startServer(["--store", url], join(tempDir(), "data"))];
+      try {
+        // A get waiting on node A is woken by a set on node B: through the channel mcq_<schema>.
+        const [waiter, watcher, producer] = [await A.connect(), await A.connect(), await B.connect()];
+        waiter.write("get q/t=5000\r\n");
+        while (!(await watcher.call("stats\r\n")).includes("STAT waiters 1\r\n"));
+        const at = performance.now();
+        expect(await producer.call(set("q", "m1"))).toBe("STORED\r\n");
+        expect((await waiter.until((b) => b.toString().endsWith("END\r\n"))).toString()).toBe(value("q/t=5000", "m1") + "END\r\n");
+        expect(performance.now() - at).toBeLessThan(2000); // woken, not served by a timer
+        for (const n of [A, B]) expect(n.stderr()).not.toMatch(/WARN|ERROR/);
+      } finally {
+        await A.kill("SIGTERM");
+        await B.kill("SIGTERM");
+        await dropSchemas([schema]);
+      }
+    }, 30_000);
   });
 }

@@ -1,6 +1,6 @@
 /** choosePrimary: which writable host a node uses when the walk finds more than one (a split brain). */
 import { describe, expect, test } from "bun:test";
-import { choosePrimary, type Candidate } from "../../src/store/postgres-hosts";
+import { choosePrimary, parseStoreUrl, type Candidate } from "../../src/store/postgres-hosts";
 
 const host = (label: string, timeline: number, system = "7001", started = `s-${label}`): Candidate => ({ label, system, timeline, started });
 
@@ -39,5 +39,21 @@ describe("choosePrimary", () => {
     const r = choosePrimary([host("b:2", 2), host("c:3", 2)], { system: "7001", timeline: 1 });
     expect(r.pick).toBe(0);
     expect(r.split).toStartWith("Postgres: split brain: b:2 (timeline 2) and c:3 (timeline 2) both take writes; writing to b:2");
+  });
+});
+
+describe("parseStoreUrl: the schema", () => {
+  test("up to 59 characters: mcq_<schema>, its NOTIFY channel, fits Postgres's 63 bytes", () => {
+    expect(parseStoreUrl(`postgres://h/db?schema=${"s".repeat(59)}`).schema).toBe("s".repeat(59));
+  });
+  test("60 characters or more is refused, saying why (it passed, then every set failed: channel name too long)", () => {
+    for (const n of [60, 63, 64]) {
+      expect(() => parseStoreUrl(`postgres://h/db?schema=${"s".repeat(n)}`)).toThrow(
+        `--store: schema '${"s".repeat(n)}' is ${n} characters; at most 59 (mcq_<schema> names its NOTIFY channel, at most 63 bytes)`,
+      );
+    }
+  });
+  test("not an identifier: refused as before", () => {
+    expect(() => parseStoreUrl("postgres://h/db?schema=Bad")).toThrow("--store: schema must be a lowercase identifier (a-z, 0-9, _), not 'Bad'");
   });
 });
