@@ -4,6 +4,7 @@
  */
 import { createQueueLimits } from "./queue-limits";
 import { createFanout } from "./fanout";
+import { createFailureLog } from "./failure-log";
 import type { Socket } from "bun";
 import { createAuth } from "./auth";
 import { createBatch } from "./batch";
@@ -55,6 +56,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   const bySession = new WeakMap<Session, Conn>();
   let retries: (() => void)[] = [];
 
+  const failed = createFailureLog(log); // once per outage, then a count
   const queueLimits = createQueueLimits(config);
   const ctx: Context = {
     store,
@@ -70,7 +72,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     fanout: createFanout(config.fanout, queueLimits.table, () => store.list().map((q) => q.name)),
     batch: createBatch(store, (e) => {
       stats.storeErrors++;
-      log.error(`store failure, batch undone: ${e.message}`);
+      failed(e);
     }),
     resume: (session) => {
       const conn = bySession.get(session);

@@ -58,3 +58,28 @@ export async function reclaim(claim: HomeClaim, node: number, reap: (previous: n
   }
   claim.write(node);
 }
+
+/**
+ * Whether this node may reap others: only once it has itself been connected for a whole
+ * --node-timeout. A node silent that long while this one was away (a Postgres outage or restart,
+ * this node paused) may be alive and reconnecting too: after an outage longer than the timeout
+ * every heartbeat is stale, and the first node back would reap all the others, handing out again
+ * every message they hold open. Their heartbeats come every timeout/3, so within the timeout after
+ * this node's (re)connect a live node has beaten; one still silent then is dead.
+ */
+export function createWitness(leaseS: number, clock = () => performance.now()) {
+  const leaseMs = leaseS * 1000;
+  let since = clock();
+  let last = since;
+  return {
+    /** A new connection (after a failure): the others are given a lease from now. */
+    connected: () => void (since = clock()),
+    /** A heartbeat succeeded; one after a gap over the lease (this node paused) counts as a reconnect. */
+    beat() {
+      const now = clock();
+      if (now - last > leaseMs) since = now;
+      last = now;
+    },
+    mayReap: () => clock() - since >= leaseMs,
+  };
+}

@@ -1,8 +1,9 @@
 /**
  * The `--store` URL and finding the writable Postgres. Bun.SQL takes one host; a URL may name
- * several (libpq style: `postgres://u:p@h1:5432,h2:5433/db`), so mcq walks them in order and
- * keeps the first where pg_is_in_recovery() is false: the primary. After a failover the same walk
- * finds the promoted standby.
+ * several (libpq style: `postgres://u:p@h1:5432,h2:5433/db`), so mcq asks them all and keeps
+ * the one that is neither in recovery nor read-only: the primary (choosePrimary: the newest
+ * timeline if an old primary is back beside it). After a failover the same walk finds the
+ * promoted standby.
  *
  * `schema=<name>` in the query string is mcq's own: the store's tables live in that schema
  * (created if missing) instead of `public`, so that several mcq clusters, or tests, share one
@@ -24,7 +25,9 @@ export interface StoreUrl {
   safe: string;
 }
 
-const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]*$/;
+/** `mcq_<schema>` is the NOTIFY channel (postgres.ts), and Postgres limits a channel to 63 bytes. */
+const SCHEMA_MAX = 63 - "mcq_".length;
 
 /** Parses a postgres:// URL with one or more comma-separated hosts; throws Error saying why not. */
 export function parseStoreUrl(url: string): StoreUrl {
@@ -41,6 +44,9 @@ export function parseStoreUrl(url: string): StoreUrl {
   const params = new URLSearchParams(query ?? "");
   const schema = params.get("schema") ?? "public";
   if (!SCHEMA_NAME.test(schema)) throw new Error(`--store: schema must be a lowercase identifier (a-z, 0-9, _), not '${schema}'`);
+  if (schema.length > SCHEMA_MAX) {
+    throw new Error(`--store: schema '${schema}' is ${schema.length} characters; at most ${SCHEMA_MAX} (mcq_<schema> names its NOTIFY channel, at most 63 bytes)`);
+  }
   params.delete("schema");
   const search = (p: URLSearchParams) => (p.size === 0 ? "" : `?${p.toString()}`);
   const tail = (path ?? "") + search(params);
@@ -71,32 +77,107 @@ export function checkVersion(num: number, host: string): void {
   }
 }
 
-/** Seconds to wait for one host to accept a connection before trying the next. */
+/**
+ * Whether a host takes writes, as libpq's target_session_attrs=read-write asks: a primary fenced
+ * read-only (default_transaction_read_only = on, as managed services do when its disk is nearly
+ * full, or an old primary set aside) is not writable either: every batch would fail there.
+ */
+export const WRITABLE = "SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only')::bool AS readonly";
+
+/** Seconds to wait for one host to accept a connection. */
 const CONNECT_TIMEOUT_S = 3;
 
+/** WRITABLE, and which server a writable host is: its system identifier and current timeline. */
+const PROBE = `SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only')::bool AS readonly,
+  (SELECT system_identifier::text FROM pg_control_system()) AS system, pg_postmaster_start_time()::text AS started,
+  CASE WHEN pg_is_in_recovery() THEN 0 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline`;
+
+/** A writable host as the walk found it. */
+export interface Candidate {
+  label: string;
+  system: string;
+  timeline: number;
+  /** The postmaster's start: with the same system and timeline, the same server under two names. */
+  started: string;
+}
+
+/** What a node's walks remember: the newest server it wrote to, and where an ERROR goes. */
+export interface Walk {
+  seen: { system: string; timeline: number } | null;
+  error(line: string): void;
+}
+
+export const newWalk = (error: (line: string) => void = (line) => console.error(`mcq: ${line}`)): Walk => ({ seen: null, error });
+
 /**
- * Connects to the first writable host of the list; throws StoreError naming what each host said.
- * The returned client has one connection, used for everything but LISTEN (store.ts says why).
+ * Which writable host to use. Normally there is one. Two are a split brain: an old primary came
+ * back as a primary beside the standby promoted in its place (nothing fenced it), and nodes that
+ * picked by list order would write to both, each message visible to half of them, some delivered
+ * twice. Of one cluster (system identifier), the promoted one has the higher timeline: it wins, and
+ * an ERROR names both. A host on a timeline older than one this node wrote to is never used: it
+ * lacks what the node wrote there. Returns the index chosen (or null), the reasons for the others
+ * refused, and the ERROR line if any.
  */
-export async function connectPrimary(url: StoreUrl): Promise<{ sql: SQL; host: string; url: string }> {
-  const reasons: string[] = [];
-  for (const host of url.hosts) {
-    const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
-    const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
-    try {
-      const [row] = await sql.unsafe("SELECT pg_is_in_recovery() AS standby");
-      if (row.standby) {
-        reasons.push(`${label}: a standby`);
-        await sql.close();
-        continue;
-      }
-      return { sql, host: label, url: host };
-    } catch (e) {
-      reasons.push(`${label}: ${(e as Error).message}`);
-      await sql.close().catch(() => {});
-    }
+export function choosePrimary(found: Candidate[], seen: Walk["seen"]): { pick: number | null; refused: string[]; split: string | null } {
+  const refused: string[] = [];
+  const system = seen?.system ?? found[0]?.system;
+  const fit: number[] = [];
+  found.forEach((c, i) => {
+    if (c.system !== system) refused.push(`${c.label}: another cluster (system identifier ${c.system}, not ${system})`);
+    else if (seen !== null && c.timeline < seen.timeline) refused.push(`${c.label}: timeline ${c.timeline}, older than timeline ${seen.timeline} this node wrote to`);
+    else fit.push(i);
+  });
+  let pick: number | null = null;
+  for (const i of fit) if (pick === null || found[i]!.timeline > found[pick]!.timeline) pick = i;
+  // The chosen one first; the same server under two names (same system, timeline and start) is one.
+  const servers = (pick === null ? [] : [pick]).concat(fit, found.flatMap((c, i) => (c.system === system && !fit.includes(i) ? [i] : [])))
+    .filter((i, k, all) => all.findIndex((j) => found[j]!.timeline === found[i]!.timeline && found[j]!.started === found[i]!.started) === k);
+  if (servers.length < 2) return { pick, refused, split: null };
+  const named = servers.map((i) => `${found[i]!.label} (timeline ${found[i]!.timeline})`);
+  const others = servers.filter((i) => i !== pick).map((i) => found[i]!.label);
+  const split = pick === null
+    ? `Postgres: split brain: ${named.join(" and ")} take writes, on timelines older than the one this node wrote to; writing to none of them`
+    : `Postgres: split brain: ${named.join(" and ")} both take writes; writing to ${found[pick]!.label}, the newest timeline; ` +
+      `${others.join(", ")} must be fenced or rewound (pg_rewind) before it rejoins`;
+  return { pick, refused, split };
+}
+
+type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
+
+/** Connects to one host and asks whether it takes writes, and which server it is. */
+async function probe(host: string): Promise<Probed> {
+  const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
+  const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
+  try {
+    const [row] = await sql.unsafe(PROBE);
+    if (!(row.standby || row.readonly)) return { sql, url: host, c: { label, system: row.system, timeline: Number(row.timeline), started: row.started } };
+    await sql.close();
+    return { reason: `${label}: ${row.standby ? "a standby" : "read-only (default_transaction_read_only)"}` };
+  } catch (e) {
+    await sql.close().catch(() => {});
+    return { reason: `${label}: ${(e as Error).message}` };
   }
-  throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
+}
+
+/**
+ * Connects to the writable host of the list (choosePrimary); throws StoreError naming what each
+ * host said. Every host is asked, at once: a split brain is seen only by asking them all; the
+ * walk takes as long as the slowest host (a connect timeout at worst). The returned client has
+ * one connection, used for everything but LISTEN (store.ts says why).
+ */
+export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk()): Promise<{ sql: SQL; host: string; url: string }> {
+  const probed = await Promise.all(url.hosts.map(probe));
+  const writable = probed.filter((p) => "c" in p);
+  const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
+  if (split !== null) walk.error(split);
+  for (const [i, p] of writable.entries()) if (i !== pick) await p.sql.close().catch(() => {});
+  if (pick === null) {
+    const reasons = [...probed.flatMap((p) => ("reason" in p ? [p.reason] : [])), ...refused];
+    throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
+  }
+  const { sql, url: hostUrl, c } = writable[pick]!;
+  if (walk.seen === null || c.timeline > walk.seen.timeline) walk.seen = { system: c.system, timeline: c.timeline };
+  return { sql, host: c.label, url: hostUrl };
 }
 
 // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
@@ -142,8 +223,8 @@ export function identityReader(st: Statements, log: (level: "warn", message: str
  * The writable host, refused if older than 14, with its database and the identity of the server
  * its xids belong to (`identityOf`: identityReader).
  */
-export async function connectChecked(url: StoreUrl, identityOf: (on: SQL) => Promise<string | null>) {
-  const found = await connectPrimary(url);
+export async function connectChecked(url: StoreUrl, identityOf: (on: SQL) => Promise<string | null>, walk?: Walk) {
+  const found = await connectPrimary(url, walk);
   try {
     const [row] = await found.sql.unsafe("SELECT current_setting('server_version_num') AS num, current_database() AS database");
     checkVersion(Number(row.num), found.host);

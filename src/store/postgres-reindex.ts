@@ -28,6 +28,7 @@
  *     a role that does not is told once, and the check stops for good.
  */
 import type { SQL } from "bun";
+import { WRITABLE } from "./postgres-hosts";
 
 export interface ReindexOptions {
   /** The schema holding mcq's tables (validated by parseStoreUrl). */
@@ -47,7 +48,7 @@ export interface ReindexOptions {
 
 /** What one check did (for tests and the bench). */
 export interface CheckResult {
-  skipped?: "standby" | "locked" | "not owner" | "stopped";
+  skipped?: "standby" | "read-only" | "locked" | "not owner" | "stopped";
   dropped: string[];
   rebuilt: { index: string; before: number; after: number; ms: number }[];
   failed: { index: string; reason: string }[];
@@ -149,8 +150,10 @@ export function createReindexer(o: ReindexOptions): Reindexer {
       await c.unsafe(`SET statement_timeout = ${statementTimeoutMs}`);
       await c.unsafe(`SET client_connection_check_interval = 1000`);
       await c.unsafe(`SET application_name = 'mcq reindex'`);
-      const [state] = await c.unsafe("SELECT pg_is_in_recovery() AS standby");
-      if (state.standby) return { ...result, skipped: "standby" };
+      // A fenced primary too: REINDEX runs in a read-only transaction, and would write a new
+      // index and its WAL on a host fenced because its disk is nearly full.
+      const [state] = await c.unsafe(WRITABLE);
+      if (state.standby || state.readonly) return { ...result, skipped: state.standby ? "standby" : "read-only" };
       const [lock] = await c.unsafe("SELECT pg_try_advisory_lock(hashtext($1)) AS locked", [lockKey]);
       quiet = false;
       if (!lock.locked) {

@@ -27,8 +27,8 @@
  * nodes returned.
  */
 import { SQL } from "bun";
-import { connectChecked, connectPrimary, identityReader, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
-import { claimHome, reclaim } from "./postgres-home";
+import { connectChecked, connectPrimary, identityReader, newWalk, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
+import { claimHome, createWitness, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
@@ -47,7 +47,7 @@ export interface PostgresOptions {
   leaseS: number;
   /** A batch not committed within this many ms fails (SERVER_ERROR), and the connection is replaced. */
   timeoutMs: number;
-  log: (level: "info" | "warn" | "debug", message: string) => void;
+  log: (level: "info" | "warn" | "debug" | "error", message: string) => void;
   /** Seconds between this node's checks of the index sizes (postgres-reindex.ts); 0: never. Default 60. */
   reindexS?: number;
   /** The data directory naming this node (postgres-home.ts), or null. */
@@ -87,7 +87,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const channel = `mcq_${url.schema}`;
   // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
   const identity = identityReader(st, options.log);
-  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity);
+  const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -104,6 +105,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const sums = await st.totals(sql);
   view.reset(sums, []);
   let lastBeat = Date.now();
+  const witness = createWitness(options.leaseS);
   let lastRefresh = Date.now();
   let quiet = false;
   let closed = false;
@@ -113,10 +115,11 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The connection, walking the host list again if the last one was dropped. */
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
-    const found = await connectPrimary(url);
+    const found = await connectPrimary(url, walk);
     // Its identity not to be read now: not connected (the batch fails; the next one connects again).
     server = await identity(found.sql).catch((e) => found.sql.close().catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
+    witness.connected();
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
     host = found.host;
     hostUrl = found.url;
@@ -294,8 +297,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         lastBeat = now;
         batches.background(async (c) => {
           const beat = await st.heartbeat(c, node);
+          witness.beat();
           if (beat.back) lost(beat.freed);
-          const back = await features.reap(c, options.leaseS);
+          const back = witness.mayReap() ? await features.reap(c, options.leaseS) : 0;
           if (back > 0) {
             options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
             store.onAvailable?.(null);
@@ -350,7 +354,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         await batches.settled(); // the last batch is committed (or failed) first
         await listener.stop();
         // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
-        const c = client ?? (client = (await connectPrimary(url)).sql);
+        const c = client ?? (client = (await connectPrimary(url, walk)).sql);
         if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
         await st.leave(c, node);
       };
