@@ -89,7 +89,7 @@ const CONNECT_TIMEOUT_S = 3;
 
 /** WRITABLE, and which server a writable host is: its system identifier and current timeline. */
 const PROBE = `SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only')::bool AS readonly,
-  (SELECT system_identifier::text FROM pg_control_system()) AS system, pg_postmaster_start_time()::text AS started,
+  pg_postmaster_start_time()::text AS started,
   CASE WHEN pg_is_in_recovery() THEN 0 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline`;
 
 /** A writable host as the walk found it. */
@@ -142,6 +142,14 @@ export function choosePrimary(found: Candidate[], seen: Walk["seen"]): { pick: n
   return { pick, refused, split };
 }
 
+/**
+ * The server's system identifier, or "" where the role may not read it (pg_control_system()
+ * revoked from PUBLIC, as on a managed server: identityReader): then every host counts as one
+ * cluster, and the timeline alone decides.
+ */
+const systemOf = (sql: SQL): Promise<string> =>
+  sql.unsafe("SELECT system_identifier::text AS s FROM pg_control_system()").then((r) => r[0].s as string, (e) => (unreadableForGood(e) ? "" : Promise.reject(e)));
+
 type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
 
 /** Connects to one host and asks whether it takes writes, and which server it is. */
@@ -150,7 +158,7 @@ async function probe(host: string): Promise<Probed> {
   const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
   try {
     const [row] = await sql.unsafe(PROBE);
-    if (!(row.standby || row.readonly)) return { sql, url: host, c: { label, system: row.system, timeline: Number(row.timeline), started: row.started } };
+    if (!(row.standby || row.readonly)) return { sql, url: host, c: { label, system: await systemOf(sql), timeline: Number(row.timeline), started: row.started } };
     await sql.close();
     return { reason: `${label}: ${row.standby ? "a standby" : "read-only (default_transaction_read_only)"}` };
   } catch (e) {
