@@ -241,7 +241,8 @@ export async function loadPostgres(url: string, input: AsyncIterable<Uint8Array>
       const run = postgresSink(pg, append);
       const read = await readDump(input, run.sink, notes);
       await run.finish(read.header?.id ?? null, read.count);
-      await pg.commit();
+      await pg.commit(read.header === null ? "; this dump has no id: look for its messages before loading it again"
+        : "; loading the same dump again tells (it is refused if it landed)");
       return { messages: read.count, notes };
     } catch (e) {
       await pg.ask("ROLLBACK").catch(() => {}); // a connection given up rolls back as it closes

@@ -30,9 +30,9 @@ export interface ToolStore {
   /**
    * COMMIT, once the mark set by begin() is found: a COMMIT on any other connection or transaction
    * would commit nothing of ours and say so only as a warning. A COMMIT without an answer is
-   * reported as such: it may have landed.
+   * reported as such (with `unknown`: what tells): it may have landed.
    */
-  commit(): Promise<void>;
+  commit(unknown?: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -116,7 +116,7 @@ export async function openToolStore(tool: string, url: string, create: boolean):
         await ask(`BEGIN ${mode}`);
         await ask("SELECT set_config('mcq.tool_transaction', $1, true)", [mark]);
       },
-      async commit() {
+      async commit(unknown = "") {
         const [found] = await ask<{ mark: string | null }>("SELECT current_setting('mcq.tool_transaction', true) AS mark");
         if (found?.mark !== mark) {
           broken = true;
@@ -124,8 +124,7 @@ export async function openToolStore(tool: string, url: string, create: boolean):
         }
         await send("COMMIT", []).catch((e) => {
           if (answered(e)) throw fail(e);
-          throw new ToolError(`mcq ${tool}: Postgres ${safe}: no answer to COMMIT (${oneLine(e)}): the outcome is unknown` +
-            (tool === "load" ? "; loading the same dump again tells (it is refused if it landed)" : ""));
+          throw new ToolError(`mcq ${tool}: Postgres ${safe}: no answer to COMMIT (${oneLine(e)}): the outcome is unknown${unknown}`);
         });
       },
       close: () => pool!.close({ timeout: 0 }).catch(() => {}),
