@@ -41,12 +41,17 @@ export function outcomeStatements(schema: string) {
      * another backend is not ended. The status is read in one statement with the identity of the
      * server that answers it: an xid means nothing on another server (a failover, a restart), so
      * there the answer is 'another server' (nothing ended, the status not trusted). Otherwise
-     * 'committed', 'aborted', 'in progress' (it could not be ended), or null (no record of it).
+     * 'committed', 'aborted', 'in progress' (it could not be ended, or it waits for a synchronous
+     * standby), or null (no record of it). A backend waiting for a synchronous standby
+     * (wait_event SyncRep) is never ended: ending it commits the transaction on the primary alone
+     * ("committed locally, but might not have been replicated"), and a failover then loses it; its
+     * xid stays in progress until the standby answers, so the batch is kept and asked about later.
      */
     resolve: async (sql: SQL, xid: string, pid: number, waitMs: number, server: string) => {
       const xid32 = String(BigInt(xid) & 0xffffffffn);
       await sql.unsafe(
-        `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid AND (${IDENTITY}) = $4`,
+        `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid
+           AND wait_event IS DISTINCT FROM 'SyncRep' AND (${IDENTITY}) = $4`,
         [pid, xid32, waitMs, server],
       ).execute();
       const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status, (${IDENTITY}) AS server`, [xid]).execute()) as {
@@ -59,11 +64,13 @@ export function outcomeStatements(schema: string) {
      * Ends backend `pid` on `server`, waiting up to `waitMs` for it to go: a batch whose transaction
      * id never came back (postgres-batches.ts endUnanswered). By the pid alone: the batch's
      * connection is still open, so its backend still has that pid. 'ended', 'gone' (it had ended
-     * already), 'not ended' (it did not go in time), or 'another server' (nothing ended).
+     * already), 'not ended' (it did not go in time, or it waits for a synchronous standby: never
+     * ended, see resolve), or 'another server' (nothing ended).
      */
     end: async (sql: SQL, pid: number, waitMs: number, server: string) => {
       const rows = (await sql.unsafe(
-        `SELECT (${IDENTITY}) AS server, (SELECT pg_terminate_backend(pid, $2::int8) FROM pg_stat_activity WHERE pid = $1::int AND (${IDENTITY}) = $3) AS ended`,
+        `SELECT (${IDENTITY}) AS server, (SELECT wait_event IS DISTINCT FROM 'SyncRep' AND pg_terminate_backend(pid, $2::int8)
+           FROM pg_stat_activity WHERE pid = $1::int AND (${IDENTITY}) = $3) AS ended`,
         [pid, waitMs, server],
       ).execute()) as { server: string | null; ended: boolean | null }[];
       const r = rows[0]!;

@@ -85,7 +85,7 @@ export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
     }
     if (status === "in progress") {
       d.unresolved(tx);
-      throw new StoreError(`${cause}; transaction ${x.xid} could not be ended: its outcome is unknown`);
+      throw new StoreError(`${cause}; transaction ${x.xid} is still in progress (it could not be ended, or it waits for a synchronous standby): its outcome is unknown`);
     }
     if (status === "another server") {
       // A failover or a restart since it was sent: there its xid may be another transaction's.
@@ -113,8 +113,9 @@ export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
       if (tx.server === null) throw new StoreError("the server it ran on is not known");
       const how = await within(st.end(side, tx.pid!, half, tx.server), d.timeoutMs);
       if (how === "another server") throw new StoreError("Postgres is not the server it ran on (a failover or a restart)");
-      if (how === "not ended") throw new StoreError(`its backend did not end within ${half} ms`);
-      await within(drained.get(tx)!, half); // the connection ends with its backend
+      // Its COMMIT may be waiting for a synchronous standby (never ended): an id that came is asked about.
+      if (how === "not ended" && tx.xact === null) throw new StoreError(`its backend did not end within ${half} ms`);
+      if (how !== "not ended") await within(drained.get(tx)!, half); // the connection ends with its backend
     } catch (e) {
       const unknown = new StoreError(`${cause}; its transaction id never came back and its backend could not be ended (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);
