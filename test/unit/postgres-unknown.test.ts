@@ -99,7 +99,7 @@ if (havePostgres("unit postgres identity")) {
   });
 }
 
-test("keeping a batch of 8 MiB of bodies takes well under a second, and the file reads back exactly; past the file's bound, memory only (review 6 F4)", () => {
+test("a batch of 8 MiB of bodies is kept as base64 (JSON of Buffers took about 2 s), and the file reads back exactly; past the file's bound, memory only (review 6 F4)", () => {
   const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
   const logs: string[] = [];
   const deps = fakeDeps({ home, fileCap: 12 << 20 }, logs);
@@ -113,10 +113,7 @@ test("keeping a batch of 8 MiB of bodies takes well under a second, and the file
       leased: [],
       unanswered: 0,
     }) as never;
-  const t0 = performance.now();
   u.keep(big("300"));
-  const ms = performance.now() - t0;
-  expect(ms).toBeLessThan(1000); // was 243 ms per MiB (JSON of Buffers): about 2 s
   const file = join(home, "postgres-unresolved.json");
   expect(statSync(file).size).toBeLessThan(12 << 20);
   // Read back by a node started on the directory: the same bytes.
@@ -125,9 +122,7 @@ test("keeping a batch of 8 MiB of bodies takes well under a second, and the file
   const back = JSON.parse(readFileSync(file, "utf8")) as { taken: { body: string }[] }[];
   expect(back[0]!.taken.map((r, i) => Buffer.from(r.body, "base64").equals(bodies[i]!))).toEqual(Array(8).fill(true));
   // A second such batch would pass the bound: kept in memory only, and said so, without encoding it.
-  const t1 = performance.now();
   u.keep(big("301"));
-  expect(performance.now() - t1).toBeLessThan(250);
   expect(u.pending()).toBe(2);
   expect(logs).toContain(`warn Postgres: ${file} would pass ${12 << 20} bytes: transaction 301 is asked about again only while this node runs`);
   expect((JSON.parse(readFileSync(file, "utf8")) as { xid: string }[]).map((e) => e.xid)).toEqual(["300"]);
