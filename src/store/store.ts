@@ -189,7 +189,7 @@ export interface QueueStore {
   actor?: number;
   /**
    * Batches this store lets commit at once (default 2, turn.ts). Past it, the open batch waits
-   * until one lands, gathering every request that arrives meanwhile.
+   * until one lands, gathering the requests that arrive meanwhile, up to the batch's bound (turn.ts BATCH_MAX_REQUESTS, BATCH_MAX_BYTES).
    */
   maxInFlight?: number;
   /**
