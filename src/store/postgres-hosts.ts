@@ -52,9 +52,8 @@ export function parseStoreUrl(url: string): StoreUrl {
   const tail = (path ?? "") + search(params);
   const user = auth === undefined ? "" : `${auth}@`;
   const safeUser = auth === undefined ? "" : `${auth.split(":")[0]}@`;
-  // Bun.SQL takes a password from the query string too: those never go into a message.
-  const shown = new URLSearchParams(params);
-  for (const secret of ["password", "sslpassword"]) shown.delete(secret);
+  // Bun.SQL takes a password from the query string too, in any case (PASSWORD=): never in a message.
+  const shown = new URLSearchParams([...params].filter(([k]) => !["password", "sslpassword"].includes(k.toLowerCase())));
   return {
     hosts: hosts.map((h) => `${scheme}://${user}${h}${tail}`),
     schema,

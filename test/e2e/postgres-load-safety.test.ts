@@ -194,7 +194,7 @@ if (havePostgres("mcq load --store safety")) {
     await refusesEach(["--store", url]);
   }, 30_000);
 
-  test("a password given as ?password= or ?sslpassword=, or holding a raw @, is never printed", async () => {
+  test("a password given as ?password= (in any case) or ?sslpassword=, or holding a raw @, is never printed", async () => {
     const { protocol, host } = new URL(PG_URL!);
     const base = `${protocol}//postgres`;
     const cases: [string, string][] = [
@@ -205,6 +205,8 @@ if (havePostgres("mcq load --store safety")) {
       [`${base}:S3CRET@pw@127.0.0.1:1/postgres`, `mcq dump: cannot open the Postgres store ${base}@127.0.0.1:1/postgres: `],
       [`${base}@${host}/postgres?sslpassword=S3CRETpw&application_name=x`, `mcq dump: cannot open the Postgres store ${base}@${host}/postgres?application_name=x: `],
       [`${base}@${host}/postgres?sslmode=require&password=S3CRETpw`, `mcq dump: cannot open the Postgres store ${base}@${host}/postgres?sslmode=require: `],
+      // Bun.SQL takes PASSWORD= too (review 9).
+      [`${base}@${host}/postgres?PASSWORD=S3CRETpw&schema=nosuch`, `mcq dump: no mcq store in schema nosuch of ${base}@${host}/postgres\n`],
     ];
     for (const [url, said] of cases) {
       const r = await runCommand(["dump", "--store", url]);
