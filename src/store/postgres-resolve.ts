@@ -7,6 +7,7 @@ import type { SQL } from "bun";
 import type { Statements } from "./postgres-sql";
 import type { Tx } from "./postgres-send";
 import { StoreError } from "./store";
+import { within } from "../within";
 
 export interface OutcomeDeps {
   st: Statements;
@@ -21,12 +22,8 @@ export interface OutcomeDeps {
   log(level: "info" | "warn", message: string): void;
 }
 
-/** `work`, or a failure once `ms` have passed. */
-function within<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, fail) => (timer = setTimeout(() => fail(new StoreError(`no answer within ${ms} ms`)), ms)));
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
-}
+/** `work`, or StoreError "no answer within `ms` ms". */
+const bounded = <T>(work: Promise<T>, ms: number) => within(work, ms, () => new StoreError(`no answer within ${ms} ms`));
 
 /** `answered`: the batches whose COMMIT answered (postgres-batches.ts). */
 export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
@@ -67,7 +64,7 @@ export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
     try {
       // Half the budget to end its backend: one that does not go in time is answered "in progress"
       // before the timeout, not mistaken for a Postgres that cannot be asked.
-      status = await within(st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2), tx.server), d.timeoutMs);
+      status = await bounded(st.resolve(side, x.xid, x.pid, Math.round(d.timeoutMs / 2), tx.server), d.timeoutMs);
     } catch (e) {
       const unknown = new StoreError(`${cause}; whether transaction ${x.xid} committed could not be asked (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);
@@ -111,11 +108,11 @@ export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
     const side = d.side();
     try {
       if (tx.server === null) throw new StoreError("the server it ran on is not known");
-      const how = await within(st.end(side, tx.pid!, half, tx.server), d.timeoutMs);
+      const how = await bounded(st.end(side, tx.pid!, half, tx.server), d.timeoutMs);
       if (how === "another server") throw new StoreError("Postgres is not the server it ran on (a failover or a restart)");
       // Its COMMIT may be waiting for a synchronous standby (never ended): an id that came is asked about.
       if (how === "not ended" && tx.xact === null) throw new StoreError(`its backend did not end within ${half} ms`);
-      if (how !== "not ended") await within(drained.get(tx)!, half); // the connection ends with its backend
+      if (how !== "not ended") await bounded(drained.get(tx)!, half); // the connection ends with its backend
     } catch (e) {
       const unknown = new StoreError(`${cause}; its transaction id never came back and its backend could not be ended (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);

@@ -16,6 +16,7 @@ import type { Statements } from "./postgres-sql";
 import type { Tx } from "./postgres-send";
 import type { StoreError } from "./store";
 import { unknownFile, type Here, type Unresolved } from "./postgres-unknown-file";
+import { within } from "../within";
 
 export type { Unresolved } from "./postgres-unknown-file";
 
@@ -46,11 +47,7 @@ const TELL_AT = [60_000, 600_000, 3_600_000];
 const tellAt = (n: number) => (n < TELL_AT.length ? TELL_AT[n]! : TELL_AT.at(-1)! + (n - TELL_AT.length + 1) * 3_600_000);
 
 /** Rejects after `ms` unless `p` settles first. */
-function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, fail) => (timer = setTimeout(() => fail(new Error(`no answer within ${ms} ms`)), ms)));
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
-}
+const bounded = <T>(p: Promise<T>, ms: number) => within(p, ms, () => new Error(`no answer within ${ms} ms`));
 
 export function createUnknown(d: UnknownDeps) {
   const now = d.now ?? Date.now;

@@ -11,6 +11,7 @@ import type { SQL } from "bun";
 import { connectPrimary, parseStoreUrl, type StoreUrl } from "../store/postgres-hosts";
 import { migrate, SCHEMA_VERSION } from "../store/postgres-schema";
 import { ToolError } from "./datadir";
+import { within } from "../within";
 
 /** The oldest schema the tools use as it is: version 3 has every counter column the dump format carries. */
 const READS_FROM = 3;
@@ -36,13 +37,7 @@ export interface ToolStore {
   close(): Promise<void>;
 }
 
-function bounded<T>(work: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, fail) => {
-    timer = setTimeout(() => fail(new Error(`no answer within ${ROUND_TRIP_MS} ms (${what})`)), ROUND_TRIP_MS);
-  });
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
-}
+const bounded = <T>(work: Promise<T>, what: string) => within(work, ROUND_TRIP_MS, () => new Error(`no answer within ${ROUND_TRIP_MS} ms (${what})`));
 
 const oneLine = (e: unknown) => (e as Error).message.replace(/\s+/g, " ");
 
