@@ -196,6 +196,7 @@ export function createBatches(d: BatchDeps) {
     for (const op of tx.ops) {
       if (op.k === "take") op.t.fail(tx.failed);
       else if (op.k === "feature" && op.f.k === "redrive") op.f.fail(tx.failed);
+      else if (op.k === "drop") op.fail(tx.failed);
     }
   }
 

@@ -259,7 +259,8 @@ export function statements(schema: string) {
      * deletes both; a writer that comes later waits for this batch, and its messages and counters
      * stay together. (In one statement, the counter DELETE waited for a writer and deleted its
      * new counter row, while the message DELETE's older snapshot left its messages without one.)
-     * Returns the queues that had counter rows.
+     * Returns the queues that existed: had counter rows, messages or delayed messages (a queue
+     * whose counter rows were lost still has its messages).
      */
     drop: async (sql: SQL, names: string[]) => {
       const queues = [...new Set(names)]; // a batch may delete a queue twice: each row once per statement
@@ -270,15 +271,17 @@ export function statements(schema: string) {
         [queues],
       ).execute();
       const deleted = sql.unsafe(
-        `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), dl AS (DELETE FROM ${DL} WHERE queue = ANY($1::text[])),
+        `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[]) RETURNING queue),
+           dl AS (DELETE FROM ${DL} WHERE queue = ANY($1::text[]) RETURNING queue),
            f AS (${mark("$1::text[]")}), c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue, node)
-         SELECT * FROM c`,
+         SELECT queue, node FROM c UNION ALL SELECT DISTINCT queue, NULL::int FROM (SELECT queue FROM m UNION ALL SELECT queue FROM dl) x`,
         [queues],
       ).execute();
-      type R = { queue: string; node: number; made?: boolean };
+      type R = { queue: string; node: number | null; made?: boolean };
       const [mine, gone] = (await Promise.all([locked, deleted])) as [R[], R[]];
       const made = new Set(mine.filter((r) => r.made).map((r) => `${r.node} ${r.queue}`));
-      return [...new Set(gone.filter((r) => !made.has(`${r.node} ${r.queue}`)).map((r) => r.queue))];
+      // node null: the queue had messages or delayed messages.
+      return [...new Set(gone.filter((r) => r.node === null || !made.has(`${r.node} ${r.queue}`)).map((r) => r.queue))];
     },
     /** Deletes up to `limit` expired messages and counts them as expired on `node`. */
     sweep: async (sql: SQL, limit: number, node: number) =>

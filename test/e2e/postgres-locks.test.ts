@@ -70,5 +70,29 @@ if (havePostgres("delete and flush lock order on Postgres")) {
         await Promise.all(nodes.map((n) => n.kill()));
       });
     }
+
+    test("delete answers from what its statement found, not from the node's view: DELETED for what a load or another node made just now", async () => {
+      const { schema, nodes, a, d, sql } = await twoNodes();
+      expect(await a.call(set("p", "x"))).toBe("STORED\r\n");
+      // What a load commits (review 9 f_notfound.ts): messages and a node -1 counter row a's view has not read yet.
+      await sql.unsafe(`INSERT INTO ${schema}.mcq_messages (queue, flags, created, expires, body) SELECT 'q', 0, 1, 0, '\\x00'::bytea FROM generate_series(1, 5)`);
+      await sql.unsafe(`INSERT INTO ${schema}.mcq_counters (queue, node, items, bytes, total) VALUES ('q', -1, 5, 5, 5)`);
+      // Before: NOT_FOUND, while the 5 stored messages were deleted.
+      expect(await a.call("delete q\r\n")).toBe("DELETED\r\n");
+      expect(await rowsOf(sql, schema, "q")).toEqual({ messages: 0, counterRows: 0, items: 0 });
+      // Messages whose counter rows were lost (review 7 F4) still make the queue exist.
+      await sql.unsafe(`INSERT INTO ${schema}.mcq_messages (queue, flags, created, expires, body) VALUES ('lost', 0, 1, 0, '\\x00'::bytea)`);
+      expect(await a.call("delete lost\r\ndelete lost\r\ndelete never\r\n")).toBe("DELETED\r\nNOT_FOUND\r\nNOT_FOUND\r\n");
+      // The other way: a's view knows r, d deleted it just now.
+      expect(await d.call(set("r", "x"))).toBe("STORED\r\n");
+      expect(await a.call("stats queue r\r\n")).toContain("STAT items 1\r\n"); // read again: a's view knows r
+      expect(await d.call("delete r\r\n")).toBe("DELETED\r\n");
+      expect(await a.call("delete r\r\n")).toBe("NOT_FOUND\r\n");
+      // noreply: nothing said, the queue deleted all the same; the next request answers as before.
+      expect(await d.call(set("n", "x") + "delete n noreply\r\ndelete p\r\n")).toBe("STORED\r\nDELETED\r\n");
+      for (const q of ["n", "p", "r", "lost"]) expect(await rowsOf(sql, schema, q)).toEqual({ messages: 0, counterRows: 0, items: 0 });
+      await sql.close();
+      await Promise.all(nodes.map((n) => n.kill()));
+    });
   });
 }
