@@ -16,6 +16,7 @@ import type { Mode, Op, Tx } from "./postgres-send";
 import type { View } from "./postgres-view";
 import { createOutcomes, type OutcomeDeps } from "./postgres-resolve";
 import { StoreError, type Message } from "./store";
+import { within } from "../within";
 
 export interface BatchDeps extends OutcomeDeps {
   node: number;
@@ -218,10 +219,17 @@ export function createBatches(d: BatchDeps) {
     cur.layers.push(layer);
   }
 
+  /**
+   * Work between batches must answer within the timeout, as a batch must: a connection that
+   * stopped answering (a partition without a reset) is dropped, not waited on until TCP gives up
+   * (review 8 R3), with a stats request or a clean stop waiting behind it.
+   */
+  const bounded = <T>(work: Promise<T>) => within(work, d.timeoutMs, () => new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`));
+
   /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
   function background(fn: (c: SQL) => Promise<void>): void {
     let on: SQL | null = null;
-    background_ = onConnection((c) => fn((on = c))).catch((e) => {
+    background_ = onConnection((c) => bounded(fn((on = c)))).catch((e) => {
       d.log("warn", `Postgres: ${reason(e).message}`);
       d.replaceConnection(on); // not a connection made since, which may carry a batch
     });
@@ -234,7 +242,13 @@ export function createBatches(d: BatchDeps) {
       return new Promise<void>((ok) => cur.refreshers.push(ok));
     }
     const before = cur; // not sent: it goes after this read, which then does not include it
-    applySums(await onConnection((c) => st.totals(c)), before);
+    const sums = await onConnection((c) =>
+      bounded(st.totals(c)).catch((e) => {
+        d.replaceConnection(c); // not a connection made since, which may carry a batch
+        throw e;
+      }),
+    );
+    applySums(sums, before);
   }
 
   /** The view becomes `rows` plus the changes of `first` and every batch after it. */

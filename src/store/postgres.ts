@@ -41,6 +41,7 @@ import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { createEmptying } from "./postgres-empty";
 import { StoreError, type QueueStore } from "./store";
+import { within } from "../within";
 
 export interface PostgresOptions {
   /** A node silent this long (s) is dead: others return its open messages. */
@@ -88,7 +89,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
   const identity = identityReader(st, options.log);
   const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
-  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk);
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
   const claim = options.home === null ? null : claimHome(options.home);
@@ -115,9 +116,11 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The connection, walking the host list again if the last one was dropped. */
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
-    const found = await connectPrimary(url, walk);
+    const found = await connectPrimary(url, walk, options.timeoutMs);
     // Its identity not to be read now: not connected (the batch fails; the next one connects again).
-    server = await identity(found.sql).catch((e) => found.sql.close().catch(() => {}).then(() => Promise.reject(e)));
+    const late = () => new StoreError(`Postgres: ${found.host}: no answer within ${options.timeoutMs} ms`);
+    server = await within(identity(found.sql), options.timeoutMs, late)
+      .catch((e) => found.sql.close({ timeout: 0 }).catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     witness.connected();
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
@@ -354,7 +357,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         await batches.settled(); // the last batch is committed (or failed) first
         await listener.stop();
         // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
-        const c = client ?? (client = (await connectPrimary(url, walk)).sql);
+        const c = client ?? (client = (await connectPrimary(url, walk, options.timeoutMs)).sql);
         if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
         await st.leave(c, node);
       };
