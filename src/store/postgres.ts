@@ -91,7 +91,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
   let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
-  await migrate(sql, url.schema);
+  await migrate(sql, url.schema, options.timeoutMs);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
   const view = createView();
