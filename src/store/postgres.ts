@@ -32,7 +32,7 @@ import { claimHome, createWitness, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
-import { createBatches } from "./postgres-batches";
+import { commitBound, createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
 import { createUnknown } from "./postgres-unknown";
@@ -285,9 +285,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
 
     commit: () => batches.commit(),
-    // Its timeout, then a COMMIT with no answer looked up (resolveCommit, bounded by the timeout
-    // again), with room for a connection's own timeout (3 s) in between.
-    commitBoundMs: 2 * options.timeoutMs + 3000,
+    commitBoundMs: commitBound(options.timeoutMs),
     rollback: () => batches.rollback(),
     dirty: () => batches.dirty(),
     writable: () => !batches.failing() && !closed,
