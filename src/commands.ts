@@ -87,6 +87,7 @@ function run(ctx: Context, s: Session, req: Request): Outcome {
     case "delete": {
       const found = store.drop(req.queue);
       ctx.fanout?.dropped(req.queue);
+      if (found instanceof Promise) return answerLater(ctx, s, req.noreply, found.then((f) => (f ? REPLY.DELETED : REPLY.NOT_FOUND)));
       if (!req.noreply) batch.depends(say(s, found ? REPLY.DELETED : REPLY.NOT_FOUND));
       return "next";
     }
@@ -167,24 +168,29 @@ function runRedrive(ctx: Context, s: Session, req: Extract<Request, { kind: "red
     return "next";
   }
   const n = store.deadLetters.redrive(req.from, req.to, ctx.now());
-  if (n instanceof Promise) return redriveLater(ctx, s, n);
+  if (n instanceof Promise) return answerLater(ctx, s, false, n.then((count) => `OK ${count}\r\n`));
   batch.depends(say(s, `OK ${n}\r\n`));
   if (n > 0) serveWaiters(ctx, req.to);
   return "next";
 }
 
 /**
- * A store that counts a redrive when it has run it (Postgres): the reply takes its place now and
- * is filled in then, before its batch commits; the moved messages wake waiters through the store.
+ * A store that answers when it has run the statement (Postgres: a redrive's count, whether a
+ * delete found its queue): the reply takes its place now and is filled in then, before its batch
+ * commits; the moved messages wake waiters through the store. `noreply`: nothing is said.
  */
-function redriveLater(ctx: Context, s: Session, n: Promise<number>): Outcome {
+function answerLater(ctx: Context, s: Session, noreply: boolean, line: Promise<string>): Outcome {
+  if (noreply) {
+    line.catch(() => {}); // the batch fails with it
+    return "next";
+  }
   const reply = newReply(false);
   s.held.push(reply);
   ctx.batch.depends(reply);
-  n.then(
-    (count) => {
+  line.then(
+    (text) => {
       if (reply.complete) return; // its batch failed meanwhile: SERVER_ERROR was said
-      put(reply, `OK ${count}\r\n`);
+      put(reply, text);
       reply.complete = true;
       ctx.resume(s);
     },

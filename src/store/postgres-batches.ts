@@ -16,6 +16,7 @@ import type { Mode, Op, Tx } from "./postgres-send";
 import type { View } from "./postgres-view";
 import { createOutcomes, type OutcomeDeps } from "./postgres-resolve";
 import { StoreError, type Message } from "./store";
+import { within } from "../within";
 
 export interface BatchDeps extends OutcomeDeps {
   node: number;
@@ -46,6 +47,13 @@ export type Batches = ReturnType<typeof createBatches>;
  * COMMIT's outcome unknown.
  */
 const definite = (e: unknown) => (e as { severity?: string } | null)?.severity === "ERROR";
+
+/**
+ * The longest a batch may take to be answered: its timeout, then a COMMIT with no answer looked up
+ * (postgres-resolve.ts, bounded by the timeout again), with room for a connection's own timeout
+ * (3 s) in between.
+ */
+export const commitBound = (timeoutMs: number) => 2 * timeoutMs + 3000;
 
 export function createBatches(d: BatchDeps) {
   const { st, view, reason } = d;
@@ -196,6 +204,7 @@ export function createBatches(d: BatchDeps) {
     for (const op of tx.ops) {
       if (op.k === "take") op.t.fail(tx.failed);
       else if (op.k === "feature" && op.f.k === "redrive") op.f.fail(tx.failed);
+      else if (op.k === "drop") op.fail(tx.failed);
     }
   }
 
@@ -217,10 +226,21 @@ export function createBatches(d: BatchDeps) {
     cur.layers.push(layer);
   }
 
-  /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
+  /**
+   * Work between batches is bounded too: a connection that stopped answering (a partition without
+   * a reset) is not waited on until TCP gives up (review 8 R3), with a stats request or a clean
+   * stop waiting behind it.
+   */
+  const bounded = <T>(work: Promise<T>, ms: number) => within(work, ms, () => new StoreError(`Postgres: no answer within ${ms} ms`));
+
+  /**
+   * Runs `fn` between batches, in the connection's order; a failure drops the connection. It may
+   * wait for a batch sent before it, which may take up to commitBound: only past that is the
+   * connection given up on (not a batch's, which its own timer settles).
+   */
   function background(fn: (c: SQL) => Promise<void>): void {
     let on: SQL | null = null;
-    background_ = onConnection((c) => fn((on = c))).catch((e) => {
+    background_ = onConnection((c) => bounded(fn((on = c)), commitBound(d.timeoutMs))).catch((e) => {
       d.log("warn", `Postgres: ${reason(e).message}`);
       d.replaceConnection(on); // not a connection made since, which may carry a batch
     });
@@ -233,7 +253,9 @@ export function createBatches(d: BatchDeps) {
       return new Promise<void>((ok) => cur.refreshers.push(ok));
     }
     const before = cur; // not sent: it goes after this read, which then does not include it
-    applySums(await onConnection((c) => st.totals(c)), before);
+    // Within the timeout, or its caller goes on without (a stats answers from the view); the
+    // connection is left to the batches' timers, which know whether one is under way on it.
+    applySums(await onConnection((c) => bounded(st.totals(c), d.timeoutMs)), before);
   }
 
   /** The view becomes `rows` plus the changes of `first` and every batch after it. */

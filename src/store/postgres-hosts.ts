@@ -15,6 +15,7 @@
 import { SQL } from "bun";
 import type { Statements } from "./postgres-sql";
 import { StoreError } from "./store";
+import { within } from "../within";
 
 export interface StoreUrl {
   /** One URL per host, in the order given, each complete (user, password, database, options). */
@@ -85,6 +86,8 @@ export const WRITABLE = "SELECT pg_is_in_recovery() AS standby, current_setting(
 
 /** Seconds to wait for one host to accept a connection. */
 const CONNECT_TIMEOUT_S = 3;
+/** Default bound of a probe's questions (connectPrimary): the Postgres store's batch timeout (main.ts). */
+const PROBE_BOUND_MS = 5000;
 
 /** WRITABLE, and which server a writable host is: its system identifier and current timeline. */
 const PROBE = `SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only')::bool AS readonly,
@@ -151,17 +154,24 @@ const systemOf = (sql: SQL): Promise<string> =>
 
 type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
 
-/** Connects to one host and asks whether it takes writes, and which server it is. */
-async function probe(host: string): Promise<Probed> {
+/**
+ * Connects to one host and asks whether it takes writes, and which server it is. `boundMs`: how
+ * long its questions may go unanswered. The connect timeout ends a host that accepts the
+ * connection and then says nothing only until it has answered the startup: one that stops after
+ * it (a partition without a reset, a frozen server) would keep the walk, and the node's reconnect
+ * with it, pending until TCP gives up (review 8 R3).
+ */
+async function probe(host: string, boundMs: number): Promise<Probed> {
   const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
   const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
+  const ask = <T>(work: Promise<T>) => within(work, boundMs, () => new StoreError(`no answer within ${boundMs} ms`));
   try {
-    const [row] = await sql.unsafe(PROBE);
-    if (!(row.standby || row.readonly)) return { sql, url: host, c: { label, system: await systemOf(sql), timeline: Number(row.timeline), started: row.started } };
+    const [row] = await ask(sql.unsafe(PROBE).execute());
+    if (!(row.standby || row.readonly)) return { sql, url: host, c: { label, system: await ask(systemOf(sql)), timeline: Number(row.timeline), started: row.started } };
     await sql.close();
     return { reason: `${label}: ${row.standby ? "a standby" : "read-only (default_transaction_read_only)"}` };
   } catch (e) {
-    await sql.close().catch(() => {});
+    await sql.close({ timeout: 0 }).catch(() => {}); // a question may be pending: not waited for
     return { reason: `${label}: ${(e as Error).message}` };
   }
 }
@@ -170,10 +180,11 @@ async function probe(host: string): Promise<Probed> {
  * Connects to the writable host of the list (choosePrimary); throws StoreError naming what each
  * host said. Every host is asked, at once: a split brain is seen only by asking them all; the
  * walk takes as long as the slowest host (a connect timeout at worst). The returned client has
- * one connection, used for everything but LISTEN (store.ts says why).
+ * one connection, used for everything but LISTEN (store.ts says why). `boundMs`: see probe (the
+ * store's batch timeout; the tools bound their whole connect themselves).
  */
-export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk()): Promise<{ sql: SQL; host: string; url: string }> {
-  const probed = await Promise.all(url.hosts.map(probe));
+export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boundMs = PROBE_BOUND_MS): Promise<{ sql: SQL; host: string; url: string }> {
+  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs)));
   const writable = probed.filter((p) => "c" in p);
   const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
   if (split !== null) walk.error(split);
@@ -230,14 +241,15 @@ export function identityReader(st: Statements, log: (level: "warn", message: str
  * The writable host, refused if older than 14, with its database and the identity of the server
  * its xids belong to (`identityOf`: identityReader).
  */
-export async function connectChecked(url: StoreUrl, identityOf: (on: SQL) => Promise<string | null>, walk?: Walk) {
-  const found = await connectPrimary(url, walk);
+export async function connectChecked(url: StoreUrl, identityOf: (on: SQL) => Promise<string | null>, walk: Walk | undefined, boundMs: number) {
+  const found = await connectPrimary(url, walk, boundMs);
+  const ask = <T>(work: Promise<T>) => within(work, boundMs, () => new StoreError(`Postgres: ${found.host}: no answer within ${boundMs} ms`));
   try {
-    const [row] = await found.sql.unsafe("SELECT current_setting('server_version_num') AS num, current_database() AS database");
+    const [row] = await ask(found.sql.unsafe("SELECT current_setting('server_version_num') AS num, current_database() AS database").execute());
     checkVersion(Number(row.num), found.host);
-    return { ...found, database: row.database as string, server: await identityOf(found.sql) };
+    return { ...found, database: row.database as string, server: await ask(identityOf(found.sql)) };
   } catch (e) {
-    await found.sql.close().catch(() => {});
+    await found.sql.close({ timeout: 0 }).catch(() => {});
     throw e;
   }
 }

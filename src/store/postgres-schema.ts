@@ -95,19 +95,49 @@ const MIGRATIONS: string[] = [
   `CREATE TABLE IF NOT EXISTS mcq_flushed (queue text PRIMARY KEY, upto bigint NOT NULL);`,
 ];
 
+/** How many times a migration waits `lockTimeoutMs` for a table's lock before the start fails. */
+const LOCK_TRIES = 3;
+
 /**
  * Creates the schema or brings it up to date, under an advisory lock so that nodes starting
  * together migrate once. Throws StoreError if the schema is newer than this mcq knows.
+ *
+ * A step that alters a table (1 -> 2: mcq_messages) needs its ACCESS EXCLUSIVE lock. Behind a
+ * holder of a lock on it (a REINDEX CONCURRENTLY of the index upkeep, a long transaction, a
+ * dump), the request would wait for ever, and every node's statements on the table would queue
+ * behind it meanwhile (review 8 R4). So each wait is bounded by lock_timeout (`lockTimeoutMs`,
+ * the store's timeout): the transaction is undone, letting the others through, and tried again;
+ * after LOCK_TRIES the start fails, saying why.
  */
-export async function migrate(sql: SQL, schema: string): Promise<void> {
+export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): Promise<void> {
   await sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${schema}`).catch((e: Error) => {
     // Two nodes creating it at once: one of them loses the race, and the schema exists.
     if (!/already exists|duplicate key/.test(e.message)) throw e;
   });
   await sql.unsafe(`SET search_path TO ${schema}`);
+  for (let tries = 1; ; tries++) {
+    const found = await migrateOnce(sql, schema, lockTimeoutMs).catch((e: unknown) => {
+      if ((e as { errno?: unknown }).errno !== "55P03") throw e; // lock_not_available
+      return null;
+    });
+    if (found !== null) return;
+    if (tries === LOCK_TRIES) {
+      throw new StoreError(
+        `cannot migrate the Postgres schema ${schema} to version ${SCHEMA_VERSION}: a lock on its tables was not granted within ` +
+          `${lockTimeoutMs} ms, ${LOCK_TRIES} times (another session holds one: a REINDEX, a long transaction, a dump; see pg_locks); ` +
+          "nothing was changed: start mcq again once it has ended",
+      );
+    }
+  }
+}
+
+/** One try of migrate(), in one transaction; returns the version it found. */
+async function migrateOnce(sql: SQL, schema: string, lockTimeoutMs: number): Promise<number> {
   await sql.unsafe("BEGIN");
   try {
     await sql.unsafe("SELECT pg_advisory_xact_lock(hashtext($1))", [`mcq:${schema}`]);
+    // After the advisory lock: a node waiting for another's migration waits for it whole.
+    await sql.unsafe(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(lockTimeoutMs))}`);
     await sql.unsafe("CREATE TABLE IF NOT EXISTS mcq_version (version integer NOT NULL)");
     const rows = await sql.unsafe("SELECT version FROM mcq_version");
     const version = rows.length === 0 ? 0 : Number(rows[0].version);
@@ -118,6 +148,7 @@ export async function migrate(sql: SQL, schema: string): Promise<void> {
     if (rows.length === 0) await sql.unsafe("INSERT INTO mcq_version VALUES ($1)", [SCHEMA_VERSION]);
     else if (version < SCHEMA_VERSION) await sql.unsafe("UPDATE mcq_version SET version = $1", [SCHEMA_VERSION]);
     await sql.unsafe("COMMIT");
+    return version;
   } catch (e) {
     await sql.unsafe("ROLLBACK").catch(() => {});
     throw e;

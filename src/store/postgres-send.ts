@@ -33,7 +33,8 @@ export type Op =
   | { k: "restore"; queue: string; m: Message; created: number }
   | { k: "take"; t: Take }
   | { k: "confirm" | "release"; queue: string; id: number; bytes: number }
-  | { k: "drop"; queue: string }
+  /** `answer`: whether the queue existed, as its statement found (postgres-sql.ts drop). */
+  | { k: "drop"; queue: string; answer: (existed: boolean) => void; fail: (e: unknown) => void }
   /** `guess`: per queue, what the view counted out at once (postgres-empty.ts); the answer corrects it. */
   | { k: "flush"; queue: string | null; guess: Map<string, Flushed> }
   | { k: "sweep"; now: number; limit: number }
@@ -193,8 +194,20 @@ export function createSender(deps: Sender) {
           }
         });
       }
-      case "drop":
-        return st.drop(c, col((o) => o.queue));
+      case "drop": {
+        const drops = ops as Extract<Op, { k: "drop" }>[];
+        return st.drop(c, drops.map((o) => o.queue)).then(
+          (existed) => {
+            // A queue deleted twice in a row: the first found it, the second found nothing.
+            const found = new Set(existed);
+            for (const o of drops) o.answer(found.delete(o.queue));
+          },
+          (e) => {
+            for (const o of drops) o.fail(e);
+            throw e;
+          },
+        );
+      }
       case "flush":
         return st.flush(c, op.queue === null ? null : [op.queue], node).then((rows) => settleFlush(tx, op.guess, rows));
       case "sweep":

@@ -223,9 +223,21 @@ export function statements(schema: string) {
     /**
      * Empties `queues` (null: every queue), delayed messages too, and counts in `node`'s rows what
      * it deleted: other nodes' sets or a load may have committed more than this node's view knows.
+     * Two statements, in the drop's lock order (counter rows, then messages): the first locks
+     * `node`'s counter row of every queue it empties that has counter rows (made if missing), in
+     * (queue, node) order. Deleting first and counting last, a flush held the messages a drop on
+     * another node waited for, while it waited for its counter row, which that drop held: one of
+     * them failed with "deadlock detected" (review 9 N3). Only this node's rows: a take elsewhere
+     * holds its messages and then waits for its own node's row, which a flush must not hold.
      */
-    flush: async (sql: SQL, queues: string[] | null, node: number) =>
-      (await sql.unsafe(
+    flush: async (sql: SQL, queues: string[] | null, node: number) => {
+      const locked = sql.unsafe(
+        `INSERT INTO ${C} AS c (node, queue)
+         SELECT $1::int, queue FROM (SELECT DISTINCT queue FROM ${C} ${queues === null ? "" : "WHERE queue = ANY($2::text[])"}) q ORDER BY queue
+         ON CONFLICT (queue, node) DO UPDATE SET items = c.items`,
+        queues === null ? [node] : [node, queues],
+      ).execute();
+      const flushed = sql.unsafe(
         `WITH d AS (DELETE FROM ${M} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len, owner),
            dl AS (DELETE FROM ${DL} ${queues === null ? "" : "WHERE queue = ANY($1::text[])"} RETURNING queue, length(body) AS len),
            f AS (${mark("$1::text[]")}),
@@ -236,7 +248,9 @@ export function statements(schema: string) {
            c AS (${upsert("$2::int", "SELECT * FROM r")})
          SELECT queue, (-items)::int AS n, (-bytes)::float8 AS bytes, (-open)::int AS open, (-delayed)::int AS delayed FROM r`,
         [queues ?? [""], node],
-      ).execute()) as (Removed & { delayed: number })[],
+      ).execute();
+      return (await Promise.all([locked, flushed]))[1] as (Removed & { delayed: number })[];
+    },
     /**
      * Deletes queues: their messages, delayed messages and every node's counter rows. Two
      * statements. The first locks every counter row a writer could add to (each node's, the
@@ -245,7 +259,8 @@ export function statements(schema: string) {
      * deletes both; a writer that comes later waits for this batch, and its messages and counters
      * stay together. (In one statement, the counter DELETE waited for a writer and deleted its
      * new counter row, while the message DELETE's older snapshot left its messages without one.)
-     * Returns the queues that had counter rows.
+     * Returns the queues that existed: had counter rows, messages or delayed messages (a queue
+     * whose counter rows were lost still has its messages).
      */
     drop: async (sql: SQL, names: string[]) => {
       const queues = [...new Set(names)]; // a batch may delete a queue twice: each row once per statement
@@ -256,15 +271,17 @@ export function statements(schema: string) {
         [queues],
       ).execute();
       const deleted = sql.unsafe(
-        `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[])), dl AS (DELETE FROM ${DL} WHERE queue = ANY($1::text[])),
+        `WITH m AS (DELETE FROM ${M} WHERE queue = ANY($1::text[]) RETURNING queue),
+           dl AS (DELETE FROM ${DL} WHERE queue = ANY($1::text[]) RETURNING queue),
            f AS (${mark("$1::text[]")}), c AS (DELETE FROM ${C} WHERE queue = ANY($1::text[]) RETURNING queue, node)
-         SELECT * FROM c`,
+         SELECT queue, node FROM c UNION ALL SELECT DISTINCT queue, NULL::int FROM (SELECT queue FROM m UNION ALL SELECT queue FROM dl) x`,
         [queues],
       ).execute();
-      type R = { queue: string; node: number; made?: boolean };
+      type R = { queue: string; node: number | null; made?: boolean };
       const [mine, gone] = (await Promise.all([locked, deleted])) as [R[], R[]];
       const made = new Set(mine.filter((r) => r.made).map((r) => `${r.node} ${r.queue}`));
-      return [...new Set(gone.filter((r) => !made.has(`${r.node} ${r.queue}`)).map((r) => r.queue))];
+      // node null: the queue had messages or delayed messages.
+      return [...new Set(gone.filter((r) => r.node === null || !made.has(`${r.node} ${r.queue}`)).map((r) => r.queue))];
     },
     /** Deletes up to `limit` expired messages and counts them as expired on `node`. */
     sweep: async (sql: SQL, limit: number, node: number) =>

@@ -32,7 +32,7 @@ import { claimHome, createWitness, reclaim } from "./postgres-home";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
-import { createBatches } from "./postgres-batches";
+import { commitBound, createBatches } from "./postgres-batches";
 import { createSender, type Tx } from "./postgres-send";
 import { createView } from "./postgres-view";
 import { createUnknown } from "./postgres-unknown";
@@ -41,6 +41,7 @@ import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { createEmptying } from "./postgres-empty";
 import { StoreError, type QueueStore } from "./store";
+import { within } from "../within";
 
 export interface PostgresOptions {
   /** A node silent this long (s) is dead: others return its open messages. */
@@ -88,9 +89,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
   const identity = identityReader(st, options.log);
   const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
-  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk);
+  let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
-  await migrate(sql, url.schema);
+  await migrate(sql, url.schema, options.timeoutMs);
   const claim = options.home === null ? null : claimHome(options.home);
   const node = await st.register(sql);
   const view = createView();
@@ -115,9 +116,11 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   /** The connection, walking the host list again if the last one was dropped. */
   async function connection(): Promise<SQL> {
     if (client !== null) return client;
-    const found = await connectPrimary(url, walk);
+    const found = await connectPrimary(url, walk, options.timeoutMs);
     // Its identity not to be read now: not connected (the batch fails; the next one connects again).
-    server = await identity(found.sql).catch((e) => found.sql.close().catch(() => {}).then(() => Promise.reject(e)));
+    const late = () => new StoreError(`Postgres: ${found.host}: no answer within ${options.timeoutMs} ms`);
+    server = await within(identity(found.sql), options.timeoutMs, late)
+      .catch((e) => found.sql.close({ timeout: 0 }).catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     witness.connected();
     if (found.host !== host) options.log("warn", `Postgres: now using ${found.host} (was ${host})`);
@@ -282,9 +285,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
 
     commit: () => batches.commit(),
-    // Its timeout, then a COMMIT with no answer looked up (resolveCommit, bounded by the timeout
-    // again), with room for a connection's own timeout (3 s) in between.
-    commitBoundMs: 2 * options.timeoutMs + 3000,
+    commitBoundMs: commitBound(options.timeoutMs),
     rollback: () => batches.rollback(),
     dirty: () => batches.dirty(),
     writable: () => !batches.failing() && !closed,
@@ -354,7 +355,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
         await batches.settled(); // the last batch is committed (or failed) first
         await listener.stop();
         // A connection dropped after a failure is made again to leave (not connection(): no LISTEN).
-        const c = client ?? (client = (await connectPrimary(url, walk)).sql);
+        const c = client ?? (client = (await connectPrimary(url, walk, options.timeoutMs)).sql);
         if (gaveUp) throw new StoreError("Postgres: gave up"); // made after the timeout: closed below
         await st.leave(c, node);
       };

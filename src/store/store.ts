@@ -108,8 +108,12 @@ export interface QueueStore {
    * client: it counts as not fetched (or as stored anew, if its queue was deleted meanwhile).
    */
   restore(queue: string, message: Message, now: number): void;
-  /** Deletes the queue and its messages; false if it did not exist. */
-  drop(queue: string): boolean;
+  /**
+   * Deletes the queue and its messages; false if it did not exist. A store shared by nodes
+   * answers from what its statement found, once the batch is sent (Postgres): its view may not
+   * have read a queue another node or a load made within the last second.
+   */
+  drop(queue: string): Maybe<boolean>;
   /** Empties the queue, which keeps existing and keeps its counters. */
   flush(queue: string): void;
   /** Empties every queue. */

@@ -1,0 +1,56 @@
+/**
+ * A migration that alters a table waits for its lock a bounded time (review 8 R4): behind a
+ * holder of a lock on mcq_messages (a REINDEX CONCURRENTLY, a long transaction), it gives up,
+ * undone, and says why, instead of waiting for ever at the head of every node's queue of lockers.
+ */
+import { SQL } from "bun";
+import { afterAll, describe, expect, test } from "bun:test";
+import { migrate, SCHEMA_VERSION } from "../../src/store/postgres-schema";
+import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+
+const schemas: string[] = [];
+
+if (havePostgres("postgres migrations")) {
+  afterAll(() => dropSchemas(schemas));
+
+  describe("postgres migrations", () => {
+    test("a 1 -> 2 migration behind a lock holder on mcq_messages gives up after its tries, changing nothing; then migrates once the lock is gone", async () => {
+      const schema = freshSchema("mig");
+      schemas.push(schema);
+      const sql = new SQL(PG_URL!, { max: 1 });
+      const holder = new SQL(PG_URL!, { max: 1 });
+      const reader = new SQL(PG_URL!, { max: 1 });
+      // Version 1 as it shipped (store.postgres.test.ts has the same), with one message.
+      await sql.unsafe(`CREATE SCHEMA ${schema}; SET search_path TO ${schema};
+        CREATE TABLE mcq_version (version integer NOT NULL); INSERT INTO mcq_version VALUES (1);
+        CREATE TABLE mcq_messages (id bigserial PRIMARY KEY, queue text NOT NULL, flags bigint NOT NULL, created bigint NOT NULL,
+          expires bigint NOT NULL, owner integer, body bytea NOT NULL);
+        CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
+        CREATE TABLE mcq_counters (queue text NOT NULL, node integer NOT NULL, total bigint NOT NULL DEFAULT 0,
+          fetched bigint NOT NULL DEFAULT 0, items bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
+          open bigint NOT NULL DEFAULT 0, expired bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, node));
+        CREATE TABLE mcq_nodes (id serial PRIMARY KEY, started timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL DEFAULT now());
+        INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 0, 1, 0, 'kept');`).simple();
+      // What REINDEX CONCURRENTLY holds while it rebuilds.
+      await holder.unsafe("BEGIN");
+      await holder.unsafe(`LOCK TABLE ${schema}.mcq_messages IN SHARE UPDATE EXCLUSIVE MODE`);
+      const t0 = performance.now();
+      const migrating = migrate(sql, schema, 300).then(() => null, (e: Error) => e.message);
+      // Meanwhile a reader of mcq_messages (every node's statements) gets through between the tries.
+      expect((await reader.unsafe(`SELECT count(*)::int AS n FROM ${schema}.mcq_messages`))[0].n).toBe(1);
+      expect(await migrating).toBe(
+        `cannot migrate the Postgres schema ${schema} to version ${SCHEMA_VERSION}: a lock on its tables was not granted within 300 ms, ` +
+          "3 times (another session holds one: a REINDEX, a long transaction, a dump; see pg_locks); nothing was changed: start mcq again once it has ended",
+      ); // before: no answer while the holder held (test timeout)
+      const took = performance.now() - t0;
+      expect(took).toBeGreaterThanOrEqual(900);
+      expect(took).toBeLessThan(4000);
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(1);
+      await holder.unsafe("COMMIT");
+      await migrate(sql, schema, 300);
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(SCHEMA_VERSION);
+      expect((await sql.unsafe(`SELECT deliveries FROM ${schema}.mcq_messages`))[0].deliveries).toBe(0);
+      await Promise.all([sql.close(), holder.close(), reader.close()]);
+    });
+  });
+}
