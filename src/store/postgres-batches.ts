@@ -226,13 +226,24 @@ export function createBatches(d: BatchDeps) {
    */
   const bounded = <T>(work: Promise<T>) => within(work, d.timeoutMs, () => new StoreError(`Postgres: no answer within ${d.timeoutMs} ms`));
 
-  /** Runs `fn` between batches, in the connection's order; a failure drops the connection. */
+  /** A background failure was said, and none has succeeded since. */
+  let saidBackground = false;
+
+  /**
+   * Runs `fn` between batches, in the connection's order; a failure drops the connection. During
+   * an outage every heartbeat fails: the first failure is said, the next ones not until work succeeds again.
+   */
   function background(fn: (c: SQL) => Promise<void>): void {
     let on: SQL | null = null;
-    background_ = onConnection((c) => bounded(fn((on = c)))).catch((e) => {
-      d.log("warn", `Postgres: ${reason(e).message}`);
-      d.replaceConnection(on); // not a connection made since, which may carry a batch
-    });
+    background_ = onConnection((c) => bounded(fn((on = c)))).then(
+      () => void (saidBackground = false),
+      (e) => {
+        const m = reason(e).message;
+        if (!saidBackground) d.log("warn", m.startsWith("Postgres") ? m : `Postgres: ${m}`);
+        saidBackground = true;
+        d.replaceConnection(on); // not a connection made since, which may carry a batch
+      },
+    );
   }
 
   /** Reads the sums again (between batches, in the connection's order) and replays later changes. */
