@@ -57,7 +57,8 @@ interface Open {
   undo: (() => void)[];
 }
 
-export function createBatch(store: QueueStore, onFailure: (error: StoreError) => void): Batch {
+/** `onCommitted`: a batch that wrote is durable (an outage, if any, is over: failure-log.ts). */
+export function createBatch(store: QueueStore, onFailure: (error: StoreError) => void, onCommitted: () => void = () => {}): Batch {
   let open: Open = { epoch: 1, replies: [], undo: [] };
   const flying: Open[] = [];
   /** Every batch up to this number is durable. */
@@ -103,8 +104,10 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
   function commit(): void | Promise<void> {
     const b = open;
     let done: void | Promise<void> = undefined;
+    let wrote = false;
     try {
-      if (store.dirty()) done = store.commit();
+      wrote = store.dirty();
+      if (wrote) done = store.commit();
     } catch (e) {
       fail(e, b.epoch);
       return;
@@ -112,6 +115,7 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
     next();
     if (!(done instanceof Promise) && flying.length === 0) {
       durable = b.epoch;
+      if (wrote) onCommitted();
       return;
     }
     flying.push(b);
@@ -120,6 +124,7 @@ export function createBatch(store: QueueStore, onFailure: (error: StoreError) =>
         if (flying[0] !== b) return; // undone by an earlier batch's failure
         flying.shift();
         durable = b.epoch;
+        if (wrote) onCommitted();
       },
       (e) => {
         if (flying.includes(b)) fail(e, b.epoch);

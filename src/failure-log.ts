@@ -1,34 +1,47 @@
 /**
  * The log line of a store failure (each undoes its batch). During an outage every batch fails,
  * dozens a second: the first is said as an ERROR, the rest are counted (each at debug level, -v),
- * and once no failure has come for `quietMs` the count is said in one line.
+ * told once a minute while they go on, and the count is said once a batch commits again. The
+ * outage ends at a commit, not after a quiet time: a hung Postgres fails one batch per timeout
+ * (5 s, or 13 s when an outcome is asked), and any quiet time short enough to be useful would
+ * make each of those failures a new outage with an ERROR of its own (review 10a L1).
  */
 import type { StoreError } from "./store/store";
 import type { Logger } from "./log";
 
-export function createFailureLog(log: Logger, quietMs = 5000): (e: StoreError) => void {
+export interface FailureLog {
+  /** A batch was undone by `e`. */
+  failed(e: StoreError): void;
+  /** A batch that wrote committed: an outage, if any, is over. */
+  committed(): void;
+}
+
+export function createFailureLog(log: Logger, now: () => number = Date.now, tellEveryMs = 60_000): FailureLog {
+  let out = false;
   let more = 0;
   let first = 0;
+  let told = 0;
   let last = "";
-  let timer: ReturnType<typeof setTimeout> | null = null;
-  const end = () => {
-    timer = null;
-    if (more > 0) {
-      log.error(`store failures: ${more} more batches undone in the ${((Date.now() - first - quietMs) / 1000).toFixed(1)} s after the first (the last: ${last})`);
-    }
-    more = 0;
-  };
-  return (e) => {
-    if (timer === null) {
-      first = Date.now();
-      log.error(`store failure, batch undone: ${e.message}`);
-    } else {
+  const since = () => ((now() - first) / 1000).toFixed(1);
+  return {
+    failed(e) {
+      if (!out) {
+        [out, more, first, told] = [true, 0, now(), now()];
+        log.error(`store failure, batch undone: ${e.message}`);
+        return;
+      }
       more++;
       last = e.message;
       log.debug(`store failure, batch undone: ${e.message}`);
-      clearTimeout(timer);
-    }
-    timer = setTimeout(end, quietMs);
-    timer.unref?.();
+      if (now() - told >= tellEveryMs) {
+        told = now();
+        log.error(`store failures go on: ${more} more batches undone in the ${since()} s since the first (the last: ${last})`);
+      }
+    },
+    committed() {
+      if (!out) return;
+      out = false;
+      if (more > 0) log.error(`store failures: ${more} more batches undone in the ${since()} s after the first (the last: ${last})`);
+    },
   };
 }

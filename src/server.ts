@@ -56,7 +56,7 @@ export function startServer(config: Config, deps: ServerDeps): Server {
   const bySession = new WeakMap<Session, Conn>();
   let retries: (() => void)[] = [];
 
-  const failed = createFailureLog(log); // once per outage, then a count
+  const failures = createFailureLog(log); // once per outage, then a count
   const queueLimits = createQueueLimits(config);
   const ctx: Context = {
     store,
@@ -70,10 +70,14 @@ export function startServer(config: Config, deps: ServerDeps): Server {
     sessions: new Set(),
     limits: queueLimits,
     fanout: createFanout(config.fanout, queueLimits.table, () => store.list().map((q) => q.name)),
-    batch: createBatch(store, (e) => {
-      stats.storeErrors++;
-      failed(e);
-    }),
+    batch: createBatch(
+      store,
+      (e) => {
+        stats.storeErrors++;
+        failures.failed(e);
+      },
+      () => failures.committed(),
+    ),
     resume: (session) => {
       const conn = bySession.get(session);
       if (conn !== undefined && conn.state !== "closed") turns.resume(conn);

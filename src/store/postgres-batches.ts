@@ -233,17 +233,26 @@ export function createBatches(d: BatchDeps) {
    */
   const bounded = <T>(work: Promise<T>, ms: number) => within(work, ms, () => new StoreError(`Postgres: no answer within ${ms} ms`));
 
+  /** A background failure was said, and none has succeeded since. */
+  let saidBackground = false;
+
   /**
    * Runs `fn` between batches, in the connection's order; a failure drops the connection. It may
    * wait for a batch sent before it, which may take up to commitBound: only past that is the
-   * connection given up on (not a batch's, which its own timer settles).
+   * connection given up on (not a batch's, which its own timer settles). During an outage every
+   * heartbeat fails: the first failure is said, the next ones not until work succeeds again.
    */
   function background(fn: (c: SQL) => Promise<void>): void {
     let on: SQL | null = null;
-    background_ = onConnection((c) => bounded(fn((on = c)), commitBound(d.timeoutMs))).catch((e) => {
-      d.log("warn", `Postgres: ${reason(e).message}`);
-      d.replaceConnection(on); // not a connection made since, which may carry a batch
-    });
+    background_ = onConnection((c) => bounded(fn((on = c)), commitBound(d.timeoutMs))).then(
+      () => void (saidBackground = false),
+      (e) => {
+        const m = reason(e).message;
+        if (!saidBackground) d.log("warn", m.startsWith("Postgres") ? m : `Postgres: ${m}`);
+        saidBackground = true;
+        d.replaceConnection(on); // not a connection made since, which may carry a batch
+      },
+    );
   }
 
   /** Reads the sums again (between batches, in the connection's order) and replays later changes. */

@@ -12,6 +12,7 @@
  * The password never appears in a message: `safe` is the URL without it (neither the user info's
  * nor a `password=` or `sslpassword=` query parameter).
  */
+import { randomBytes } from "node:crypto";
 import { SQL } from "bun";
 import type { Statements } from "./postgres-sql";
 import { StoreError } from "./store";
@@ -152,6 +153,14 @@ export function choosePrimary(found: Candidate[], seen: Walk["seen"]): { pick: n
 const systemOf = (sql: SQL): Promise<string> =>
   sql.unsafe("SELECT system_identifier::text AS s FROM pg_control_system()").then((r) => r[0].s as string, (e) => (unreadableForGood(e) ? "" : Promise.reject(e)));
 
+/**
+ * Each connection's application_name, unique: its backend can be found, and ended, by pid and
+ * name where the server's identity cannot be read (postgres-outcome-sql.ts end): a pid alone may
+ * be another server's backend after a failover.
+ */
+const names = new WeakMap<SQL, string>();
+export const nameOf = (sql: SQL | null): string | null => (sql === null ? null : names.get(sql) ?? null);
+
 type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
 
 /**
@@ -163,7 +172,9 @@ type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
  */
 async function probe(host: string, boundMs: number): Promise<Probed> {
   const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
-  const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
+  const name = `mcq ${randomBytes(6).toString("hex")}`;
+  const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {}, connection: { application_name: name } });
+  names.set(sql, name);
   const ask = <T>(work: Promise<T>) => within(work, boundMs, () => new StoreError(`no answer within ${boundMs} ms`));
   try {
     const [row] = await ask(sql.unsafe(PROBE).execute());

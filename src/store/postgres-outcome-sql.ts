@@ -18,6 +18,18 @@ import { perRows, upsertInto, type Row } from "./postgres-sql";
 export const IDENTITY = `(SELECT system_identifier::text FROM pg_control_system()) || '/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
   || '/' || (extract(epoch FROM coalesce((SELECT max(backend_start) FROM pg_stat_activity WHERE backend_type = 'checkpointer'), pg_postmaster_start_time())) * 1000000)::int8::text`;
 
+/**
+ * A backend mcq may end to settle a batch's outcome: not one waiting for a synchronous standby
+ * (wait_event SyncRep: ending it commits the transaction on the primary alone, "committed locally,
+ * but might not have been replicated", and a failover then loses it), nor, where a synchronous
+ * standby is configured, one running its COMMIT at all: caught before its wait begins (writing its
+ * commit record on a stalled disk), the end is pending when the wait starts, and Postgres then
+ * gives up the wait at once, with the same result (review 10b R1). Such a COMMIT's xid stays in
+ * progress until the standby answers: its batch is kept and asked about later.
+ */
+const ENDABLE = `wait_event IS DISTINCT FROM 'SyncRep'
+  AND NOT (state = 'active' AND upper(btrim(query, E' \\t\\r\\n;')) = 'COMMIT' AND current_setting('synchronous_standby_names') <> '')`;
+
 export function outcomeStatements(schema: string) {
   const M = `${schema}.mcq_messages`;
   const C = `${schema}.mcq_counters`;
@@ -51,7 +63,7 @@ export function outcomeStatements(schema: string) {
       const xid32 = String(BigInt(xid) & 0xffffffffn);
       await sql.unsafe(
         `SELECT pg_terminate_backend(pid, $3::int8) FROM pg_stat_activity WHERE pid = $1::int AND backend_xid = $2::text::xid
-           AND wait_event IS DISTINCT FROM 'SyncRep' AND (${IDENTITY}) = $4`,
+           AND ${ENDABLE} AND (${IDENTITY}) = $4`,
         [pid, xid32, waitMs, server],
       ).execute();
       const rows = (await sql.unsafe(`SELECT pg_xact_status($1::text::xid8) AS status, (${IDENTITY}) AS server`, [xid]).execute()) as {
@@ -61,17 +73,24 @@ export function outcomeStatements(schema: string) {
       return rows[0]!.server === server ? rows[0]!.status : "another server";
     },
     /**
-     * Ends backend `pid` on `server`, waiting up to `waitMs` for it to go: a batch whose transaction
-     * id never came back (postgres-batches.ts endUnanswered). By the pid alone: the batch's
-     * connection is still open, so its backend still has that pid. 'ended', 'gone' (it had ended
-     * already), 'not ended' (it did not go in time, or it waits for a synchronous standby: never
-     * ended, see resolve), or 'another server' (nothing ended).
+     * Ends backend `pid` of the connection named `app` (its application_name, unique per
+     * connection: postgres-hosts.ts probe) on `server`, waiting up to `waitMs` for it to go: a batch
+     * whose transaction id never came back (postgres-resolve.ts endUnanswered). By the pid: the
+     * batch's connection is still open, so its backend still has that pid. 'ended', 'gone' (no
+     * such backend: it had ended already, or this is another server), 'not ended' (it did not go
+     * in time, or it may not be ended: ENDABLE), or 'another server' (nothing ended). `server`
+     * null: its identity cannot be read here (a managed server), so the name alone tells the
+     * backend from another server's with the same pid (review 10a H1).
      */
-    end: async (sql: SQL, pid: number, waitMs: number, server: string) => {
+    end: async (sql: SQL, pid: number, waitMs: number, server: string | null, app: string | null) => {
+      const params: unknown[] = [pid, waitMs];
+      const arg = (v: string) => `$${params.push(v)}`;
+      const named = app === null ? "" : ` AND application_name = ${arg(app)}`;
+      const here = server === null ? "" : ` AND (${IDENTITY}) = ${arg(server)}`;
       const rows = (await sql.unsafe(
-        `SELECT (${IDENTITY}) AS server, (SELECT wait_event IS DISTINCT FROM 'SyncRep' AND pg_terminate_backend(pid, $2::int8)
-           FROM pg_stat_activity WHERE pid = $1::int AND (${IDENTITY}) = $3) AS ended`,
-        [pid, waitMs, server],
+        `SELECT ${server === null ? "NULL::text" : `(${IDENTITY})`} AS server,
+           (SELECT ${ENDABLE} AND pg_terminate_backend(pid, $2::int8) FROM pg_stat_activity WHERE pid = $1::int${named}${here}) AS ended`,
+        params,
       ).execute()) as { server: string | null; ended: boolean | null }[];
       const r = rows[0]!;
       return r.server !== server ? "another server" : r.ended === null ? "gone" : r.ended ? "ended" : "not ended";

@@ -8,6 +8,7 @@ import type { Statements } from "./postgres-sql";
 import type { Tx } from "./postgres-send";
 import { StoreError } from "./store";
 import { within } from "../within";
+import { nameOf } from "./postgres-hosts";
 
 export interface OutcomeDeps {
   st: Statements;
@@ -106,14 +107,18 @@ export function createOutcomes(d: OutcomeDeps, answered: WeakSet<Tx>) {
     ending.set(tx, cause);
     const half = Math.round(d.timeoutMs / 2);
     const side = d.side();
+    const app = nameOf(tx.sentOn);
     try {
-      if (tx.server === null) throw new StoreError("the server it ran on is not known");
-      const how = await bounded(st.end(side, tx.pid!, half, tx.server), d.timeoutMs);
+      if (tx.server === null && app === null) throw new StoreError("the server it ran on is not known");
+      const how = await bounded(st.end(side, tx.pid!, half, tx.server, app), d.timeoutMs);
       if (how === "another server") throw new StoreError("Postgres is not the server it ran on (a failover or a restart)");
+      // Found by its name alone (the identity cannot be read here): none found may be another server.
+      if (how === "gone" && tx.server === null) throw new StoreError("no backend of its connection was found on the server asked");
       // Its COMMIT may be waiting for a synchronous standby (never ended): an id that came is asked about.
       if (how === "not ended" && tx.xact === null) throw new StoreError(`its backend did not end within ${half} ms`);
       if (how !== "not ended") await bounded(drained.get(tx)!, half); // the connection ends with its backend
     } catch (e) {
+      ending.delete(tx); // not ended: a statement failing now did so on its own
       const unknown = new StoreError(`${cause}; its transaction id never came back and its backend could not be ended (${reason(e).message}): its outcome is unknown`);
       d.log("warn", unknown.message);
       throw unknown;

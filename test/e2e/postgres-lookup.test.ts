@@ -49,6 +49,13 @@ if (havePostgres("e2e postgres commit lookup")) {
     while ((await sql.unsafe("SHOW synchronous_standby_names"))[0].synchronous_standby_names !== want);
   };
 
+  /** Lets a stopped backend run again, if it still exists. */
+  const resume = (pid: number) => {
+    try {
+      if (pid !== 0) process.kill(pid, "SIGCONT");
+    } catch {} // gone already
+  };
+
   afterAll(async () => {
     await standbyNeverAnswers(false).catch(() => {});
     await stopAll();
@@ -207,23 +214,115 @@ if (havePostgres("e2e postgres commit lookup")) {
       relay.stop();
     }, 30_000);
 
-    test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
+    test("the same with a role that may not read the server's identity (a managed server): its backend is found by its connection's name, ended, and the message stays (review 10a H1)", async () => {
+      const relay = lateCloseRelay(8000);
+      const schema = freshSchema("lookup");
+      const role = `${schema}_r`;
+      schemas.push(schema);
+      roles.push(role);
+      await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
+      await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${role}`);
+      await sql.unsafe(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
+      const url = new URL(relay.url(schema));
+      url.username = role;
+      url.password = "";
+      await sql.unsafe("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");
+      let reply: string;
+      const holder = new SQL(PG_URL!, { max: 1 });
+      try {
+        const server = await startServer(["--store", url.toString()], join(tempDir(), "data"));
+        const c = await server.connect();
+        expect(await c.call(set("q", "m0") + set("q", "m1"))).toBe("STORED\r\n".repeat(2));
+        expect(await c.call("get q\r\n")).toBe(value("q", "m0") + "END\r\n"); // the get's statements prepared
+        await holder.unsafe("BEGIN");
+        await holder.unsafe(`LOCK TABLE ${schema}.mcq_messages IN ACCESS EXCLUSIVE MODE`);
+        const pending = c.call("get q\r\n", 20_000);
+        while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = $1`, [role])).length === 0);
+        reply = await pending;
+        await holder.unsafe("COMMIT");
+        // Before: "could not be ended (the server it ran on is not known)"; the connection's end came
+        // 8 s late, the backend ran its batch to COMMIT once the lock went, and m1 was gone.
+        expect(reply).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; its backend was ended before its COMMIT ran: nothing of it was done\r\n$/);
+        while ((await sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'`, [role])).length > 0);
+        expect(await c.call("get q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + "END\r\n");
+        c.close();
+        await server.kill("SIGTERM");
+      } finally {
+        await holder.unsafe("COMMIT").catch(() => {});
+        await holder.close();
+        await sql.unsafe("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC");
+        relay.stop();
+      }
+    }, 40_000);
+
+    test("with a synchronous standby, a COMMIT stalled before its wait for the standby is not ended: SERVER_ERROR, never STORED for what the standby never had (review 10b R1)", async () => {
       const { schema, server, c } = await nodeWithOne();
-      await standbyNeverAnswers(true);
+      const settings = async (on: boolean) => {
+        for (const name of ["commit_delay", "commit_siblings"]) {
+          await sql.unsafe(on ? `ALTER SYSTEM SET ${name} = ${name === "commit_delay" ? 100000 : 0}` : `ALTER SYSTEM RESET ${name}`);
+        }
+        await standbyNeverAnswers(on); // reloads the configuration
+      };
+      await settings(true);
       let backend = 0;
       let reply: string;
       try {
-        const pending = c.call("get q\r\n", 20_000);
+        const pending = c.call(set("q", "m2"), 20_000);
+        // Its COMMIT, caught in commit_delay's sleep, before the wait for the standby: stopped 6 s
+        // there, as a stalled disk would hold it, so that the lookup finds it in its COMMIT.
         while (backend === 0) {
-          const found = await sql.unsafe(`SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
+          const found = await sql.unsafe(
+            `SELECT a.pid FROM pg_stat_activity a WHERE a.state = 'active' AND a.query = 'COMMIT' AND a.wait_event IS DISTINCT FROM 'SyncRep'
+               AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class k ON k.oid = l.relation JOIN pg_namespace n ON n.oid = k.relnamespace
+                 WHERE l.pid = a.pid AND n.nspname = $1)`,
+            [schema],
+          );
           if (found.length > 0) backend = Number(found[0].pid);
         }
-        // A backend that does not go when told to (stopped here; stuck in I/O elsewhere): the
-        // lookup's terminate waits half the timeout for it, then pg_xact_status says "in progress".
         process.kill(backend, "SIGSTOP");
+        await Bun.sleep(6000); // the stall itself: what the test is about is that mcq's timeout passes meanwhile
+        resume(backend); // (before the fix it was ended already: it ends once it runs)
         reply = await pending;
       } finally {
-        if (backend !== 0) process.kill(backend, "SIGCONT");
+        resume(backend);
+        await settings(false);
+      }
+      // Before: the lookup ended it; the end, pending when the wait began, cancelled the wait
+      // ("committed locally, but might not have been replicated"): STORED, lost on failover.
+      expect(reply).toMatch(/^SERVER_ERROR Postgres: no answer within 5000 ms; transaction \d+ is still in progress \(it could not be ended, or it waits for a synchronous standby\): its outcome is unknown\r\n$/);
+      c.close();
+      await server.kill("SIGTERM");
+    }, 40_000);
+
+    test("a backend that cannot be ended (stopped): the lookup answers 'could not be ended' within the timeout, not 'could not be asked'", async () => {
+      const { schema, server, c } = await nodeWithOne();
+      expect(await c.call(set("q", "m2") + set("q", "m3"))).toBe("STORED\r\nSTORED\r\n");
+      await standbyNeverAnswers(true);
+      let backend = 0;
+      let reply = "";
+      try {
+        // A get whose COMMIT ran before the reload reached its backend (the reload is signalled to
+        // every backend, this one's last on a loaded machine) commits with no wait: the next get waits.
+        for (let tries = 0; backend === 0 && tries < 3; tries++) {
+          let answered = false;
+          const pending = c.call("get q\r\n", 20_000).finally(() => (answered = true));
+          // This node's backend (it holds locks in its schema), not another node's heartbeat.
+          while (backend === 0 && !answered) {
+            const found = await sql.unsafe(
+              `SELECT a.pid FROM pg_stat_activity a WHERE a.wait_event = 'SyncRep' AND EXISTS (SELECT 1 FROM pg_locks l
+                 JOIN pg_class k ON k.oid = l.relation JOIN pg_namespace n ON n.oid = k.relnamespace WHERE l.pid = a.pid AND n.nspname = $1)`,
+              [schema],
+            );
+            if (found.length > 0) backend = Number(found[0].pid);
+          }
+          // A backend that does not go when told to (stopped here; stuck in I/O elsewhere): the
+          // lookup's terminate waits half the timeout for it, then pg_xact_status says "in progress".
+          if (backend !== 0) process.kill(backend, "SIGSTOP");
+          reply = await pending;
+          if (backend === 0) expect(reply).toMatch(/^VALUE q 0 2\r\nm\d\r\nEND\r\n$/);
+        }
+      } finally {
+        resume(backend);
         await standbyNeverAnswers(false);
       }
       // Before: the terminate waited the whole timeout, and the lookup's own timeout fired first.
