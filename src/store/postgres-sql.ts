@@ -249,7 +249,16 @@ export function statements(schema: string) {
          SELECT queue, (-items)::int AS n, (-bytes)::float8 AS bytes, (-open)::int AS open, (-delayed)::int AS delayed FROM r`,
         [queues ?? [""], node],
       ).execute();
-      return (await Promise.all([locked, flushed]))[1] as (Removed & { delayed: number })[];
+      // The lock above made this node's row where it had none: if a drop on another node deleted the
+      // queue meanwhile (its rows, which the lock waited for), that row alone would bring the queue
+      // back (review 11a F2), and a flush_all would leave one per queue. A row of zeros adds nothing
+      // to the sums: it goes (a queue that exists has a row that counted its sets somewhere).
+      const pruned = sql.unsafe(
+        `DELETE FROM ${C} c WHERE c.node = $1 ${queues === null ? "" : "AND c.queue = ANY($2::text[])"}
+           AND NOT EXISTS (SELECT 1 FROM jsonb_each(to_jsonb(c) - 'queue' - 'node') e WHERE e.value <> '0'::jsonb)`,
+        queues === null ? [node] : [node, queues],
+      ).execute();
+      return (await Promise.all([locked, flushed, pruned]))[1] as (Removed & { delayed: number })[];
     },
     /**
      * Deletes queues: their messages, delayed messages and every node's counter rows. Two

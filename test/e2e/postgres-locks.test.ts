@@ -71,6 +71,39 @@ if (havePostgres("delete and flush lock order on Postgres")) {
       });
     }
 
+    for (const flush of ["flush q", "flush_all"]) {
+      test(`delete q on one node, then ${flush} on another while the delete holds q's counter rows: the queue stays deleted (review 11a F2)`, async () => {
+        const { schema, nodes, a, d, sql } = await twoNodes();
+        const holder = new SQL(PG_URL!, { max: 1 });
+        const key = 815_1011;
+        expect(await a.call(set("q", "x").repeat(5) + set("other", "y"))).toBe("STORED\r\n".repeat(6));
+        // d's delete stops at its first message, holding q's counter rows, until a's flush waits for one.
+        await sql.unsafe(`CREATE FUNCTION ${schema}.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+          PERFORM pg_advisory_xact_lock_shared(${key}); RETURN OLD; END $$`);
+        await sql.unsafe(`CREATE TRIGGER hold BEFORE DELETE ON ${schema}.mcq_messages FOR EACH ROW EXECUTE FUNCTION ${schema}.hold()`);
+        const waiting = async (what: string) =>
+          Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ${what} AND query LIKE '%${schema}.%'`))[0].n);
+        await holder.unsafe(`SELECT pg_advisory_lock(${key})`);
+        const deleted = d.call("delete q\r\n");
+        while ((await waiting("wait_event = 'advisory'")) === 0);
+        const flushed = a.call(`${flush}\r\n`);
+        while ((await waiting("true")) < 2);
+        await holder.unsafe(`SELECT pg_advisory_unlock(${key})`);
+        expect([await deleted, await flushed]).toEqual(["DELETED\r\n", "OK\r\n"]);
+        // Before: the flush's lock made a's counter row of q again once the delete had committed: q was back.
+        expect(await rowsOf(sql, schema, "q")).toEqual({ messages: 0, counterRows: 0, items: 0 });
+        for (const c of [a, d]) expect(await c.call("stats queue q\r\n")).toBe("END\r\n");
+        expect(await d.call("delete q\r\n")).toBe("NOT_FOUND\r\n");
+        expect(await rowsOf(sql, schema, "other")).toEqual({ messages: flush === "flush q" ? 1 : 0, counterRows: 1, items: flush === "flush q" ? 1 : 0 });
+        // A flush_all on d adds a row of d's only where it deleted something (counted in its row), not
+        // in every queue (review 11a F4: it made one per queue).
+        expect(await d.call("flush_all\r\n")).toBe("OK\r\n");
+        expect(await rowsOf(sql, schema, "other")).toEqual({ messages: 0, counterRows: flush === "flush q" ? 2 : 1, items: 0 });
+        await Promise.all([sql.close(), holder.close()]);
+        await Promise.all(nodes.map((n) => n.kill()));
+      });
+    }
+
     test("delete answers from what its statement found, not from the node's view: DELETED for what a load or another node made just now", async () => {
       const { schema, nodes, a, d, sql } = await twoNodes();
       expect(await a.call(set("p", "x"))).toBe("STORED\r\n");
