@@ -40,6 +40,10 @@ async function atCommit(sql: SQL, schema: string, body: string): Promise<void> {
 async function standbyNeverAnswers(sql: SQL, on: boolean): Promise<void> {
   await sql.unsafe(on ? "ALTER SYSTEM SET synchronous_standby_names = 'mcq_no_such_standby'" : "ALTER SYSTEM RESET synchronous_standby_names");
   await sql.unsafe("SELECT pg_reload_conf()");
+  // The postmaster reads the file after pg_reload_conf() returns, then signals every backend: once
+  // this one has it, mcq's has been signalled too, and applies it before its next statement.
+  const want = on ? "mcq_no_such_standby" : "";
+  while ((await sql.unsafe("SHOW synchronous_standby_names"))[0].synchronous_standby_names !== want);
 }
 
 /**
