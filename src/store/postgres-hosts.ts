@@ -107,9 +107,17 @@ export interface Candidate {
 export interface Walk {
   seen: { system: string; timeline: number } | null;
   error(line: string): void;
+  /**
+   * Called when a connection the walk made closes (the server ended it, or it was closed). Bun.SQL
+   * would connect it again by itself on its next query, to the same host and with no walk: an idle
+   * node would go back to an old primary that restarted unfenced (review 10a M3). postgres.ts
+   * replaces the connection instead.
+   */
+  closed(sql: SQL): void;
 }
 
-export const newWalk = (error: (line: string) => void = (line) => console.error(`mcq: ${line}`)): Walk => ({ seen: null, error });
+export const newWalk = (error: (line: string) => void = (line) => console.error(`mcq: ${line}`), closed: (sql: SQL) => void = () => {}): Walk =>
+  ({ seen: null, error, closed });
 
 /**
  * Which writable host to use. Normally there is one. Two are a split brain: an old primary came
@@ -161,9 +169,9 @@ type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
  * it (a partition without a reset, a frozen server) would keep the walk, and the node's reconnect
  * with it, pending until TCP gives up (review 8 R3).
  */
-async function probe(host: string, boundMs: number): Promise<Probed> {
+async function probe(host: string, boundMs: number, closed: (sql: SQL) => void = () => {}): Promise<Probed> {
   const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
-  const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {} });
+  const sql: SQL = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => closed(sql) });
   const ask = <T>(work: Promise<T>) => within(work, boundMs, () => new StoreError(`no answer within ${boundMs} ms`));
   try {
     const [row] = await ask(sql.unsafe(PROBE).execute());
@@ -184,7 +192,7 @@ async function probe(host: string, boundMs: number): Promise<Probed> {
  * store's batch timeout; the tools bound their whole connect themselves).
  */
 export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boundMs = PROBE_BOUND_MS): Promise<{ sql: SQL; host: string; url: string }> {
-  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs)));
+  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs, walk.closed)));
   const writable = probed.filter((p) => "c" in p);
   const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
   if (split !== null) walk.error(split);

@@ -88,7 +88,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const channel = `mcq_${url.schema}`;
   // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
   const identity = identityReader(st, options.log);
-  const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
+  // The newest timeline written to (postgres-hosts.ts). A connection that closed is replaced: the
+  // next use walks again (review 10a M3), and a closed one is never made the connection.
+  const dead = new WeakSet<SQL>();
+  let opened = false;
+  const walk = newWalk((line) => options.log("error", line), (c) => {
+    dead.add(c);
+    if (opened) replaceConnection(c);
+  });
   let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
   await migrate(sql, url.schema);
@@ -120,6 +127,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     // Its identity not to be read now: not connected (the batch fails; the next one connects again).
     const late = () => new StoreError(`Postgres: ${found.host}: no answer within ${options.timeoutMs} ms`);
     server = await within(identity(found.sql), options.timeoutMs, late)
+      .then((s) => (dead.has(found.sql) ? Promise.reject(new StoreError(`Postgres: ${found.host}: the connection closed as it was made`)) : s))
       .catch((e) => found.sql.close({ timeout: 0 }).catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     witness.connected();
@@ -383,6 +391,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       await c?.close({ timeout: 1 }).catch(() => {});
     },
   };
+  opened = true;
+  if (dead.has(sql)) replaceConnection(sql); // closed while opening: walk again
   listener.start();
   features.recheck(); // delayed messages already waiting: the timer for the first due
   return store;
