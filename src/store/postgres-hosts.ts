@@ -130,17 +130,25 @@ export const newWalk = (error: (line: string) => void = (line) => console.error(
  */
 export function choosePrimary(found: Candidate[], seen: Walk["seen"]): { pick: number | null; refused: string[]; split: string | null } {
   const refused: string[] = [];
-  const system = seen?.system ?? found[0]?.system;
+  // "" is a system not known (systemOf): compared only when both are known, so that a GRANT or
+  // REVOKE of pg_control_system() does not turn the node's own server into another (review 10a M2).
+  const system = seen?.system || found.find((c) => c.system !== "")?.system || "";
+  const same = (c: Candidate) => c.system === "" || system === "" || c.system === system;
   const fit: number[] = [];
+  // Refused for as long as the process runs: a restart is what accepts it (README, Scaling out).
   found.forEach((c, i) => {
-    if (c.system !== system) refused.push(`${c.label}: another cluster (system identifier ${c.system}, not ${system})`);
-    else if (seen !== null && c.timeline < seen.timeline) refused.push(`${c.label}: timeline ${c.timeline}, older than timeline ${seen.timeline} this node wrote to`);
-    else fit.push(i);
+    if (!same(c)) {
+      refused.push(`${c.label}: another cluster (system identifier ${c.system}, not ${system}` +
+        (seen?.system ? " this node wrote to): if it replaced that one, restart mcq to accept it" : ")"));
+    }
+    else if (seen !== null && c.timeline < seen.timeline) {
+      refused.push(`${c.label}: timeline ${c.timeline}, older than timeline ${seen.timeline} this node wrote to: if it is to be used all the same (rewound, or the newer one lost), restart mcq to accept it`);
+    } else fit.push(i);
   });
   let pick: number | null = null;
   for (const i of fit) if (pick === null || found[i]!.timeline > found[pick]!.timeline) pick = i;
   // The chosen one first; the same server under two names (same system, timeline and start) is one.
-  const servers = (pick === null ? [] : [pick]).concat(fit, found.flatMap((c, i) => (c.system === system && !fit.includes(i) ? [i] : [])))
+  const servers = (pick === null ? [] : [pick]).concat(fit, found.flatMap((c, i) => (same(c) && !fit.includes(i) ? [i] : [])))
     .filter((i, k, all) => all.findIndex((j) => found[j]!.timeline === found[i]!.timeline && found[j]!.started === found[i]!.started) === k);
   if (servers.length < 2) return { pick, refused, split: null };
   const named = servers.map((i) => `${found[i]!.label} (timeline ${found[i]!.timeline})`);
@@ -202,7 +210,9 @@ export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boun
     throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
   }
   const { sql, url: hostUrl, c } = writable[pick]!;
-  if (walk.seen === null || c.timeline > walk.seen.timeline) walk.seen = { system: c.system, timeline: c.timeline };
+  const seen = walk.seen;
+  if (seen === null || c.timeline > seen.timeline) walk.seen = { system: c.system || (seen?.system ?? ""), timeline: c.timeline };
+  else if (seen.system === "") seen.system = c.system; // now readable
   return { sql, host: c.label, url: hostUrl };
 }
 
