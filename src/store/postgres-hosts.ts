@@ -216,6 +216,19 @@ export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boun
   return { sql, host: c.label, url: hostUrl };
 }
 
+/**
+ * The writable hosts of the list now, each asked on a connection of its own, closed at once: what
+ * a node that keeps its connection checks now and then (postgres-watch.ts). Bounded as a walk is.
+ */
+export async function survey(url: StoreUrl, boundMs = PROBE_BOUND_MS): Promise<Candidate[]> {
+  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs)));
+  return probed.flatMap((p) => {
+    if (!("c" in p)) return [];
+    void p.sql.close({ timeout: 0 }).catch(() => {});
+    return [p.c];
+  });
+}
+
 // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is
 // made, as if the server had changed since (a failover, a restart) when the side connection asks.
 const identity = async (st: Statements, on: SQL) => process.env.MCQ_TEST_PG_IDENTITY || (await st.identity(on));

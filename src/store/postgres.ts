@@ -40,6 +40,7 @@ import { storeHere } from "./postgres-unknown-file";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { createEmptying } from "./postgres-empty";
+import { createHostWatch } from "./postgres-watch";
 import { StoreError, type QueueStore } from "./store";
 import { within } from "../within";
 
@@ -212,6 +213,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const emptying = createEmptying({ view, held, tx, op, change, hold });
 
+  // A promotion beside a running old primary (review 10a M4): the batches in flight end on the old
+  // connection, which closes once they have settled; new ones walk to the newest timeline.
+  const watch = createHostWatch({
+    url, walk, periodMs: (options.leaseS * 1000) / 3, boundMs: options.timeoutMs, host: () => host, connection: () => client, log: options.log,
+    moveOn: () => !closed && client !== null && replaceConnection(client, batches.settled()),
+  });
+
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
   /**
@@ -303,6 +311,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (closed) return;
       const now = Date.now();
       reindexer.tick(now); // on a connection of its own: not held back by a batch
+      watch.tick(now); // the same
       if (batches.dirty()) return;
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;

@@ -60,6 +60,31 @@ if (havePostgres("e2e postgres walk")) {
     }, 90_000);
   });
 
+  describe("a node whose connection works", () => {
+    test("a standby promoted while the old primary keeps running, unfenced: the node says so and moves to the promoted one (review 10a M4)", async () => {
+      const a = await newPrimary(at, "keep-a");
+      const b = await newStandby(at, a, "keep-b");
+      // --node-timeout 3: a heartbeat period, and so the hosts asked again, every second.
+      const node = await startServer(["--store", storeUrl([a, b], "keep"), "--node-timeout", "3"], join(tempDir(), "data"));
+      const c = await node.connect();
+      expect(await c.call(set("q", "m1"))).toBe("STORED\r\n");
+      await until("m1 on the standby", async () => (await b.psql("SELECT count(*) FROM keep.mcq_messages")) === "1");
+      await asPostgres("pg_ctl", "-D", b.data, "-w", "promote"); // A still takes writes
+      const moving = `ERROR Postgres: ${b.host} takes writes on timeline 2, newer than timeline 1 of ${a.host}, which this node writes to: ` +
+        "a standby was promoted while the old primary still takes writes; moving to the newest timeline\n";
+      await until("the watch's ERROR and the walk", async () => node.stderr().includes(moving) && node.stderr().includes("now using"));
+      expect(node.stderr()).toContain(splitBrain(b, a));
+      expect(node.stderr()).toContain(`WARN Postgres: now using ${b.host} (was ${a.host})\n`);
+      expect(await c.call(set("q", "m2") + set("q", "m3"))).toBe("STORED\r\n".repeat(2));
+      expect(await bodies(b, "keep")).toBe("m1,m2,m3");
+      expect(await bodies(a, "keep")).toBe("m1");
+      await Bun.sleep(2500); // two more periods of asking (nothing to await): nothing newer now, nothing said
+      expect(node.stderr().split(moving).length).toBe(2);
+      expect(await c.call("get q\r\nget q\r\nget q\r\nget q\r\n")).toBe(value("q", "m1") + "END\r\n" + value("q", "m2") + "END\r\n" + value("q", "m3") + "END\r\nEND\r\n");
+      expect(await node.kill("SIGTERM")).toBe(0);
+    }, 90_000);
+  });
+
   describe("the server's system identifier", () => {
     test("a GRANT, then a REVOKE, of pg_control_system(): the node's only server stays its own (review 10a M2)", async () => {
       const pg = await newPrimary(at, "grant");
