@@ -53,7 +53,5 @@ export function createHostWatch(d: HostWatchDeps) {
       last = now;
       running = check().catch(() => {}).finally(() => (running = null)); // a failed host is the walk's business
     },
-    /** The check under way, if any (tests, close). */
-    pending: () => running,
   };
 }
