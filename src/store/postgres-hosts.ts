@@ -108,9 +108,17 @@ export interface Candidate {
 export interface Walk {
   seen: { system: string; timeline: number } | null;
   error(line: string): void;
+  /**
+   * Called when a connection the walk made closes (the server ended it, or it was closed). Bun.SQL
+   * would connect it again by itself on its next query, to the same host and with no walk: an idle
+   * node would go back to an old primary that restarted unfenced (review 10a M3). postgres.ts
+   * replaces the connection instead.
+   */
+  closed(sql: SQL): void;
 }
 
-export const newWalk = (error: (line: string) => void = (line) => console.error(`mcq: ${line}`)): Walk => ({ seen: null, error });
+export const newWalk = (error: (line: string) => void = (line) => console.error(`mcq: ${line}`), closed: (sql: SQL) => void = () => {}): Walk =>
+  ({ seen: null, error, closed });
 
 /**
  * Which writable host to use. Normally there is one. Two are a split brain: an old primary came
@@ -123,17 +131,25 @@ export const newWalk = (error: (line: string) => void = (line) => console.error(
  */
 export function choosePrimary(found: Candidate[], seen: Walk["seen"]): { pick: number | null; refused: string[]; split: string | null } {
   const refused: string[] = [];
-  const system = seen?.system ?? found[0]?.system;
+  // "" is a system not known (systemOf): compared only when both are known, so that a GRANT or
+  // REVOKE of pg_control_system() does not turn the node's own server into another (review 10a M2).
+  const system = seen?.system || found.find((c) => c.system !== "")?.system || "";
+  const same = (c: Candidate) => c.system === "" || system === "" || c.system === system;
   const fit: number[] = [];
+  // Refused for as long as the process runs: a restart is what accepts it (README, Scaling out).
   found.forEach((c, i) => {
-    if (c.system !== system) refused.push(`${c.label}: another cluster (system identifier ${c.system}, not ${system})`);
-    else if (seen !== null && c.timeline < seen.timeline) refused.push(`${c.label}: timeline ${c.timeline}, older than timeline ${seen.timeline} this node wrote to`);
-    else fit.push(i);
+    if (!same(c)) {
+      refused.push(`${c.label}: another cluster (system identifier ${c.system}, not ${system}` +
+        (seen?.system ? " this node wrote to): if it replaced that one, restart mcq to accept it" : ")"));
+    }
+    else if (seen !== null && c.timeline < seen.timeline) {
+      refused.push(`${c.label}: timeline ${c.timeline}, older than timeline ${seen.timeline} this node wrote to: if it is to be used all the same (rewound, or the newer one lost), restart mcq to accept it`);
+    } else fit.push(i);
   });
   let pick: number | null = null;
   for (const i of fit) if (pick === null || found[i]!.timeline > found[pick]!.timeline) pick = i;
   // The chosen one first; the same server under two names (same system, timeline and start) is one.
-  const servers = (pick === null ? [] : [pick]).concat(fit, found.flatMap((c, i) => (c.system === system && !fit.includes(i) ? [i] : [])))
+  const servers = (pick === null ? [] : [pick]).concat(fit, found.flatMap((c, i) => (same(c) && !fit.includes(i) ? [i] : [])))
     .filter((i, k, all) => all.findIndex((j) => found[j]!.timeline === found[i]!.timeline && found[j]!.started === found[i]!.started) === k);
   if (servers.length < 2) return { pick, refused, split: null };
   const named = servers.map((i) => `${found[i]!.label} (timeline ${found[i]!.timeline})`);
@@ -170,10 +186,16 @@ type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
  * it (a partition without a reset, a frozen server) would keep the walk, and the node's reconnect
  * with it, pending until TCP gives up (review 8 R3).
  */
-async function probe(host: string, boundMs: number): Promise<Probed> {
+async function probe(host: string, boundMs: number, closed: (sql: SQL) => void = () => {}): Promise<Probed> {
   const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
   const name = `mcq ${randomBytes(6).toString("hex")}`;
-  const sql = new SQL(host, { max: 1, connectionTimeout: CONNECT_TIMEOUT_S, idleTimeout: 0, onclose: () => {}, connection: { application_name: name } });
+  const sql: SQL = new SQL(host, {
+    max: 1,
+    connectionTimeout: CONNECT_TIMEOUT_S,
+    idleTimeout: 0,
+    onclose: () => closed(sql),
+    connection: { application_name: name },
+  });
   names.set(sql, name);
   const ask = <T>(work: Promise<T>) => within(work, boundMs, () => new StoreError(`no answer within ${boundMs} ms`));
   try {
@@ -195,7 +217,7 @@ async function probe(host: string, boundMs: number): Promise<Probed> {
  * store's batch timeout; the tools bound their whole connect themselves).
  */
 export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boundMs = PROBE_BOUND_MS): Promise<{ sql: SQL; host: string; url: string }> {
-  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs)));
+  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs, walk.closed)));
   const writable = probed.filter((p) => "c" in p);
   const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
   if (split !== null) walk.error(split);
@@ -205,8 +227,23 @@ export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boun
     throw new StoreError(`Postgres: no writable host (${reasons.join("; ")})`);
   }
   const { sql, url: hostUrl, c } = writable[pick]!;
-  if (walk.seen === null || c.timeline > walk.seen.timeline) walk.seen = { system: c.system, timeline: c.timeline };
+  const seen = walk.seen;
+  if (seen === null || c.timeline > seen.timeline) walk.seen = { system: c.system || (seen?.system ?? ""), timeline: c.timeline };
+  else if (seen.system === "") seen.system = c.system; // now readable
   return { sql, host: c.label, url: hostUrl };
+}
+
+/**
+ * The writable hosts of the list now, each asked on a connection of its own, closed at once: what
+ * a node that keeps its connection checks now and then (postgres-watch.ts). Bounded as a walk is.
+ */
+export async function survey(url: StoreUrl, boundMs = PROBE_BOUND_MS): Promise<Candidate[]> {
+  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs)));
+  return probed.flatMap((p) => {
+    if (!("c" in p)) return [];
+    void p.sql.close({ timeout: 0 }).catch(() => {});
+    return [p.c];
+  });
 }
 
 // A test seam (test/e2e/postgres-commit.test.ts): the identity recorded when a connection is

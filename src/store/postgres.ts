@@ -40,6 +40,7 @@ import { storeHere } from "./postgres-unknown-file";
 import { createFeatures, type DeadLetterPolicy } from "./postgres-features";
 import { createReindexer } from "./postgres-reindex";
 import { createEmptying } from "./postgres-empty";
+import { createHostWatch } from "./postgres-watch";
 import { StoreError, type QueueStore } from "./store";
 import { within } from "../within";
 
@@ -88,7 +89,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const channel = `mcq_${url.schema}`;
   // A server that never lets its identity be read is said once (at open); a passing failure fails the connection.
   const identity = identityReader(st, options.log);
-  const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
+  // The newest timeline written to (postgres-hosts.ts). A connection that closed is replaced: the
+  // next use walks again (review 10a M3), and a closed one is never made the connection.
+  const dead = new WeakSet<SQL>();
+  let opened = false;
+  const walk = newWalk((line) => options.log("error", line), (c) => {
+    dead.add(c);
+    if (opened) replaceConnection(c);
+  });
   let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
   await migrate(sql, url.schema, options.timeoutMs);
@@ -120,6 +128,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     // Its identity not to be read now: not connected (the batch fails; the next one connects again).
     const late = () => new StoreError(`Postgres: ${found.host}: no answer within ${options.timeoutMs} ms`);
     server = await within(identity(found.sql), options.timeoutMs, late)
+      .then((s) => (dead.has(found.sql) ? Promise.reject(new StoreError(`Postgres: ${found.host}: the connection closed as it was made`)) : s))
       .catch((e) => found.sql.close({ timeout: 0 }).catch(() => {}).then(() => Promise.reject(e)));
     client = found.sql;
     witness.connected();
@@ -203,6 +212,13 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
 
   const emptying = createEmptying({ view, held, tx, op, change, hold });
+
+  // A promotion beside a running old primary (review 10a M4): the batches in flight end on the old
+  // connection, which closes once they have settled; new ones walk to the newest timeline.
+  const watch = createHostWatch({
+    url, walk, periodMs: (options.leaseS * 1000) / 3, boundMs: options.timeoutMs, host: () => host, connection: () => client, log: options.log,
+    moveOn: () => !closed && client !== null && replaceConnection(client, batches.settled()),
+  });
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
@@ -293,6 +309,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       if (closed) return;
       const now = Date.now();
       reindexer.tick(now); // on a connection of its own: not held back by a batch
+      watch.tick(now); // the same
       if (batches.dirty()) return;
       if (now - lastBeat >= (options.leaseS * 1000) / 3) {
         lastBeat = now;
@@ -381,6 +398,8 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       await c?.close({ timeout: 1 }).catch(() => {});
     },
   };
+  opened = true;
+  if (dead.has(sql)) replaceConnection(sql); // closed while opening: walk again
   listener.start();
   features.recheck(); // delayed messages already waiting: the timer for the first due
   return store;

@@ -20,8 +20,19 @@ describe("choosePrimary", () => {
 
   test("a timeline older than one this node wrote to is refused, even alone", () => {
     expect(choosePrimary([host("a:1", 1)], { system: "7001", timeline: 2 })).toEqual({
-      pick: null, refused: ["a:1: timeline 1, older than timeline 2 this node wrote to"], split: null,
+      pick: null, refused: ["a:1: timeline 1, older than timeline 2 this node wrote to: if it is to be used all the same (rewound, or the newer one lost), restart mcq to accept it"], split: null,
     });
+  });
+
+  test("a system identifier not known (\"\": pg_control_system() not readable) is no other cluster, on either side (review 10a M2)", () => {
+    expect(choosePrimary([host("a:1", 1, "")], { system: "7001", timeline: 1 })).toEqual({ pick: 0, refused: [], split: null });
+    expect(choosePrimary([host("a:1", 1)], { system: "", timeline: 1 })).toEqual({ pick: 0, refused: [], split: null });
+    expect(choosePrimary([host("a:1", 1, ""), host("b:2", 2)], null).pick).toBe(1);
+    // Still refused: a known one of another system, and an older timeline.
+    expect(choosePrimary([host("x:9", 1, "9999"), host("a:1", 1, "")], { system: "7001", timeline: 1 })).toEqual({
+      pick: 1, refused: ["x:9: another cluster (system identifier 9999, not 7001 this node wrote to): if it replaced that one, restart mcq to accept it"], split: null,
+    });
+    expect(choosePrimary([host("a:1", 1, "")], { system: "", timeline: 2 }).pick).toBe(null);
   });
 
   test("the same server under two names is one server: no split brain", () => {
