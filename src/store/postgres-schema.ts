@@ -110,6 +110,10 @@ const LOCK_TRIES = 3;
  * after LOCK_TRIES the start fails, saying why.
  */
 export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): Promise<void> {
+  // mcq writes the schema's name into its statements unquoted: a keyword Postgres reserves
+  // (`grant`, `user`, `order`) would fail every one of them with a syntax error.
+  const [reserved] = await sql.unsafe(`SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T')`, [schema]);
+  if (reserved !== undefined) throw new StoreError(`the schema name ${schema} is a keyword Postgres reserves: choose another (?schema=<name>)`);
   await sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${schema}`).catch((e: Error) => {
     // Two nodes creating it at once: one of them loses the race, and the schema exists.
     if (!/already exists|duplicate key/.test(e.message)) throw e;

@@ -14,6 +14,17 @@ if (havePostgres("postgres migrations")) {
   afterAll(() => dropSchemas(schemas));
 
   describe("postgres migrations", () => {
+    test("a schema named by a keyword Postgres reserves is refused, saying why, before anything is made (it failed later with a syntax error)", async () => {
+      const sql = new SQL(PG_URL!, { max: 1 });
+      for (const name of ["grant", "user", "order"]) {
+        expect(await migrate(sql, name).then(() => "made", (e: Error) => e.message)).toBe(
+          `the schema name ${name} is a keyword Postgres reserves: choose another (?schema=<name>)`,
+        );
+        expect((await sql.unsafe("SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = $1", [name]))[0].n).toBe(0);
+      }
+      await sql.close();
+    });
+
     test("a 1 -> 2 migration behind a lock holder on mcq_messages gives up after its tries, changing nothing; then migrates once the lock is gone", async () => {
       const schema = freshSchema("mig");
       schemas.push(schema);
