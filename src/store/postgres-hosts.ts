@@ -177,6 +177,12 @@ const systemOf = (sql: SQL): Promise<string> =>
 const names = new WeakMap<SQL, string>();
 export const nameOf = (sql: SQL | null): string | null => (sql === null ? null : names.get(sql) ?? null);
 
+/** A host URL as the log shows it: host and port, no user or password. */
+const labelOf = (host: string) => host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
+
+/** Once a writable host has answered, how long the walk waits for the others (ms). */
+const GRACE_MS = 1000;
+
 type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
 
 /**
@@ -187,7 +193,7 @@ type Probed = { sql: SQL; url: string; c: Candidate } | { reason: string };
  * with it, pending until TCP gives up (review 8 R3).
  */
 async function probe(host: string, boundMs: number, closed: (sql: SQL) => void = () => {}): Promise<Probed> {
-  const label = host.replace(/\/\/[^@/]*@/, "//").replace(/^postgres(ql)?:\/\//, "").replace(/[/?].*$/, "");
+  const label = labelOf(host);
   const name = `mcq ${randomBytes(6).toString("hex")}`;
   const sql: SQL = new SQL(host, {
     max: 1,
@@ -212,12 +218,12 @@ async function probe(host: string, boundMs: number, closed: (sql: SQL) => void =
 /**
  * Connects to the writable host of the list (choosePrimary); throws StoreError naming what each
  * host said. Every host is asked, at once: a split brain is seen only by asking them all; the
- * walk takes as long as the slowest host (a connect timeout at worst). The returned client has
+ * walk waits for the slowest host, or a second more once one that takes writes has answered (gather). The returned client has
  * one connection, used for everything but LISTEN (store.ts says why). `boundMs`: see probe (the
  * store's batch timeout; the tools bound their whole connect themselves).
  */
 export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boundMs = PROBE_BOUND_MS): Promise<{ sql: SQL; host: string; url: string }> {
-  const probed = await Promise.all(url.hosts.map((h) => probe(h, boundMs, walk.closed)));
+  const probed = await gather(url.hosts, (h) => probe(h, boundMs, walk.closed), Math.min(GRACE_MS, boundMs));
   const writable = probed.filter((p) => "c" in p);
   const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
   if (split !== null) walk.error(split);
@@ -231,6 +237,35 @@ export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boun
   if (seen === null || c.timeline > seen.timeline) walk.seen = { system: c.system || (seen?.system ?? ""), timeline: c.timeline };
   else if (seen.system === "") seen.system = c.system; // now readable
   return { sql, host: c.label, url: hostUrl };
+}
+
+/**
+ * Every host's answer, or, once one host that takes writes has answered, those that came within
+ * `graceMs` after it: a host that answers the startup and then nothing (review 11a F3) would
+ * otherwise cost every walk the whole bound. A split brain with a host that answers late is seen
+ * by the next check of the hosts (postgres-watch.ts). One that comes later is closed.
+ */
+async function gather(hosts: string[], ask: (host: string) => Promise<Probed>, graceMs: number): Promise<Probed[]> {
+  const got: (Probed | undefined)[] = hosts.map(() => undefined);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let graceOver!: () => void;
+  const grace = new Promise<void>((ok) => (graceOver = ok));
+  const asked = hosts.map((h, i) =>
+    ask(h).then((p) => {
+      got[i] = p;
+      if ("c" in p && timer === undefined) timer = setTimeout(graceOver, graceMs);
+      return p;
+    }),
+  );
+  await Promise.race([Promise.all(asked), grace]);
+  clearTimeout(timer);
+  return got.map((p, i) => {
+    if (p !== undefined) return p;
+    void asked[i]!.then((late) => {
+      if ("c" in late) void late.sql.close({ timeout: 0 }).catch(() => {});
+    });
+    return { reason: `${labelOf(hosts[i]!)}: no answer within ${graceMs} ms of another host's` };
+  });
 }
 
 /**

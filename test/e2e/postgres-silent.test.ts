@@ -129,5 +129,22 @@ if (havePostgres("a silent Postgres")) {
       await node.kill();
       relay.stop();
     }, 60_000);
+
+    test("a silent host beside the primary in the host list: the walk does not wait for it past a second once the primary answered (review 11a F3)", async () => {
+      const schema = freshSchema("silent");
+      schemas.push(schema);
+      const relay = silentRelay();
+      relay.mute(); // every connection to it answers the startup, then nothing
+      const silent = new URL(relay.url(schema)).host;
+      const url = relay.url(schema).replace(`@${silent}/`, `@${new URL(PG_URL!).host},${silent}/`);
+      const t0 = performance.now();
+      const node = await startServer(["--store", url], join(tempDir(), "a"));
+      // Before: every walk, the one at start too, waited the whole bound for the silent host's answer.
+      expect(performance.now() - t0).toBeLessThan(BOUND_MS);
+      const c = await node.connect();
+      expect(await c.call(set("q", "one") + "get q\r\n")).toBe("STORED\r\nVALUE q 0 3\r\none\r\nEND\r\n");
+      await node.kill();
+      relay.stop();
+    }, 30_000);
   });
 }
