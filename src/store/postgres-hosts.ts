@@ -223,7 +223,8 @@ async function probe(host: string, boundMs: number, closed: (sql: SQL) => void =
  * store's batch timeout; the tools bound their whole connect themselves).
  */
 export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boundMs = PROBE_BOUND_MS): Promise<{ sql: SQL; host: string; url: string }> {
-  const probed = await gather(url.hosts, (h) => probe(h, boundMs, walk.closed), Math.min(GRACE_MS, boundMs));
+  const fits = (c: Candidate) => choosePrimary([c], walk.seen).pick !== null;
+  const probed = await gather(url.hosts, (h) => probe(h, boundMs, walk.closed), Math.min(GRACE_MS, boundMs), fits);
   const writable = probed.filter((p) => "c" in p);
   const { pick, refused, split } = choosePrimary(writable.map((p) => p.c), walk.seen);
   if (split !== null) walk.error(split);
@@ -240,12 +241,13 @@ export async function connectPrimary(url: StoreUrl, walk: Walk = newWalk(), boun
 }
 
 /**
- * Every host's answer, or, once one host that takes writes has answered, those that came within
+ * Every host's answer, or, once a host the walk would take has answered (`fits`: writable, of the
+ * cluster and not on an older timeline than the node wrote to: review 11b F2), those that came within
  * `graceMs` after it: a host that answers the startup and then nothing (review 11a F3) would
  * otherwise cost every walk the whole bound. A split brain with a host that answers late is seen
  * by the next check of the hosts (postgres-watch.ts). One that comes later is closed.
  */
-async function gather(hosts: string[], ask: (host: string) => Promise<Probed>, graceMs: number): Promise<Probed[]> {
+export async function gather(hosts: string[], ask: (host: string) => Promise<Probed>, graceMs: number, fits: (c: Candidate) => boolean): Promise<Probed[]> {
   const got: (Probed | undefined)[] = hosts.map(() => undefined);
   let timer: ReturnType<typeof setTimeout> | undefined;
   let graceOver!: () => void;
@@ -253,7 +255,7 @@ async function gather(hosts: string[], ask: (host: string) => Promise<Probed>, g
   const asked = hosts.map((h, i) =>
     ask(h).then((p) => {
       got[i] = p;
-      if ("c" in p && timer === undefined) timer = setTimeout(graceOver, graceMs);
+      if ("c" in p && fits(p.c) && timer === undefined) timer = setTimeout(graceOver, graceMs);
       return p;
     }),
   );

@@ -41,6 +41,8 @@ export function createHostWatch(d: HostWatchDeps) {
     const newer = found[pick]!;
     d.log("error", `Postgres: ${newer.label} takes writes on timeline ${newer.timeline}, newer than timeline ${seen.timeline} of ${d.host()}, ` +
       `which this node writes to: a standby was promoted while the old primary still takes writes; moving to the newest timeline`);
+    // The walk that follows must not take the old primary again, answering first (review 11b F1).
+    d.walk.seen = { system: newer.system || seen.system, timeline: newer.timeline };
     left = on;
     d.moveOn();
   }

@@ -399,8 +399,10 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
     },
   };
   opened = true;
-  if (dead.has(sql)) replaceConnection(sql); // closed while opening: walk again
-  listener.start();
+  // Closed while opening: walk again; LISTEN starts with the next connection, not on a host that
+  // may be down (review 11b F4: a LISTEN retrying against a down server blocks new connections).
+  if (dead.has(sql)) replaceConnection(sql);
+  else listener.start();
   features.recheck(); // delayed messages already waiting: the timer for the first due
   return store;
 }

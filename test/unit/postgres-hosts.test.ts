@@ -1,6 +1,6 @@
 /** choosePrimary: which writable host a node uses when the walk finds more than one (a split brain). */
 import { describe, expect, test } from "bun:test";
-import { choosePrimary, parseStoreUrl, type Candidate } from "../../src/store/postgres-hosts";
+import { choosePrimary, gather, parseStoreUrl, type Candidate } from "../../src/store/postgres-hosts";
 
 const host = (label: string, timeline: number, system = "7001", started = `s-${label}`): Candidate => ({ label, system, timeline, started });
 
@@ -66,5 +66,26 @@ describe("parseStoreUrl: the schema", () => {
   });
   test("not an identifier: refused as before", () => {
     expect(() => parseStoreUrl("postgres://h/db?schema=Bad")).toThrow("--store: schema must be a lowercase identifier (a-z, 0-9, _), not 'Bad'");
+  });
+});
+
+describe("gather: how long the walk waits for the other hosts", () => {
+  const cand = (label: string, timeline: number): Candidate => ({ label, system: "7", timeline, started: "1" });
+  const answer = (c: Candidate, ms: number) => new Promise<{ sql: never; url: string; c: Candidate }>((ok) => setTimeout(() => ok({ sql: null as never, url: c.label, c }), ms));
+  const seen = { system: "7", timeline: 2 };
+  const fits = (c: Candidate) => choosePrimary([c], seen).pick !== null;
+
+  test("an old primary answering first, refused as older, does not cut the promoted one that answers 1.3 s later (review 11b F2)", async () => {
+    const old = cand("a:1", 1);
+    const promoted = cand("b:1", 2);
+    const got = await gather(["a", "b"], (h) => (h === "a" ? answer(old, 0) : answer(promoted, 1300)), 1000, fits);
+    expect(got.map((p) => ("c" in p ? p.c.label : p.reason))).toEqual(["a:1", "b:1"]);
+  });
+
+  test("once a host the walk would take has answered, another gets a second more, then counts as not answering", async () => {
+    const t0 = performance.now();
+    const got = await gather(["a", "b"], (h) => (h === "a" ? answer(cand("a:1", 2), 0) : new Promise(() => {})), 200, fits);
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(got.map((p) => ("c" in p ? p.c.label : p.reason))).toEqual(["a:1", "b: no answer within 200 ms of another host's"]);
   });
 });
