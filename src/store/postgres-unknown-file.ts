@@ -13,11 +13,16 @@ import { dirname, join } from "node:path";
 import type { StoreUrl } from "./postgres-hosts";
 import type { Row } from "./postgres-sql";
 
-/** A store: its server's system identifier (null if it cannot be read there), database and schema. */
+/**
+ * A store: its server's system identifier (null if it cannot be read there), database and schema,
+ * and the schema's own identity (mcq_version.store_id, schema version 6; absent in entries
+ * written before it).
+ */
 export interface StoreId {
   system: string | null;
   database: string;
   schema: string;
+  id?: string | null;
 }
 
 /** A batch whose COMMIT may or may not have landed. */
@@ -42,17 +47,20 @@ export interface Here extends StoreId {
   legacy: string;
 }
 
-/** This store, from what the node learned at open: the identity of its server, its database, and the URL. */
-export function storeHere(server: string | null, database: string, url: StoreUrl): Here {
-  return { system: server?.split("/")[0] ?? null, database, schema: url.schema, legacy: `${url.safe} schema ${url.schema}` };
+/** This store, from what the node learned at open: the identity of its server, its database, the URL and the schema's identity. */
+export function storeHere(server: string | null, database: string, url: StoreUrl, id: string | null): Here {
+  return { system: server?.split("/")[0] ?? null, database, schema: url.schema, id, legacy: `${url.safe} schema ${url.schema}` };
 }
 
 export const FILE = "postgres-unresolved.json";
 
 /**
- * Whether an entry belongs to this store. The system identifiers must be equal where both are
- * known; where either is not (a server that does not let it be read), database and schema decide,
- * and the entry is given back as its rows decide (no identity to look its xid up by).
+ * Whether an entry belongs to this store. Database and schema names must be equal, and so must
+ * the schemas' identities and the system identifiers where both are known. The schema's identity
+ * is what tells another cluster's schema of the same names (a copied data directory, a staging
+ * store) where the system identifier cannot be read (a managed server: review 10b R4); an entry
+ * written before it had one (no `id`) falls back on the names and system alone. An entry whose
+ * server is unknown is given back as its rows decide (no identity to look its xid up by).
  *
  * An entry written before StoreId has the URL as key. Its database and schema are read from that
  * URL, and its system identifier from its server's identity: so it is migrated to this store's
@@ -77,11 +85,24 @@ export function belongs(u: Unresolved, here: Here): boolean {
 }
 
 function same(a: StoreId, b: StoreId): boolean {
-  return a.database === b.database && a.schema === b.schema && (a.system === null || b.system === null || a.system === b.system);
+  const agree = (x: string | null | undefined, y: string | null | undefined) => x == null || y == null || x === y;
+  return a.database === b.database && a.schema === b.schema && agree(a.system, b.system) && agree(a.id, b.id);
+}
+
+/**
+ * The store an entry of `here` is written with from now on: here's key, with its system and
+ * identity where here knows them, the entry's own where here does not (a server whose identity
+ * cannot be read must not erase the one the entry had: review 10b R4). A legacy entry's system is
+ * its server's.
+ */
+function rekeyed(u: Unresolved, here: Here): StoreId {
+  const was = typeof u.store === "string" ? { system: u.server?.split("/")[0] ?? null, id: null } : u.store;
+  return { system: here.system ?? was.system, database: here.database, schema: here.schema, id: here.id ?? was.id ?? null };
 }
 
 /** How a store is named in a message. */
-export const describeStore = (s: StoreId | string) => (typeof s === "string" ? s : `database ${s.database} schema ${s.schema} of system ${s.system ?? "unknown"}`);
+export const describeStore = (s: StoreId | string) =>
+  typeof s === "string" ? s : `database ${s.database} schema ${s.schema} of system ${s.system ?? "unknown"}${s.id == null ? "" : `, store ${s.id}`}`;
 
 /** Makes a rename in `dir` durable. */
 function syncDir(dir: string): void {
@@ -121,7 +142,7 @@ export function unknownFile(home: string | null, here: Here, log: (level: "info"
       others = all.filter((u) => !belongs(u, here));
       if (others.length > 0) log("warn", `Postgres: ${file} names ${others.length} batches of unknown outcome of another store (${describeStore(others[0]!.store)}): left as they are`);
       const kept = all.filter((u) => belongs(u, here));
-      for (const u of kept) u.store = { system: here.system, database: here.database, schema: here.schema }; // written so from now on
+      for (const u of kept) u.store = rekeyed(u, here);
       if (kept.length > 0) log("warn", `Postgres: ${kept.length} batches of this directory's previous node have an unknown outcome: asking again`);
       return kept;
     } catch (e) {

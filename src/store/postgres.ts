@@ -29,6 +29,7 @@
 import { SQL } from "bun";
 import { connectChecked, connectPrimary, identityReader, newWalk, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome, createWitness, reclaim } from "./postgres-home";
+import { createLease } from "./postgres-lease";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
@@ -91,9 +92,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const walk = newWalk((line) => options.log("error", line)); // the newest timeline written to (postgres-hosts.ts)
   let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
-  await migrate(sql, url.schema, options.timeoutMs);
+  const storeId = await migrate(sql, url.schema, options.timeoutMs);
   const claim = options.home === null ? null : claimHome(options.home);
-  const node = await st.register(sql);
+  const node = await st.register(sql, options.leaseS);
   const view = createView();
   /** Open messages this node holds: id → queue, size and how often it was opened. */
   const held = new Map<number, { queue: string; bytes: number; deliveries?: number }>();
@@ -105,7 +106,6 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   if (claim !== null) await reclaim(claim, node, (previous) => features.reap(sql, options.leaseS, previous), options.log);
   const sums = await st.totals(sql);
   view.reset(sums, []);
-  let lastBeat = Date.now();
   const witness = createWitness(options.leaseS);
   let lastRefresh = Date.now();
   let quiet = false;
@@ -181,7 +181,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url),
+    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url, storeId),
     gaveBack: async (queues) => {
       for (const q of queues) store.onAvailable?.(q);
       await refresh().catch(() => {}); // read again within the second anyway
@@ -203,6 +203,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
 
   const emptying = createEmptying({ view, held, tx, op, change, hold });
+
+  const lease = createLease({
+    st, node, leaseS: options.leaseS, witness, reap: features.reap, background: (fn) => batches.background(fn), lost: (freed) => lost(freed),
+    returned(n) {
+      options.log("info", `Postgres: ${n} open messages of dead nodes returned to their queues`);
+      store.onAvailable?.(null);
+    },
+  });
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
@@ -294,19 +302,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       const now = Date.now();
       reindexer.tick(now); // on a connection of its own: not held back by a batch
       if (batches.dirty()) return;
-      if (now - lastBeat >= (options.leaseS * 1000) / 3) {
-        lastBeat = now;
-        batches.background(async (c) => {
-          const beat = await st.heartbeat(c, node);
-          witness.beat();
-          if (beat.back) lost(beat.freed);
-          const back = witness.mayReap() ? await features.reap(c, options.leaseS) : 0;
-          if (back > 0) {
-            options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
-            store.onAvailable?.(null);
-          }
-        });
-      }
+      lease.tick(now);
       if (unknown.pending() > 0 && now - lastAsked >= REFRESH_MS) {
         lastAsked = now; // batches of unknown outcome: asked about again until Postgres answers
         void unknown.ask();

@@ -158,7 +158,7 @@ if (havePostgres("store.postgres")) {
       s.delays!.enqueue("old", 0, Buffer.from("later"), 0, 1, 60_001);
       await s.commit();
       expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 2, fetched: 1, delayed: 1 });
-      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(5);
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(6);
       await sql.close();
       await s.close();
     });
@@ -178,7 +178,7 @@ if (havePostgres("store.postgres")) {
       const a = await open(schema);
       const none = { deduplicated: 2, deadLettered: 1, discarded: 1, deadLetterSkipped: 0, fanoutRefused: 0 };
       expect(a.detail("old", 1)).toMatchObject({ items: 1, total: 3, features: none });
-      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(5);
+      expect((await sql.unsafe(`SELECT version FROM ${schema}.mcq_version`))[0].version).toBe(6);
       // Counted by two nodes, each in its own row; a node started later reads their sum.
       const b = await open(schema);
       a.countFeature!("old", "fanoutRefused");
@@ -285,7 +285,7 @@ if (havePostgres("store.postgres")) {
       const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
       await sql.unsafe(`UPDATE ${schema}.mcq_version SET version = 99`);
       await sql.close();
-      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (5): upgrade mcq`);
+      expect(open(schema)).rejects.toThrow(`the Postgres schema ${schema} is version 99, newer than this mcq knows (6): upgrade mcq`);
     });
   });
 }
