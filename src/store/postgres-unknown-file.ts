@@ -104,6 +104,40 @@ function rekeyed(u: Unresolved, here: Here): StoreId {
 export const describeStore = (s: StoreId | string) =>
   typeof s === "string" ? s : `database ${s.database} schema ${s.schema} of system ${s.system ?? "unknown"}${s.id == null ? "" : `, store ${s.id}`}`;
 
+const isInt = (v: unknown) => Number.isSafeInteger(v);
+const isNum = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+const isText = (v: unknown) => typeof v === "string";
+const maybe = (ok: (v: unknown) => boolean) => (v: unknown) => v === null || v === undefined || ok(v);
+/** A taken row's fields as Required<Row> has them (the body as base64), each with its check. */
+const ROW: [string, (v: unknown) => boolean][] = [
+  ["id", isInt], ["queue", isText], ["flags", isNum], ["expires", isNum], ["created", isNum], ["deliveries", isInt],
+  ["body", (v) => isText(v) && /^[A-Za-z0-9+/]*={0,2}$/.test(v as string)],
+];
+const isStore = (v: unknown) =>
+  isText(v) || (typeof v === "object" && v !== null && isText((v as StoreId).database) && isText((v as StoreId).schema) &&
+    maybe(isText)((v as StoreId).system) && maybe(isText)((v as StoreId).id));
+
+/**
+ * Why an entry of the file is not one mcq writes (null: it is): an entry that parses but is wrong
+ * (an xid that is not a number, a row without its fields) would fail every ask, once a second for
+ * ever, and its give-back with it (review 10b R5).
+ */
+export function shape(u: unknown): string | null {
+  if (typeof u !== "object" || u === null || Array.isArray(u)) return "not an object";
+  const e = u as Record<string, unknown>;
+  if (!(isText(e.xid) && /^\d{1,20}$/.test(e.xid as string))) return `xid ${JSON.stringify(e.xid)} is not a transaction id`;
+  for (const [k, ok] of [["pid", isInt], ["node", isInt], ["unanswered", isInt], ["server", maybe(isText)], ["store", isStore]] as const) {
+    if (!ok(e[k])) return `transaction ${e.xid}: ${k} ${JSON.stringify(e[k]) ?? "missing"} is not valid`;
+  }
+  if (!Array.isArray(e.leased) || !e.leased.every(isInt)) return `transaction ${e.xid}: leased is not a list of message ids`;
+  if (!Array.isArray(e.taken)) return `transaction ${e.xid}: taken is not a list of rows`;
+  for (const r of e.taken as unknown[]) {
+    const bad = typeof r !== "object" || r === null ? "" : ROW.find(([k, ok]) => !ok((r as Record<string, unknown>)[k]))?.[0];
+    if (bad !== undefined) return `transaction ${e.xid}: a taken row${bad === "" ? " is not an object" : `'s ${bad} is not valid`}`;
+  }
+  return null;
+}
+
 /** Makes a rename in `dir` durable. */
 function syncDir(dir: string): void {
   const fd = openSync(dir, "r");
@@ -121,8 +155,13 @@ function syncDir(dir: string): void {
  */
 export function unknownFile(home: string | null, here: Here, log: (level: "info" | "warn", message: string) => void, fileCap = 16 << 20) {
   const file = home === null ? null : join(home, FILE);
-  /** Batches of another store found in the file (the directory was started with another --store): kept in it, untouched. */
-  let others: Unresolved[] = [];
+  /**
+   * Entries found in the file that are not asked about here, as read: another store's (the
+   * directory was started with another --store) and those not well formed (shape). Written back
+   * first, untouched: they cannot be asked about here, so memory is no help to them, and this
+   * store's entries past the bound must not push them out (review 10b R3).
+   */
+  let aside: Buffer[] = [];
   const texts = new WeakMap<Unresolved, Buffer>();
 
   /** What a node killed on this directory left unresolved (its bodies as base64), this store's. */
@@ -137,10 +176,18 @@ export function unknownFile(home: string | null, here: Here, log: (level: "info"
       return [];
     }
     try {
-      const all = JSON.parse(text) as Unresolved[];
+      const parsed: unknown = JSON.parse(text);
+      if (!Array.isArray(parsed)) throw new Error("not a list");
+      const bad = parsed.map((u) => [u, shape(u)] as const).filter(([, why]) => why !== null);
+      if (bad.length > 0) {
+        log("warn", `Postgres: ${file} names ${bad.length} entries that are not batches of unknown outcome as mcq writes them (the first: ${bad[0]![1]}): ` +
+          "left in it as they are, never asked about");
+      }
+      const all = parsed.filter((u) => shape(u) === null) as Unresolved[];
       for (const u of all) for (const r of u.taken) r.body = Buffer.from(r.body as unknown as string, "base64");
-      others = all.filter((u) => !belongs(u, here));
+      const others = all.filter((u) => !belongs(u, here));
       if (others.length > 0) log("warn", `Postgres: ${file} names ${others.length} batches of unknown outcome of another store (${describeStore(others[0]!.store)}): left as they are`);
+      aside = [...others.map(encoded), ...bad.map(([u]) => Buffer.from(JSON.stringify(u)))];
       const kept = all.filter((u) => belongs(u, here));
       for (const u of kept) u.store = rekeyed(u, here);
       if (kept.length > 0) log("warn", `Postgres: ${kept.length} batches of this directory's previous node have an unknown outcome: asking again`);
@@ -166,14 +213,14 @@ export function unknownFile(home: string | null, here: Here, log: (level: "info"
    */
   function save(list: Unresolved[]): Unresolved[] {
     if (file === null) return [];
-    if (list.length + others.length === 0) {
+    if (list.length + aside.length === 0) {
       rmSync(file, { force: true });
       return [];
     }
-    const parts: Buffer[] = [];
+    const parts: Buffer[] = [...aside];
     const left: Unresolved[] = [];
-    let size = 2;
-    for (const u of [...list, ...others]) {
+    let size = aside.reduce((n, bytes) => n + bytes.length + 1, 2);
+    for (const u of list) {
       // Its bodies' base64 alone past the bound: not even encoded (that alone took seconds for 64 MiB).
       if (size + u.taken.reduce((n, r) => n + Math.ceil(r.body.byteLength / 3) * 4, 0) > fileCap) {
         left.push(u);

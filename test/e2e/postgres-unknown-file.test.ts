@@ -91,4 +91,33 @@ if (havePostgres("e2e postgres unresolved file")) {
       expect(await server.kill("SIGTERM")).toBe(0);
     }, 40_000);
   });
+
+  describe("entries that parse but are not as mcq writes them (review 10b R5)", () => {
+    test("an xid that is not a number, a row with a null field: said once naming the file, never asked about, kept in the file; the good entry is given back", async () => {
+      const { schema, home, storeId } = await made();
+      const file = join(home, "postgres-unresolved.json");
+      const store = { system: null, database: DATABASE, schema, id: storeId };
+      const badXid = entry("abc", store, 70, "bad xid");
+      const badRow = entry("79", store, 71, "bad row");
+      (badRow.taken[0] as Record<string, unknown>).queue = null;
+      const good = entry("80", store, 72, "good");
+      writeFileSync(file, JSON.stringify([badXid, badRow, good]));
+      const server = await startServer(["--store", storeUrl(schema)], home);
+      await logged(server, "transaction 80 cannot be asked about on this server (unknown server): gave back 1 messages taken and 0 opened");
+      const said = `WARN Postgres: ${file} names 2 entries that are not batches of unknown outcome as mcq writes them ` +
+        `(the first: xid "abc" is not a transaction id): left in it as they are, never asked about`;
+      expect(server.stderr()).toContain(said);
+      expect(server.stderr()).toContain("WARN Postgres: 1 batches of this directory's previous node have an unknown outcome: asking again");
+      const c = await server.connect();
+      expect(await c.call("get q\r\nget q\r\nget q\r\n")).toBe(value("q", "m0") + "END\r\n" + value("q", "good") + "END\r\nEND\r\n");
+      c.close();
+      // A clean stop asks about what is left: before, both were asked every second and failed,
+      // and the stop said "stopping with 2 batches of unknown outcome (transactions abc, 79)".
+      expect(await server.kill("SIGTERM")).toBe(0);
+      expect(server.stderr()).not.toContain("stopping with");
+      expect(server.stderr()).not.toContain("transaction abc");
+      expect(server.stderr().split(file).length - 1).toBe(1);
+      expect(JSON.parse(readFileSync(file, "utf8"))).toEqual([badXid, badRow]);
+    }, 40_000);
+  });
 }
