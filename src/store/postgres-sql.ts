@@ -302,20 +302,6 @@ export function statements(schema: string) {
          ${removed("d")}`,
         [limit, node],
       ).execute()) as Removed[],
-    /**
-     * The first statement of every batch: the batches of one connection are pipelined, each sent
-     * whole without waiting for the one before, so a batch that failed must fail every later one
-     * (they were built on it, batch.ts). The connection's setting mcq.batch names the last batch
-     * that committed on it (a failed transaction undoes its SET); a batch whose predecessor is not
-     * there fails here. `previous` '' starts a fresh connection's chain.
-     */
-    guard: (sql: SQL, batch: string, previous: string) =>
-      sql.unsafe(
-        // current_setting is not immutable: the ELSE branch is not folded when the statement is planned.
-        `SELECT CASE WHEN coalesce(current_setting('mcq.batch', true), '') = $2 THEN set_config('mcq.batch', $1, false)
-           ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
-        [batch, previous],
-      ).execute(),
     ...outcomeStatements(schema),
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {

@@ -13,9 +13,8 @@
  * durable, while the connection runs on into the next batch.
  *
  * One connection carries every batch, in order, so the node sees its own writes in order and a
- * get never misses a message this node stored before it. Several batches may be in flight on it
- * (MCQ_PG_IN_FLIGHT, default 1: see IN_FLIGHT); the guard statement then fails in Postgres every
- * batch sent after one that failed.
+ * get never misses a message this node stored before it. One batch is in flight on it at a time
+ * (IN_FLIGHT): the next is sent once the last one's outcome is known.
  *
  * Failure: any statement that fails, and any batch that takes longer than `timeoutMs`, fails the
  * batch (StoreError "Postgres: <reason>", which clients see as SERVER_ERROR) and every later one,
@@ -73,12 +72,14 @@ export interface PostgresStore extends QueueStore {
 /** How often (ms) an idle node reads every node's counters again. */
 const REFRESH_MS = 1000;
 /**
- * Batches sent before the last one has committed, pipelined on the connection (turn.ts waits
- * beyond that). One is fastest here (docs/performance.md): Postgres runs one connection's
- * transactions one after the other, each COMMIT its own fsync, so a second batch in flight only
- * splits the connections that wait on gets into two smaller batches.
+ * Batches in flight at once (turn.ts waits beyond that): one. It is fastest here
+ * (docs/performance.md): Postgres runs one connection's transactions one after the other, each
+ * COMMIT its own fsync, so a second batch in flight only splits the connections that wait on gets
+ * into two smaller batches. It is also what keeps a batch from going on a new connection while
+ * the one before it is still in flight on the old one (failed with it, though it committed: review
+ * 10b R2), so it is no setting (MCQ_PG_IN_FLIGHT was one, undocumented, and is gone).
  */
-const IN_FLIGHT = Math.max(1, Number(process.env.MCQ_PG_IN_FLIGHT ?? 1));
+const IN_FLIGHT = 1;
 
 const reason = (e: unknown) =>
   e instanceof StoreError ? e : new StoreError(`Postgres: ${(e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ")}`, { cause: e });
@@ -107,6 +108,14 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   const sums = await st.totals(sql);
   view.reset(sums, []);
   const witness = createWitness(options.leaseS);
+  // Heartbeats and reaping (postgres-lease.ts), run by maintain() between batches.
+  const lease = createLease({
+    st, node, leaseS: options.leaseS, witness, reap: features.reap, background: (fn) => batches.background(fn), lost: (freed) => lost(freed),
+    returned(n) {
+      options.log("info", `Postgres: ${n} open messages of dead nodes returned to their queues`);
+      store.onAvailable?.(null);
+    },
+  });
   let lastRefresh = Date.now();
   let quiet = false;
   let closed = false;
@@ -189,7 +198,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
   let lastAsked = 0;
   const batches = createBatches({
-    st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
+    st, node, channel, view, timeoutMs: options.timeoutMs, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
     side, server: () => server, unresolved: (t) => unknown.keep(t),
     log: options.log, closed: () => closed, sums,
   });
@@ -203,14 +212,6 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
 
   const emptying = createEmptying({ view, held, tx, op, change, hold });
-
-  const lease = createLease({
-    st, node, leaseS: options.leaseS, witness, reap: features.reap, background: (fn) => batches.background(fn), lost: (freed) => lost(freed),
-    returned(n) {
-      options.log("info", `Postgres: ${n} open messages of dead nodes returned to their queues`);
-      store.onAvailable?.(null);
-    },
-  });
 
   const listener = createListener(channel, () => hostUrl, (queue) => (queue !== null && features.notice(queue)) || store.onAvailable?.(queue), options.log);
 
