@@ -93,7 +93,7 @@ if (havePostgres("e2e postgres leases")) {
       // Before: judged by the long node's 30 s, m2 came back after 30-40 s.
       expect(await l.call("get q/open/t=8000\r\n", 12_000)).toBe(value("q/open/t=8000", "m2") + "END\r\n");
       const took = Date.now() - killed;
-      expect(took).toBeLessThan(3000 + 1000 + 2500); // its lease, a beat of the long node, slack under load
+      expect(took).toBeLessThan(3000 + 1000 + 4000); // its lease, a beat of the long node, slack under load (before: 30 s and more)
       expect((await rows(schema)).map((r) => r.id)).toEqual([L]);
       expect(long.stderr()).toContain("INFO Postgres: 1 open messages of dead nodes returned to their queues");
       expect(await l.call("get q/close\r\n")).toBe("END\r\n");
