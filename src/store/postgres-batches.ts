@@ -1,12 +1,10 @@
 /**
  * The Postgres store's batches on its one connection (postgres.ts keeps the connection and the
- * verbs). A batch is one transaction, sent whole when the turn commits: BEGIN, the guard, its
+ * verbs). A batch is one transaction, sent whole when the turn commits: BEGIN, its
  * statements (postgres-send.ts), the counter upsert, NOTIFY and COMMIT, pipelined in one write,
  * so no transaction is open across event-loop turns: Postgres holds it for as long as it takes
- * to run those statements. The next batch is sent behind it without waiting for its answers
- * (several in flight, store.maxInFlight); Postgres runs them in order on the one connection, so
- * each sees every earlier one, and the guard (postgres-sql.ts) makes a batch fail in Postgres when
- * an earlier one did. A failure or the timeout fails the batch and every later one, and the
+ * to run those statements. The next batch is sent once its outcome is known (one in flight,
+ * store.maxInFlight), so it sees every earlier one. A failure or the timeout fails the batch, and the
  * connection is replaced. Background work (heartbeats) and reading the counters again (refresh)
  * go on the same connection, between batches.
  */
@@ -22,8 +20,6 @@ export interface BatchDeps extends OutcomeDeps {
   node: number;
   channel: string;
   view: View;
-  /** Batches sent before the last one's outcome is known (store.maxInFlight). */
-  inFlight: number;
   send(tx: Tx, c: SQL): Promise<void>;
   /** The session whose requests run now (store.actor), 0 for none. */
   actor(): number;
@@ -66,10 +62,6 @@ export function createBatches(d: BatchDeps) {
   let commitFailed = false;
   /** A connection being made: what is to be sent meanwhile waits for it, in order. */
   let connecting: Promise<SQL> | null = null;
-  /** The guard's chain: the connection it runs on, and the last batch sent on it. */
-  let chainOn: SQL | null = null;
-  let lastBatch = "";
-  let batchNo = 0;
   /** Batches whose COMMIT answered. */
   const answered = new WeakSet<Tx>();
   const outcome = createOutcomes(d, answered);
@@ -125,12 +117,6 @@ export function createBatches(d: BatchDeps) {
     // protocol, after every earlier answer and alone; tagged it is prepared and pipelined, so the
     // whole transaction leaves in one write (measured with strace: three writes before, one after).
     const parts: Promise<unknown>[] = [c`BEGIN`.execute()];
-    // With one batch in flight at most, none is sent before the last one's outcome: no guard needed.
-    if (d.inFlight > 1) {
-      parts.push(st.guard(c, String(++batchNo), chainOn === c ? lastBatch : ""));
-      chainOn = c;
-      lastBatch = String(batchNo);
-    }
     parts.push(st.pid(c).then((pid) => void (tx.pid = pid)));
     parts.push(d.send(tx, c));
     // Sent before any take has answered: what a take changes, its statement counts itself.
@@ -309,7 +295,7 @@ export function createBatches(d: BatchDeps) {
 
   function rollback(): void {
     // The open batch (never sent: nothing to roll back in Postgres), and every one in flight that
-    // failed or follows one that failed (the guard fails those in Postgres too).
+    // failed or follows one that failed.
     let undo = false;
     const undone: Tx[] = [];
     for (const tx of recent) {

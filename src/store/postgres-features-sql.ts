@@ -5,7 +5,7 @@
  * Like postgres-sql.ts, each statement takes a whole group of like operations of one batch.
  */
 import type { SQL } from "bun";
-import { perQueue, perRows, upsertInto } from "./postgres-sql";
+import { DEAD, perQueue, perRows, upsertInto } from "./postgres-sql";
 
 /** A set with a delay or a token (or a fanout copy guarded by its parent's token). */
 export interface FeatureInsert {
@@ -226,15 +226,13 @@ export function featureStatements(schema: string, channel: string) {
         [owners],
       ).execute()) as { id: number; queue: string; deliveries: number }[],
 
-    /** Nodes silent for `leaseS` seconds (or the one given). */
+    /** Nodes silent past their own lease (postgres-sql.ts DEAD; `witnessedS`: how long the reaper has been connected), or the one given. */
     // With the owners of open messages that have no node row (postgres-sql.ts orphaned), which the reap frees too.
-    deadNodes: async (sql: SQL, leaseS: number, only: number | null) =>
+    deadNodes: async (sql: SQL, leaseS: number, only: number | null, witnessedS: number) =>
       ((await sql.unsafe(
-        `${only === null
-          ? `SELECT id FROM ${schema}.mcq_nodes WHERE heartbeat < now() - make_interval(secs => $1)`
-          : `SELECT id FROM ${schema}.mcq_nodes WHERE id = $1`}
+        `SELECT id FROM ${schema}.mcq_nodes WHERE ${only === null ? DEAD : "id = $1"}
          UNION SELECT DISTINCT owner FROM ${M} WHERE owner IS NOT NULL AND owner NOT IN (SELECT id FROM ${schema}.mcq_nodes)`,
-        [only ?? leaseS],
+        only === null ? [leaseS, witnessedS] : [only],
       ).execute()) as { id: number }[]).map((r) => r.id),
 
     notify: (sql: SQL, queues: string[]) =>

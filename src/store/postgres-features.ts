@@ -340,9 +340,9 @@ export function createFeatures(d: FeatureDeps) {
    * - st.reap: one statement (nodes' rows deleted, their messages freed, counters folded).
    * Returns how many came back or moved.
    */
-  async function reap(c: SQL, leaseS: number, only: number | null = null): Promise<number> {
-    if (d.deadLetter === null) return d.st.reap(c, leaseS, only);
-    const dead = await fst.deadNodes(c, leaseS, only);
+  async function reap(c: SQL, leaseS: number, only: number | null = null, witnessedS = leaseS): Promise<number> {
+    if (d.deadLetter === null) return d.st.reap(c, leaseS, only, witnessedS);
+    const dead = await fst.deadNodes(c, leaseS, only, witnessedS);
     let moved = 0;
     if (dead.length > 0) {
       const moves: { id: number; queue: string; target: string }[] = [];
@@ -356,7 +356,7 @@ export function createFeatures(d: FeatureDeps) {
         if (moved > 0) await fst.notify(c, [...new Set(moves.map((m) => m.target))]);
       }
     }
-    const back = await d.st.reap(c, leaseS, only);
+    const back = await d.st.reap(c, leaseS, only, witnessedS);
     if (moved > 0) d.log("info", `Postgres: ${moved} open messages of dead nodes moved to their dead-letter queues`);
     return back + moved;
   }

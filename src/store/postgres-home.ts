@@ -60,26 +60,32 @@ export async function reclaim(claim: HomeClaim, node: number, reap: (previous: n
 }
 
 /**
- * Whether this node may reap others: only once it has itself been connected for a whole
- * --node-timeout. A node silent that long while this one was away (a Postgres outage or restart,
- * this node paused) may be alive and reconnecting too: after an outage longer than the timeout
- * every heartbeat is stale, and the first node back would reap all the others, handing out again
- * every message they hold open. Their heartbeats come every timeout/3, so within the timeout after
- * this node's (re)connect a live node has beaten; one still silent then is dead.
+ * Whether this node may reap another: only once it has itself been connected for a whole lease
+ * of that node (its --node-timeout, postgres-sql.ts DEAD). A node silent that long while this one
+ * was away (a Postgres outage or restart, this node paused) may be alive and reconnecting too:
+ * after an outage longer than the timeout every heartbeat is stale, and the first node back would
+ * reap all the others, handing out again every message they hold open. Their heartbeats come
+ * every third of their lease, so within a lease after this node's (re)connect a live node has
+ * beaten; one still silent then is dead.
  */
 export function createWitness(leaseS: number, clock = () => performance.now()) {
-  const leaseMs = leaseS * 1000;
   let since = clock();
   let last = since;
   return {
     /** A new connection (after a failure): the others are given a lease from now. */
     connected: () => void (since = clock()),
-    /** A heartbeat succeeded; one after a gap over the lease (this node paused) counts as a reconnect. */
-    beat() {
+    /**
+     * A heartbeat succeeded; one after a gap over `gapS` (the shortest lease of the nodes, which
+     * sets how often this one beats: this node paused, or Postgres stalled) counts as a reconnect.
+     */
+    beat(gapS = leaseS) {
       const now = clock();
-      if (now - last > leaseMs) since = now;
+      if (now - last > gapS * 1000) since = now;
       last = now;
     },
-    mayReap: () => clock() - since >= leaseMs,
+    /** How long (s) this node has been connected without a gap: it reaps nodes whose lease is no longer. */
+    seconds: () => (clock() - since) / 1000,
   };
 }
+
+export type Witness = ReturnType<typeof createWitness>;

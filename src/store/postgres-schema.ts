@@ -22,6 +22,12 @@
  *   (version 5)
  *   mcq_flushed   per queue ('' for all), the last message id handed out when it was last flushed
  *                 or deleted: a give-back re-inserts no message at or below it.
+ *   (version 6)
+ *   mcq_nodes.lease_s     each node's own --node-timeout: it is dead when silent past its own lease
+ *                 (NULL, a node of version 5 or older: past the reaper's).
+ *   mcq_version.store_id  the schema's identity, a random uuid written once: the batches of unknown
+ *                 outcome a data directory keeps are matched to their store by it
+ *                 (postgres-unknown-file.ts), not only by names a copied cluster shares.
  *
  * Changing the schema: bump SCHEMA_VERSION and add a step to MIGRATIONS that brings version N-1
  * to N. Within one major version a step only adds (columns with defaults, tables, indexes), so
@@ -30,7 +36,7 @@
 import type { SQL } from "bun";
 import { StoreError } from "./store";
 
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** MIGRATIONS[n] brings the schema from version n to n + 1. */
 const MIGRATIONS: string[] = [
@@ -93,6 +99,11 @@ const MIGRATIONS: string[] = [
   // 4 -> 5: flush marks (postgres-sql.ts giveBack). Only an addition: an older node's flush
   // leaves no mark (docs/design.md "An outcome that stays unknown").
   `CREATE TABLE IF NOT EXISTS mcq_flushed (queue text PRIMARY KEY, upto bigint NOT NULL);`,
+  // 5 -> 6: each node's lease (review 10a M5) and the schema's identity (review 10b R4). Only
+  // additions: a node of version 5 registers without a lease (judged by the reaper's own) and never
+  // reads the identity. A volatile default gives the one row of mcq_version its uuid, once.
+  `ALTER TABLE mcq_nodes ADD COLUMN IF NOT EXISTS lease_s integer;
+   ALTER TABLE mcq_version ADD COLUMN IF NOT EXISTS store_id uuid NOT NULL DEFAULT gen_random_uuid();`,
 ];
 
 /** How many times a migration waits `lockTimeoutMs` for a table's lock before the start fails. */
@@ -100,16 +111,17 @@ const LOCK_TRIES = 3;
 
 /**
  * Creates the schema or brings it up to date, under an advisory lock so that nodes starting
- * together migrate once. Throws StoreError if the schema is newer than this mcq knows.
+ * together migrate once. Returns the schema's identity (mcq_version.store_id). Throws StoreError
+ * if the schema is newer than this mcq knows.
  *
- * A step that alters a table (1 -> 2: mcq_messages) needs its ACCESS EXCLUSIVE lock. Behind a
+ * A step that alters a table (1 -> 2: mcq_messages; 5 -> 6: mcq_nodes, which heartbeats update) needs its ACCESS EXCLUSIVE lock. Behind a
  * holder of a lock on it (a REINDEX CONCURRENTLY of the index upkeep, a long transaction, a
  * dump), the request would wait for ever, and every node's statements on the table would queue
  * behind it meanwhile (review 8 R4). So each wait is bounded by lock_timeout (`lockTimeoutMs`,
  * the store's timeout): the transaction is undone, letting the others through, and tried again;
  * after LOCK_TRIES the start fails, saying why.
  */
-export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): Promise<void> {
+export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): Promise<string> {
   // mcq writes the schema's name into its statements unquoted: a keyword Postgres reserves
   // (`grant`, `user`, `order`) would fail every one of them with a syntax error.
   const [reserved] = await sql.unsafe(`SELECT 1 FROM pg_get_keywords() WHERE word = $1 AND catcode IN ('R', 'T')`, [schema]);
@@ -124,7 +136,7 @@ export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): P
       if ((e as { errno?: unknown }).errno !== "55P03") throw e; // lock_not_available
       return null;
     });
-    if (found !== null) return;
+    if (found !== null) return found.storeId;
     if (tries === LOCK_TRIES) {
       throw new StoreError(
         `cannot migrate the Postgres schema ${schema} to version ${SCHEMA_VERSION}: a lock on its tables was not granted within ` +
@@ -135,8 +147,8 @@ export async function migrate(sql: SQL, schema: string, lockTimeoutMs = 5000): P
   }
 }
 
-/** One try of migrate(), in one transaction; returns the version it found. */
-async function migrateOnce(sql: SQL, schema: string, lockTimeoutMs: number): Promise<number> {
+/** One try of migrate(), in one transaction; returns the version it found and the schema's identity. */
+async function migrateOnce(sql: SQL, schema: string, lockTimeoutMs: number): Promise<{ version: number; storeId: string }> {
   await sql.unsafe("BEGIN");
   try {
     await sql.unsafe("SELECT pg_advisory_xact_lock(hashtext($1))", [`mcq:${schema}`]);
@@ -151,8 +163,9 @@ async function migrateOnce(sql: SQL, schema: string, lockTimeoutMs: number): Pro
     for (let v = version; v < SCHEMA_VERSION; v++) await sql.unsafe(MIGRATIONS[v]!).simple();
     if (rows.length === 0) await sql.unsafe("INSERT INTO mcq_version VALUES ($1)", [SCHEMA_VERSION]);
     else if (version < SCHEMA_VERSION) await sql.unsafe("UPDATE mcq_version SET version = $1", [SCHEMA_VERSION]);
+    const [{ id }] = await sql.unsafe("SELECT store_id::text AS id FROM mcq_version");
     await sql.unsafe("COMMIT");
-    return version;
+    return { version, storeId: id as string };
   } catch (e) {
     await sql.unsafe("ROLLBACK").catch(() => {});
     throw e;

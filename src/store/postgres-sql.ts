@@ -88,6 +88,15 @@ export interface Removed {
   open: number;
 }
 
+/**
+ * Which rows of mcq_nodes are dead ($1: the reaper's lease, $2: how long it has itself been
+ * connected, s): silent past the node's own lease (review 10a M5: judged by the reaper's, a node
+ * with a longer --node-timeout was reaped while it ran), a node of version 5 (no lease) past the
+ * reaper's; and only once the reaper has been connected for that lease (postgres-home.ts
+ * createWitness): silent so long while the reaper was away, it may be alive and reconnecting too.
+ */
+export const DEAD = "heartbeat < now() - make_interval(secs => coalesce(lease_s, $1::float8)) AND coalesce(lease_s, $1::float8) <= $2::float8";
+
 /** The statements, with the schema's table names filled in. */
 export function statements(schema: string) {
   const M = `${schema}.mcq_messages`;
@@ -122,10 +131,10 @@ export function statements(schema: string) {
    */
   const orphaned = (owner: string) => `(${owner} IS NOT NULL AND ${owner} NOT IN (SELECT id FROM ${N}))`;
   /** See reap below: dead nodes' rows deleted, their messages freed, their counters moved into node 0's. */
-  async function reap(sql: SQL, leaseS: number, only: number | null): Promise<number> {
+  async function reap(sql: SQL, leaseS: number, only: number | null, witnessedS: number): Promise<number> {
     const folded = COLUMNS.map((c) => (c === "open" ? "coalesce(s.open, 0) - coalesce(r.n, 0)" : `coalesce(s.${c}, 0)`)).join(", ");
     const rows = (await sql.unsafe(
-      `WITH dead AS (DELETE FROM ${N} WHERE ${only === null ? "heartbeat < now() - make_interval(secs => $1)" : "id = $1"} RETURNING id),
+      `WITH dead AS (DELETE FROM ${N} WHERE ${only === null ? DEAD : "id = $1"} RETURNING id),
          freed AS (UPDATE ${M} SET owner = NULL WHERE owner IN (SELECT id FROM dead) OR ${orphaned("owner")} RETURNING queue),
          r AS (SELECT queue, count(*) AS n FROM freed GROUP BY queue),
          gone AS (DELETE FROM ${C} WHERE node IN (SELECT id FROM dead) RETURNING *),
@@ -134,7 +143,7 @@ export function statements(schema: string) {
            SELECT 0, coalesce(s.queue, r.queue), ${folded} FROM s FULL JOIN r ON r.queue = s.queue
            ON CONFLICT (queue, node) DO UPDATE SET ${addUp(C)})
        SELECT coalesce(sum(n), 0)::int AS n FROM r`,
-      [only ?? leaseS],
+      only === null ? [leaseS, witnessedS] : [only],
     ).execute()) as { n: number }[];
     return rows[0]!.n;
   }
@@ -302,20 +311,6 @@ export function statements(schema: string) {
          ${removed("d")}`,
         [limit, node],
       ).execute()) as Removed[],
-    /**
-     * The first statement of every batch: the batches of one connection are pipelined, each sent
-     * whole without waiting for the one before, so a batch that failed must fail every later one
-     * (they were built on it, batch.ts). The connection's setting mcq.batch names the last batch
-     * that committed on it (a failed transaction undoes its SET); a batch whose predecessor is not
-     * there fails here. `previous` '' starts a fresh connection's chain.
-     */
-    guard: (sql: SQL, batch: string, previous: string) =>
-      sql.unsafe(
-        // current_setting is not immutable: the ELSE branch is not folded when the statement is planned.
-        `SELECT CASE WHEN coalesce(current_setting('mcq.batch', true), '') = $2 THEN set_config('mcq.batch', $1, false)
-           ELSE ('mcq: an earlier batch failed (' || coalesce(current_setting('mcq.batch', true), '') || ')')::int::text END AS batch`,
-        [batch, previous],
-      ).execute(),
     ...outcomeStatements(schema),
     /** Adds this batch's counter changes to this node's rows. */
     count: (sql: SQL, node: number, deltas: Map<string, Delta>) => {
@@ -342,29 +337,33 @@ export function statements(schema: string) {
         `SELECT c.*, CASE WHEN c.items > 0 THEN (SELECT m.created::float8 FROM ${M} m WHERE m.queue = c.queue ORDER BY m.id LIMIT 1) END AS oldest
          FROM (SELECT queue, ${COUNTERS.map(([k, c]) => `sum(${c})::float8 AS "${k}"`).join(", ")} FROM ${C} GROUP BY queue) c`,
       ).execute()) as (Delta & { queue: string; oldest: number | null })[],
-    register: async (sql: SQL) => Number((await sql.unsafe(`INSERT INTO ${N} DEFAULT VALUES RETURNING id`).execute())[0].id),
+    /** A new node, with its lease (--node-timeout, s): others judge it by that (DEAD). */
+    register: async (sql: SQL, leaseS: number) => Number((await sql.unsafe(`INSERT INTO ${N} (lease_s) VALUES ($1) RETURNING id`, [leaseS]).execute())[0].id),
     /**
      * This node is alive. A node whose row is gone was reaped by another (silent past
      * --node-timeout: a long pause, a partition) while it ran on: the row is put back, so that it
      * is never unregistered (what it opens from here on is reaped if it dies), and whatever it
      * still holds open is returned in the same statement: the reaper returned what it held then,
      * so the node counts everything it held as lost (postgres.ts lost), and what it opened since
-     * must not stay owned with no session claiming it. Returns whether the row was back, and per
-     * queue how many messages this returned (counted in this node's rows).
+     * must not stay owned with no session claiming it. Returns whether the row was back, how many
+     * messages this returned (counted in this node's rows), and the shortest lease of the nodes
+     * (a node of version 5, with none, counts as `leaseS`): this node beats and reaps as often as
+     * that needs (postgres-lease.ts).
      */
-    heartbeat: async (sql: SQL, node: number) => {
+    heartbeat: async (sql: SQL, node: number, leaseS: number) => {
       const rows = (await sql.unsafe(
-        `WITH beat AS (UPDATE ${N} SET heartbeat = now() WHERE id = $1 RETURNING id),
-           back AS (INSERT INTO ${N} (id) SELECT $1::int WHERE NOT EXISTS (SELECT 1 FROM beat) RETURNING id),
+        `WITH beat AS (UPDATE ${N} SET heartbeat = now(), lease_s = $2 WHERE id = $1 RETURNING id),
+           back AS (INSERT INTO ${N} (id, lease_s) SELECT $1::int, $2 WHERE NOT EXISTS (SELECT 1 FROM beat) RETURNING id),
            freed AS (UPDATE ${M} SET owner = NULL WHERE owner = $1 AND EXISTS (SELECT 1 FROM back) RETURNING queue),
            c AS (${upsert("$1::int", perQueue("freed", { open: "-count(*)" }))})
-         SELECT (SELECT count(*) FROM back)::int AS back, (SELECT count(*) FROM freed)::int AS freed`,
-        [node],
-      ).execute()) as { back: number; freed: number }[];
-      return { back: rows[0]!.back > 0, freed: rows[0]!.freed };
+         SELECT (SELECT count(*) FROM back)::int AS back, (SELECT count(*) FROM freed)::int AS freed,
+           (SELECT min(coalesce(lease_s, $2)) FROM ${N} WHERE id <> $1)::int AS shortest`,
+        [node, leaseS],
+      ).execute()) as { back: number; freed: number; shortest: number | null }[];
+      return { back: rows[0]!.back > 0, freed: rows[0]!.freed, shortest: Math.min(leaseS, rows[0]!.shortest ?? leaseS) };
     },
     /**
-     * Nodes silent for `leaseS` seconds (or the one given) are dead: their open messages go back to
+     * Nodes silent past their own lease (DEAD), or the one given, are dead: their open messages go back to
      * their queues, and their counter rows are folded into node 0's (minus those opens), so rows do
      * not pile up. One statement (data-modifying CTEs), so it commits whole on its own: the batches
      * sent on the same connection meanwhile must not land inside a transaction of ours, and a
@@ -372,9 +371,9 @@ export function statements(schema: string) {
      * it (no reaper would ever find them). Messages of owners with no row go back too (orphaned).
      * Returns how many messages came back.
      */
-    reap: (sql: SQL, leaseS: number, only: number | null = null) => reap(sql, leaseS, only),
+    reap: (sql: SQL, leaseS: number, only: number | null = null, witnessedS = leaseS) => reap(sql, leaseS, only, witnessedS),
     /** A clean stop: this node reaps itself (what it still holds open goes back: no node is left to). */
-    leave: (sql: SQL, node: number) => reap(sql, 0, node),
+    leave: (sql: SQL, node: number) => reap(sql, 0, node, 0),
   };
 }
 

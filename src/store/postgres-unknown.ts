@@ -77,7 +77,7 @@ export function createUnknown(d: UnknownDeps) {
     if (tx.xact === null) return; // no take answered (answers come in order): nothing known to give back
     if (tx.taken.length === 0 && tx.leased.length === 0 && tx.unanswered === 0) return; // sets stand either way
     const { xid, pid } = tx.xact;
-    const store = { system: d.here.system, database: d.here.database, schema: d.here.schema };
+    const store = { system: d.here.system, database: d.here.database, schema: d.here.schema, id: d.here.id };
     const u: Unresolved = { xid, pid, server: tx.server, node: d.node, store, taken: tx.taken, leased: tx.leased, unanswered: tx.unanswered };
     list.push(u);
     state.set(u, { since: now(), told: 0, why: null });

@@ -13,9 +13,8 @@
  * durable, while the connection runs on into the next batch.
  *
  * One connection carries every batch, in order, so the node sees its own writes in order and a
- * get never misses a message this node stored before it. Several batches may be in flight on it
- * (MCQ_PG_IN_FLIGHT, default 1: see IN_FLIGHT); the guard statement then fails in Postgres every
- * batch sent after one that failed.
+ * get never misses a message this node stored before it. One batch is in flight on it at a time
+ * (IN_FLIGHT): the next is sent once the last one's outcome is known.
  *
  * Failure: any statement that fails, and any batch that takes longer than `timeoutMs`, fails the
  * batch (StoreError "Postgres: <reason>", which clients see as SERVER_ERROR) and every later one,
@@ -29,6 +28,7 @@
 import { SQL } from "bun";
 import { connectChecked, connectPrimary, identityReader, newWalk, parseStoreUrl, type StoreUrl } from "./postgres-hosts";
 import { claimHome, createWitness, reclaim } from "./postgres-home";
+import { createLease } from "./postgres-lease";
 import { migrate } from "./postgres-schema";
 import { statements, zero, type Delta, type Statements } from "./postgres-sql";
 import { createListener } from "./postgres-listen";
@@ -73,12 +73,14 @@ export interface PostgresStore extends QueueStore {
 /** How often (ms) an idle node reads every node's counters again. */
 const REFRESH_MS = 1000;
 /**
- * Batches sent before the last one has committed, pipelined on the connection (turn.ts waits
- * beyond that). One is fastest here (docs/performance.md): Postgres runs one connection's
- * transactions one after the other, each COMMIT its own fsync, so a second batch in flight only
- * splits the connections that wait on gets into two smaller batches.
+ * Batches in flight at once (turn.ts waits beyond that): one. It is fastest here
+ * (docs/performance.md): Postgres runs one connection's transactions one after the other, each
+ * COMMIT its own fsync, so a second batch in flight only splits the connections that wait on gets
+ * into two smaller batches. It is also what keeps a batch from going on a new connection while
+ * the one before it is still in flight on the old one (failed with it, though it committed: review
+ * 10b R2), so it is no setting (MCQ_PG_IN_FLIGHT was one, undocumented, and is gone).
  */
-const IN_FLIGHT = Math.max(1, Number(process.env.MCQ_PG_IN_FLIGHT ?? 1));
+const IN_FLIGHT = 1;
 
 const reason = (e: unknown) =>
   e instanceof StoreError ? e : new StoreError(`Postgres: ${(e instanceof Error ? e.message : String(e)).replace(/\s+/g, " ")}`, { cause: e });
@@ -99,9 +101,9 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
   let { sql, host, url: hostUrl, server, database } = await connectChecked(url, identity, walk, options.timeoutMs);
   let client: SQL | null = sql;
-  await migrate(sql, url.schema, options.timeoutMs);
+  const storeId = await migrate(sql, url.schema, options.timeoutMs);
   const claim = options.home === null ? null : claimHome(options.home);
-  const node = await st.register(sql);
+  const node = await st.register(sql, options.leaseS);
   const view = createView();
   /** Open messages this node holds: id → queue, size and how often it was opened. */
   const held = new Map<number, { queue: string; bytes: number; deliveries?: number }>();
@@ -113,8 +115,15 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   if (claim !== null) await reclaim(claim, node, (previous) => features.reap(sql, options.leaseS, previous), options.log);
   const sums = await st.totals(sql);
   view.reset(sums, []);
-  let lastBeat = Date.now();
   const witness = createWitness(options.leaseS);
+  // Heartbeats and reaping (postgres-lease.ts), run by maintain() between batches.
+  const lease = createLease({
+    st, node, leaseS: options.leaseS, witness, reap: features.reap, background: (fn) => batches.background(fn), lost: (freed) => lost(freed),
+    returned(n) {
+      options.log("info", `Postgres: ${n} open messages of dead nodes returned to their queues`);
+      store.onAvailable?.(null);
+    },
+  });
   let lastRefresh = Date.now();
   let quiet = false;
   let closed = false;
@@ -190,7 +199,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
 
   const side = () => new SQL(hostUrl, { max: 1, connectionTimeout: 3, idleTimeout: 0, onclose: () => {} });
   const unknown = createUnknown({
-    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url),
+    st, node, timeoutMs: options.timeoutMs, side, identity, reason, log: options.log, home: options.home, here: storeHere(server, database, url, storeId),
     gaveBack: async (queues) => {
       for (const q of queues) store.onAvailable?.(q);
       await refresh().catch(() => {}); // read again within the second anyway
@@ -198,7 +207,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
   });
   let lastAsked = 0;
   const batches = createBatches({
-    st, node, channel, view, timeoutMs: options.timeoutMs, inFlight: IN_FLIGHT, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
+    st, node, channel, view, timeoutMs: options.timeoutMs, send, actor: () => store.actor ?? 0, connection, client: () => client, replaceConnection, reason,
     side, server: () => server, unresolved: (t) => unknown.keep(t),
     log: options.log, closed: () => closed, sums,
   });
@@ -311,19 +320,7 @@ export async function openPostgresStore(urlText: string, options: PostgresOption
       reindexer.tick(now); // on a connection of its own: not held back by a batch
       watch.tick(now); // the same
       if (batches.dirty()) return;
-      if (now - lastBeat >= (options.leaseS * 1000) / 3) {
-        lastBeat = now;
-        batches.background(async (c) => {
-          const beat = await st.heartbeat(c, node);
-          witness.beat();
-          if (beat.back) lost(beat.freed);
-          const back = witness.mayReap() ? await features.reap(c, options.leaseS) : 0;
-          if (back > 0) {
-            options.log("info", `Postgres: ${back} open messages of dead nodes returned to their queues`);
-            store.onAvailable?.(null);
-          }
-        });
-      }
+      lease.tick(now);
       if (unknown.pending() > 0 && now - lastAsked >= REFRESH_MS) {
         lastAsked = now; // batches of unknown outcome: asked about again until Postgres answers
         void unknown.ask();

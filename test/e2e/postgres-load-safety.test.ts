@@ -253,10 +253,16 @@ if (havePostgres("mcq load --store safety")) {
       // Nobody reads the dump's stdout yet: it stops on a full pipe, its transaction open.
       const proc = Bun.spawn([...serverCommand(), "dump", "--store", url], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
       piped.push(proc);
+      // Its first lines are out (a loaded machine found the backend idle between fetches before
+      // any was written, and the dump's stdout was empty): read one chunk, then leave the pipe full again.
+      const reader = proc.stdout.getReader();
+      const first = (await reader.read()).value!;
       const pid = await until<number>(async () => (await sql.unsafe(`SELECT pid FROM pg_stat_activity
         WHERE state = 'idle in transaction' AND query LIKE 'SELECT false AS delayed%'`))[0]?.pid);
       expect((await sql.unsafe("SELECT pg_terminate_backend($1, 10000) AS ended", [pid]))[0].ended).toBe(true);
-      const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+      const rest: Uint8Array[] = [first];
+      for (let r = await reader.read(); !r.done; r = await reader.read()) rest.push(r.value);
+      const [stdout, stderr, code] = [Buffer.concat(rest).toString(), await new Response(proc.stderr).text(), await proc.exited];
       expect(code).toBe(1);
       expect(stderr).toMatch(/^mcq dump: Postgres postgres:\/\/\S+: terminating connection due to administrator command\n$/);
       const last = JSON.parse(stdout.trimEnd().split("\n").at(-1)!);

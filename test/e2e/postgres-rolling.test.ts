@@ -81,7 +81,7 @@ if (havePostgres("rolling upgrade on Postgres")) {
     // A version-2 node no longer starts on the migrated schema.
     const late = Bun.spawn([...oldCommand, "-p", "0", "-H", join(tempDir(), "late"), ...args], { stdout: "ignore", stderr: "pipe", env: { ...process.env, ...env } });
     const [code, stderr] = await Promise.all([late.exited, new Response(late.stderr).text()]);
-    expect([code, stderr.includes(`is version 5, newer than this mcq knows (2): upgrade mcq`)]).toEqual([1, true]);
+    expect([code, stderr.includes(`is version 6, newer than this mcq knows (2): upgrade mcq`)]).toEqual([1, true]);
     expect(await again.kill()).toBe(0);
   }, 60_000);
 }

@@ -63,5 +63,24 @@ if (havePostgres("postgres migrations")) {
       expect((await sql.unsafe(`SELECT deliveries FROM ${schema}.mcq_messages`))[0].deliveries).toBe(0);
       await Promise.all([sql.close(), holder.close(), reader.close()]);
     });
+
+    test("5 -> 6: the schema gets an identity of its own, written once; every node's row holds its lease", async () => {
+      const [a, b] = [freshSchema("mig"), freshSchema("mig")];
+      schemas.push(a, b);
+      const sql = new SQL(PG_URL!, { max: 1 });
+      const first = await migrate(sql, a);
+      expect(first).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      expect(await migrate(sql, a)).toBe(first); // a second node reads the same
+      expect(await migrate(sql, b)).not.toBe(first);
+      // A schema of version 5 (as it shipped: without the two columns), with an older node's row: migrated, row kept, lease unknown.
+      await sql.unsafe(`SET search_path TO ${b}; ALTER TABLE mcq_version DROP COLUMN store_id; ALTER TABLE mcq_nodes DROP COLUMN lease_s;
+        UPDATE mcq_version SET version = 5; INSERT INTO mcq_nodes DEFAULT VALUES;`).simple();
+      const made = await migrate(sql, b);
+      expect(made).not.toBe(first);
+      expect(await migrate(sql, b)).toBe(made);
+      expect(await sql.unsafe(`SELECT version, store_id::text AS id FROM ${b}.mcq_version`)).toEqual([{ version: SCHEMA_VERSION, id: made }]);
+      expect(await sql.unsafe(`SELECT lease_s FROM ${b}.mcq_nodes`)).toEqual([{ lease_s: null }]);
+      await sql.close();
+    });
   });
 }

@@ -241,6 +241,24 @@ test("a kept entry names its store by database, schema and system, not by URL (r
   rmSync(home, { recursive: true });
 });
 
+test("read where the system cannot be read, an entry keeps the system it had and gets the schema's identity; another schema of the same names has another (review 10b R4)", () => {
+  const home = mkdtempSync(join(tmpdir(), "mcq-unknown-"));
+  const file = join(home, "postgres-unresolved.json");
+  createUnknown(fakeDeps({ home }, [])).keep(tx("42")); // written before the schema had an identity: system 7, no id
+  const u = createUnknown(fakeDeps({ home, here: { ...HERE, system: null, id: "u-1", legacy: "x" } }, []));
+  expect(u.pending()).toBe(1);
+  u.keep(tx("43")); // writes the list again
+  const stores = (JSON.parse(readFileSync(file, "utf8")) as { xid: string; store: unknown }[]).map((e) => [e.xid, e.store]);
+  expect(stores).toEqual([
+    ["42", { system: "7", database: "mcq", schema: "s", id: "u-1" }], // before: system null, for good
+    ["43", { system: null, database: "mcq", schema: "s", id: "u-1" }],
+  ]);
+  // A schema of the same names elsewhere (a copied data directory), its system not to be read either: not its entries.
+  expect(createUnknown(fakeDeps({ home, here: { ...HERE, system: null, id: "u-2", legacy: "x" } }, [])).pending()).toBe(0);
+  expect(createUnknown(fakeDeps({ home, here: { ...HERE, id: "u-1", legacy: "x" } }, [])).pending()).toBe(2); // this one (43: system unknown)
+  rmSync(home, { recursive: true });
+});
+
 test("the identity failing for now (not a server that never lets it be read): nothing given back by rows, asked again, then exactly (review 6 R)", async () => {
   const logs: string[] = [];
   let fails = true;
