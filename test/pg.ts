@@ -37,6 +37,27 @@ export function pgStoreUrl(schema: string): string {
   return `${PG_URL}${PG_URL!.includes("?") ? "&" : "?"}schema=${schema}`;
 }
 
+/** `url` (a store URL) as `role`, with no password. */
+export function asRole(url: string, role: string): string {
+  const u = new URL(url);
+  u.username = role;
+  u.password = "";
+  return u.toString();
+}
+
+/** Version 1 of mcq's schema as it shipped, empty, in `schema` (made here); search_path is left on it. */
+export async function schemaV1(sql: SQL, schema: string): Promise<void> {
+  await sql.unsafe(`CREATE SCHEMA ${schema}; SET search_path TO ${schema};
+    CREATE TABLE mcq_version (version integer NOT NULL); INSERT INTO mcq_version VALUES (1);
+    CREATE TABLE mcq_messages (id bigserial PRIMARY KEY, queue text NOT NULL, flags bigint NOT NULL, created bigint NOT NULL,
+      expires bigint NOT NULL, owner integer, body bytea NOT NULL);
+    CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
+    CREATE TABLE mcq_counters (queue text NOT NULL, node integer NOT NULL, total bigint NOT NULL DEFAULT 0,
+      fetched bigint NOT NULL DEFAULT 0, items bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
+      open bigint NOT NULL DEFAULT 0, expired bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, node));
+    CREATE TABLE mcq_nodes (id serial PRIMARY KEY, started timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL DEFAULT now());`).simple();
+}
+
 /** Drops the schemas the tests made. */
 export async function dropSchemas(schemas: string[]): Promise<void> {
   if (PG_URL === null || schemas.length === 0) return;

@@ -32,6 +32,19 @@ async function rowsOf(sql: SQL, schema: string, queue: string) {
   return { ...r };
 }
 
+/**
+ * Every DELETE of a message in `schema` first takes advisory lock `key` (shared): a session holding
+ * it exclusively stops the deleting statement at its first row. Returns how many backends on the
+ * schema's statements wait for a lock matching `what` (SQL on pg_stat_activity).
+ */
+async function holdDeletes(sql: SQL, schema: string, key: number) {
+  await sql.unsafe(`CREATE FUNCTION ${schema}.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    PERFORM pg_advisory_xact_lock_shared(${key}); RETURN OLD; END $$`);
+  await sql.unsafe(`CREATE TRIGGER hold BEFORE DELETE ON ${schema}.mcq_messages FOR EACH ROW EXECUTE FUNCTION ${schema}.hold()`);
+  return async (what: string) =>
+    Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ${what} AND query LIKE '%${schema}.%'`))[0].n);
+}
+
 if (havePostgres("delete and flush lock order on Postgres")) {
   afterAll(async () => {
     await stopAll();
@@ -47,11 +60,7 @@ if (havePostgres("delete and flush lock order on Postgres")) {
         expect(await d.call(set("q", "x").repeat(20))).toBe("STORED\r\n".repeat(20));
         // a's flush stops at its first message, holding it, until d's delete waits for a lock: review 9's
         // b_deadlock (a long flush of 300,000 rows, the delete 150 ms into it) without its timing.
-        await sql.unsafe(`CREATE FUNCTION ${schema}.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-          PERFORM pg_advisory_xact_lock_shared(${key}); RETURN OLD; END $$`);
-        await sql.unsafe(`CREATE TRIGGER hold BEFORE DELETE ON ${schema}.mcq_messages FOR EACH ROW EXECUTE FUNCTION ${schema}.hold()`);
-        const waiting = async (what: string) =>
-          Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ${what} AND query LIKE '%${schema}.%'`))[0].n);
+        const waiting = await holdDeletes(sql, schema, key);
         await holder.unsafe(`SELECT pg_advisory_lock(${key})`);
         const flushed = a.call(`${flush}\r\n`);
         while ((await waiting("wait_event = 'advisory'")) === 0);
@@ -78,11 +87,7 @@ if (havePostgres("delete and flush lock order on Postgres")) {
         const key = 815_1011;
         expect(await a.call(set("q", "x").repeat(5) + set("other", "y"))).toBe("STORED\r\n".repeat(6));
         // d's delete stops at its first message, holding q's counter rows, until a's flush waits for one.
-        await sql.unsafe(`CREATE FUNCTION ${schema}.hold() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-          PERFORM pg_advisory_xact_lock_shared(${key}); RETURN OLD; END $$`);
-        await sql.unsafe(`CREATE TRIGGER hold BEFORE DELETE ON ${schema}.mcq_messages FOR EACH ROW EXECUTE FUNCTION ${schema}.hold()`);
-        const waiting = async (what: string) =>
-          Number((await sql.unsafe(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ${what} AND query LIKE '%${schema}.%'`))[0].n);
+        const waiting = await holdDeletes(sql, schema, key);
         await holder.unsafe(`SELECT pg_advisory_lock(${key})`);
         const deleted = d.call("delete q\r\n");
         while ((await waiting("wait_event = 'advisory'")) === 0);

@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { join } from "node:path";
-import { dropSchemas, freshSchema, havePostgres, lateCloseRelay, PG_URL, pgStoreUrl } from "../pg";
+import { asRole, dropSchemas, freshSchema, havePostgres, lateCloseRelay, PG_URL, pgStoreUrl } from "../pg";
 import { set, startServer, stopAll, tempDir, value } from "./harness";
 
 const schemas: string[] = [];
@@ -56,6 +56,18 @@ if (havePostgres("e2e postgres commit lookup")) {
     } catch {} // gone already
   };
 
+  /** A fresh schema owned by a role of its own (LOGIN, no superuser), both dropped at the end. */
+  const ownRole = async () => {
+    const schema = freshSchema("lookup");
+    const role = `${schema}_r`;
+    schemas.push(schema);
+    roles.push(role);
+    await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
+    await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${role}`);
+    await sql.unsafe(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
+    return { schema, role };
+  };
+
   afterAll(async () => {
     await standbyNeverAnswers(false).catch(() => {});
     await stopAll();
@@ -81,18 +93,9 @@ if (havePostgres("e2e postgres commit lookup")) {
     }, 30_000);
 
     test("mcq paused past the timeout while its COMMIT answers, lookups impossible: the get's VALUE stands, nothing failed or undone", async () => {
-      const schema = freshSchema("lookup");
-      const role = `${schema}_r`;
-      schemas.push(schema);
-      roles.push(role);
       // Its own role, so that a connection limit can make the lookup's connection fail (superusers have none).
-      await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
-      await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${role}`);
-      await sql.unsafe(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
-      const url = new URL(pgStoreUrl(schema));
-      url.username = role;
-      url.password = "";
-      const server = await startServer(["--store", url.toString()], join(tempDir(), "data"));
+      const { schema, role } = await ownRole();
+      const server = await startServer(["--store", asRole(pgStoreUrl(schema), role)], join(tempDir(), "data"));
       const c = await server.connect();
       expect(await c.call(set("q", "m0") + set("q", "m1") + set("q", "m2"))).toBe("STORED\r\n".repeat(3));
       // Every statement of a get prepared: the paused one is sent whole, none waits for an answer to be sent.
@@ -216,21 +219,13 @@ if (havePostgres("e2e postgres commit lookup")) {
 
     test("the same with a role that may not read the server's identity (a managed server): its backend is found by its connection's name, ended, and the message stays (review 10a H1)", async () => {
       const relay = lateCloseRelay(8000);
-      const schema = freshSchema("lookup");
-      const role = `${schema}_r`;
-      schemas.push(schema);
-      roles.push(role);
-      await sql.unsafe(`CREATE ROLE ${role} LOGIN`);
-      await sql.unsafe(`GRANT CREATE ON DATABASE ${new URL(PG_URL!).pathname.slice(1) || "postgres"} TO ${role}`);
-      await sql.unsafe(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
-      const url = new URL(relay.url(schema));
-      url.username = role;
-      url.password = "";
+      const { schema, role } = await ownRole();
+      const url = asRole(relay.url(schema), role);
       await sql.unsafe("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");
       let reply: string;
       const holder = new SQL(PG_URL!, { max: 1 });
       try {
-        const server = await startServer(["--store", url.toString()], join(tempDir(), "data"));
+        const server = await startServer(["--store", url], join(tempDir(), "data"));
         const c = await server.connect();
         expect(await c.call(set("q", "m0") + set("q", "m1"))).toBe("STORED\r\n".repeat(2));
         expect(await c.call("get q\r\n")).toBe(value("q", "m0") + "END\r\n"); // the get's statements prepared

@@ -10,20 +10,15 @@ import { SQL } from "bun";
 import { randomUUID } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+import { asRole, dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
 import { set, startServer, stopAll, tempDir, value, type Running } from "./harness";
 
 const schemas: string[] = [];
 const ROLE = `mcq_ufile_${process.pid}`;
 const DATABASE = new URL(PG_URL ?? "postgres://x/postgres").pathname.slice(1) || "postgres";
 
-function storeUrl(schema: string): string {
-  const u = new URL(PG_URL!);
-  u.username = ROLE;
-  u.password = "";
-  u.searchParams.set("schema", schema);
-  return u.toString();
-}
+/** The store URL for `schema`, as ROLE. */
+const storeUrl = (schema: string) => asRole(pgStoreUrl(schema), ROLE);
 
 /** An entry as a node writes it: one taken row of queue q. */
 const entry = (xid: string, store: object, id: number, body: string) => ({

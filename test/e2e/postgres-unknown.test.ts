@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+import { asRole, dropSchemas, freshSchema, havePostgres, PG_URL, pgStoreUrl } from "../pg";
 import { parseStoreUrl } from "../../src/store/postgres-hosts";
 import { set, startServer, stopAll, tempDir, value, type Client, type Running } from "./harness";
 
@@ -23,13 +23,7 @@ const schemas: string[] = [];
 const ROLE = `mcq_unknown_${process.pid}`;
 
 /** The store URL for `schema`, as ROLE. */
-function storeUrl(schema: string): string {
-  const u = new URL(PG_URL!);
-  u.username = ROLE;
-  u.password = "";
-  u.searchParams.set("schema", schema);
-  return u.toString();
-}
+const storeUrl = (schema: string) => asRole(pgStoreUrl(schema), ROLE);
 
 async function node(home = join(tempDir(), "data")): Promise<{ server: Running; schema: string; sql: SQL; c: Client }> {
   const schema = freshSchema("unknown");

@@ -6,7 +6,7 @@
 import { SQL } from "bun";
 import { afterAll, describe, expect, test } from "bun:test";
 import { migrate, SCHEMA_VERSION } from "../../src/store/postgres-schema";
-import { dropSchemas, freshSchema, havePostgres, PG_URL } from "../pg";
+import { dropSchemas, freshSchema, havePostgres, PG_URL, schemaV1 } from "../pg";
 
 const schemas: string[] = [];
 
@@ -31,17 +31,9 @@ if (havePostgres("postgres migrations")) {
       const sql = new SQL(PG_URL!, { max: 1 });
       const holder = new SQL(PG_URL!, { max: 1 });
       const reader = new SQL(PG_URL!, { max: 1 });
-      // Version 1 as it shipped (store.postgres.test.ts has the same), with one message.
-      await sql.unsafe(`CREATE SCHEMA ${schema}; SET search_path TO ${schema};
-        CREATE TABLE mcq_version (version integer NOT NULL); INSERT INTO mcq_version VALUES (1);
-        CREATE TABLE mcq_messages (id bigserial PRIMARY KEY, queue text NOT NULL, flags bigint NOT NULL, created bigint NOT NULL,
-          expires bigint NOT NULL, owner integer, body bytea NOT NULL);
-        CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
-        CREATE TABLE mcq_counters (queue text NOT NULL, node integer NOT NULL, total bigint NOT NULL DEFAULT 0,
-          fetched bigint NOT NULL DEFAULT 0, items bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
-          open bigint NOT NULL DEFAULT 0, expired bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, node));
-        CREATE TABLE mcq_nodes (id serial PRIMARY KEY, started timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL DEFAULT now());
-        INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 0, 1, 0, 'kept');`).simple();
+      // Version 1 as it shipped, with one message.
+      await schemaV1(sql, schema);
+      await sql.unsafe(`INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 0, 1, 0, 'kept');`).simple();
       // What REINDEX CONCURRENTLY holds while it rebuilds.
       await holder.unsafe("BEGIN");
       await holder.unsafe(`LOCK TABLE ${schema}.mcq_messages IN SHARE UPDATE EXCLUSIVE MODE`);

@@ -1,7 +1,7 @@
 /** The Postgres store: the shared contract against a real Postgres, plus what only it shows. */
 import { afterAll, describe, expect, test } from "bun:test";
 import { openPostgresStore, type PostgresStore } from "../../src/store/postgres";
-import { dropSchemas, freshSchema, havePostgres, pgStoreUrl } from "../pg";
+import { dropSchemas, freshSchema, havePostgres, pgStoreUrl, schemaV1 } from "../pg";
 import { storeContract } from "./store.contract";
 
 const schemas: string[] = [];
@@ -127,16 +127,8 @@ if (havePostgres("store.postgres")) {
       const { SQL } = await import("bun");
       const sql = new SQL(process.env.MCQ_TEST_PG!, { max: 1 });
       // Version 1 as it shipped: the tables, one waiting message and its counters.
-      await sql.unsafe(`CREATE SCHEMA ${schema}; SET search_path TO ${schema};
-        CREATE TABLE mcq_version (version integer NOT NULL); INSERT INTO mcq_version VALUES (1);
-        CREATE TABLE mcq_messages (id bigserial PRIMARY KEY, queue text NOT NULL, flags bigint NOT NULL, created bigint NOT NULL,
-          expires bigint NOT NULL, owner integer, body bytea NOT NULL);
-        CREATE INDEX mcq_messages_head ON mcq_messages (queue, id) WHERE owner IS NULL;
-        CREATE TABLE mcq_counters (queue text NOT NULL, node integer NOT NULL, total bigint NOT NULL DEFAULT 0,
-          fetched bigint NOT NULL DEFAULT 0, items bigint NOT NULL DEFAULT 0, bytes bigint NOT NULL DEFAULT 0,
-          open bigint NOT NULL DEFAULT 0, expired bigint NOT NULL DEFAULT 0, PRIMARY KEY (queue, node));
-        CREATE TABLE mcq_nodes (id serial PRIMARY KEY, started timestamptz NOT NULL DEFAULT now(), heartbeat timestamptz NOT NULL DEFAULT now());
-        INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 7, 1, 0, 'kept');
+      await schemaV1(sql, schema);
+      await sql.unsafe(`INSERT INTO mcq_messages (queue, flags, created, expires, body) VALUES ('old', 7, 1, 0, 'kept');
         INSERT INTO mcq_counters (queue, node, total, items, bytes) VALUES ('old', 0, 1, 1, 4);`).simple();
       const s = await open(schema);
       expect(s.detail("old", 1)).toMatchObject({ items: 1, total: 1, delayed: 0, deduplicated: 0 });
